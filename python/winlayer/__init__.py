@@ -1,0 +1,54 @@
+"""winlayer: Windows container image layers from Python.
+
+The public API lives here; the native core is :mod:`winlayer._hcs`.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._version import __version__
+from .backend import selected_name as _selected_backend
+from .errors import (
+    BackendUnavailable,
+    DigestMismatch,
+    HcsError,
+    InvalidLayer,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+    StoreCorrupt,
+    WinlayerError,
+)
+
+try:
+    from . import _hcs
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        f"winlayer's native module failed to load ({exc}); reinstall winlayer: "
+        "pip install --force-reinstall winlayer (or `pip install -e .` in a checkout)"
+    ) from exc
+
+if _hcs.__version__ != __version__:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        f"winlayer {__version__} found native module winlayer._hcs {_hcs.__version__} "
+        f"({_hcs.__file__}); they must match. Rebuild it: pip install --force-reinstall . "
+        "(or `pip install -e .` in a checkout)"
+    )
+
+#: The name of the backend in use: "hcs" or "portable" (see :mod:`winlayer.backend`).
+backend: str = _selected_backend()
+
+__all__ = [
+    "BackendUnavailable",
+    "DigestMismatch",
+    "HcsError",
+    "InvalidLayer",
+    "LayerExists",
+    "LayerInUse",
+    "LayerNotFound",
+    "StoreCorrupt",
+    "WinlayerError",
+    "__version__",
+    "backend",
+    "errors",
+]

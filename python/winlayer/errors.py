@@ -1,0 +1,180 @@
+"""The winlayer exception hierarchy.
+
+Domain failures derive from :class:`WinlayerError` and say what and where. Failures of
+the operating system stay :class:`OSError` subclasses (``FileNotFoundError``,
+``PermissionError``, ...) with ``errno``, ``winerror`` and ``filename`` set, so that code
+written against the standard library keeps working. :func:`from_native` is the one place
+that turns a native error into a Python exception.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "BackendUnavailable",
+    "DigestMismatch",
+    "HcsError",
+    "InvalidLayer",
+    "LayerExists",
+    "LayerInUse",
+    "LayerNotFound",
+    "StoreCorrupt",
+    "WinlayerError",
+    "from_native",
+]
+
+
+class WinlayerError(Exception):
+    """Base class of every error winlayer raises on its own account."""
+
+
+class LayerNotFound(WinlayerError, LookupError):
+    """No layer with this id (or alternate id) exists in the store."""
+
+    def __init__(self, layer_id: str, message: str = "layer not found") -> None:
+        super().__init__(f"{message}: {layer_id!r}")
+        self.layer_id = layer_id
+
+
+class LayerExists(WinlayerError):
+    """A layer with this id already exists."""
+
+    def __init__(self, layer_id: str, message: str = "layer already exists") -> None:
+        super().__init__(f"{message}: {layer_id!r}")
+        self.layer_id = layer_id
+
+
+class LayerInUse(WinlayerError):
+    """The layer is mounted, prepared or a parent of another layer."""
+
+    def __init__(self, layer_id: str, message: str = "layer is in use") -> None:
+        super().__init__(f"{message}: {layer_id!r}")
+        self.layer_id = layer_id
+
+
+class InvalidLayer(WinlayerError, ValueError):
+    """A layer tar (or stored layer) is malformed or hostile.
+
+    ``entry`` is the tar entry name and ``offset`` the byte offset in the uncompressed
+    tar where the problem was found (``-1`` when unknown).
+    """
+
+    def __init__(self, message: str, entry: str = "", offset: int = -1) -> None:
+        where = []
+        if entry:
+            where.append(f"entry {entry!r}")
+        if offset >= 0:
+            where.append(f"offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.reason = message
+        self.entry = entry
+        self.offset = offset
+
+
+class DigestMismatch(WinlayerError):
+    """The content's digest is not the one that was expected."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreCorrupt(WinlayerError):
+    """On-disk metadata is damaged or of an unknown version."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(f"{message}: {path!r}" if path else message)
+        self.path = path
+
+
+class BackendUnavailable(WinlayerError, ImportError):
+    """The requested backend cannot run on this machine; the message says how to fix it."""
+
+
+class HcsError(WinlayerError, OSError):
+    """The Host Compute Service failed with an HRESULT outside FACILITY_WIN32.
+
+    ``operation`` names the vmcompute call, ``hresult`` is the unsigned 32-bit code.
+    """
+
+    def __init__(self, operation: str, hresult: int, path: str = "") -> None:
+        message = f"{operation} failed with HRESULT 0x{hresult:08X}"
+        OSError.__init__(self, _errno.EIO, message, path or None)
+        self.operation = operation
+        self.hresult = hresult
+        self.winerror = hresult
+
+    def __str__(self) -> str:
+        return f"{self.strerror}: {self.filename!r}" if self.filename else str(self.strerror)
+
+
+# Win32 error codes -> errno, so that a Win32 failure picks the same OSError subclass
+# on every platform (Windows does this itself for OSError(…, winerror)).
+_WIN32_TO_ERRNO = {
+    2: _errno.ENOENT,  # ERROR_FILE_NOT_FOUND
+    3: _errno.ENOENT,  # ERROR_PATH_NOT_FOUND
+    5: _errno.EACCES,  # ERROR_ACCESS_DENIED
+    17: _errno.EXDEV,  # ERROR_NOT_SAME_DEVICE
+    21: _errno.EAGAIN,  # ERROR_NOT_READY
+    32: _errno.EACCES,  # ERROR_SHARING_VIOLATION
+    50: _errno.EOPNOTSUPP,  # ERROR_NOT_SUPPORTED
+    80: _errno.EEXIST,  # ERROR_FILE_EXISTS
+    87: _errno.EINVAL,  # ERROR_INVALID_PARAMETER
+    112: _errno.ENOSPC,  # ERROR_DISK_FULL
+    123: _errno.EINVAL,  # ERROR_INVALID_NAME
+    145: _errno.ENOTEMPTY,  # ERROR_DIR_NOT_EMPTY
+    183: _errno.EEXIST,  # ERROR_ALREADY_EXISTS
+    206: _errno.ENAMETOOLONG,  # ERROR_FILENAME_EXCED_RANGE
+    1167: _errno.ENODEV,  # ERROR_DEVICE_NOT_CONNECTED
+    1314: _errno.EPERM,  # ERROR_PRIVILEGE_NOT_HELD
+}
+
+
+def _os_error(code: int, message: str, operation: str, path: str, winerror: int | None) -> OSError:
+    text = f"{operation}: {message}" if operation else message
+    exc = OSError(code, text, path) if path else OSError(code, text)
+    if winerror is not None:
+        exc.winerror = winerror  # type: ignore[attr-defined,unused-ignore]  # set off Windows too
+    return exc
+
+
+def from_native(
+    kind: str,
+    code: int,
+    message: str,
+    operation: str,
+    path: str,
+    entry: str = "",
+    offset: int = -1,
+    expected: str = "",
+    actual: str = "",
+) -> BaseException:
+    """Build the exception for a native error (called by the native module)."""
+    if kind == "os":
+        return _os_error(code, message or os.strerror(code), operation, path, None)
+    if kind == "win32":
+        mapped = _WIN32_TO_ERRNO.get(code, 0)
+        text = os.strerror(mapped) if mapped else message
+        return _os_error(mapped, text, operation, path, code)
+    if kind == "hresult":
+        return HcsError(operation, code, path)
+    if kind == "invalid_layer":
+        return InvalidLayer(message, entry, offset)
+    if kind == "digest_mismatch":
+        return DigestMismatch(expected, actual)
+    if kind == "layer_not_found":
+        return LayerNotFound(path, message)
+    if kind == "layer_exists":
+        return LayerExists(path, message)
+    if kind == "layer_in_use":
+        return LayerInUse(path, message)
+    if kind == "store_corrupt":
+        return StoreCorrupt(message, path)
+    if kind == "backend_unavailable":
+        return BackendUnavailable(message)
+    if kind == "invalid_argument":
+        return ValueError(f"{message}: {path!r}" if path else message)
+    return WinlayerError(f"internal error in winlayer's native code: {message}")

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+import winlayer
+from winlayer import _hcs
+from winlayer.errors import BackendUnavailable
+
+from .conftest import run_python
+
+# `winlayer.backend` is the name in use; the module is reached through sys.modules.
+backend = importlib.import_module("winlayer.backend")
+
+
+def test_backend_attribute_is_the_name_in_use() -> None:
+    assert winlayer.backend == backend.selected_name()
+
+
+def test_version_matches_native_module() -> None:
+    assert winlayer.__version__ == _hcs.__version__
+    assert winlayer.__version__.count(".") >= 2
+
+
+def test_default_backend_is_platform_default() -> None:
+    expected = "hcs" if sys.platform == "win32" else "portable"
+    result = run_python("import winlayer; print(winlayer.backend)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_env_var_overrides_backend() -> None:
+    result = run_python(
+        "import winlayer; print(winlayer.backend)", env={"WINLAYER_BACKEND": "portable"}
+    )
+    assert result.stdout.strip() == "portable", result.stderr
+
+
+def test_unknown_backend_name_is_refused_at_import() -> None:
+    result = run_python("import winlayer", env={"WINLAYER_BACKEND": "overlay"})
+    assert result.returncode != 0
+    assert "unknown winlayer backend 'overlay'" in result.stderr
+    assert "BackendUnavailable" in result.stderr
+
+
+def test_selected_name_explicit_argument_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WINLAYER_BACKEND", "hcs")
+    assert backend.selected_name("portable") == "portable"
+    assert backend.selected_name(" HCS ") == "hcs"
+    with pytest.raises(BackendUnavailable, match="from backend argument"):
+        backend.selected_name("nope")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="hcs may exist on Windows")
+def test_hcs_backend_unavailable_off_windows_says_how_to_fix() -> None:
+    with pytest.raises(BackendUnavailable, match="WINLAYER_BACKEND=portable") as info:
+        backend.check_available("hcs")
+    assert isinstance(info.value, ImportError)
+    assert "Containers feature" in str(info.value)
+
+
+def test_portable_is_available_everywhere() -> None:
+    backend.check_available("portable")
