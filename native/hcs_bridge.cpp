@@ -36,6 +36,8 @@ PYBIND11_MODULE(_hcs, m) {
     m.doc() = "winlayer native core: tar codec, layer backends and vmcompute bridge";
     m.attr("__version__") = WINLAYER_VERSION;
     winlayer::bridge::register_error_translator();
+    winlayer::bridge::bind_codec(m);
+    winlayer::bridge::bind_backends(m);
 
     m.def("_raise_error", &raise_error, py::arg("kind"), py::arg("code"), py::arg("operation"),
           py::arg("path"), "Raise a native error of `kind` (tests the error translation).");

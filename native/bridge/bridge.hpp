@@ -11,4 +11,8 @@ namespace py = pybind11;
 // Raises the Python exception for the C++ exception currently being handled.
 void register_error_translator();
 
+// Per-area bindings, each in its own file of native/bridge/.
+void bind_codec(py::module_& m);     // codec.cpp: layer tar inspection
+void bind_backends(py::module_& m);  // backends.cpp: the Backend contract, both backends
+
 }  // namespace winlayer::bridge

@@ -1,0 +1,36 @@
+// Layer tar <-> layer: the drivers that connect the tar codec to a LayerWriter
+// (import) or a LayerReader (export), with go-winio backuptar's semantics.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "io.hpp"
+#include "layer.hpp"
+
+namespace winlayer {
+
+struct ImportOptions {
+    // "sha256:<hex>" the tar must hash to, or empty. Checked before commit: a mismatch
+    // aborts the writer and throws DigestMismatch.
+    std::string expected_digest;
+    // Called now and then (not per entry) with the tar bytes consumed so far.
+    std::function<void(std::uint64_t)> progress;
+};
+
+// Reads a layer tar from `tar`, validates every entry (path rules, formats), feeds
+// `writer`, computes the diffID and the tar-split record in the same pass, checks the
+// expected digest and commits. On any error the writer is aborted and the error
+// rethrown, with the entry name and byte offset for InvalidLayer. Errors the writer
+// raises for an entry (e.g. a hard link whose target is in no parent) get the entry
+// and offset filled in when they lack them.
+CommitInfo import_layer_tar(Source& tar, LayerWriter& writer, const ImportOptions& options);
+
+// Writes the canonical (deterministic) layer tar of `reader`'s entries to `out`.
+void export_layer_tar(LayerReader& reader, Sink& out);
+
+// Writes the original tar, byte for byte, from its tar-split record and payloads.
+void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sink& out);
+
+}  // namespace winlayer
