@@ -1,0 +1,205 @@
+// The generic tar codec: a streaming reader and a deterministic PAX writer. It knows
+// tar formats, not Windows: layer_tar.cpp maps TarHeader <-> LayerEntry.
+//
+// Reader, formats accepted:
+//   - ustar and pre-POSIX (v7, GNU "ustar  ") headers; checksums stored unsigned or signed;
+//     numeric fields in octal (NUL/space terminated) or base-256 (GNU binary, high bit set);
+//   - PAX per-file 'x' headers: every record kept in order as raw bytes (TarHeader::pax);
+//     path, linkpath, size, mtime, atime, ctime, uid, gid, uname, gname override the
+//     ustar fields; times may be fractional ("-1.25" is kept as sec -2, nsec 750000000);
+//   - PAX global 'g' headers: records kept (TarReader::global_records), mtime/atime/ctime/
+//     uid/gid/uname/gname act as defaults for later entries; a global path, linkpath or
+//     size is rejected (it would rename or resize every later entry);
+//   - GNU long name 'L' and long link name 'K'; several extension headers before one
+//     entry are merged (PAX wins over GNU, GNU over ustar name/prefix);
+//   - entry types: '0' and '\0' (regular file, reported as '0'), '7' (contiguous file,
+//     reported as '0' like GNU tar and Go do), '1' hard link, '2' symlink, '5' directory.
+//     Everything else is rejected: devices '3'/'4', FIFO '6', GNU sparse 'S' and PAX
+//     GNU.sparse.* records, GNU 'D'/'M'/'N'/'V', unknown vendor types. A Windows layer
+//     has no use for them and a hostile one would be extracted wrongly.
+//   - The archive ends with a zero block (the second zero block may be missing, as GNU tar
+//     and Go accept). Any bytes after it are consumed (hashed and recorded), not parsed.
+//     A stream that ends before the end-of-archive block is an error (truncated layer).
+// Types '1', '2', '5' carry no payload whatever their size field says (as in Go and
+// Python's tarfile); their TarHeader::size is 0.
+//
+// Every byte consumed is hashed (diff_id()) and, with a TarSplitWriter, every byte that is
+// not file payload is recorded for a byte-exact rebuild. Memory is bounded: one read
+// buffer plus the extension headers of one entry (at most kMaxExtensionSize each).
+//
+// Every malformed input throws Error::invalid_layer(message, entry, offset): entry is the
+// entry's name (or the best guess so far, e.g. the raw ustar name), offset the byte
+// offset in the uncompressed stream of the faulty header block, record or missing byte.
+//
+// Writer: deterministic PAX (same calls -> same bytes). A PAX 'x' header is written only
+// when needed: a name or link name that is not ASCII or longer than the ustar field, a
+// size or time that ustar cannot hold (the ustar field then holds base-256), a fractional
+// time, atime/ctime, or extra records (e.g. MSWINDOWS.*). PAX keys are sorted by byte
+// value. ustar fields are canonical: the caller's mode, uid/gid 0, empty user/group names,
+// "ustar\0" "00", no prefix split. finish() pads and writes two zero blocks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io.hpp"
+#include "sha256.hpp"
+
+namespace winlayer {
+
+class TarSplitWriter;
+
+constexpr std::size_t kTarBlockSize = 512;
+// Largest PAX or GNU long-name header accepted: security descriptors and extended
+// attributes fit many times over; a bigger one is hostile (it would be held in memory).
+constexpr std::uint64_t kMaxExtensionSize = std::uint64_t(1) << 20;
+
+namespace tar_type {
+constexpr char kFile = '0';
+constexpr char kHardLink = '1';
+constexpr char kSymlink = '2';
+constexpr char kDirectory = '5';
+}  // namespace tar_type
+
+// A PAX record as it was in the archive: raw key and value bytes (values may be binary).
+struct PaxRecord {
+    std::string key;
+    std::string value;
+
+    bool operator==(const PaxRecord& o) const { return key == o.key && value == o.value; }
+};
+
+// Seconds since the Unix epoch plus nanoseconds (0..999,999,999, always positive:
+// -0.5 s is sec -1, nsec 500000000).
+struct TarTime {
+    std::int64_t sec = 0;
+    std::uint32_t nsec = 0;
+
+    bool operator==(const TarTime& o) const { return sec == o.sec && nsec == o.nsec; }
+    bool operator!=(const TarTime& o) const { return !(*this == o); }
+};
+
+// Formats a time as a PAX value: "sec" or "sec.fraction" with trailing zeros trimmed.
+std::string format_pax_time(const TarTime& t);
+
+struct TarHeader {
+    std::string name;      // final: PAX path > GNU 'L' > ustar prefix/name
+    std::string linkname;  // final: PAX linkpath > GNU 'K' > ustar linkname
+    char type = tar_type::kFile;  // one of tar_type::*
+    std::uint64_t size = 0;       // payload bytes (0 for header-only types)
+    std::uint32_t mode = 0;       // permission and type bits as stored (07777 | S_IF*)
+    std::int64_t uid = 0;
+    std::int64_t gid = 0;
+    std::string uname;
+    std::string gname;
+    TarTime mtime;
+    std::optional<TarTime> atime;
+    std::optional<TarTime> ctime;
+    // The entry's PAX 'x' records in archive order, all of them, including those that
+    // override fields above. For the writer: extra records only (see TarWriter::add).
+    std::vector<PaxRecord> pax;
+
+    // Reader only: byte offset of the entry's first header block (its PAX or GNU
+    // extension header, if any), of its ustar header, and of its payload.
+    std::uint64_t offset = 0;
+    std::uint64_t header_offset = 0;
+    std::uint64_t data_offset = 0;
+
+    // The value of the last PAX record named `key`, if any.
+    const std::string* find_pax(const std::string& key) const;
+};
+
+class TarReader {
+public:
+    // `split`, when given, receives every non-payload byte and the payload markers.
+    explicit TarReader(Source& source, TarSplitWriter* split = nullptr,
+                       std::size_t buffer_size = std::size_t(1) << 20);
+    ~TarReader();
+    TarReader(const TarReader&) = delete;
+    TarReader& operator=(const TarReader&) = delete;
+
+    // Skips what is left of the current payload and reads the next entry into `header`.
+    // Returns false at the end of the archive, after consuming the rest of the stream
+    // (diff_id() is then final and the tar-split record complete).
+    bool next(TarHeader& header);
+
+    // Reads up to n bytes of the current entry's payload; 0 at its end.
+    std::size_t read(std::uint8_t* buf, std::size_t n);
+    // Zero-copy variant: points `data` at up to `max` payload bytes inside the reader's
+    // buffer (valid until the next call on the reader) and returns their count; 0 at end.
+    std::size_t read_view(const std::uint8_t*& data, std::size_t max = SIZE_MAX);
+    // Skips the rest of the current payload (next() does it too).
+    void skip();
+    // Payload bytes of the current entry not read yet.
+    std::uint64_t remaining() const { return remaining_; }
+
+    // Bytes consumed from the source so far (= the offset of the next unread byte).
+    std::uint64_t offset() const { return offset_; }
+    // PAX global records seen so far, in order (later ones override earlier keys).
+    const std::vector<PaxRecord>& global_records() const { return globals_; }
+    // "sha256:<hex>" of every byte of the stream: valid once next() has returned false.
+    std::string diff_id() const;
+    // The name of the entry being read (for errors raised by the caller about it).
+    const std::string& current_name() const { return current_name_; }
+
+private:
+    struct Pending;
+    bool fill(std::size_t min_bytes);
+    const std::uint8_t* take(std::size_t n, bool payload);
+    void read_block(std::uint8_t* block, const std::string& entry_guess, bool allow_eof,
+                    bool* at_eof);
+    std::string read_extension(std::uint64_t size, std::uint64_t header_at,
+                               const std::string& entry_guess);
+    void skip_padding();
+    void consume_trailer();
+
+    Source& source_;
+    TarSplitWriter* split_;
+    Sha256 hash_;
+    std::unique_ptr<std::uint8_t[]> buffer_;
+    std::size_t capacity_;
+    std::size_t pos_ = 0;
+    std::size_t end_ = 0;
+    std::uint64_t offset_ = 0;
+    std::uint64_t remaining_ = 0;  // payload bytes left in the current entry
+    std::uint64_t padding_ = 0;    // padding after the current payload
+    std::uint64_t entry_index_ = 0;
+    bool done_ = false;
+    std::string current_name_;
+    std::vector<PaxRecord> globals_;
+};
+
+class TarWriter {
+public:
+    explicit TarWriter(Sink& out);
+
+    // Writes the headers of an entry; for type '0' exactly header.size payload bytes must
+    // follow through write(). Uses name, linkname, type, size, mode, mtime, atime, ctime
+    // and pax (extra records: keys the writer derives from fields - path, linkpath, size,
+    // mtime, atime, ctime, uid, gid, uname, gname - are refused, as are keys with '=' or
+    // NUL and empty keys). uid/gid/uname/gname are ignored (always 0 / empty). Throws
+    // InvalidArgument for a name with NUL, an empty name, a payload on a header-only type,
+    // or when the previous entry's payload is incomplete.
+    void add(const TarHeader& header);
+    void write(const std::uint8_t* data, std::size_t n);
+    // Pads the last payload and writes the end-of-archive blocks. Call exactly once.
+    void finish();
+    std::uint64_t bytes_written() const { return written_; }
+
+private:
+    void emit(const std::uint8_t* data, std::size_t n);
+    void close_entry();
+
+    Sink& out_;
+    std::uint64_t written_ = 0;
+    std::uint64_t remaining_ = 0;
+    std::uint64_t padding_ = 0;
+    std::string current_;
+    bool finished_ = false;
+};
+
+}  // namespace winlayer
