@@ -20,6 +20,26 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+def available_backends() -> list[str]:
+    """Backends that can run here: portable always, hcs where vmcompute.dll works."""
+    from winlayer import _hcs
+
+    names = ["portable"]
+    try:
+        _hcs.hcs_backend()
+    except ImportError:  # BackendUnavailable
+        pass
+    else:
+        names.append("hcs")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that takes `backend_name` once per available backend."""
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", available_backends())
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():

@@ -38,13 +38,19 @@ if _hcs.__version__ != __version__:  # pragma: no cover - depends on the install
 #: The name of the backend in use: "hcs" or "portable" (see :mod:`winlayer.backend`).
 backend: str = _selected_backend()
 
+from .driver import Change, DiffStream, Driver, LayerInfo  # noqa: E402  (needs _hcs loaded)
+
 __all__ = [
     "BackendUnavailable",
+    "Change",
+    "DiffStream",
     "DigestMismatch",
+    "Driver",
     "HcsError",
     "InvalidLayer",
     "LayerExists",
     "LayerInUse",
+    "LayerInfo",
     "LayerNotFound",
     "StoreCorrupt",
     "WinlayerError",

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from ._hcs import DriverInfo, ImportResult
 
 ENV_VAR = "WINLAYER_BACKEND"
 NAMES = ("hcs", "portable")
@@ -44,3 +49,54 @@ def check_available(name: str) -> None:
             f"this is {sys.platform}. Use the 'portable' backend: unset {ENV_VAR} "
             f"or set {ENV_VAR}=portable"
         )
+
+
+def default_base_images() -> str:
+    """The portable backend's base-image directory: ``$WINLAYER_BASE_IMAGES`` or a
+    per-user folder beside the default layer store."""
+    from .driver import data_root
+
+    return os.environ.get("WINLAYER_BASE_IMAGES") or str(data_root() / "base-images")
+
+
+def load(name: str | None = None, base_images: str | None = None) -> Backend:
+    """The backend object for `name` (see :func:`selected_name`)."""
+    from . import _hcs
+
+    chosen = selected_name(name)
+    check_available(chosen)
+    if chosen == "hcs":
+        return _hcs.hcs_backend()
+    return _hcs.portable_backend(base_images or default_base_images())
+
+
+class Backend(Protocol):
+    """HCS's layer API (``winlayer._hcs.Backend`` implements it for both backends)."""
+
+    @property
+    def name(self) -> str: ...
+    def activate_layer(self, info: DriverInfo, id: str) -> None: ...
+    def deactivate_layer(self, info: DriverInfo, id: str) -> None: ...
+    def create_layer(self, info: DriverInfo, id: str, parent_id: str) -> None: ...
+    def create_sandbox_layer(
+        self, info: DriverInfo, id: str, parent_id: str, parents: list[str]
+    ) -> None: ...
+    def expand_sandbox_size(self, info: DriverInfo, id: str, size: int) -> None: ...
+    def destroy_layer(self, info: DriverInfo, id: str) -> None: ...
+    def layer_exists(self, info: DriverInfo, id: str) -> bool: ...
+    def get_layer_mount_path(self, info: DriverInfo, id: str) -> str: ...
+    def prepare_layer(self, info: DriverInfo, id: str, parents: list[str]) -> None: ...
+    def unprepare_layer(self, info: DriverInfo, id: str) -> None: ...
+    def get_base_images(self) -> str: ...
+    def import_layer(
+        self,
+        info: DriverInfo,
+        id: str,
+        parents: list[str],
+        source: Any,
+        expected_digest: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportResult: ...
+    def export_layer(
+        self, info: DriverInfo, id: str, parents: list[str], original: bool = False
+    ) -> Any: ...

@@ -1,26 +1,36 @@
 """The ``winlayer`` command (also ``python -m winlayer``).
 
-Results go to stdout (aligned text, or one JSON document with ``--json``); progress and
-errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error.
+Results go to stdout (aligned text, or one JSON document with ``--json``); progress bars
+and errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error. Every failure
+is one line naming what failed and where; ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
 
 from . import __version__, backend
+from ._units import format_size, parse_size
 from .errors import WinlayerError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+CLI_HOLDER = "cli"  # mounts made by `winlayer mount` outlive the command
 
-Handler = Callable[[argparse.Namespace], Any]
+Handler = Callable[[argparse.Namespace], None]
+
+
+class UsageError(Exception):
+    """A command line that parses but asks for something impossible (exit code 2)."""
 
 
 class Arg:
@@ -35,8 +45,8 @@ _COMMANDS: dict[str, tuple[Handler, str, tuple[Arg, ...]]] = {}
 
 
 def command(name: str, help: str, *arguments: Arg) -> Callable[[Handler], Handler]:
-    """Register ``winlayer NAME``: the decorated function runs it and returns nothing;
-    it prints through :func:`emit`."""
+    """Register ``winlayer NAME`` (``NAME`` may be two words, e.g. ``"images ls"``): the
+    decorated function runs it and prints through :func:`emit`."""
 
     def register(fn: Handler) -> Handler:
         _COMMANDS[name] = (fn, help, arguments)
@@ -57,11 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, Any] = {}
     for name, (_fn, help_text, arguments) in sorted(_COMMANDS.items()):
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        group, _, sub = name.partition(" ")
+        if sub:
+            if group not in groups:
+                group_parser = top.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            target = groups[group].add_parser(sub, help=help_text, description=help_text)
+        else:
+            target = top.add_parser(name, help=help_text, description=help_text)
+        target.set_defaults(command_name=name)
         for argument in arguments:
-            sub.add_argument(*argument.flags, **argument.options)
+            target.add_argument(*argument.flags, **argument.options)
     return parser
 
 
@@ -78,6 +99,236 @@ def emit(args: argparse.Namespace, result: Any, text: str) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def open_driver(args: argparse.Namespace) -> Any:
+    from .driver import Driver
+
+    return Driver(args.home, backend=args.backend)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; yields a callback taking the
+    bytes done so far, or None when there is nothing to draw."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _source_total(path: str) -> int | None:
+    if path == "-":
+        return None
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    compressed = magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd"
+    return None if compressed else size
+
+
+@contextlib.contextmanager
+def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[bytes]]:
+    """The binary stream a command writes its tar to: a file, or stdout for ``-``."""
+    if path is None or path == "-":
+        if args.json:
+            raise UsageError("--json cannot be used when the tar goes to stdout; use -o FILE")
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    tmp = Path(f"{path}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- layer commands ------------------------------------------------------------------
+
+
+@command(
+    "import",
+    "import a layer tar (plain, gzip or zstd; - for stdin) as layer ID",
+    Arg("id"),
+    Arg("file"),
+    Arg("--parent", metavar="ID", help="the parent layer"),
+    Arg("--digest", metavar="sha256:HEX", help="the diffID the uncompressed tar must have"),
+)
+def _import(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    with progress_bar(f"importing {args.id}", _source_total(args.file)) as progress:
+        size = driver.apply_diff(
+            args.id, args.parent, source, digest=args.digest, progress=progress
+        )
+    info = driver.info(args.id)
+    result = {"id": args.id, "parent": args.parent, "size": size, "diff_id": info.diff_id}
+    emit(args, result, f"{args.id}  {info.diff_id}  {format_size(size)}")
+
+
+@command(
+    "export",
+    "write layer ID's diff as a tar (canonical by default)",
+    Arg("id"),
+    Arg("-o", "--output", metavar="FILE", help="where to write (default: stdout)"),
+    Arg("--original", action="store_true", help="the imported tar, byte for byte"),
+)
+def _export(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    with (
+        output_stream(args, args.output) as out,
+        driver.diff(args.id, original=args.original) as tar,
+        progress_bar(f"exporting {args.id}", None) as progress,
+    ):
+        written = 0
+        while chunk := tar.read(1 << 20):
+            out.write(chunk)
+            written += len(chunk)
+            if progress:
+                progress(written)
+    if args.output not in (None, "-"):
+        emit(args, {"id": args.id, "output": args.output, "bytes": written}, "")
+
+
+@command(
+    "create",
+    "create an empty layer (a read/write sandbox with --read-write or an *-init parent)",
+    Arg("id"),
+    Arg("--parent", metavar="ID"),
+    Arg("--read-write", action="store_true", help="a sandbox layer on the parent"),
+    Arg("--size", metavar="SIZE", help="sandbox size limit, e.g. 20GB"),
+)
+def _create(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    size = parse_size(args.size) if args.size else None
+    driver.create(args.id, args.parent, read_write=args.read_write, size=size)
+    emit(args, _layer_json(driver, args.id), "")
+
+
+@command("mount", "mount a layer and print the path of its contents", Arg("id"))
+def _mount(args: argparse.Namespace) -> None:
+    path = open_driver(args).get(args.id, holder=CLI_HOLDER)
+    emit(args, {"id": args.id, "path": str(path)}, str(path))
+
+
+@command("unmount", "release a mount made by `winlayer mount`", Arg("id"))
+def _unmount(args: argparse.Namespace) -> None:
+    open_driver(args).put(args.id, holder=CLI_HOLDER)
+    emit(args, {"id": args.id}, "")
+
+
+@command("rm", "remove layers", Arg("ids", nargs="+", metavar="ID"))
+def _rm(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    for layer_id in args.ids:
+        driver.remove(layer_id)
+    emit(args, {"removed": args.ids}, "")
+
+
+def _layer_json(driver: Any, layer_id: str) -> dict[str, Any]:
+    info = driver.info(layer_id)
+    return {"id": info.id, "parent": info.parent, "size": info.size, "read_write": info.read_write}
+
+
+@command("ls", "list the layers in the store")
+def _ls(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    layers = driver.layers()
+    rows = [
+        [
+            layer.id,
+            layer.parent or "-",
+            format_size(layer.size) if layer.size is not None else "-",
+            "rw" if layer.read_write else "ro",
+        ]
+        for layer in layers
+    ]
+    emit(
+        args,
+        [_layer_json(driver, layer.id) for layer in layers],
+        table(rows, ["ID", "PARENT", "SIZE", "MODE"]) if rows else "",
+    )
+
+
+@command("inspect", "show everything known about a layer", Arg("id"))
+def _inspect(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    info = driver.info(args.id)
+    result = {
+        **_layer_json(driver, args.id),
+        "diff_id": info.diff_id,
+        "dir": driver.metadata(args.id)["dir"],
+        "parents": driver.parents(args.id),
+        "mounts": driver.mount_count(args.id),
+    }
+    width = max(len(k) for k in result)
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in result.items())
+    emit(args, result, text)
+
+
+@command("changes", "list what a layer adds (A), modifies (C) and deletes (D)", Arg("id"))
+def _changes(args: argparse.Namespace) -> None:
+    changes = open_driver(args).changes(args.id)
+    emit(
+        args,
+        [{"path": c.path, "kind": c.kind} for c in changes],
+        "\n".join(f"{c.kind} {c.path}" for c in changes),
+    )
+
+
+@command("du", "bytes of file data a layer adds or modifies", Arg("id"))
+def _du(args: argparse.Namespace) -> None:
+    size = open_driver(args).diff_size(args.id)
+    emit(args, {"id": args.id, "size": size}, f"{size}\t{args.id}")
+
+
+@command("verify", "re-hash a stored layer against its diffID", Arg("ids", nargs="+", metavar="ID"))
+def _verify(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    verified = {layer_id: driver.verify(layer_id) for layer_id in args.ids}
+    emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
+
+
+@command("gc", "sweep what crashed operations left behind")
+def _gc(args: argparse.Namespace) -> None:
+    swept = open_driver(args).cleanup()
+    emit(args, {"swept": swept}, "\n".join(swept))
+
+
+# -- main ------------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -92,15 +343,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
         format="winlayer: %(levelname)s: %(message)s",
     )
-    fn = _COMMANDS[args.command][0]
+    fn = _COMMANDS[args.command_name][0]
     try:
         fn(args)
+    except UsageError as exc:
+        sys.stderr.write(f"winlayer: error: {exc}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("winlayer: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `winlayer export x | head`): not our failure.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except (WinlayerError, OSError, ValueError) as exc:
         if args.verbose:
-            logging.exception("%s failed", args.command)
+            logging.exception("%s failed", args.command_name)
         sys.stderr.write(f"winlayer: error: {exc}\n")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+__all__ = ["Arg", "command", "emit", "main", "open_driver", "progress_bar", "table"]

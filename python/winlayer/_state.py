@@ -1,0 +1,123 @@
+"""The driver's own bookkeeping, kept under ``<home>/.winlayer/`` so that every process
+sharing a home sees it:
+
+- ``locks/<id>.lock``: one lock per layer id; every structural change and every mount
+  state change of that layer happens under it.
+- ``mounts/<id>.json``: who holds the layer mounted (get/put counts per holder), open
+  diff streams per process, and whether the backend has it activated and prepared. A
+  holder is a process (``pid:<n>``: it stops counting when it dies, its entries are
+  dropped when the state is next read) or a name (``name:<s>``: it holds until released
+  by that name, as ``winlayer mount`` from the command line does).
+- ``pending/<id>``: an intent marker written before a create or an import and removed
+  when it is complete; a marker whose layer lock is free names an operation that died
+  half-way, and its layer is destroyed by the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._locks import FileLock, pid_alive
+from .errors import StoreCorrupt
+
+STATE_DIR = ".winlayer"
+
+
+@dataclass
+class MountState:
+    holders: dict[str, int] = field(default_factory=dict)  # holder -> get count
+    exports: dict[int, int] = field(default_factory=dict)  # pid -> open diff streams
+    activated: bool = False
+    prepared: bool = False
+    path: str = ""
+
+    @property
+    def mounts(self) -> int:
+        return sum(self.holders.values())
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.holders or self.exports)
+
+    def drop_dead(self) -> None:
+        self.holders = {h: n for h, n in self.holders.items() if n > 0 and _holder_alive(h)}
+        self.exports = {p: n for p, n in self.exports.items() if n > 0 and pid_alive(p)}
+
+    def is_idle(self) -> bool:
+        return not (self.in_use or self.activated or self.prepared)
+
+
+class StateStore:
+    def __init__(self, home: Path) -> None:
+        self.root = home / STATE_DIR
+
+    def lock(self, layer_id: str) -> FileLock:
+        return FileLock(self.root / "locks" / f"{layer_id}.lock")
+
+    def load(self, layer_id: str) -> MountState:
+        path = self.root / "mounts" / f"{layer_id}.json"
+        try:
+            raw = json.loads(path.read_bytes())
+            state = MountState(
+                holders={str(k): int(v) for k, v in raw.get("holders", {}).items()},
+                exports={int(k): int(v) for k, v in raw.get("exports", {}).items()},
+                activated=bool(raw.get("activated", False)),
+                prepared=bool(raw.get("prepared", False)),
+                path=str(raw.get("path", "")),
+            )
+        except FileNotFoundError:
+            return MountState()
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreCorrupt(f"unreadable mount state ({exc})", str(path)) from None
+        state.drop_dead()
+        return state
+
+    def save(self, layer_id: str, state: MountState) -> None:
+        path = self.root / "mounts" / f"{layer_id}.json"
+        if state.is_idle():
+            path.unlink(missing_ok=True)
+            return
+        data = {
+            "holders": dict(state.holders),
+            "exports": {str(k): v for k, v in state.exports.items()},
+            "activated": state.activated,
+            "prepared": state.prepared,
+            "path": state.path,
+        }
+        _atomic_write(path, json.dumps(data, sort_keys=True).encode())
+
+    def mounted_ids(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "mounts").glob("*.json"))
+
+    def mark_pending(self, layer_id: str) -> None:
+        _atomic_write(self.root / "pending" / layer_id, str(os.getpid()).encode())
+
+    def clear_pending(self, layer_id: str) -> None:
+        (self.root / "pending" / layer_id).unlink(missing_ok=True)
+
+    def pending_ids(self) -> list[str]:
+        folder = self.root / "pending"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def process_holder() -> str:
+    return f"pid:{os.getpid()}"
+
+
+def named_holder(name: str) -> str:
+    return f"name:{name}"
+
+
+def _holder_alive(holder: str) -> bool:
+    kind, _, value = holder.partition(":")
+    return kind != "pid" or pid_alive(int(value))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,115 @@
+"""The seed's per-layer files: ``layerchain.json`` and the alternate-ID file.
+
+Both formats are kept exactly, so that a home written by Docker's Windows driver, by
+another winlayer version or by the other backend is read back:
+
+- ``layerchain.json``: a compact JSON array of absolute parent folder paths, nearest
+  parent first, encoded the way Go's ``encoding/json`` does (``<``, ``>``, ``&``,
+  U+2028 and U+2029 escaped); ``null`` for a layer without parents; file mode 0600.
+- the alternate-ID file: the name of the folder that holds the layer's data. The seed
+  wrote it as ``layerId`` and read it as ``layerID``; it is read here whatever its case
+  and written as ``layerId``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import StoreCorrupt
+
+CHAIN_FILE = "layerchain.json"
+ALT_ID_FILE = "layerId"
+
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def encode_chain(chain: list[str] | None) -> bytes:
+    """``json.Marshal`` of a Go ``[]string``: compact, HTML-safe escapes, nil -> null."""
+    if not chain:
+        return b"null"
+    text = json.dumps(chain, separators=(",", ":"), ensure_ascii=False)
+    for char, escape in _GO_ESCAPES.items():
+        text = text.replace(char, escape)
+    return text.encode("utf-8")
+
+
+def decode_chain(data: bytes, path: Path) -> list[str]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreCorrupt(f"unreadable layer chain ({exc})", str(path)) from None
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise StoreCorrupt("layer chain is not a list of folder paths", str(path))
+    return value
+
+
+def read_chain(layer_dir: Path) -> list[str]:
+    """Parent folders of the layer in `layer_dir`, nearest first ([] for a base layer)."""
+    path = layer_dir / CHAIN_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return decode_chain(data, path)
+
+
+def write_chain(layer_dir: Path, chain: list[str]) -> None:
+    """Write ``layerchain.json`` atomically (a reader never sees half a file)."""
+    _write_private(layer_dir / CHAIN_FILE, encode_chain(chain))
+
+
+def read_alt_id(layer_dir: Path) -> str | None:
+    """The folder name this layer id stands for, or None (any spelling of layerId)."""
+    for name in (ALT_ID_FILE, "layerID"):
+        try:
+            return _decode_alt_id((layer_dir / name).read_bytes(), layer_dir / name)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            return None
+    try:
+        names = os.listdir(layer_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for name in names:
+        if name.lower() == ALT_ID_FILE.lower():
+            return _decode_alt_id((layer_dir / name).read_bytes(), layer_dir / name)
+    return None
+
+
+def _decode_alt_id(data: bytes, path: Path) -> str:
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StoreCorrupt("alternate-ID file is not UTF-8", str(path)) from None
+    if not value or "/" in value or "\\" in value or value in (".", ".."):
+        raise StoreCorrupt(f"alternate-ID file names no layer folder ({value!r})", str(path))
+    return value
+
+
+def write_alt_id(layer_dir: Path, folder_name: str) -> None:
+    _write_private(layer_dir / ALT_ID_FILE, folder_name.encode("utf-8"))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

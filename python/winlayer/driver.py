@@ -1,0 +1,702 @@
+"""The graph-driver API: Docker's Windows driver (``windowsfilter`` / ``windowsdiff``) in Python.
+
+A :class:`Driver` manages the layers in one home folder through a backend (HCS's layer
+API). It behaves like the 2015 driver where that was right, and fixes what it got wrong:
+the parent must exist before anything is created, ``get``/``put`` are reference counted
+across threads and processes and undo what they did on failure, ``diff`` streams do not
+touch the mount count, ``changes`` and ``diff_size`` work, ``remove`` renames before it
+destroys and refuses a layer in use, alternate IDs are honoured everywhere, and leftovers
+of crashed operations are swept when a driver opens its home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import _hcs, chain
+from ._state import StateStore, named_holder, process_holder
+from ._units import parse_size
+from .backend import Backend, load
+from .errors import (
+    DigestMismatch,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+    StoreCorrupt,
+    WinlayerError,
+)
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
+RECORD_FILE = "winlayer.json"  # the driver's per-layer record: diff_id, size, read_write
+REMOVING_SUFFIX = "-removing"
+# Files the driver (or Docker's driver) keeps in a layer folder beside the backend's data.
+_DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE, "layerid", RECORD_FILE}
+
+ProgressCallback = Callable[[int], None]
+Source = str | os.PathLike[str] | IO[bytes]
+
+
+def data_root() -> Path:
+    """The per-user data folder (``C:\\ProgramData\\winlayer`` on Windows)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "winlayer"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "winlayer"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
+
+
+def default_home(flavour: str = "windowsfilter") -> Path:
+    """``$WINLAYER_HOME``, else ``<data root>/<flavour>`` (as Docker's ``windowsfilter`` folder)."""
+    env = os.environ.get("WINLAYER_HOME")
+    return Path(env) if env else data_root() / flavour
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path a layer changes relative to its parents; ``kind`` is ``"A"`` (added),
+    ``"C"`` (modified) or ``"D"`` (deleted), as ``docker diff`` prints them."""
+
+    path: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    id: str
+    parent: str | None  # folder name of the nearest parent
+    size: int | None  # bytes of file data, when the layer was imported by winlayer
+    diff_id: str | None
+    read_write: bool
+
+
+class Driver:
+    """A layer store in `home` (default: :func:`default_home`).
+
+    `flavour` is ``"windowsfilter"`` (HCS filter driver) or ``"windowsdiff"`` (HCS diff
+    flavour: a layer tar is extracted straight into the layer's folder). `backend` is
+    ``"portable"``, ``"hcs"``, a backend object, or None for :data:`winlayer.backend`.
+    The driver is safe to share between threads; several processes may share a home.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        flavour: str = "windowsfilter",
+        backend: str | Backend | None = None,
+        *,
+        base_images: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown flavour {flavour!r}: choose windowsfilter or windowsdiff")
+        self.flavour = flavour
+        if backend is None or isinstance(backend, str):
+            self._backend: Backend = load(backend, os.fspath(base_images) if base_images else None)
+        else:
+            self._backend = backend
+        self.home = Path(home if home is not None else default_home(flavour)).absolute()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._info = _hcs.DriverInfo(FLAVOURS[flavour], str(self.home))
+        self._state = StateStore(self.home)
+        self._sweep(stale_mounts=False)
+
+    # -- identity -------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend in use ("portable" or "hcs")."""
+        return self._backend.name
+
+    def __str__(self) -> str:
+        return self.flavour
+
+    def __repr__(self) -> str:
+        return (
+            f"Driver(home={str(self.home)!r}, flavour={self.flavour!r}, backend={self.backend!r})"
+        )
+
+    def status(self) -> list[tuple[str, str]]:
+        return [("Windows", "")]
+
+    def metadata(self, id: str) -> dict[str, str]:
+        """Driver information about a layer: its folder (the resolved one)."""
+        return {"dir": str(self._dir(self._resolve(id)))}
+
+    # -- queries --------------------------------------------------------------------
+
+    def exists(self, id: str) -> bool:
+        try:
+            rid = self._resolve(id)
+        except StoreCorrupt:
+            return False
+        return self._backend.layer_exists(self._info, rid)
+
+    def parents(self, id: str) -> list[str]:
+        """Parent layer folders, nearest first, as recorded in ``layerchain.json``."""
+        return chain.read_chain(self._dir(self._require(id)))
+
+    def layers(self) -> list[LayerInfo]:
+        """Every layer in the home, sorted by id."""
+        found = []
+        for entry in sorted(os.scandir(self.home), key=lambda e: e.name):
+            if not entry.is_dir() or self._is_internal_name(entry.name):
+                continue
+            if not self._backend.layer_exists(self._info, entry.name):
+                continue
+            found.append(self.info(entry.name))
+        return found
+
+    def info(self, id: str) -> LayerInfo:
+        rid = self._require(id)
+        folder = self._dir(rid)
+        parents = chain.read_chain(folder)
+        record = self._read_record(rid)
+        return LayerInfo(
+            id=rid,
+            parent=os.path.basename(parents[0]) if parents else None,
+            size=record.get("size"),
+            diff_id=record.get("diff_id"),
+            read_write=bool(record.get("read_write", False)),
+        )
+
+    # -- create / remove ------------------------------------------------------------
+
+    def create(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        read_write: bool = False,
+        size: int | str | None = None,
+    ) -> None:
+        """Create an empty layer on `parent`.
+
+        As in Docker, a parent named ``*-init`` makes a read/write (sandbox) layer on the
+        init layer's own parents; ``read_write=True`` asks for one on `parent` itself.
+        `size` (bytes or e.g. ``"20GB"``) limits a sandbox.
+        """
+        _check_id(id)
+        limit = parse_size(size) if size is not None else None
+        rpid = self._require(parent) if parent else ""
+        sandbox = read_write or rpid.endswith("-init")
+        if limit is not None and not sandbox:
+            raise ValueError("size applies to read/write layers only")
+        with self._locked(id, rpid):
+            if self._dir(id).exists():
+                raise LayerExists(id)
+            if rpid and not self._backend.layer_exists(self._info, rpid):
+                raise LayerNotFound(parent or rpid, "parent layer not found")
+            layer_chain = self._chain_below(rpid, include_parent=not rpid.endswith("-init"))
+            if sandbox and not layer_chain:
+                raise ValueError(f"cannot create a read/write layer without a parent layer: {id!r}")
+            self._state.mark_pending(id)
+            try:
+                if sandbox:
+                    self._backend.create_sandbox_layer(self._info, id, layer_chain[0], layer_chain)
+                    if limit is not None:
+                        self._backend.expand_sandbox_size(self._info, id, limit)
+                else:
+                    self._backend.create_layer(self._info, id, rpid)
+                chain.write_chain(self._dir(id), layer_chain)
+                self._write_record(id, {"read_write": sandbox})
+            except BaseException:
+                self._destroy_quietly(id)
+                raise
+            finally:
+                self._state.clear_pending(id)
+
+    def remove(self, id: str) -> None:
+        """Destroy a layer. Refused (:class:`LayerInUse`) while it is mounted, being
+        exported, or the parent of another layer; nothing is lost then."""
+        rid = self._require(id)
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            if state.in_use or state.prepared:
+                raise LayerInUse(id, "layer is mounted or being exported")
+            children = self._children(rid)
+            if children:
+                raise LayerInUse(id, f"layer is the parent of {', '.join(children)}")
+            if state.activated:
+                self._backend.deactivate_layer(self._info, rid)
+                state.activated = False
+                self._state.save(rid, state)
+            # Rename first: a crash after this point leaves only a `-removing` folder,
+            # which the next sweep destroys, never a half-destroyed layer under its id.
+            doomed = f"{rid}-{secrets.token_hex(4)}{REMOVING_SUFFIX}"
+            os.replace(self._dir(rid), self._dir(doomed))
+            self._backend.destroy_layer(self._info, doomed)
+        if rid != id and self._dir(id).is_dir():
+            with self._state.lock(id):
+                self._remove_alias_folder(id)
+
+    def cleanup(self) -> list[str]:
+        """Sweep what crashed operations left: ``*-removing`` folders, half-done creates
+        and imports, staging folders, and mounts whose holders are all gone. Returns
+        what was swept, one description each."""
+        return self._sweep(stale_mounts=True)
+
+    # -- mount ----------------------------------------------------------------------
+
+    def get(self, id: str, *, holder: str | None = None) -> Path:
+        """Mount a layer and return the path of its contents (reference counted).
+
+        The first ``get`` activates and prepares the layer; later ones return the cached
+        mount path. On failure what was done is undone (unprepare, then deactivate).
+        The reference belongs to this process (released if it dies) unless `holder`
+        names a holder that keeps it until ``put(id, holder=...)``.
+        """
+        rid = self._require(id)
+        owner = named_holder(holder) if holder else process_holder()
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            if not state.prepared:
+                parents = chain.read_chain(self._dir(rid))
+                activated_here = False
+                if not state.activated:
+                    self._backend.activate_layer(self._info, rid)
+                    state.activated = activated_here = True
+                    self._state.save(rid, state)
+                try:
+                    self._backend.prepare_layer(self._info, rid, parents)
+                    state.prepared = True
+                    self._state.save(rid, state)
+                    state.path = self._backend.get_layer_mount_path(self._info, rid)
+                except BaseException:
+                    self._undo_mount(rid, state, activated_here)
+                    raise
+                state.path = state.path or str(self._dir(rid))
+            state.holders[owner] = state.holders.get(owner, 0) + 1
+            self._state.save(rid, state)
+            return Path(state.path)
+
+    def put(self, id: str, *, holder: str | None = None) -> None:
+        """Release one :meth:`get`. The last one unprepares and deactivates the layer.
+
+        If the backend fails, the count stays true: a layer still prepared stays counted
+        as mounted (``put`` may be retried); an unprepared one is no longer counted.
+        """
+        rid = self._require(id)
+        owner = named_holder(holder) if holder else process_holder()
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            if state.holders.get(owner, 0) == 0:
+                who = f"holder {holder!r}" if holder else "this process"
+                raise WinlayerError(f"layer {id!r} is not mounted by {who}")
+            if state.mounts > 1:
+                state.holders[owner] -= 1
+                if not state.holders[owner]:
+                    del state.holders[owner]
+                self._state.save(rid, state)
+                return
+            if state.prepared:
+                self._backend.unprepare_layer(self._info, rid)
+                state.prepared = False
+                state.path = ""
+            state.holders.pop(owner)
+            self._state.save(rid, state)
+            if state.activated:
+                self._backend.deactivate_layer(self._info, rid)
+                state.activated = False
+                self._state.save(rid, state)
+
+    @contextlib.contextmanager
+    def mounted(self, id: str) -> Iterator[Path]:
+        """``with driver.mounted(id) as path:`` -- get on entry, put on exit."""
+        path = self.get(id)
+        try:
+            yield path
+        finally:
+            self.put(id)
+
+    def mount_count(self, id: str) -> int:
+        """How many gets (all processes) currently hold the layer."""
+        rid = self._require(id)
+        with self._state.lock(rid):
+            return self._state.load(rid).mounts
+
+    # -- layer data -----------------------------------------------------------------
+
+    def apply_diff(
+        self,
+        id: str,
+        parent: str | None,
+        source: Source,
+        *,
+        digest: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Import a layer tar (path or binary stream; plain, gzip or zstd) as layer `id`
+        on `parent`; return the bytes of file data it holds.
+
+        `digest` (``sha256:<hex>``) is the diffID the uncompressed tar must have; a
+        mismatch leaves nothing behind. If `id` already holds imported data (another
+        thread or process imported it first), nothing is unpacked again.
+        """
+        from ._stream import open_layer
+
+        _check_id(id)
+        rpid = self._require(parent) if parent else ""
+        with self._locked(id, rpid):
+            if rpid and not self._backend.layer_exists(self._info, rpid):
+                raise LayerNotFound(parent or rpid, "parent layer not found")
+            existing = self._already_imported(id, digest)
+            if existing is not None:
+                return existing
+            layer_chain = self._chain_below(rpid, include_parent=True)
+            self._state.mark_pending(id)
+            try:
+                stream, _compression = open_layer(source)
+                try:
+                    result = self._backend.import_layer(
+                        self._info, id, layer_chain, stream, digest, progress
+                    )
+                finally:
+                    if hasattr(stream, "close") and stream is not source:
+                        stream.close()
+                try:
+                    chain.write_chain(self._dir(id), layer_chain)
+                    self._write_record(
+                        id, {"diff_id": result.diff_id, "size": result.size, "read_write": False}
+                    )
+                except BaseException:
+                    self._destroy_quietly(id)
+                    raise
+            finally:
+                self._state.clear_pending(id)
+            return int(result.size)
+
+    def diff(self, id: str, parent: str | None = None, *, original: bool = False) -> DiffStream:
+        """The layer's changes as a tar stream (a readable binary file and a context manager).
+
+        Canonical (deterministic) by default; ``original=True`` gives back the imported
+        tar byte for byte. Closing the stream does not touch the layer's mount count.
+        """
+        rid = self._require(id)
+        parents = self._check_parent(rid, parent)
+        pid = os.getpid()
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            state.exports[pid] = state.exports.get(pid, 0) + 1
+            self._state.save(rid, state)
+        try:
+            native = self._backend.export_layer(self._info, rid, parents, original)
+        except BaseException:
+            self._end_export(rid)
+            raise
+        return DiffStream(native, lambda: self._end_export(rid))
+
+    def verify(self, id: str) -> str:
+        """Re-hash the stored layer (its original tar, rebuilt) against the diffID it was
+        imported with; return that diffID or raise :class:`DigestMismatch`."""
+        rid = self._require(id)
+        expected = self._read_record(rid).get("diff_id")
+        if not expected:
+            raise WinlayerError(f"layer {id!r} has no recorded diffID: it was not imported")
+        digest = hashlib.sha256()
+        with self.diff(rid, original=True) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        actual = "sha256:" + digest.hexdigest()
+        if actual != expected:
+            raise DigestMismatch(expected, actual)
+        return actual
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """What the layer adds (``A``), modifies (``C``) and deletes (``D``), by path."""
+        return [change for change, _size in self._changes_with_sizes(id, parent)]
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """Bytes of file data the layer adds or modifies."""
+        return sum(
+            size for change, size in self._changes_with_sizes(id, parent) if change.kind != "D"
+        )
+
+    # -- internals --------------------------------------------------------------------
+
+    def _changes_with_sizes(self, id: str, parent: str | None) -> list[tuple[Change, int]]:
+        from .layertar import entries
+
+        rid = self._require(id)
+        parents = self._check_parent(rid, parent)
+        sizes: dict[str, tuple[str, int]] = {}
+        with self.diff(id) as stream:
+            for entry in entries(stream):
+                if entry.type == "whiteout":
+                    sizes[entry.path] = ("D", 0)
+                    continue
+                if entry.type == "alternate_stream":
+                    owner = entry.path.split(":", 1)[0]
+                    kind, size = sizes.get(owner, ("C", 0))
+                    sizes[owner] = (kind, size + entry.size)
+                    continue
+                kind = "C" if _exists_in_chain(entry.path, parents) else "A"
+                sizes[entry.path] = (kind, entry.size if entry.type == "file" else 0)
+        return [(Change(path, kind), size) for path, (kind, size) in sorted(sizes.items())]
+
+    def _end_export(self, rid: str) -> None:
+        pid = os.getpid()
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            left = state.exports.get(pid, 0) - 1
+            if left > 0:
+                state.exports[pid] = left
+            else:
+                state.exports.pop(pid, None)
+            self._state.save(rid, state)
+
+    def _check_parent(self, rid: str, parent: str | None) -> list[str]:
+        parents = chain.read_chain(self._dir(rid))
+        if parent:
+            expected = self._dir(self._require(parent))
+            if not parents or Path(parents[0]) != expected:
+                raise ValueError(f"{parent!r} is not the parent of layer {rid!r}")
+        return parents
+
+    def _undo_mount(self, rid: str, state: Any, activated_here: bool) -> None:
+        """Roll back a failed get: unprepare, then deactivate what this get activated."""
+        if state.prepared:
+            try:
+                self._backend.unprepare_layer(self._info, rid)
+                state.prepared = False
+            except Exception:
+                log.warning("could not unprepare layer %s after a failed get", rid, exc_info=True)
+        if activated_here and not state.prepared:
+            try:
+                self._backend.deactivate_layer(self._info, rid)
+                state.activated = False
+            except Exception:
+                log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
+        state.path = ""
+        self._state.save(rid, state)
+
+    def _already_imported(self, id: str, digest: str | None) -> int | None:
+        """Size of `id` if it already holds imported data; None if it must be imported
+        (an empty layer made by :meth:`create` is replaced)."""
+        folder = self._dir(id)
+        if not folder.exists():
+            return None
+        record = self._read_record(id)
+        if "diff_id" in record:
+            if digest and digest != record["diff_id"]:
+                raise DigestMismatch(digest, record["diff_id"])
+            log.info("layer %s was imported already; not unpacking it again", id)
+            return int(record.get("size", 0))
+        if record.get("read_write") or not _is_empty_layer(folder):
+            raise LayerExists(id, "layer already exists and holds data")
+        self._backend.destroy_layer(self._info, id)
+        return None
+
+    def _chain_below(self, rpid: str, *, include_parent: bool) -> list[str]:
+        """The parent chain of a new layer on `rpid`."""
+        if not rpid:
+            return []
+        below = chain.read_chain(self._dir(rpid))
+        return [str(self._dir(rpid)), *below] if include_parent else below
+
+    def _children(self, rid: str) -> list[str]:
+        folder = str(self._dir(rid))
+        children = []
+        for entry in os.scandir(self.home):
+            if entry.is_dir() and not self._is_internal_name(entry.name) and entry.name != rid:
+                try:
+                    if folder in chain.read_chain(Path(entry.path)):
+                        children.append(entry.name)
+                except StoreCorrupt:
+                    continue
+        return sorted(children)
+
+    def _sweep(self, *, stale_mounts: bool) -> list[str]:
+        swept = []
+        for entry in os.scandir(self.home):
+            if entry.is_dir() and entry.name.endswith(REMOVING_SUFFIX):
+                self._destroy_quietly(entry.name)
+                swept.append(f"removed leftover {entry.name}")
+        for layer_id in self._state.pending_ids():
+            lock = self._state.lock(layer_id)
+            if not lock.acquire(blocking=False):
+                continue  # the operation is still running in some process
+            try:
+                if layer_id in self._state.pending_ids():
+                    log.warning("destroying layer %s left half-created by a crash", layer_id)
+                    self._destroy_quietly(layer_id)
+                    self._state.clear_pending(layer_id)
+                    swept.append(f"destroyed half-created layer {layer_id}")
+            finally:
+                lock.release()
+        sweep = getattr(self._backend, "sweep", None)
+        if sweep is not None:
+            swept.extend(f"removed staging folder {name}" for name in sweep(self._info) or ())
+        if stale_mounts:
+            for layer_id in self._state.mounted_ids():
+                if self._release_abandoned_mount(layer_id):
+                    swept.append(f"released abandoned mount of {layer_id}")
+        return swept
+
+    def _release_abandoned_mount(self, rid: str) -> bool:
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            if state.in_use:
+                return False
+            if not self._dir(rid).is_dir():
+                state.prepared = state.activated = False
+            if state.prepared:
+                self._backend.unprepare_layer(self._info, rid)
+                state.prepared = False
+                state.path = ""
+                self._state.save(rid, state)
+            if state.activated:
+                self._backend.deactivate_layer(self._info, rid)
+                state.activated = False
+            self._state.save(rid, state)
+            return True
+
+    def _destroy_quietly(self, folder_name: str) -> None:
+        try:
+            if self._dir(folder_name).exists():
+                self._backend.destroy_layer(self._info, folder_name)
+        except Exception:
+            log.warning("could not destroy layer folder %s", folder_name, exc_info=True)
+
+    def _remove_alias_folder(self, id: str) -> None:
+        folder = self._dir(id)
+        for name in os.listdir(folder):
+            if name.lower() in _DRIVER_FILES:
+                (folder / name).unlink()
+        folder.rmdir()
+
+    @contextlib.contextmanager
+    def _locked(self, *ids: str) -> Iterator[None]:
+        """Hold the locks of several layers, always taken in sorted order (no deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for layer_id in sorted({i for i in ids if i}):
+                stack.enter_context(self._state.lock(layer_id))
+            yield
+
+    def _resolve(self, id: str) -> str:
+        """The folder name that holds `id`'s data (its alternate ID, if it has one)."""
+        _check_id(id)
+        alt = chain.read_alt_id(self._dir(id))
+        return alt if alt is not None else id
+
+    def _require(self, id: str) -> str:
+        rid = self._resolve(id)
+        if not self._dir(rid).is_dir():
+            raise LayerNotFound(id)
+        return rid
+
+    def _dir(self, folder_name: str) -> Path:
+        return self.home / folder_name
+
+    def _read_record(self, rid: str) -> dict[str, Any]:
+        path = self._dir(rid) / RECORD_FILE
+        try:
+            value = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise StoreCorrupt(f"unreadable layer record ({exc})", str(path)) from None
+        if not isinstance(value, dict):
+            raise StoreCorrupt("layer record is not a JSON object", str(path))
+        return value
+
+    def _write_record(self, rid: str, record: dict[str, Any]) -> None:
+        merged = {**self._read_record(rid), **record}
+        chain._write_private(
+            self._dir(rid) / RECORD_FILE, json.dumps(merged, sort_keys=True).encode()
+        )
+
+    @staticmethod
+    def _is_internal_name(name: str) -> bool:
+        return name.startswith(".") or name.endswith(REMOVING_SUFFIX)
+
+
+class DiffStream(io.RawIOBase):
+    """A layer's tar, streamed from the backend; a readable binary file."""
+
+    def __init__(self, native: Any, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._native = native
+        self._on_close: Callable[[], None] | None = on_close
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return int(self._native.readinto(buffer))
+
+    def close(self) -> None:
+        with self._lock:
+            on_close, self._on_close = self._on_close, None
+        if on_close is None:
+            return
+        try:
+            self._native.close()
+        finally:
+            super().close()
+            on_close()
+
+
+def _check_id(id: str) -> None:
+    if (
+        not id
+        or id in (".", "..")
+        or "/" in id
+        or "\\" in id
+        or "\0" in id
+        or id.startswith(".")
+        or id.endswith(REMOVING_SUFFIX)
+    ):
+        raise ValueError(f"invalid layer id {id!r}")
+
+
+def _is_empty_layer(folder: Path) -> bool:
+    """True if the folder holds only driver files and empty directories."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if Path(root) != folder or name.lower() not in _DRIVER_FILES:
+                return False
+    return True
+
+
+def _exists_in_chain(path: str, parents: list[str]) -> bool:
+    """Whether a layer path (``Files/...``) exists in one of the parent folders.
+
+    Looks at the parents' folders on disk, case-insensitively as NTFS does. A path a
+    parent deleted and this layer re-creates counts as modified, not added.
+    """
+    parts = path.split("/")
+    return any(_exists_case_insensitive(Path(parent), parts) for parent in parents)
+
+
+def _exists_case_insensitive(base: Path, parts: list[str]) -> bool:
+    current = base
+    for part in parts:
+        candidate = current / part
+        if candidate.exists():
+            current = candidate
+            continue
+        try:
+            names = os.listdir(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        lowered = part.lower()
+        match = next((n for n in names if n.lower() == lowered), None)
+        if match is None:
+            return False
+        current = current / match
+    return True
