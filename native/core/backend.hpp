@@ -58,4 +58,7 @@ public:
                                                    const LayerChain& parents) = 0;
 };
 
+// The vmcompute backend (native/windows/vmcompute_backend.cpp); defined on Windows only.
+std::unique_ptr<Backend> make_vmcompute_backend();
+
 }  // namespace winlayer

@@ -1,0 +1,70 @@
+#include "privileges.hpp"
+
+#include "win_util.hpp"
+
+namespace winlayer::win {
+
+ThreadPrivileges::ThreadPrivileges(bool restore) {
+    const DWORD access = TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY;
+    if (!OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
+        if (GetLastError() != ERROR_NO_TOKEN) throw_last("OpenThreadToken");
+        if (!ImpersonateSelf(SecurityImpersonation)) throw_last("ImpersonateSelf");
+        impersonating_ = true;
+        if (!OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
+            DWORD e = GetLastError();
+            RevertToSelf();
+            SetLastError(e);
+            throw_last("OpenThreadToken");
+        }
+    }
+    try {
+        enable(L"SeBackupPrivilege", true);
+        if (restore) enable(L"SeRestorePrivilege", true);
+        enable(L"SeSecurityPrivilege", false);
+    } catch (...) {
+        undo();
+        throw;
+    }
+}
+
+ThreadPrivileges::~ThreadPrivileges() { undo(); }
+
+void ThreadPrivileges::enable(const wchar_t* name, bool required) {
+    TOKEN_PRIVILEGES tp{};
+    tp.PrivilegeCount = 1;
+    tp.Privileges[0].Attributes = SE_PRIVILEGE_ENABLED;
+    if (!LookupPrivilegeValueW(nullptr, name, &tp.Privileges[0].Luid)) throw_last("LookupPrivilegeValueW", narrow(name));
+    TOKEN_PRIVILEGES prev{};
+    DWORD prev_len = 0;
+    if (!AdjustTokenPrivileges(token_, FALSE, &tp, sizeof prev, &prev, &prev_len))
+        throw_last("AdjustTokenPrivileges", narrow(name));
+    // AdjustTokenPrivileges "succeeds" when the token lacks the privilege.
+    if (GetLastError() == ERROR_NOT_ALL_ASSIGNED) {
+        if (!required) return;
+        throw Error::win32(ERROR_NOT_ALL_ASSIGNED,
+                           "AdjustTokenPrivileges (run as administrator: layer import/export needs it)",
+                           narrow(name));
+    }
+    // An empty previous state means the privilege was already enabled.
+    if (prev.PrivilegeCount == 1) previous_[n_previous_++] = {prev.Privileges[0].Luid, prev.Privileges[0].Attributes};
+}
+
+void ThreadPrivileges::undo() noexcept {
+    if (impersonating_) {
+        RevertToSelf();
+        impersonating_ = false;
+    } else if (token_) {
+        for (int i = 0; i < n_previous_; ++i) {
+            TOKEN_PRIVILEGES tp{};
+            tp.PrivilegeCount = 1;
+            tp.Privileges[0].Luid = previous_[i].luid;
+            tp.Privileges[0].Attributes = previous_[i].attributes;
+            AdjustTokenPrivileges(token_, FALSE, &tp, 0, nullptr, nullptr);
+        }
+    }
+    n_previous_ = 0;
+    if (token_) CloseHandle(token_);
+    token_ = nullptr;
+}
+
+}  // namespace winlayer::win
