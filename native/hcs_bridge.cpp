@@ -38,6 +38,8 @@ PYBIND11_MODULE(_hcs, m) {
     winlayer::bridge::register_error_translator();
     winlayer::bridge::bind_codec(m);
     winlayer::bridge::bind_backends(m);
+    winlayer::bridge::bind_pystream(m);
+    winlayer::bridge::bind_tar(m);
 
     m.def("_raise_error", &raise_error, py::arg("kind"), py::arg("code"), py::arg("operation"),
           py::arg("path"), "Raise a native error of `kind` (tests the error translation).");

@@ -14,5 +14,7 @@ void register_error_translator();
 // Per-area bindings, each in its own file of native/bridge/.
 void bind_codec(py::module_& m);     // codec.cpp: layer tar inspection
 void bind_backends(py::module_& m);  // backends.cpp: the Backend contract, both backends
+void bind_tar(py::module_& m);       // tar.cpp: raw tar codec, digests, tar-split rebuild
+void bind_pystream(py::module_& m);  // pystream.cpp: NativeStream (see pystream.hpp)
 
 }  // namespace winlayer::bridge

@@ -15,7 +15,8 @@ class Sha256 {
 public:
     using Digest = std::array<std::uint8_t, 32>;
 
-    Sha256() { reset(); }
+    // `portable_only` forces the portable block function (to test it on any CPU).
+    explicit Sha256(bool portable_only = false) : portable_only_(portable_only) { reset(); }
 
     void reset();
     void update(const void* data, std::size_t n);
@@ -34,6 +35,7 @@ private:
     std::uint8_t block_[64];
     std::size_t block_len_ = 0;
     std::uint64_t total_ = 0;
+    bool portable_only_;
 };
 
 std::string hex(const std::uint8_t* data, std::size_t n);

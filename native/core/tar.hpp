@@ -148,14 +148,18 @@ public:
 
 private:
     struct Pending;
+    std::size_t pull(std::uint8_t* buf, std::size_t n);
     bool fill(std::size_t min_bytes);
+    std::size_t available() const;
     const std::uint8_t* take(std::size_t n, bool payload);
-    void read_block(std::uint8_t* block, const std::string& entry_guess, bool allow_eof,
-                    bool* at_eof);
+    void consume_raw(std::uint64_t n, const std::string& entry, const char* what);
     std::string read_extension(std::uint64_t size, std::uint64_t header_at,
-                               const std::string& entry_guess);
-    void skip_padding();
-    void consume_trailer();
+                               const std::string& entry_guess, const char* what);
+    void parse_pax(const std::string& data, std::uint64_t data_at, const std::string& entry_guess,
+                   std::vector<PaxRecord>& out);
+    void build_header(const std::uint8_t* block, std::uint64_t header_at,
+                      const std::string& guess, Pending& pending, TarHeader& h);
+    void finish_stream();
 
     Source& source_;
     TarSplitWriter* split_;

@@ -8,11 +8,12 @@
 //   records  one tag byte each, then its fields:
 //     0x01 LITERAL  len, len bytes             non-payload bytes, verbatim
 //     0x02 ZEROS    count                      `count` zero bytes (padding, empty fields)
-//     0x03 PAYLOAD  entry_delta, shared, suffix_len, suffix bytes, size
+//     0x03 PAYLOAD  entry_delta, shared, suffix_len, suffix bytes, size (> 0)
 //                   the payload of the entry whose index (0-based, in archive order,
 //                   extension headers not counted) is the previous PAYLOAD's index +
 //                   entry_delta (the first one: entry_delta itself); its name is the first
 //                   `shared` bytes of the previous PAYLOAD's name + suffix; `size` bytes.
+//                   Empty payloads have no PAYLOAD record.
 //     0x00 END      total_size, 32 raw bytes of the SHA-256 of the whole tar
 //   Nothing follows END. Runs of 32 or more zero bytes are stored as ZEROS, so a header
 //   block costs about its non-zero bytes; a 20,000-entry Windows layer records in a few MB.
