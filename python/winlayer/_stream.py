@@ -1,0 +1,284 @@
+"""Layer blobs as uncompressed tar streams.
+
+:func:`open_layer` takes what a user has - a path or a binary file object, plain, gzip or
+zstd - detects the compression by its magic bytes (never by file name) and returns what
+the native tar reader should read: the path itself for a plain file on disk (read natively,
+without the GIL), else a readable binary stream of the uncompressed tar. Non-seekable input
+such as a pipe is peeked without losing bytes.
+
+Decompression is streaming and bounded: a gzip or zstd bomb stops with
+:class:`~winlayer.errors.InvalidLayer` once the output passes ``max_uncompressed`` bytes,
+and corrupt or truncated compressed data raises :class:`InvalidLayer` naming the
+compression and the compressed offset.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from typing import Any, Literal, Protocol, Union
+
+from .errors import InvalidLayer
+
+__all__ = ["DEFAULT_MAX_UNCOMPRESSED", "Compression", "open_layer"]
+
+Compression = Literal["none", "gzip", "zstd"]
+
+#: Default cap on the uncompressed size of one layer (1 TiB).
+DEFAULT_MAX_UNCOMPRESSED = 1 << 40
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_READ_SIZE = 1 << 16
+# zstd input is fed this many bytes at a time: one call can expand at most ~32768x
+# (RLE blocks), so a bomb holds at most ~32 MiB at once.
+_ZSTD_FEED = 1 << 10
+# gzip output per call (zlib's max_length bounds it exactly).
+_GZIP_OUT = 1 << 20
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+Source = Union[str, "os.PathLike[str]", _Readable]
+
+
+def detect(head: bytes) -> Compression:
+    """The compression of a stream that starts with ``head`` (at least 4 bytes if any)."""
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def open_layer(
+    source: Source, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
+) -> tuple[str | io.RawIOBase | _Readable, Compression]:
+    """Open a layer blob for the native tar reader.
+
+    Returns ``(tar, compression)``. ``tar`` is the path (as ``str``) for an uncompressed
+    file given by path, the caller's own object when it can be peeked without consuming
+    (``peek()``), else a new stream. A stream this function opened closes what it opened
+    when closed; it never closes the caller's object.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(source))
+        f = open(path, "rb")  # noqa: SIM115 - ownership passes to the returned stream
+        try:
+            compression = detect(_read_exact(f, 4))
+            if compression == "none":
+                f.close()
+                return path, "none"
+            f.seek(0)
+            return _decompressor(f, compression, max_uncompressed, close_raw=True), compression
+        except BaseException:
+            f.close()
+            raise
+
+    peek = getattr(source, "peek", None)
+    if callable(peek):
+        head = bytes(peek(4)[:4])
+        if len(head) >= 4 or not head:
+            compression = detect(head)
+            if compression == "none":
+                return source, "none"
+            return _decompressor(
+                source, compression, max_uncompressed, close_raw=False
+            ), compression
+    # Read the magic and put it back in front of the rest.
+    head = _read_exact(source, 4)
+    compression = detect(head)
+    prefixed = _Prefixed(head, source)
+    if compression == "none":
+        return prefixed, "none"
+    return _decompressor(prefixed, compression, max_uncompressed, close_raw=False), compression
+
+
+def _read_exact(f: _Readable, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = f.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _decompressor(
+    raw: Any, compression: Compression, limit: int, *, close_raw: bool
+) -> io.RawIOBase:
+    if compression == "gzip":
+        return _GzipReader(raw, limit, close_raw)
+    return _ZstdReader(raw, limit, close_raw)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``raw`` (bytes already read to detect the format)."""
+
+    def __init__(self, head: bytes, raw: _Readable) -> None:
+        self._head = memoryview(head)
+        self._raw = raw
+        self._readinto = getattr(raw, "readinto", None)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        if self._head:
+            n = min(len(out), len(self._head))
+            out[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        if self._readinto is not None:
+            got = self._readinto(out)
+            return int(got or 0)
+        data = self._raw.read(len(out))
+        out[: len(data)] = data
+        return len(data)
+
+
+class _Decompressing(io.RawIOBase):
+    """Common part of the decompressing readers: output buffering, limit, offsets."""
+
+    name: str
+
+    def __init__(self, raw: Any, limit: int, close_raw: bool) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._close_raw = close_raw
+        self._pending = memoryview(b"")
+        self._out_total = 0  # uncompressed bytes produced
+        self._in_total = 0  # compressed bytes read from raw
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed and self._close_raw:
+            self._raw.close()
+        super().close()
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        while not self._pending and not self._done:
+            produced = self._produce()
+            if produced:
+                self._out_total += len(produced)
+                if self._out_total > self._limit:
+                    raise InvalidLayer(
+                        f"{self.name} data expands past the limit of {self._limit} "
+                        "uncompressed bytes (max_uncompressed)",
+                        offset=self._limit,
+                    )
+                self._pending = memoryview(produced)
+        n = min(len(out), len(self._pending))
+        out[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _read_raw(self) -> bytes:
+        data: bytes = self._raw.read(_READ_SIZE)
+        self._in_total += len(data)
+        return data
+
+    def _corrupt(self, why: str, at: int) -> InvalidLayer:
+        # `at` is where the compressed chunk being decoded starts: codecs do not say
+        # which byte of a chunk was wrong.
+        return InvalidLayer(
+            f"corrupt {self.name} data at or after compressed offset {at}: {why}",
+            offset=self._out_total,
+        )
+
+    def _produce(self) -> bytes:
+        raise NotImplementedError
+
+
+class _GzipReader(_Decompressing):
+    """gzip, any number of members back to back (as ``cat a.gz b.gz``); NUL padding after
+    the last member is ignored, as gzip(1) does."""
+
+    name = "gzip"
+
+    def __init__(self, raw: Any, limit: int, close_raw: bool) -> None:
+        super().__init__(raw, limit, close_raw)
+        self._dec: Any = None  # the current member's decompressobj, None between members
+        self._input = b""  # compressed bytes not yet given to zlib
+        self._input_at = 0  # compressed offset of self._input[0]
+
+    def _produce(self) -> bytes:
+        if not self._input:
+            self._input_at = self._in_total
+            self._input = self._read_raw()
+            if not self._input:
+                if self._dec is not None:
+                    raise self._corrupt("the stream ends inside a gzip member", self._in_total)
+                self._done = True
+                return b""
+        if self._dec is None:
+            stripped = self._input.lstrip(b"\0")
+            self._input_at += len(self._input) - len(stripped)
+            self._input = stripped
+            if not self._input:
+                return b""
+            self._dec = zlib.decompressobj(wbits=31)
+        data = self._input
+        try:
+            out: bytes = self._dec.decompress(data, _GZIP_OUT)
+        except zlib.error as e:
+            raise self._corrupt(str(e), self._input_at) from None
+        if self._dec.eof:
+            rest = self._dec.unused_data
+            self._dec = None
+        else:
+            rest = self._dec.unconsumed_tail
+        self._input_at += len(data) - len(rest)
+        self._input = rest
+        return out
+
+
+class _ZstdReader(_Decompressing):
+    """zstd, any number of frames back to back."""
+
+    name = "zstd"
+
+    def __init__(self, raw: Any, limit: int, close_raw: bool) -> None:
+        super().__init__(raw, limit, close_raw)
+        import zstandard
+
+        self._zstd = zstandard
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dec: Any = None
+        self._input = memoryview(b"")
+        self._input_at = 0
+
+    def _produce(self) -> bytes:
+        if not self._input:
+            self._input_at = self._in_total
+            self._input = memoryview(self._read_raw())
+            if not self._input:
+                if self._dec is not None:
+                    raise self._corrupt("the stream ends inside a zstd frame", self._in_total)
+                self._done = True
+                return b""
+        if self._dec is None:
+            self._dec = self._dctx.decompressobj()
+        chunk = self._input[:_ZSTD_FEED]
+        at = self._input_at
+        self._input = self._input[_ZSTD_FEED:]
+        self._input_at += len(chunk)
+        try:
+            out: bytes = self._dec.decompress(chunk)
+        except self._zstd.ZstdError as e:
+            raise self._corrupt(str(e), at) from None
+        if self._dec.eof:
+            rest = self._dec.unused_data
+            if rest:
+                self._input = memoryview(bytes(rest) + bytes(self._input))
+                self._input_at -= len(rest)
+            self._dec = None
+        return out
