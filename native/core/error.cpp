@@ -91,6 +91,13 @@ Error&& Error::with_path(std::string p) && {
     return std::move(*this);
 }
 
+Error& Error::at_entry(const std::string& entry_name, std::int64_t byte_offset) & {
+    if (entry.empty()) entry = entry_name;
+    if (offset < 0) offset = byte_offset;
+    render();
+    return *this;
+}
+
 void Error::render() {
     what_.clear();
     if (!operation.empty()) what_ += operation + ": ";

@@ -53,6 +53,9 @@ public:
 
     Error& with_path(std::string p) &;
     Error&& with_path(std::string p) &&;
+    // Fills in the tar entry and byte offset where they are not known yet (a caller that
+    // knows where the failure happened adds it on the way out).
+    Error& at_entry(const std::string& entry_name, std::int64_t byte_offset) &;
 
 private:
     void render();

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "io.hpp"
@@ -17,6 +18,10 @@ struct ImportOptions {
     std::string expected_digest;
     // Called now and then (not per entry) with the tar bytes consumed so far.
     std::function<void(std::uint64_t)> progress;
+    // A hard link whose target is not in this tar goes to the writer, which checks the
+    // parent layers (true), or is an InvalidLayer error (false: no parents, e.g. a base
+    // layer or a listing).
+    bool allow_parent_links = true;
 };
 
 // Reads a layer tar from `tar`, validates every entry (path rules, formats), feeds
@@ -26,6 +31,28 @@ struct ImportOptions {
 // raises for an entry (e.g. a hard link whose target is in no parent) get the entry
 // and offset filled in when they lack them.
 CommitInfo import_layer_tar(Source& tar, LayerWriter& writer, const ImportOptions& options);
+
+// import_layer_tar one entry at a time, for callers that hand entries on in batches
+// (e.g. a listing): step() until it returns false, then commit(). Any error from step()
+// or commit() has already aborted the writer.
+class LayerTarImporter {
+public:
+    LayerTarImporter(Source& tar, LayerWriter& writer, const ImportOptions& options);
+    ~LayerTarImporter();
+    LayerTarImporter(const LayerTarImporter&) = delete;
+    LayerTarImporter& operator=(const LayerTarImporter&) = delete;
+
+    // Reads and passes on the next tar entry (with its data); false at the end.
+    bool step();
+    // Checks the expected digest and commits the writer.
+    CommitInfo commit();
+    // Tar bytes consumed so far.
+    std::uint64_t offset() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 // Writes the canonical (deterministic) layer tar of `reader`'s entries to `out`.
 void export_layer_tar(LayerReader& reader, Sink& out);

@@ -13,6 +13,59 @@ def _raise_error(kind: str, code: int, operation: str, path: str) -> None: ...
 
 # --- native/bridge/codec.cpp ---
 
+# (sid, SDDL alias, well-known name)
+_Sid = tuple[str, str, str]
+# path, type, size, attributes, (creation, last_access, last_write, change) FILETIME ticks,
+# security descriptor, owner, group, link target, mount point, extended attributes
+_ListedEntry = tuple[
+    str,
+    str,
+    int,
+    int,
+    tuple[int, int, int, int],
+    bytes,
+    _Sid | None,
+    _Sid | None,
+    str,
+    bool,
+    list[tuple[str, bytes]],
+]
+# keys: path, type, attributes, times, security_descriptor, extended_attributes,
+# link_target, mount_point, reparse_data, data
+_EntryDict = dict[str, object]
+# ("security", sd) | ("ea", [(name, value)]) | ("reparse", data)
+# | ("data", stream, declared size or None, size, bytes)
+_BackupEvent = tuple[object, ...]
+
+class LayerTarLister:
+    def __init__(
+        self,
+        source: StrPath | SupportsRead[bytes],
+        *,
+        allow_parent_links: bool = False,
+        expected_digest: str = "",
+    ) -> None: ...
+    def next_batch(self, max_entries: int = 1024) -> list[_ListedEntry]: ...
+    @property
+    def diff_id(self) -> str | None: ...
+    @property
+    def data_size(self) -> int | None: ...
+    @property
+    def offset(self) -> int: ...
+
+def export_layer_entries(entries: list[_EntryDict]) -> bytes: ...
+def encode_backup_stream(entries: list[_EntryDict]) -> bytes: ...
+def decode_backup_stream(data: bytes, chunk_size: int = 0) -> list[_BackupEvent]: ...
+def encode_extended_attributes(eas: list[tuple[str | bytes, str | bytes]]) -> bytes: ...
+def decode_extended_attributes(data: bytes) -> list[tuple[str, bytes]]: ...
+def encode_reparse_point(target: str, mount_point: bool = False) -> bytes: ...
+def decode_reparse_point(data: bytes) -> tuple[str, bool, bool]: ...
+def layer_path_problem(path: str) -> str: ...
+def stream_name_problem(name: str) -> str: ...
+def ntfs_fold(name: str) -> str: ...
+def describe_security_descriptor(sd: bytes) -> dict[str, object]: ...
+def sddl_to_security_descriptor(sddl: str) -> bytes: ...
+
 # --- native/bridge/backends.cpp ---
 
 # --- native/bridge/pystream.cpp ---

@@ -1,0 +1,34 @@
+// Byte encodings the Windows layer formats need, in portable code: standard base64
+// (MSWINDOWS.rawsd and MSWINDOWS.xattr.* values) and UTF-8 <-> UTF-16LE (backup-stream
+// names, reparse-point paths). Decoders are strict: they return false (or throw where
+// noted) instead of guessing, so that a hostile value can never be half-accepted.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace winlayer {
+
+// RFC 4648 standard alphabet, padded.
+std::string base64_encode(const std::string& data);
+// Accepts only canonical padded base64 (length a multiple of 4, '=' only at the end,
+// unused bits zero). Returns false on anything else; `out` is then unspecified.
+bool base64_decode(const std::string& text, std::string& out);
+
+// Whether `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+bool is_valid_utf8(const std::string& s);
+
+// Decodes one code point of well-formed UTF-8 at s[i], advancing i. Returns false at a
+// malformed sequence (i is then unchanged).
+bool next_code_point(const std::string& s, std::size_t& i, char32_t& cp);
+
+// UTF-8 -> UTF-16LE bytes (2 per unit). Returns false for malformed UTF-8.
+bool utf8_to_utf16le(const std::string& utf8, std::string& out);
+// UTF-16LE bytes -> UTF-8. Returns false for an odd length or an unpaired surrogate.
+bool utf16le_to_utf8(const std::uint8_t* data, std::size_t n, std::string& out);
+
+// Appends the UTF-8 form of code point `cp` (must be a valid scalar value).
+void append_utf8(std::string& out, char32_t cp);
+
+}  // namespace winlayer

@@ -1,0 +1,623 @@
+// Layer tar <-> LayerEntry, with go-winio backuptar's semantics (REFERENCE.md section 4).
+//
+// Import, per tar entry (after the path rules of path_rules.hpp):
+//   type 5 -> Directory, 0 -> File, 2 -> Symlink (reparse data built from linkname, '/'
+//   turned into '\\'; MSWINDOWS.mountpoint makes it a junction), 1 -> add_link (the
+//   target passes the same path rules; in this layer it must be a file, else the writer
+//   looks in the parents, or it is an error when allow_parent_links is off),
+//   "<dir>/.wh.<name>" -> remove("<dir>/<name>"), "<file>:<stream>" -> AlternateStream
+//   (only right after its file or directory).
+//   PAX records: MSWINDOWS.fileattr (decimal), MSWINDOWS.rawsd (base64, validated),
+//   MSWINDOWS.sd (SDDL subset, used when there is no rawsd), MSWINDOWS.xattr.<name>
+//   (base64), LIBARCHIVE.creationtime, mtime/atime/ctime; other records are ignored.
+//   Defaults when a record is missing: attributes 16 (directory), 32 (file), 0x420 (file
+//   symlink) or 0x410 (junction); creation, access and change times = mtime; no
+//   security descriptor (the backend's default applies).
+//   Consistency: a directory's attributes must have FILE_ATTRIBUTE_DIRECTORY, a file's
+//   must not; a symlink always gets FILE_ATTRIBUTE_REPARSE_POINT.
+//   Rejected: opaque-directory whiteouts, whiteouts with data, a name that collides
+//   case-insensitively with an earlier one (including a path both whited out and added),
+//   times before 1601, malformed values of the records above.
+// Export writes the canonical form: the same records, PAX keys sorted (TarWriter), times
+// exact to the 100 ns tick, whiteouts and alternate streams and hard links as bare ustar
+// entries.
+#include "layer_tar.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "backup_stream.hpp"
+#include "encoding.hpp"
+#include "error.hpp"
+#include "path_rules.hpp"
+#include "security_descriptor.hpp"
+#include "tar.hpp"
+#include "tar_split.hpp"
+
+namespace winlayer {
+
+namespace {
+
+constexpr std::uint32_t kAttrDirectory = 0x10;
+constexpr std::uint32_t kAttrArchive = 0x20;
+constexpr std::uint32_t kAttrReparsePoint = 0x400;
+
+constexpr std::int64_t kTicksPerSecond = 10000000;
+constexpr std::int64_t kEpochDeltaSeconds = 11644473600;  // 1601-01-01 -> 1970-01-01
+constexpr std::uint64_t kProgressEvery = std::uint64_t(8) << 20;
+
+const std::string kWhiteoutPrefix = ".wh.";
+const std::string kOpaqueWhiteout = ".wh..wh..opq";
+const std::string kXattrPrefix = "MSWINDOWS.xattr.";
+
+// TarTime -> FILETIME ticks; false when the time is before 1601 or past the int64 range.
+bool to_filetime(const TarTime& t, std::int64_t& ticks) {
+    constexpr std::int64_t max_sec = std::numeric_limits<std::int64_t>::max() / kTicksPerSecond - kEpochDeltaSeconds - 1;
+    if (t.sec < -kEpochDeltaSeconds || t.sec > max_sec) return false;
+    ticks = (t.sec + kEpochDeltaSeconds) * kTicksPerSecond + static_cast<std::int64_t>(t.nsec / 100);
+    return true;
+}
+
+TarTime from_filetime(std::int64_t ticks) {
+    std::int64_t sec = ticks / kTicksPerSecond;
+    std::int64_t rem = ticks % kTicksPerSecond;
+    if (rem < 0) {
+        rem += kTicksPerSecond;
+        --sec;
+    }
+    return TarTime{sec - kEpochDeltaSeconds, static_cast<std::uint32_t>(rem * 100)};
+}
+
+// "[-]sec[.fraction]", as LIBARCHIVE.creationtime holds it.
+bool parse_time_value(const std::string& v, TarTime& out) {
+    std::size_t i = 0;
+    bool negative = !v.empty() && v[0] == '-';
+    if (negative) ++i;
+    std::size_t dot = v.find('.', i);
+    std::size_t whole_end = dot == std::string::npos ? v.size() : dot;
+    if (whole_end == i || whole_end - i > 18) return false;
+    std::int64_t sec = 0;
+    for (std::size_t k = i; k < whole_end; ++k) {
+        if (v[k] < '0' || v[k] > '9') return false;
+        sec = sec * 10 + (v[k] - '0');
+    }
+    std::uint32_t nsec = 0;
+    if (dot != std::string::npos) {
+        if (dot + 1 == v.size()) return false;
+        std::uint32_t scale = 100000000;
+        for (std::size_t k = dot + 1; k < v.size(); ++k) {
+            if (v[k] < '0' || v[k] > '9') return false;
+            nsec += static_cast<std::uint32_t>(v[k] - '0') * scale;
+            scale /= 10;
+        }
+    }
+    if (!negative || nsec == 0) {
+        out = TarTime{negative ? -sec : sec, nsec};
+    } else {
+        out = TarTime{-sec - 1, 1000000000u - nsec};
+    }
+    return true;
+}
+
+bool parse_u32(const std::string& v, std::uint32_t& out) {
+    if (v.empty() || v.size() > 10) return false;
+    std::uint64_t x = 0;
+    for (char c : v) {
+        if (c < '0' || c > '9') return false;
+        x = x * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    if (x > 0xffffffffULL) return false;
+    out = static_cast<std::uint32_t>(x);
+    return true;
+}
+
+std::string base_name(const std::string& path) {
+    std::size_t slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string parent_of(const std::string& path) {
+    std::size_t slash = path.rfind('/');
+    return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+}  // namespace
+
+// --- import ---------------------------------------------------------------------------
+
+struct LayerTarImporter::State {
+    State(Source& tar, LayerWriter& w, const ImportOptions& o) : reader(tar, &split), writer(w), options(o) {}
+
+    TarSplitWriter split;
+    TarReader reader;
+    LayerWriter& writer;
+    const ImportOptions& options;
+    LayerNames names;
+    TarHeader header;
+    LayerEntry entry;
+    std::string name;          // the entry's name, for errors
+    std::string stream_owner;  // the last file or directory: its streams may follow
+    std::uint64_t data_size = 0;
+    std::uint64_t next_progress = kProgressEvery;
+    bool finished = false;
+    bool failed = false;
+
+    [[noreturn]] void invalid(const std::string& message) const {
+        throw Error::invalid_layer(message, name, static_cast<std::int64_t>(header.offset));
+    }
+
+    // Runs a decoder of a record's value; its errors name the record and this entry.
+    template <typename F>
+    auto decode(const char* record, F&& fn) -> decltype(fn()) {
+        try {
+            return fn();
+        } catch (const Error& e) {
+            if (e.kind != ErrorKind::InvalidLayer) throw;
+            invalid(std::string(record) + ": " + e.message);
+        }
+    }
+
+    void add_name(const std::string& path, LayerNames::Kind kind) {
+        LayerNames::Kind previous;
+        if (!names.add(path, kind, &previous))
+            invalid(std::string("name collides with an earlier ") + layer_name_kind(previous) +
+                    " of this layer (Windows names are case-insensitive)");
+    }
+
+    void check_path(const std::string& path, const std::string& what) const {
+        std::string problem = layer_path_problem(path);
+        if (!problem.empty()) invalid(what + ": " + problem);
+    }
+
+    bool step();
+    void handle();
+    void whiteout(const std::string& dir, const std::string& base);
+    void stream(const std::string& file, const std::string& stream_name);
+    void hard_link();
+    void metadata();
+    void pump();
+    void progress();
+};
+
+bool LayerTarImporter::State::step() {
+    if (finished) return false;
+    if (!reader.next(header)) {
+        finished = true;
+        progress();
+        return false;
+    }
+    name = header.name;
+    handle();
+    progress();
+    return true;
+}
+
+void LayerTarImporter::State::progress() {
+    if (!options.progress) return;
+    if (finished || reader.offset() >= next_progress) {
+        options.progress(reader.offset());
+        next_progress = reader.offset() + kProgressEvery;
+    }
+}
+
+void LayerTarImporter::State::handle() {
+    std::string path = header.name;
+    if (header.type == tar_type::kDirectory && !path.empty() && path.back() == '/') path.pop_back();
+    if (path.empty()) invalid("empty name");
+
+    std::string base = base_name(path);
+    if (base.compare(0, kWhiteoutPrefix.size(), kWhiteoutPrefix) == 0) {
+        whiteout(parent_of(path), base);
+        stream_owner.clear();
+        return;
+    }
+    std::string file, stream_name;
+    if (split_stream_path(path, file, stream_name)) {
+        stream(file, stream_name);
+        return;
+    }
+    check_path(path, "invalid path");
+
+    entry = LayerEntry{};
+    entry.path = path;
+    switch (header.type) {
+    case tar_type::kDirectory:
+        entry.type = EntryType::Directory;
+        break;
+    case tar_type::kFile:
+        entry.type = EntryType::File;
+        entry.size = header.size;
+        break;
+    case tar_type::kSymlink:
+        entry.type = EntryType::Symlink;
+        break;
+    case tar_type::kHardLink:
+        hard_link();
+        stream_owner.clear();
+        return;
+    default:
+        invalid(std::string("unsupported entry type '") + header.type + "'");
+    }
+    if (path.find('/') == std::string::npos && entry.type != EntryType::Directory)
+        invalid("a top-level folder entry must be a directory");
+    metadata();
+    add_name(path, entry.type == EntryType::Directory ? LayerNames::Kind::Directory
+                   : entry.type == EntryType::File    ? LayerNames::Kind::File
+                                                      : LayerNames::Kind::Symlink);
+    try {
+        writer.add(entry);
+    } catch (Error& e) {
+        e.at_entry(name, static_cast<std::int64_t>(header.offset));
+        throw;
+    }
+    stream_owner = entry.type == EntryType::Symlink ? std::string() : path;
+    if (entry.type == EntryType::File) pump();
+}
+
+void LayerTarImporter::State::whiteout(const std::string& dir, const std::string& base) {
+    if (base == kOpaqueWhiteout) invalid("opaque-directory whiteouts are not part of the Windows layer format");
+    if (header.type != tar_type::kFile) invalid("a whiteout must be a regular file entry");
+    if (header.size != 0) invalid("a whiteout carries data");
+    if (dir.empty()) invalid("whiteout of a top-level folder");
+    std::string target = dir + "/" + base.substr(kWhiteoutPrefix.size());
+    check_path(target, "invalid whiteout target");
+    add_name(target, LayerNames::Kind::Whiteout);
+    try {
+        writer.remove(target);
+    } catch (Error& e) {
+        e.at_entry(name, static_cast<std::int64_t>(header.offset));
+        throw;
+    }
+}
+
+void LayerTarImporter::State::stream(const std::string& file, const std::string& stream_name) {
+    check_path(file, "invalid path");
+    std::string problem = stream_name_problem(stream_name);
+    if (!problem.empty()) invalid(problem);
+    if (header.type != tar_type::kFile) invalid("an alternate data stream must be a regular file entry");
+    if (stream_owner.empty() || stream_owner != file)
+        invalid("an alternate data stream must follow its file ('" + file + "')");
+    add_name(header.name, LayerNames::Kind::Stream);
+    entry = LayerEntry{};
+    entry.path = header.name;
+    entry.type = EntryType::AlternateStream;
+    entry.size = header.size;
+    try {
+        writer.add(entry);
+    } catch (Error& e) {
+        e.at_entry(name, static_cast<std::int64_t>(header.offset));
+        throw;
+    }
+    pump();
+}
+
+void LayerTarImporter::State::hard_link() {
+    const std::string& target = header.linkname;
+    check_path(target, "invalid hard link target '" + target + "'");
+    const LayerNames::Kind* kind = names.find(target);
+    if (kind) {
+        if (*kind != LayerNames::Kind::File && *kind != LayerNames::Kind::HardLink)
+            invalid(std::string("hard link to a ") + layer_name_kind(*kind) + " ('" + target + "')");
+    } else if (!options.allow_parent_links) {
+        invalid("hard link target '" + target + "' is not in this layer");
+    }
+    add_name(entry.path, LayerNames::Kind::HardLink);
+    try {
+        writer.add_link(entry.path, target);
+    } catch (Error& e) {
+        e.at_entry(name, static_cast<std::int64_t>(header.offset));
+        throw;
+    }
+}
+
+void LayerTarImporter::State::metadata() {
+    bool have_attributes = false;
+    bool have_creation = false;
+    bool mount_point = false;
+    const std::string* sddl = nullptr;
+    for (const PaxRecord& r : header.pax) {
+        const std::string& k = r.key;
+        if (k.compare(0, 10, "MSWINDOWS.") != 0 && k != "LIBARCHIVE.creationtime") continue;
+        if (k == "MSWINDOWS.fileattr") {
+            if (!parse_u32(r.value, entry.attributes)) invalid("MSWINDOWS.fileattr is not a 32-bit decimal number");
+            have_attributes = true;
+        } else if (k == "MSWINDOWS.rawsd") {
+            std::string sd;
+            if (!base64_decode(r.value, sd)) invalid("MSWINDOWS.rawsd is not valid base64");
+            decode("MSWINDOWS.rawsd", [&] { return parse_security_descriptor(sd); });
+            entry.security_descriptor = std::move(sd);
+        } else if (k == "MSWINDOWS.sd") {
+            sddl = &r.value;
+        } else if (k == "MSWINDOWS.mountpoint") {
+            mount_point = true;
+        } else if (k.compare(0, kXattrPrefix.size(), kXattrPrefix) == 0) {
+            std::string ea_name = k.substr(kXattrPrefix.size());
+            if (ea_name.empty() || ea_name.size() > 255) invalid("bad extended attribute name in '" + k + "'");
+            std::string value;
+            if (!base64_decode(r.value, value)) invalid(k + " is not valid base64");
+            if (value.size() > 0xffff) invalid(k + " is longer than 65535 bytes");
+            auto& eas = entry.extended_attributes;
+            auto it = std::find_if(eas.begin(), eas.end(), [&](const auto& ea) { return ea.first == ea_name; });
+            if (it != eas.end()) {
+                it->second = std::move(value);  // a later record overrides, as in PAX
+            } else {
+                eas.emplace_back(std::move(ea_name), std::move(value));
+            }
+        } else if (k == "LIBARCHIVE.creationtime") {
+            TarTime t;
+            if (!parse_time_value(r.value, t) || !to_filetime(t, entry.times.creation))
+                invalid("LIBARCHIVE.creationtime is not a time after 1601");
+            have_creation = true;
+        }
+    }
+    if (sddl && entry.security_descriptor.empty())
+        entry.security_descriptor = decode("MSWINDOWS.sd", [&] { return sddl_to_security_descriptor(*sddl); });
+
+    if (!to_filetime(header.mtime, entry.times.last_write)) invalid("mtime before 1601");
+    if (!have_creation) entry.times.creation = entry.times.last_write;
+    entry.times.last_access = entry.times.last_write;
+    entry.times.change = entry.times.last_write;
+    if (header.atime && !to_filetime(*header.atime, entry.times.last_access)) invalid("atime before 1601");
+    if (header.ctime && !to_filetime(*header.ctime, entry.times.change)) invalid("ctime before 1601");
+
+    if (entry.type == EntryType::Symlink) {
+        if (header.linkname.empty()) invalid("symlink without a target");
+        entry.link_target = header.linkname;
+        std::replace(entry.link_target.begin(), entry.link_target.end(), '/', '\\');
+        entry.mount_point = mount_point;
+        entry.reparse_data = decode("symlink target", [&] {
+            try {
+                return encode_reparse_point(entry.link_target, mount_point);
+            } catch (const Error& e) {  // InvalidArgument from the encoder: bad target
+                throw Error::invalid_layer(e.message, name, static_cast<std::int64_t>(header.offset));
+            }
+        });
+        if (!have_attributes) entry.attributes = mount_point ? kAttrDirectory : kAttrArchive;
+        entry.attributes |= kAttrReparsePoint;
+        if (mount_point && !(entry.attributes & kAttrDirectory))
+            invalid("a junction (MSWINDOWS.mountpoint) must have the directory attribute");
+    } else {
+        if (mount_point) invalid("MSWINDOWS.mountpoint on an entry that is not a symlink");
+        bool dir = entry.type == EntryType::Directory;
+        if (!have_attributes) entry.attributes = dir ? kAttrDirectory : kAttrArchive;
+        if (dir != ((entry.attributes & kAttrDirectory) != 0))
+            invalid(dir ? "MSWINDOWS.fileattr of a directory lacks FILE_ATTRIBUTE_DIRECTORY"
+                        : "MSWINDOWS.fileattr of a file has FILE_ATTRIBUTE_DIRECTORY");
+    }
+}
+
+void LayerTarImporter::State::pump() {
+    const std::uint8_t* data;
+    while (std::size_t n = reader.read_view(data)) {
+        try {
+            writer.write(data, n);
+        } catch (Error& e) {
+            e.at_entry(name, static_cast<std::int64_t>(header.offset));
+            throw;
+        }
+        data_size += n;
+    }
+}
+
+LayerTarImporter::LayerTarImporter(Source& tar, LayerWriter& writer, const ImportOptions& options) {
+    const std::string& d = options.expected_digest;
+    if (!d.empty()) {
+        bool ok = d.size() == 71 && d.compare(0, 7, "sha256:") == 0 &&
+                  std::all_of(d.begin() + 7, d.end(), [](char c) {
+                      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+                  });
+        if (!ok) throw Error(ErrorKind::InvalidArgument, "expected digest must be 'sha256:' + 64 lowercase hex digits")
+            .with_path(d);
+    }
+    state_ = std::make_unique<State>(tar, writer, options);
+}
+
+LayerTarImporter::~LayerTarImporter() {
+    if (state_ && !state_->failed && !state_->finished) state_->writer.abort();
+}
+
+bool LayerTarImporter::step() {
+    State& s = *state_;
+    if (s.failed) throw Error(ErrorKind::Internal, "step() after a failed import");
+    try {
+        return s.step();
+    } catch (Error& e) {
+        s.failed = true;
+        s.writer.abort();
+        if (e.kind == ErrorKind::InvalidLayer) e.at_entry(s.reader.current_name(), static_cast<std::int64_t>(s.reader.offset()));
+        throw;
+    } catch (...) {
+        s.failed = true;
+        s.writer.abort();
+        throw;
+    }
+}
+
+CommitInfo LayerTarImporter::commit() {
+    State& s = *state_;
+    if (!s.finished || s.failed) throw Error(ErrorKind::Internal, "commit() before the end of the layer tar");
+    CommitInfo info;
+    info.diff_id = s.reader.diff_id();
+    info.size = s.data_size;
+    s.failed = true;  // from here on the writer is committed or aborted: never again
+    try {
+        const std::string& expected = s.options.expected_digest;
+        if (!expected.empty() && expected != info.diff_id) throw Error::digest_mismatch(expected, info.diff_id);
+        info.tar_split = s.split.take();
+        s.writer.commit(info);
+    } catch (...) {
+        s.writer.abort();
+        throw;
+    }
+    return info;
+}
+
+std::uint64_t LayerTarImporter::offset() const { return state_->reader.offset(); }
+
+CommitInfo import_layer_tar(Source& tar, LayerWriter& writer, const ImportOptions& options) {
+    LayerTarImporter importer(tar, writer, options);
+    while (importer.step()) {
+    }
+    return importer.commit();
+}
+
+// --- export ---------------------------------------------------------------------------
+
+namespace {
+
+class Exporter {
+public:
+    Exporter(LayerReader& reader, Sink& out) : reader_(reader), writer_(out) {}
+
+    void run() {
+        LayerEntry e;
+        while (reader_.next(e)) {
+            entry_ = &e;
+            TarHeader h;
+            convert(e, h);
+            writer_.add(h);
+            if (h.type == tar_type::kFile && h.size > 0) copy_data(e);
+        }
+        writer_.finish();
+    }
+
+private:
+    [[noreturn]] void invalid(const std::string& message) const {
+        throw Error::invalid_layer("cannot export: " + message, entry_->path,
+                                   static_cast<std::int64_t>(writer_.bytes_written()));
+    }
+
+    void check(const std::string& path) const {
+        std::string problem = layer_path_problem(path);
+        if (!problem.empty()) invalid(problem);
+    }
+
+    void times(const LayerEntry& e, TarHeader& h) const {
+        h.mtime = from_filetime(e.times.last_write);
+        h.atime = from_filetime(e.times.last_access);
+        h.ctime = from_filetime(e.times.change);
+        h.pax.push_back({"LIBARCHIVE.creationtime", format_pax_time(from_filetime(e.times.creation))});
+    }
+
+    void windows_records(const LayerEntry& e, TarHeader& h) const {
+        h.pax.push_back({"MSWINDOWS.fileattr", std::to_string(e.attributes)});
+        if (!e.security_descriptor.empty()) {
+            try {
+                parse_security_descriptor(e.security_descriptor);
+            } catch (const Error& err) {
+                invalid(err.message);
+            }
+            h.pax.push_back({"MSWINDOWS.rawsd", base64_encode(e.security_descriptor)});
+        }
+        for (const auto& [ea_name, value] : e.extended_attributes) {
+            if (ea_name.empty() || ea_name.size() > 255 || ea_name.find('\0') != std::string::npos ||
+                ea_name.find('=') != std::string::npos)
+                invalid("bad extended attribute name '" + ea_name + "'");
+            h.pax.push_back({kXattrPrefix + ea_name, base64_encode(value)});
+        }
+    }
+
+    void convert(const LayerEntry& e, TarHeader& h) {
+        switch (e.type) {
+        case EntryType::Directory:
+            check(e.path);
+            h.name = e.path + "/";
+            h.type = tar_type::kDirectory;
+            h.mode = 040000;
+            times(e, h);
+            windows_records(e, h);
+            stream_owner_ = e.path;
+            return;
+        case EntryType::File:
+            check(e.path);
+            h.name = e.path;
+            h.type = tar_type::kFile;
+            h.mode = 0100000;
+            h.size = e.size;
+            times(e, h);
+            windows_records(e, h);
+            stream_owner_ = e.path;
+            return;
+        case EntryType::Symlink: {
+            check(e.path);
+            ReparsePoint rp{e.link_target, e.mount_point, false};
+            if (!e.reparse_data.empty()) {
+                try {
+                    rp = decode_reparse_point(e.reparse_data);
+                } catch (const Error& err) {
+                    invalid(err.message);
+                }
+            }
+            if (rp.target.empty()) invalid("symlink without a target");
+            h.name = e.path;
+            h.linkname = rp.target;
+            h.type = tar_type::kSymlink;
+            h.mode = 0120000;
+            times(e, h);
+            windows_records(e, h);
+            if (rp.mount_point) h.pax.push_back({"MSWINDOWS.mountpoint", "1"});
+            stream_owner_.clear();
+            return;
+        }
+        case EntryType::AlternateStream: {
+            std::string file, stream_name;
+            if (!split_stream_path(e.path, file, stream_name)) invalid("alternate stream path without ':'");
+            check(file);
+            std::string problem = stream_name_problem(stream_name);
+            if (!problem.empty()) invalid(problem);
+            if (file != stream_owner_) invalid("alternate stream does not follow its file");
+            h.name = e.path;
+            h.type = tar_type::kFile;
+            h.mode = 0100000;
+            h.size = e.size;
+            return;
+        }
+        case EntryType::HardLink:
+            check(e.path);
+            check(e.link_target);
+            h.name = e.path;
+            h.linkname = e.link_target;
+            h.type = tar_type::kHardLink;
+            h.mode = 0100000;
+            stream_owner_.clear();
+            return;
+        case EntryType::Whiteout: {
+            check(e.path);
+            std::string dir = parent_of(e.path);
+            if (dir.empty()) invalid("whiteout of a top-level folder");
+            h.name = dir + "/" + kWhiteoutPrefix + base_name(e.path);
+            h.type = tar_type::kFile;
+            h.mode = 0;
+            stream_owner_.clear();
+            return;
+        }
+        }
+        invalid("unknown entry type");
+    }
+
+    void copy_data(const LayerEntry& e) {
+        std::vector<std::uint8_t> buf(std::size_t(1) << 20);
+        std::uint64_t left = e.size;
+        while (left > 0) {
+            std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+            std::size_t n = reader_.read(buf.data(), want);
+            if (n == 0) invalid("the layer holds " + std::to_string(e.size - left) + " of " + std::to_string(e.size) + " bytes");
+            writer_.write(buf.data(), n);
+            left -= n;
+        }
+        std::uint8_t extra;
+        if (reader_.read(&extra, 1) != 0) invalid("the layer holds more data than the entry's size");
+    }
+
+    LayerReader& reader_;
+    TarWriter writer_;
+    const LayerEntry* entry_ = nullptr;
+    std::string stream_owner_;
+};
+
+}  // namespace
+
+void export_layer_tar(LayerReader& reader, Sink& out) { Exporter(reader, out).run(); }
+
+}  // namespace winlayer

@@ -1,0 +1,207 @@
+#include "path_rules.hpp"
+
+#include <cstring>
+
+#include "encoding.hpp"
+#include "sha256.hpp"
+
+namespace winlayer {
+
+namespace {
+
+constexpr std::size_t kMaxComponentUnits = 255;
+
+bool is_forbidden_char(char32_t c) {
+    return c < 0x20 || c == 0x7f || c == '<' || c == '>' || c == ':' || c == '"' || c == '|' ||
+           c == '?' || c == '*' || c == '\\';
+}
+
+char ascii_upper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
+
+bool iequals_ascii(const std::string& a, const char* b) {
+    std::size_t n = std::strlen(b);
+    if (a.size() != n) return false;
+    for (std::size_t i = 0; i < n; ++i)
+        if (ascii_upper(a[i]) != b[i]) return false;
+    return true;
+}
+
+// CON, PRN, AUX, NUL, COM1-9, LPT1-9 (and with superscript 1-3), CONIN$, CONOUT$.
+bool is_reserved_device(const std::string& component) {
+    std::string base = component.substr(0, component.find('.'));
+    while (!base.empty() && base.back() == ' ') base.pop_back();
+    for (const char* name : {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"})
+        if (iequals_ascii(base, name)) return true;
+    if (base.size() < 4) return false;
+    std::string stem = base.substr(0, 3);
+    if (!iequals_ascii(stem, "COM") && !iequals_ascii(stem, "LPT")) return false;
+    std::string digit = base.substr(3);
+    if (digit.size() == 1 && digit[0] >= '1' && digit[0] <= '9') return true;
+    return digit == "\xc2\xb9" || digit == "\xc2\xb2" || digit == "\xc2\xb3";  // superscript 1, 2, 3
+}
+
+// Checks one component of a layer path (not the top-level folder rule).
+std::string component_problem(const std::string& c) {
+    if (c.empty()) return "empty path component";
+    if (c == ".") return "'.' path component";
+    if (c == "..") return "'..' path component";
+    std::size_t units = 0;
+    std::size_t i = 0;
+    while (i < c.size()) {
+        char32_t cp;
+        if (!next_code_point(c, i, cp)) return "name is not valid UTF-8";
+        if (cp == ':') return "':' is only allowed as the alternate-data-stream separator (file:stream)";
+        if (cp == '\\') return "backslash in a name";
+        if (cp == 0) return "NUL in a name";
+        if (is_forbidden_char(cp)) return "character Windows forbids in a name";
+        units += cp >= 0x10000 ? 2 : 1;
+    }
+    if (units > kMaxComponentUnits) return "name longer than 255 characters";
+    if (c.back() == '.' || c.back() == ' ') return "name ends with a dot or a space";
+    if (is_reserved_device(c)) return "reserved Windows device name";
+    return {};
+}
+
+}  // namespace
+
+std::string layer_path_problem(const std::string& path) {
+    if (path.empty()) return "empty path";
+    if (path[0] == '/') return "absolute path";
+    if (path.find('\\') != std::string::npos) return "backslash in a path (use '/')";
+    if (path.size() >= 2 && path[1] == ':' &&
+        ((path[0] >= 'A' && path[0] <= 'Z') || (path[0] >= 'a' && path[0] <= 'z')))
+        return "drive letter in a path";
+    std::size_t start = 0;
+    bool first = true;
+    while (true) {
+        std::size_t slash = path.find('/', start);
+        std::string c = path.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+        std::string problem = component_problem(c);
+        if (!problem.empty()) return problem;
+        if (first && c != "Files" && c != "Hives" && c != "UtilityVM")
+            return "outside the layer's top-level folders (Files/, Hives/, UtilityVM/)";
+        first = false;
+        if (slash == std::string::npos) break;
+        start = slash + 1;
+    }
+    return {};
+}
+
+std::string stream_name_problem(const std::string& name) {
+    if (name.empty()) return "empty alternate stream name";
+    std::size_t i = 0;
+    std::size_t units = 0;
+    while (i < name.size()) {
+        char32_t cp;
+        if (!next_code_point(name, i, cp)) return "alternate stream name is not valid UTF-8";
+        if (cp < 0x20 || cp == 0x7f || cp == '/' || cp == '\\' || cp == ':')
+            return "alternate stream name holds a control character, '/', '\\' or ':'";
+        units += cp >= 0x10000 ? 2 : 1;
+    }
+    if (units > kMaxComponentUnits) return "alternate stream name longer than 255 characters";
+    return {};
+}
+
+bool split_stream_path(const std::string& path, std::string& file, std::string& stream) {
+    std::size_t slash = path.rfind('/');
+    std::size_t colon = path.find(':', slash == std::string::npos ? 0 : slash + 1);
+    if (colon == std::string::npos) return false;
+    file = path.substr(0, colon);
+    stream = path.substr(colon + 1);
+    return true;
+}
+
+char32_t ntfs_upcase(char32_t c) {
+    if (c < 0x80) return (c >= 'a' && c <= 'z') ? c - 32 : c;
+    if (c < 0x100) {
+        if (c >= 0xe0 && c <= 0xfe && c != 0xf7) return c - 32;
+        if (c == 0xff) return 0x178;
+        return c;
+    }
+    if (c < 0x180) {  // Latin Extended-A: alternating upper/lower pairs
+        if ((c >= 0x100 && c <= 0x12f) || (c >= 0x132 && c <= 0x137) || (c >= 0x14a && c <= 0x177))
+            return (c & 1) ? c - 1 : c;
+        if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) return (c & 1) ? c : c - 1;
+        return c;
+    }
+    if (c >= 0x370 && c < 0x400) {  // Greek
+        if (c == 0x3ac) return 0x386;
+        if (c >= 0x3ad && c <= 0x3af) return c - 37;
+        if (c == 0x3c2) return 0x3a3;  // final sigma
+        if (c >= 0x3b1 && c <= 0x3cb) return c - 32;
+        if (c == 0x3cc) return 0x38c;
+        if (c == 0x3cd || c == 0x3ce) return c - 63;
+        return c;
+    }
+    if (c >= 0x400 && c < 0x530) {  // Cyrillic and Cyrillic Supplement
+        if (c >= 0x430 && c <= 0x44f) return c - 32;
+        if (c >= 0x450 && c <= 0x45f) return c - 80;
+        if ((c >= 0x460 && c <= 0x481) || (c >= 0x48a && c <= 0x4bf) || (c >= 0x4d0 && c <= 0x52f))
+            return (c & 1) ? c - 1 : c;
+        if (c >= 0x4c1 && c <= 0x4ce) return (c & 1) ? c : c - 1;
+        if (c == 0x4cf) return 0x4c0;
+        return c;
+    }
+    if (c >= 0x561 && c <= 0x586) return c - 48;        // Armenian
+    if (c >= 0xff41 && c <= 0xff5a) return c - 32;      // fullwidth Latin
+    return c;
+}
+
+std::string ntfs_fold(const std::string& path) {
+    std::string out;
+    out.reserve(path.size());
+    std::size_t i = 0;
+    while (i < path.size()) {
+        unsigned char b = static_cast<unsigned char>(path[i]);
+        if (b < 0x80) {  // the common case, without decoding
+            out += static_cast<char>((b >= 'a' && b <= 'z') ? b - 32 : b);
+            ++i;
+            continue;
+        }
+        char32_t cp;
+        if (!next_code_point(path, i, cp)) {  // not reached for validated paths
+            out += path[i++];
+            continue;
+        }
+        append_utf8(out, ntfs_upcase(cp));
+    }
+    return out;
+}
+
+LayerNames::Key LayerNames::key(const std::string& path) {
+    Sha256 h;
+    std::string folded = ntfs_fold(path);
+    h.update(folded.data(), folded.size());
+    Sha256::Digest d = h.digest();
+    Key k{0, 0};
+    for (int i = 0; i < 8; ++i) {
+        k.hi = (k.hi << 8) | d[static_cast<std::size_t>(i)];
+        k.lo = (k.lo << 8) | d[static_cast<std::size_t>(i + 8)];
+    }
+    return k;
+}
+
+bool LayerNames::add(const std::string& path, Kind kind, Kind* previous) {
+    auto [it, inserted] = names_.emplace(key(path), kind);
+    if (!inserted && previous) *previous = it->second;
+    return inserted;
+}
+
+const LayerNames::Kind* LayerNames::find(const std::string& path) const {
+    auto it = names_.find(key(path));
+    return it == names_.end() ? nullptr : &it->second;
+}
+
+const char* layer_name_kind(LayerNames::Kind kind) {
+    switch (kind) {
+    case LayerNames::Kind::Directory: return "directory";
+    case LayerNames::Kind::File: return "file";
+    case LayerNames::Kind::Symlink: return "symlink";
+    case LayerNames::Kind::Stream: return "alternate data stream";
+    case LayerNames::Kind::HardLink: return "hard link";
+    case LayerNames::Kind::Whiteout: return "whiteout";
+    }
+    return "entry";
+}
+
+}  // namespace winlayer
