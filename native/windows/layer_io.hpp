@@ -10,16 +10,16 @@
 
 namespace winlayer::win {
 
-// Non-base layers (parents not empty) are staged in the legacy import folder
-// `<layer folder>-staging-<hex>` (same volume as the layer, never %TEMP%) and handed to
+// Non-base layers (parents not empty) are staged in the legacy import folder (a
+// StagingFolder beside the layer folder, see staging.hpp) and handed to
 // ImportLayer at commit; base layers are written straight into the layer folder with
 // BackupWrite, then ProcessBaseImage / ProcessUtilityImage run.
 std::unique_ptr<LayerWriter> make_layer_writer(const DriverInfo& info, const std::string& id,
                                                const LayerChain& parents);
 
 // Activates the layer (unpreparing it first when it is prepared), exports it with
-// ExportLayer into `<layer folder>-export-<hex>`, restores its state, and reads the
-// export folder; the folder is deleted when the reader is destroyed.
+// ExportLayer into an export StagingFolder, restores its state, and reads the folder;
+// the folder is deleted when the reader is destroyed.
 std::unique_ptr<LayerReader> make_layer_reader(const DriverInfo& info, const std::string& id,
                                                const LayerChain& parents);
 

@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "backup_file.hpp"
@@ -16,6 +17,7 @@
 #include "hcs_api.hpp"
 #include "layer_io.hpp"
 #include "privileges.hpp"
+#include "staging.hpp"
 #include "win_util.hpp"
 
 namespace winlayer::win {
@@ -178,23 +180,13 @@ class ExportedLayerReader : public LayerReader {
 public:
     ExportedLayerReader(const DriverInfo& info, const std::string& id, const LayerChain& parents) {
         hcs::ensure_available();
-        std::string folder = hcs::layer_folder(info, id);
-        root_ = long_path(folder) + L"-export-" + widen(random_suffix());
-        try {
-            export_layer(info, id, parents);
-            scan(root_, "", items_);
-            std::sort(items_.begin(), items_.end(), [](const Item& a, const Item& b) { return a.path < b.path; });
-            for (auto& t : read_tombstones(root_)) whiteouts_[parent_of(t)].push_back(std::move(t));
-        } catch (...) {
-            remove_tree_noexcept(root_);
-            throw;
-        }
+        export_.emplace(hcs::layer_folder(info, id), "export");
+        root_ = export_->path();
+        export_layer(info, id, parents);
+        scan(root_, "", items_);
+        std::sort(items_.begin(), items_.end(), [](const Item& a, const Item& b) { return a.path < b.path; });
+        for (auto& t : read_tombstones(root_)) whiteouts_[parent_of(t)].push_back(std::move(t));
         hive_times_ = join(root_, "Hives/System_Delta");
-    }
-
-    ~ExportedLayerReader() override {
-        pump_.reset();
-        remove_tree_noexcept(root_);
     }
 
     bool next(LayerEntry& entry) override {
@@ -262,7 +254,6 @@ private:
         try {
             hcs::activate_layer(info, id);
             activated = true;
-            create_directories(root_);
             {
                 ThreadPrivileges privileges(false);
                 hcs::export_layer(info, id, narrow(root_), parents);
@@ -382,6 +373,7 @@ private:
         entry.size = first.size;
     }
 
+    std::optional<StagingFolder> export_;  // first: destroyed after every handle into it
     std::wstring root_, hive_times_, staged_file_, backup_file_;
     std::vector<Item> items_;
     std::size_t next_item_ = 0;

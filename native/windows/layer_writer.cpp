@@ -4,7 +4,7 @@
 //     `Files\<path>` = 4-byte attributes + backup stream, directories as real folders
 //     plus `<dir>.$wcidirs$`, hives through BackupWrite, whiteouts in tombstones.txt;
 //     hard links, directory reparse points and directory times need the imported layer
-//     and are applied around the ImportLayer call; a UtilityVM is cloned from the parent
+//     and are applied around the ImportLayer call (staging.hpp names the folder); a UtilityVM is cloned from the parent
 //     (hard links, BCD files copied) and changed in place, then ProcessUtilityImage.
 //   - a base layer is written straight into its folder with BackupWrite, then
 //     ProcessBaseImage and ProcessUtilityImage.
@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <unordered_set>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "hcs_api.hpp"
 #include "layer_io.hpp"
 #include "privileges.hpp"
+#include "staging.hpp"
 #include "win_util.hpp"
 
 namespace winlayer::win {
@@ -133,8 +135,7 @@ public:
             create_directories(dest_);
             dest_created_ = true;
         } else {
-            staging_ = dest_ + L"-staging-" + widen(random_suffix());
-            create_directories(staging_);
+            staging_.emplace(folder_, "import");
         }
     }
 
@@ -243,7 +244,7 @@ public:
         if (done_) return;
         done_ = true;
         cur_ = Current{};
-        if (!staging_.empty()) remove_tree_noexcept(staging_);
+        staging_.reset();
         if (imported_) {
             try {
                 hcs::destroy_layer(info_, id_);
@@ -308,7 +309,7 @@ private:
         bool hive = under(path, "Hives");
         if (!(path == "Files" || path == "Hives" || under(path, "Files") || hive))
             throw Error::invalid_layer("not under Files/, Hives/ or UtilityVM/", path, -1);
-        std::wstring target = join(staging_, path);
+        std::wstring target = join(staging_->path(), path);
         if (is_directory(entry)) {
             if (hive) return create_directory(target);
             // A directory reparse point is created empty after staging, so that nothing is
@@ -389,7 +390,7 @@ private:
 
     void commit_staged() {
         if (!tombstones_.empty()) {
-            std::wstring p = join(staging_, "tombstones.txt");
+            std::wstring p = join(staging_->path(), "tombstones.txt");
             Handle h(CreateFileW(p.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_NEW, FILE_ATTRIBUTE_NORMAL, nullptr));
             if (!h) throw_last("CreateFileW", p);
             HandleSink out(h.get(), p);
@@ -403,13 +404,13 @@ private:
             out.flush();
         }
         for (const auto& d : pending_dirs_) create_directory(d);
-        hcs::import_layer(info_, id_, narrow(staging_), parents_);
+        hcs::import_layer(info_, id_, narrow(staging_->path()), parents_);
         imported_ = true;
         for (const auto& l : links_) link(l.path, l.root, l.target);
         reapply_directory_times(dest_, changed_dirs_);
         if (has_uvm_) process_utility_vm();
-        remove_tree(staging_);
-        staging_.clear();
+        staging_->remove();
+        staging_.reset();
     }
 
     void commit_base() {
@@ -447,7 +448,8 @@ private:
     LayerChain parents_;
     bool base_;
     std::string folder_;
-    std::wstring dest_, staging_;
+    std::wstring dest_;
+    std::optional<StagingFolder> staging_;
     std::vector<std::wstring> parent_roots_;
     bool dest_created_ = false, imported_ = false, has_uvm_ = false, done_ = false;
     Current cur_;

@@ -9,6 +9,7 @@
 #include "hcs_api.hpp"
 #include "layer_io.hpp"
 #include "privileges.hpp"
+#include "staging.hpp"
 #include "win_util.hpp"
 
 namespace winlayer {
@@ -123,6 +124,11 @@ public:
     std::unique_ptr<PayloadStore> payloads(const DriverInfo& info, const std::string& id,
                                            const LayerChain&) override {
         return std::make_unique<LayerFolderPayloads>(win::long_path(hcs::layer_folder(info, id)));
+    }
+
+    // Import and export folders whose process died (their lock is gone).
+    std::vector<std::string> sweep(const DriverInfo& info) override {
+        return info.home.empty() ? std::vector<std::string>() : win::sweep_staging(info.home);
     }
 };
 

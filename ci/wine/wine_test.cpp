@@ -1,0 +1,540 @@
+// The vmcompute backend (native/windows) under Wine, against the HCS emulator
+// (native/hcs_emulator). Checks every vmcompute call the backend makes, the HRESULT
+// mapping and retries (the emulator fails calls on request), the staging-folder import
+// and the export, with Unicode and 300-character paths. BackupRead/BackupWrite and
+// privileges beyond what Wine fakes are covered by the `hcs` pytest suite on Windows.
+//
+// Usage: wine_test.exe <emulator vmcompute.dll> <empty work folder>
+// Prints one line per test and "N passed, M failed" last; exit code 1 on any failure.
+#include <windows.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/error.hpp"
+#include "windows/hcs_api.hpp"
+#include "windows/vmcompute.h"
+#include "windows/win_util.hpp"
+
+using namespace winlayer;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+std::string g_failure;
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) throw CheckFailed(std::string(#cond) + " (line " + std::to_string(__LINE__) + ")"); \
+    } while (0)
+
+struct CheckFailed {
+    std::string what;
+    explicit CheckFailed(std::string w) : what(std::move(w)) {}
+};
+
+void test(const char* name, const std::function<void()>& body) {
+    try {
+        body();
+        ++g_passed;
+        std::printf("PASS %s\n", name);
+    } catch (const CheckFailed& f) {
+        ++g_failed;
+        std::printf("FAIL %s: %s\n", name, f.what.c_str());
+    } catch (const Error& e) {
+        ++g_failed;
+        std::printf("FAIL %s: winlayer::Error %s\n", name, e.what());
+    } catch (const std::exception& e) {
+        ++g_failed;
+        std::printf("FAIL %s: %s\n", name, e.what());
+    }
+    std::fflush(stdout);
+}
+
+// Runs `body`, which must throw a winlayer::Error; returns it.
+Error expect_error(const std::function<void()>& body) {
+    try {
+        body();
+    } catch (const Error& e) {
+        return e;
+    }
+    throw CheckFailed("expected a winlayer::Error, got none");
+}
+
+void set_fail(const char* spec) { SetEnvironmentVariableA("HCS_EMULATOR_FAIL", spec); }
+
+long calls(const wchar_t* op) {
+    using Fn = long(WINAPI*)(PCWSTR);
+    static Fn fn = reinterpret_cast<Fn>(
+        reinterpret_cast<void*>(GetProcAddress(GetModuleHandleW(L"vmcompute.dll"), "HcsEmulatorCallCount")));
+    if (!fn) throw CheckFailed("the emulator's HcsEmulatorCallCount is missing");
+    return fn(op);
+}
+
+std::string read_file(const std::wstring& path) {
+    win::Handle h(CreateFileW(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+                              FILE_FLAG_BACKUP_SEMANTICS, nullptr));
+    if (!h) win::throw_last("CreateFileW", path);
+    std::string out;
+    char buf[4096];
+    DWORD got = 0;
+    while (ReadFile(h.get(), buf, sizeof buf, &got, nullptr) && got) out.append(buf, got);
+    return out;
+}
+
+void write_file(const std::wstring& path, const std::string& data, const FileTimes* times = nullptr) {
+    win::Handle h(CreateFileW(path.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_NEW, FILE_ATTRIBUTE_NORMAL, nullptr));
+    if (!h) win::throw_last("CreateFileW", path);
+    DWORD done = 0;
+    if (!data.empty() && !WriteFile(h.get(), data.data(), static_cast<DWORD>(data.size()), &done, nullptr))
+        win::throw_last("WriteFile", path);
+    if (times) win::set_basic_info(h.get(), *times, 0, path);
+}
+
+// Names in `dir` (a long path) other than "." and "..".
+std::vector<std::wstring> list_dir(const std::wstring& dir) {
+    std::vector<std::wstring> out;
+    WIN32_FIND_DATAW fd;
+    HANDLE f = FindFirstFileW((dir + L"\\*").c_str(), &fd);
+    if (f == INVALID_HANDLE_VALUE) return out;
+    do {
+        std::wstring n = fd.cFileName;
+        if (n != L"." && n != L"..") out.push_back(n);
+    } while (FindNextFileW(f, &fd));
+    FindClose(f);
+    return out;
+}
+
+// A self-relative security descriptor "O:BAG:BA" (what Linux-side writers give entries).
+std::string sample_sd() {
+    const unsigned char sd[] = {1, 0, 0, 0x80, 0x14, 0, 0, 0, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                1, 2, 0, 0, 0, 0, 0, 5, 0x20, 0, 0, 0, 0x20, 2, 0, 0, 1, 2, 0, 0,
+                                0, 0, 0, 5, 0x20, 0, 0, 0, 0x20, 2, 0, 0};
+    return std::string(reinterpret_cast<const char*>(sd), sizeof sd);
+}
+
+// 4-byte attributes + backup stream: SECURITY then DATA (REFERENCE.md sections 2, 3),
+// built by hand so that the emulator's reading of the format is checked independently.
+std::string staged(std::uint32_t attributes, const std::string& sd, const std::string* data) {
+    std::string out(reinterpret_cast<const char*>(&attributes), 4);
+    auto header = [&](std::uint32_t id, std::uint32_t attr, std::uint64_t size) {
+        out.append(reinterpret_cast<const char*>(&id), 4);
+        out.append(reinterpret_cast<const char*>(&attr), 4);
+        out.append(reinterpret_cast<const char*>(&size), 8);
+        std::uint32_t name = 0;
+        out.append(reinterpret_cast<const char*>(&name), 4);
+    };
+    header(3, 2, sd.size());
+    out += sd;
+    if (data) {
+        header(1, 0, data->size());
+        out += *data;
+    }
+    return out;
+}
+
+constexpr std::int64_t kT1 = 132000000000000000LL;  // 2019-04-13, in FILETIME ticks
+constexpr std::int64_t kT2 = 132500000000000000LL;
+
+FileTimes times(std::int64_t t) { return FileTimes{t, t + 1, t + 2, t + 3}; }
+
+struct Fixture {
+    DriverInfo info;
+    std::wstring home;  // long path
+    std::string base_folder;
+};
+
+// A base layer made with the raw ImportLayer export and no parents, from a hand-built
+// staging folder (the emulator treats an empty chain as a base import).
+void make_base(Fixture& f, const std::string& id) {
+    std::wstring staging = f.home + L"\\base-src";
+    win::create_directories(staging);
+    auto dir = [&](const std::string& rel, std::int64_t t) {
+        win::create_directory(win::join(staging, rel));
+        FileTimes ft = times(t);
+        write_file(win::join(staging, rel) + L".$wcidirs$", staged(FILE_ATTRIBUTE_DIRECTORY, sample_sd(), nullptr), &ft);
+    };
+    auto file = [&](const std::string& rel, const std::string& data, std::int64_t t) {
+        FileTimes ft = times(t);
+        write_file(win::join(staging, rel), staged(FILE_ATTRIBUTE_ARCHIVE, sample_sd(), &data), &ft);
+    };
+    dir("Files", kT1);
+    for (const char* d : {"Files/Windows", "Files/Windows/System32", "Files/Windows/System32/config"}) dir(d, kT1);
+    for (const char* h : {"DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM"})
+        file(std::string("Files/Windows/System32/config/") + h, std::string("hive ") + h, kT1);
+    file("Files/Windows/win.ini", "[fonts]\r\n", kT1);
+    file("Files/Windows/notepad.exe", std::string(100000, 'N'), kT1);
+
+    WinlayerDriverInfo di{1, nullptr};
+    std::wstring home = win::hcs_path(f.info.home);
+    di.HomeDir = home.c_str();
+    std::wstring wid = win::widen(id);
+    HRESULT hr = ImportLayer(&di, wid.c_str(), staging.c_str(), nullptr, 0);
+    if (FAILED(hr)) throw Error::hresult(static_cast<std::uint32_t>(hr), "ImportLayer (base)", f.info.home);
+    win::remove_tree(staging);
+    f.base_folder = hcs::layer_folder(f.info, id);
+}
+
+LayerEntry entry(const std::string& path, EntryType type, std::uint32_t attributes, std::int64_t t,
+                 std::uint64_t size = 0) {
+    LayerEntry e;
+    e.path = path;
+    e.type = type;
+    e.attributes = attributes;
+    e.times = times(t);
+    e.security_descriptor = sample_sd();
+    e.size = size;
+    return e;
+}
+
+void put(LayerWriter& w, LayerEntry e, const std::string& data) {
+    e.size = data.size();
+    w.add(e);
+    w.write(reinterpret_cast<const std::uint8_t*>(data.data()), data.size());
+}
+
+const std::string kUnicodeName = "d\xc3\xa9j\xc3\xa0-\xe6\x95\xb0\xe6\x8d\xae-\xf0\x9f\x93\xa6";  // déjà-数据-📦
+const std::string kBigData(300000, 'x');
+
+// The layer written through the backend's staging writer: Files only (hives need
+// BackupWrite, which Wine lacks).
+void write_layer(Backend& b, const Fixture& f, const std::string& id) {
+    auto w = b.import_writer(f.info, id, {f.base_folder});
+    w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+    w->add(entry("Files/" + kUnicodeName, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+    put(*w, entry("Files/" + kUnicodeName + "/hello.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "hello");
+    LayerEntry ads = entry("Files/" + kUnicodeName + "/hello.txt:zone", EntryType::AlternateStream, 0, kT2);
+    ads.security_descriptor.clear();
+    put(*w, ads, "[ZoneTransfer]");
+    put(*w, entry("Files/big.bin", EntryType::File, FILE_ATTRIBUTE_ARCHIVE | FILE_ATTRIBUTE_READONLY, kT2), kBigData);
+    w->remove("Files/Windows/win.ini");
+    w->add_link("Files/notepad-link.exe", "Files/Windows/notepad.exe");
+    w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, "tar-split-record"});
+}
+
+struct Exported {
+    LayerEntry entry;
+    std::string data;
+};
+
+std::map<std::string, Exported> export_all(Backend& b, const DriverInfo& info, const std::string& id,
+                                            const LayerChain& parents, std::vector<std::string>* order = nullptr) {
+    std::map<std::string, Exported> out;
+    auto r = b.export_reader(info, id, parents);
+    LayerEntry e;
+    while (r->next(e)) {
+        Exported x{e, {}};
+        std::uint8_t buf[8192];
+        for (std::size_t n; (n = r->read(buf, sizeof buf)) != 0;) x.data.append(reinterpret_cast<char*>(buf), n);
+        if (order) order->push_back(e.path);
+        out[e.path] = x;
+    }
+    return out;
+}
+
+bool no_staging_left(const std::wstring& home) {
+    for (const auto& n : list_dir(home))
+        if (n.rfind(L".winlayer-import-", 0) == 0 || n.rfind(L".winlayer-export-", 0) == 0) return false;
+    return true;
+}
+
+// Layer folders and our work folders; the emulator's own store files (dot names) aside.
+std::vector<std::wstring> visible_entries(const std::wstring& home) {
+    std::vector<std::wstring> out;
+    for (const auto& n : list_dir(home))
+        if (n[0] != L'.' || !no_staging_left(home)) out.push_back(n);
+    return out;
+}
+
+void scenario(const char* label, const std::wstring& home_long) {
+    std::string prefix = std::string("[") + label + "] ";
+    auto backend = make_vmcompute_backend();
+    Backend& b = *backend;
+    Fixture f;
+    f.home = home_long;
+    f.info.flavour = Flavour::Filter;
+    f.info.home = win::narrow(home_long);
+    win::create_directories(home_long);
+
+    test((prefix + "base layer through the raw ImportLayer export").c_str(), [&] {
+        make_base(f, "base");
+        CHECK(b.layer_exists(f.info, "base"));
+        CHECK(!b.layer_exists(f.info, "nothing-here"));
+    });
+
+    test((prefix + "import of a non-base layer through the staging folder").c_str(), [&] {
+        long imports = calls(L"ImportLayer");
+        write_layer(b, f, "layer1");
+        CHECK(calls(L"ImportLayer") == imports + 1);
+        CHECK(b.layer_exists(f.info, "layer1"));
+        CHECK(no_staging_left(f.home));
+        // The hard link to the parent's file is made after ImportLayer, in the layer folder.
+        std::wstring link = win::join(win::long_path(hcs::layer_folder(f.info, "layer1")), "Files/notepad-link.exe");
+        CHECK(read_file(link) == std::string(100000, 'N'));
+        CHECK(b.tar_split(f.info, "layer1") == "tar-split-record");
+    });
+
+    test((prefix + "export: activate, ExportLayer, deactivate; entries round-trip").c_str(), [&] {
+        long act = calls(L"ActivateLayer"), deact = calls(L"DeactivateLayer"), exp = calls(L"ExportLayer");
+        std::vector<std::string> order;
+        auto got = export_all(b, f.info, "layer1", {f.base_folder}, &order);
+        CHECK(calls(L"ActivateLayer") == act + 1);
+        CHECK(calls(L"DeactivateLayer") == deact + 1);
+        CHECK(calls(L"ExportLayer") == exp + 1);
+        CHECK(no_staging_left(f.home));
+        std::string hello = "Files/" + kUnicodeName + "/hello.txt";
+        CHECK(got.count(hello) == 1);
+        CHECK(got[hello].data == "hello");
+        CHECK(got[hello].entry.type == EntryType::File);
+        CHECK(got[hello].entry.size == 5);
+        CHECK(got[hello].entry.security_descriptor == sample_sd());
+        CHECK(got[hello].entry.times.last_write == times(kT2).last_write);
+        CHECK(got[hello + ":zone"].data == "[ZoneTransfer]");
+        CHECK(got[hello + ":zone"].entry.type == EntryType::AlternateStream);
+        CHECK(got["Files/big.bin"].data == kBigData);
+        CHECK(got["Files/big.bin"].entry.attributes & FILE_ATTRIBUTE_READONLY);
+        CHECK(got["Files/" + kUnicodeName].entry.type == EntryType::Directory);
+        CHECK(got["Files/" + kUnicodeName].entry.times.creation == times(kT2).creation);
+        CHECK(got["Files/Windows/win.ini"].entry.type == EntryType::Whiteout);
+        // Canonical order: a directory before its children, a file's stream right after it.
+        auto pos = [&](const std::string& p) { return std::find(order.begin(), order.end(), p) - order.begin(); };
+        CHECK(pos("Files") < pos("Files/" + kUnicodeName));
+        CHECK(pos("Files/" + kUnicodeName) < pos(hello));
+        CHECK(pos(hello) + 1 == pos(hello + ":zone"));
+    });
+
+    test((prefix + "sandbox: create, prepare, mount path, write, export the diff").c_str(), [&] {
+        LayerChain chain = {hcs::layer_folder(f.info, "layer1"), f.base_folder};
+        b.create_sandbox_layer(f.info, "sbx", "layer1", chain);
+        CHECK(b.layer_exists(f.info, "sbx"));
+        b.expand_sandbox_size(f.info, "sbx", std::uint64_t(20) << 30);
+        b.activate_layer(f.info, "sbx");
+        // Not prepared: HCS has no mount path (length 0); the backend answers the folder.
+        CHECK(hcs::get_layer_mount_path(f.info, "sbx").empty());
+        CHECK(b.get_layer_mount_path(f.info, "sbx") == hcs::layer_folder(f.info, "sbx"));
+        b.prepare_layer(f.info, "sbx", chain);
+        std::string mount = hcs::get_layer_mount_path(f.info, "sbx");
+        CHECK(!mount.empty());
+        CHECK(b.get_layer_mount_path(f.info, "sbx") == mount);
+        std::wstring m = win::long_path(mount);
+        CHECK(read_file(win::join(m, kUnicodeName + "/hello.txt")) == "hello");
+        write_file(win::join(m, "new-file.txt"), "written through the mount path");
+        // Export of a prepared layer: unprepare, activate, export, deactivate, prepare again.
+        long unprep = calls(L"UnprepareLayer"), prep = calls(L"PrepareLayer");
+        auto got = export_all(b, f.info, "sbx", chain);
+        CHECK(calls(L"UnprepareLayer") == unprep + 1);
+        CHECK(calls(L"PrepareLayer") == prep + 1);
+        CHECK(got.count("Files/new-file.txt") == 1);
+        CHECK(got["Files/new-file.txt"].data == "written through the mount path");
+        CHECK(!hcs::get_layer_mount_path(f.info, "sbx").empty());  // prepared again
+        b.unprepare_layer(f.info, "sbx");
+        b.deactivate_layer(f.info, "sbx");
+    });
+
+    test((prefix + "a failed import leaves nothing behind").c_str(), [&] {
+        set_fail("ImportLayer:0x80370112");
+        Error e = expect_error([&] { write_layer(b, f, "layer-bad"); });
+        set_fail("");
+        CHECK(e.kind == ErrorKind::Hresult);
+        CHECK(e.code == 0x80370112u);
+        CHECK(e.operation == "ImportLayer");
+        CHECK(e.path == hcs::layer_folder(f.info, "layer-bad"));
+        CHECK(!b.layer_exists(f.info, "layer-bad"));
+        CHECK(no_staging_left(f.home));
+        // Abandoned without commit: the staging folder goes too.
+        {
+            auto w = b.import_writer(f.info, "layer-abandoned", {f.base_folder});
+            w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            put(*w, entry("Files/x.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "x");
+        }
+        CHECK(no_staging_left(f.home));
+        CHECK(!b.layer_exists(f.info, "layer-abandoned"));
+        // A hard link whose target is nowhere is refused with the entry named.
+        auto w = b.import_writer(f.info, "layer-badlink", {f.base_folder});
+        Error l = expect_error([&] { w->add_link("Files/a.exe", "Files/missing.exe"); });
+        CHECK(l.kind == ErrorKind::InvalidLayer);
+        CHECK(l.entry == "Files/a.exe");
+        w->abort();
+        CHECK(no_staging_left(f.home));
+    });
+
+    test((prefix + "a failed export restores the layer's state").c_str(), [&] {
+        LayerChain chain = {hcs::layer_folder(f.info, "layer1"), f.base_folder};
+        b.activate_layer(f.info, "sbx");
+        b.prepare_layer(f.info, "sbx", chain);
+        long deact = calls(L"DeactivateLayer"), prep = calls(L"PrepareLayer");
+        set_fail("ExportLayer:0x80070070");
+        Error e = expect_error([&] { export_all(b, f.info, "sbx", chain); });
+        set_fail("");
+        CHECK(e.kind == ErrorKind::Win32);
+        CHECK(e.code == 112);  // ERROR_DISK_FULL, folded from FACILITY_WIN32
+        CHECK(e.operation == "ExportLayer");
+        CHECK(calls(L"DeactivateLayer") == deact + 1);
+        CHECK(calls(L"PrepareLayer") == prep + 1);
+        CHECK(!hcs::get_layer_mount_path(f.info, "sbx").empty());
+        CHECK(no_staging_left(f.home));
+        b.unprepare_layer(f.info, "sbx");
+        b.deactivate_layer(f.info, "sbx");
+    });
+
+    test((prefix + "DriverInfo with an empty home and the layer path as id").c_str(), [&] {
+        DriverInfo bare{Flavour::Filter, ""};
+        std::string path = hcs::layer_folder(f.info, "layer1");
+        CHECK(b.layer_exists(bare, path));
+        CHECK(hcs::layer_folder(bare, path) == path);
+    });
+
+    test((prefix + "sweep removes dead work folders, not live ones").c_str(), [&] {
+        std::wstring dead = f.home + L"\\.winlayer-import-layer9-0badf00d";
+        std::wstring live = f.home + L"\\.winlayer-export-layer8-00c0ffee";
+        win::create_directories(dead + L"\\Files");
+        win::create_directories(live);
+        win::Handle lock(CreateFileW((live + L".lock").c_str(), GENERIC_READ | GENERIC_WRITE | DELETE, 0, nullptr,
+                                     CREATE_NEW, FILE_FLAG_DELETE_ON_CLOSE, nullptr));
+        CHECK(static_cast<bool>(lock));
+        std::vector<std::string> swept = b.sweep(f.info);
+        CHECK(swept == std::vector<std::string>{".winlayer-import-layer9-0badf00d"});
+        CHECK(!win::exists(dead));
+        CHECK(win::exists(live));
+        lock.reset();
+        CHECK(b.sweep(f.info) == std::vector<std::string>{".winlayer-export-layer8-00c0ffee"});
+        CHECK(no_staging_left(f.home));
+    });
+
+    test((prefix + "destroy every layer; nothing is left").c_str(), [&] {
+        for (const char* id : {"sbx", "layer1", "base"}) {
+            b.destroy_layer(f.info, id);
+            CHECK(!b.layer_exists(f.info, id));
+        }
+        CHECK(visible_entries(f.home).empty());
+    });
+}
+
+void api_tests() {
+    auto backend = make_vmcompute_backend();
+    Backend& b = *backend;
+    DriverInfo info{Flavour::Filter, "C:\\nowhere"};
+
+    test("NameToGuid is deterministic and formatted as a GUID", [&] {
+        std::string a = b.name_to_guid("layer-a"), a2 = b.name_to_guid("layer-a"), c = b.name_to_guid("layer-c");
+        CHECK(a == a2);
+        CHECK(a != c);
+        CHECK(a.size() == 36 && a[8] == '-' && a[13] == '-' && a[18] == '-' && a[23] == '-');
+        CHECK(hcs::guid_to_string(hcs::name_to_guid("layer-a")) == a);
+    });
+
+    test("GetBaseImages returns the JSON (buffer freed with CoTaskMemFree)", [&] {
+        std::string json = b.get_base_images();
+        CHECK(json.find("\"Images\"") != std::string::npos);
+    });
+
+    test("FACILITY_WIN32 HRESULTs fold to Win32 codes, with operation and path", [&] {
+        set_fail("DestroyLayer:0x80070005");
+        Error e = expect_error([&] { b.destroy_layer(info, "x"); });
+        set_fail("");
+        CHECK(e.kind == ErrorKind::Win32);
+        CHECK(e.code == 5);
+        CHECK(e.operation == "DestroyLayer");
+        CHECK(e.path == "C:\\nowhere\\x");
+    });
+
+    test("HCS HRESULTs (0x8037xxxx) stay HRESULTs", [&] {
+        set_fail("ActivateLayer:0x80370112");
+        Error e = expect_error([&] { b.activate_layer(info, "x"); });
+        set_fail("");
+        CHECK(e.kind == ErrorKind::Hresult);
+        CHECK(e.code == 0x80370112u);
+        CHECK(e.operation == "ActivateLayer");
+    });
+
+    test("S_FALSE is success", [&] {
+        set_fail("GrantVmAccess:0x1");
+        long before = calls(L"GrantVmAccess");
+        b.grant_vm_access("vm-1", "C:\\nowhere\\disk.vhdx");
+        set_fail("");
+        CHECK(calls(L"GrantVmAccess") == before + 1);
+    });
+
+    test("GrantVmAccess, ProcessBaseImage, ProcessUtilityImage carry their path in errors", [&] {
+        set_fail("GrantVmAccess:0x80070005,ProcessBaseImage:0x80070002,ProcessUtilityImage:0x80370100");
+        Error g = expect_error([&] { b.grant_vm_access("vm-1", "C:\\nowhere\\disk.vhdx"); });
+        Error p = expect_error([&] { b.process_base_image("C:\\nowhere\\base"); });
+        Error u = expect_error([&] { b.process_utility_image("C:\\nowhere\\base\\UtilityVM"); });
+        set_fail("");
+        CHECK(g.kind == ErrorKind::Win32 && g.code == 5 && g.path == "C:\\nowhere\\disk.vhdx");
+        CHECK(p.kind == ErrorKind::Win32 && p.code == 2 && p.operation == "ProcessBaseImage");
+        CHECK(p.path == "C:\\nowhere\\base");
+        CHECK(u.kind == ErrorKind::Hresult && u.code == 0x80370100u && u.operation == "ProcessUtilityImage");
+    });
+
+    test("PrepareLayer retries ERROR_NOT_READY (2 failures, then success)", [&] {
+        set_fail("PrepareLayer:0x80070015:2,UnprepareLayer:0x1");
+        long before = calls(L"PrepareLayer");
+        Error e = expect_error([&] { b.prepare_layer(info, "x", {}); });  // 3rd call reaches the backend
+        set_fail("");
+        CHECK(calls(L"PrepareLayer") == before + 3);
+        CHECK(e.operation == "PrepareLayer");  // the layer does not exist: the real answer
+        CHECK(!(e.kind == ErrorKind::Win32 && e.code == 21));
+    });
+
+    test("ActivateLayer retries ERROR_DEVICE_NOT_CONNECTED 5 times, then fails", [&] {
+        set_fail("ActivateLayer:0x8007048F");
+        long before = calls(L"ActivateLayer");
+        DWORD start = GetTickCount();
+        Error e = expect_error([&] { b.activate_layer(info, "x"); });
+        DWORD elapsed = GetTickCount() - start;
+        set_fail("");
+        CHECK(calls(L"ActivateLayer") == before + 5);
+        CHECK(e.kind == ErrorKind::Win32 && e.code == 1167);
+        CHECK(elapsed >= 350);  // four 100 ms pauses
+    });
+
+    test("other failures are not retried", [&] {
+        set_fail("PrepareLayer:0x80070005:1");
+        long before = calls(L"PrepareLayer");
+        Error e = expect_error([&] { b.prepare_layer(info, "x", {}); });
+        set_fail("");
+        CHECK(calls(L"PrepareLayer") == before + 1);
+        CHECK(e.kind == ErrorKind::Win32 && e.code == 5);
+    });
+}
+
+}  // namespace
+
+int wmain(int argc, wchar_t** argv) {
+    if (argc != 3) {
+        std::fprintf(stderr, "usage: wine_test.exe <emulator vmcompute.dll> <work folder>\n");
+        return 2;
+    }
+    std::wstring emulator = argv[1], work = argv[2];
+    wchar_t sys[MAX_PATH];
+    GetSystemDirectoryW(sys, MAX_PATH);
+    std::wstring installed = std::wstring(sys) + L"\\vmcompute.dll";
+    DeleteFileW(installed.c_str());
+
+    test("without vmcompute.dll in System32: BackendUnavailable with the fix (a copy beside the exe is ignored)", [&] {
+        Error e = expect_error([] { make_vmcompute_backend(); });
+        CHECK(e.kind == ErrorKind::BackendUnavailable);
+        CHECK(std::strstr(e.what(), "Enable-WindowsOptionalFeature -Online -FeatureName Containers") != nullptr);
+    });
+
+    if (!CopyFileW(emulator.c_str(), installed.c_str(), FALSE)) {
+        std::printf("FAIL cannot install the emulator in System32 (Win32 error %lu)\n", GetLastError());
+        return 1;
+    }
+    api_tests();
+    scenario("short ASCII home", win::long_path(work + L"\\home"));
+    // Over 300 characters, with non-ASCII names: every path goes through `\\?\`.
+    std::wstring deep = win::long_path(work) + L"\\" + win::widen("h\xc3\xb6me-\xe6\x95\xb0\xe6\x8d\xae");
+    for (int i = 0; deep.size() < 320; ++i) deep += L"\\" + std::wstring(60, static_cast<wchar_t>(L'a' + i));
+    scenario("300+ character Unicode home", deep);
+
+    std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}

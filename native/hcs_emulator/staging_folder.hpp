@@ -1,0 +1,22 @@
+// The HCS legacy import/export folder, as the emulator's ImportLayer reads it and its
+// ExportLayer writes it (REFERENCE.md section 2): `Files\<path>` = 4-byte little-endian
+// attributes + Win32 backup stream, directories plus `<dir>.$wcidirs$`, raw `Hives\*`,
+// `tombstones.txt`. Wine has no BackupRead/BackupWrite, so the backup streams are
+// encoded and decoded here with the core codec, and hives are plain files.
+// Test-only: this is the counterpart the Windows layer writer and reader are checked
+// against, written from the format description, not from their code.
+#pragma once
+
+#include <string>
+
+#include "core/layer.hpp"
+
+namespace winlayer::emulator {
+
+// Feeds every entry of the folder at `folder` (a Win32 path) to `writer`, then commits.
+void import_folder(const std::wstring& folder, LayerWriter& writer);
+
+// Writes every entry `reader` yields into `folder` (which must exist and be empty).
+void export_folder(LayerReader& reader, const std::wstring& folder);
+
+}  // namespace winlayer::emulator
