@@ -1,9 +1,166 @@
+// The backend contract in Python: one Backend class bound over the C++ interface, for
+// the portable and the vmcompute backend alike. Every call releases the GIL; an import
+// takes it back only to pull from a Python stream or to report progress.
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+
+#include "../core/backend.hpp"
+#include "../core/error.hpp"
+#include "../core/layer_tar.hpp"
 #include "bridge.hpp"
+#include "pystream.hpp"
 
 namespace winlayer::bridge {
 
+namespace {
+
+struct ImportResult {
+    std::string diff_id;
+    std::uint64_t size = 0;
+};
+
+using BackendPtr = std::shared_ptr<Backend>;
+
+// Runs `f` with the GIL released.
+template <typename F>
+auto nogil(F&& f) {
+    py::gil_scoped_release release;
+    return f();
+}
+
+ImportResult import_layer(const BackendPtr& backend, const DriverInfo& info, const std::string& id,
+                          const LayerChain& parents, py::object source,
+                          const std::optional<std::string>& expected_digest, py::object progress) {
+    std::unique_ptr<Source> src = source_from_python(std::move(source));
+    ImportOptions options;
+    options.expected_digest = expected_digest.value_or("");
+    if (!progress.is_none()) {
+        // A borrowed pointer: `progress` outlives the call, and copying the callback
+        // without the GIL must not touch a reference count.
+        PyObject* callback = progress.ptr();
+        options.progress = [callback](std::uint64_t done) {
+            py::gil_scoped_acquire gil;
+            py::handle fn(callback);
+            fn(done);
+        };
+    }
+    CommitInfo commit = nogil([&] {
+        std::unique_ptr<LayerWriter> writer = backend->import_writer(info, id, parents);
+        return import_layer_tar(*src, *writer, options);
+    });
+    return ImportResult{commit.diff_id, commit.size};
+}
+
+py::object export_layer(const BackendPtr& backend, const DriverInfo& info, const std::string& id,
+                        const LayerChain& parents, bool original) {
+    // Open everything now, so that a missing or damaged layer fails here and not at the
+    // first read; the tar is produced on the stream's own thread.
+    std::function<void(Sink&)> producer;
+    if (original) {
+        auto [split, payloads] = nogil([&] {
+            std::string record = backend->tar_split(info, id);
+            return std::make_pair(std::make_shared<std::string>(std::move(record)),
+                                  std::shared_ptr<PayloadStore>(backend->payloads(info, id, parents)));
+        });
+        producer = [backend, split = split, payloads = payloads](Sink& out) {
+            rebuild_layer_tar(*split, *payloads, out);
+        };
+    } else {
+        std::shared_ptr<LayerReader> reader = nogil([&] { return backend->export_reader(info, id, parents); });
+        producer = [backend, reader](Sink& out) { export_layer_tar(*reader, out); };
+    }
+    return make_native_stream(std::move(producer));
+}
+
+BackendPtr hcs_backend() {
+#ifdef _WIN32
+    return BackendPtr(make_vmcompute_backend());
+#else
+    throw Error(ErrorKind::BackendUnavailable,
+                "the 'hcs' backend needs Windows with the Containers feature (vmcompute.dll); on this "
+                "platform use the portable backend (winlayer._hcs.portable_backend, or unset "
+                "WINLAYER_BACKEND / set WINLAYER_BACKEND=portable)");
+#endif
+}
+
+}  // namespace
+
 void bind_backends(py::module_& m) {
-    (void)m;
+    py::class_<DriverInfo>(m, "DriverInfo", "HCS's DriverInfo: the flavour (0 diff, 1 filter) and the home folder.")
+        .def(py::init([](int flavour, std::string home) {
+                 if (flavour != 0 && flavour != 1)
+                     throw Error(ErrorKind::InvalidArgument, "flavour must be 0 (diff) or 1 (filter)");
+                 return DriverInfo{static_cast<Flavour>(flavour), std::move(home)};
+             }),
+             py::arg("flavour"), py::arg("home"))
+        .def_property_readonly("flavour", [](const DriverInfo& i) { return static_cast<int>(i.flavour); })
+        .def_readonly("home", &DriverInfo::home)
+        .def("__repr__", [](const DriverInfo& i) {
+            return "DriverInfo(flavour=" + std::to_string(static_cast<int>(i.flavour)) + ", home=" +
+                   py::repr(py::str(i.home)).cast<std::string>() + ")";
+        });
+
+    py::class_<ImportResult>(m, "ImportResult", "What import_layer learned: the diffID and the bytes of file data.")
+        .def_readonly("diff_id", &ImportResult::diff_id)
+        .def_readonly("size", &ImportResult::size)
+        .def("__repr__", [](const ImportResult& r) {
+            return "ImportResult(diff_id='" + r.diff_id + "', size=" + std::to_string(r.size) + ")";
+        });
+
+    using I = const DriverInfo&;
+    using S = const std::string&;
+    py::class_<Backend, BackendPtr>(m, "Backend", "HCS's layer API (the same names on every backend).")
+        .def_property_readonly("name", &Backend::name)
+        .def("activate_layer", [](Backend& b, I info, S id) { nogil([&] { b.activate_layer(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("deactivate_layer", [](Backend& b, I info, S id) { nogil([&] { b.deactivate_layer(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("create_layer",
+             [](Backend& b, I info, S id, S parent_id) { nogil([&] { b.create_layer(info, id, parent_id); }); },
+             py::arg("info"), py::arg("id"), py::arg("parent_id"))
+        .def("create_sandbox_layer",
+             [](Backend& b, I info, S id, S parent_id, const LayerChain& parents) {
+                 nogil([&] { b.create_sandbox_layer(info, id, parent_id, parents); });
+             },
+             py::arg("info"), py::arg("id"), py::arg("parent_id"), py::arg("parents"))
+        .def("expand_sandbox_size",
+             [](Backend& b, I info, S id, std::uint64_t size) { nogil([&] { b.expand_sandbox_size(info, id, size); }); },
+             py::arg("info"), py::arg("id"), py::arg("size"))
+        .def("destroy_layer", [](Backend& b, I info, S id) { nogil([&] { b.destroy_layer(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("layer_exists", [](Backend& b, I info, S id) { return nogil([&] { return b.layer_exists(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("get_layer_mount_path",
+             [](Backend& b, I info, S id) { return nogil([&] { return b.get_layer_mount_path(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("prepare_layer",
+             [](Backend& b, I info, S id, const LayerChain& parents) { nogil([&] { b.prepare_layer(info, id, parents); }); },
+             py::arg("info"), py::arg("id"), py::arg("parents"))
+        .def("unprepare_layer", [](Backend& b, I info, S id) { nogil([&] { b.unprepare_layer(info, id); }); },
+             py::arg("info"), py::arg("id"))
+        .def("name_to_guid", [](Backend& b, S name) { return nogil([&] { return b.name_to_guid(name); }); },
+             py::arg("name"))
+        .def("get_base_images", [](Backend& b) { return nogil([&] { return b.get_base_images(); }); })
+        .def("process_base_image", [](Backend& b, S path) { nogil([&] { b.process_base_image(path); }); },
+             py::arg("path"))
+        .def("process_utility_image", [](Backend& b, S path) { nogil([&] { b.process_utility_image(path); }); },
+             py::arg("path"))
+        .def("grant_vm_access", [](Backend& b, S vm_id, S path) { nogil([&] { b.grant_vm_access(vm_id, path); }); },
+             py::arg("vm_id"), py::arg("path"))
+        .def("import_layer", &import_layer, py::arg("info"), py::arg("id"), py::arg("parents"), py::arg("source"),
+             py::arg("expected_digest") = py::none(), py::arg("progress") = py::none(),
+             "Import an uncompressed layer tar (a path or a binary file object) as layer `id`.")
+        .def("export_layer", &export_layer, py::arg("info"), py::arg("id"), py::arg("parents"),
+             py::arg("original") = false,
+             "The layer as a tar stream: canonical, or the imported tar byte for byte (original=True).")
+        .def("sweep", [](Backend& b, I info) { return nogil([&] { return b.sweep(info); }); }, py::arg("info"),
+             "Remove what crashed operations left in the home; returns the names removed.");
+
+    m.def("portable_backend", [](std::string base_images) { return BackendPtr(make_portable_backend(std::move(base_images))); },
+          py::arg("base_images"), "The portable backend; `base_images` is the folder get_base_images lists.");
+    m.def("hcs_backend", &hcs_backend, "The vmcompute backend (Windows with the Containers feature).");
 }
 
 }  // namespace winlayer::bridge

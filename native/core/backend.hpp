@@ -56,7 +56,19 @@ public:
     virtual std::string tar_split(const DriverInfo& info, const std::string& id) = 0;
     virtual std::unique_ptr<PayloadStore> payloads(const DriverInfo& info, const std::string& id,
                                                    const LayerChain& parents) = 0;
+
+    // Removes what crashed operations left in info.home (staging folders, half-removed
+    // layers) and returns their names. Beyond HCS's API; a backend that leaves nothing
+    // behind keeps this default.
+    virtual std::vector<std::string> sweep(const DriverInfo& info) {
+        (void)info;
+        return {};
+    }
 };
+
+// The portable backend (native/portable): HCS layer semantics on a plain filesystem.
+// `base_images` is the folder get_base_images lists.
+std::unique_ptr<Backend> make_portable_backend(std::string base_images);
 
 // The vmcompute backend (native/windows/vmcompute_backend.cpp); defined on Windows only.
 std::unique_ptr<Backend> make_vmcompute_backend();

@@ -1,0 +1,318 @@
+#include "layer_writer.hpp"
+
+#include <optional>
+#include <unordered_map>
+
+#include "../core/error.hpp"
+#include "../core/path_rules.hpp"
+#include "chain.hpp"
+#include "metadata.hpp"
+
+namespace winlayer::portable {
+
+namespace {
+
+constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+constexpr std::uint32_t kAttrDirectory = 0x10;
+
+Error bad(const std::string& message) { return Error::invalid_layer(message, "", -1); }
+
+class PortableLayerWriter : public LayerWriter {
+public:
+    PortableLayerWriter(const LayerRef& ref, const LayerChain& parents)
+        : parents_(parents), staging_(ref) {
+        nodes_.emplace("", Node{true, false, kNone, ""});
+    }
+    ~PortableLayerWriter() override { abort(); }
+
+    void add(const LayerEntry& entry) override {
+        close_current();
+        switch (entry.type) {
+        case EntryType::Whiteout: return remove(entry.path);
+        case EntryType::HardLink: return add_link(entry.path, entry.link_target);
+        case EntryType::AlternateStream: return add_stream(entry);
+        default: return add_node(entry);
+        }
+    }
+
+    void write(const std::uint8_t* data, std::size_t n) override {
+        if (!current_.is_open() || n > remaining_)
+            throw Error(ErrorKind::Internal, "layer writer got more data than the entry's size");
+        current_.write(data, n);
+        remaining_ -= n;
+    }
+
+    void add_link(const std::string& path, const std::string& target) override {
+        close_current();
+        const std::string key = path_key(path), tkey = path_key(target);
+        if (key == tkey) throw bad("hard link to itself");
+        EntryRecord rec;
+        const Node& parent = ensure_parent(path);
+        auto t = nodes_.find(tkey);
+        if (t != nodes_.end()) {
+            if (t->second.dir || t->second.record == kNone ||
+                records_[t->second.record].entry.type != EntryType::File)
+                throw bad("hard link target is not a file: " + target);
+            drop(key);
+            EntryRecord& target_rec = records_[t->second.record];
+            if (target_rec.group == 0) target_rec.group = next_group_++;
+            rec = target_rec;
+            rec.entry.path = child_disk(parent, path);
+            staging_.tree().hard_link(target_rec.entry.path, rec.entry.path);
+        } else {
+            if (!chain_) chain_.emplace(parents_);
+            auto found = chain_->find(target);
+            if (!found || stat_path(found->disk_path).kind != NodeKind::File ||
+                (found->record && found->record->entry.type != EntryType::File))
+                throw bad("hard link target is neither a file of this layer nor of a parent layer: " +
+                          target);
+            drop(key);
+            if (found->record) {
+                rec = *found->record;
+                rec.streams.clear();
+                rec.group = 0;
+            } else {
+                rec.entry.type = EntryType::File;
+                rec.entry.attributes = 0x20;
+                rec.entry.size = stat_path(found->disk_path).size;
+            }
+            rec.entry.path = child_disk(parent, path);
+            rec.entry.link_target = found->path;
+            rec.parent_link = true;
+            staging_.tree().copy_in(found->disk_path, rec.entry.path);
+        }
+        add_record(key, std::move(rec), false, false);
+    }
+
+    void remove(const std::string& path) override {
+        close_current();
+        drop(path_key(path));
+        tombstones_.push_back(path);
+    }
+
+    void commit(const CommitInfo& info) override {
+        close_current();
+        Tree& tree = staging_.tree();
+        for (const char* top : {"Files", "Hives"})
+            if (!nodes_.count(path_key(top))) tree.make_dir(top);
+        LayerMeta meta;
+        meta.imported = true;
+        meta.diff_id = info.diff_id;
+        meta.size = info.size;
+        meta.tombstones = std::move(tombstones_);
+        for (std::size_t i = 0; i < records_.size(); ++i) {
+            if (dead_[i]) continue;
+            const LayerEntry& e = records_[i].entry;
+            // Folder times last: creating their children changed them.
+            if (tree.stat(e.path).kind == NodeKind::Directory)
+                tree.set_times(e.path, filetime_to_unix_ns(e.times.last_access),
+                               filetime_to_unix_ns(e.times.last_write));
+            meta.entries.push_back(std::move(records_[i]));
+        }
+        File f = tree.create(kMetaFileName);
+        std::string bytes = encode_meta(meta, info.tar_split);
+        f.write(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+        f.close();
+        tree.sync();
+        staging_.publish(&is_empty_created_layer);
+        committed_ = true;
+    }
+
+    void abort() noexcept override {
+        if (committed_) return;
+        current_ = File();
+        staging_.discard();
+    }
+
+private:
+    struct Node {
+        bool dir = false;
+        bool reparse = false;      // a symlink or junction placeholder
+        std::size_t record = kNone;  // kNone: a folder implied by its children
+        std::string disk;          // path in the staging tree, as first spelled
+    };
+
+    static std::string name_of(const std::string& path) {
+        std::size_t slash = path.rfind('/');
+        return slash == std::string::npos ? path : path.substr(slash + 1);
+    }
+
+    static std::string child_disk(const Node& parent, const std::string& path) {
+        return parent.disk.empty() ? name_of(path) : parent.disk + "/" + name_of(path);
+    }
+
+    // The folder `path` goes into, created (without an entry) when the tar did not list it.
+    const Node& ensure_parent(const std::string& path) {
+        std::size_t slash = path.rfind('/');
+        std::string parent = slash == std::string::npos ? "" : path.substr(0, slash);
+        std::string key = path_key(parent);
+        auto it = nodes_.find(key);
+        if (it == nodes_.end()) {
+            const Node& grand = ensure_parent(parent);
+            Node n{true, false, kNone, child_disk(grand, parent)};
+            staging_.tree().make_dir(n.disk);
+            it = nodes_.emplace(key, std::move(n)).first;
+        }
+        if (!it->second.dir) throw bad("parent is not a folder: " + parent);
+        if (it->second.reparse) throw bad("parent is a symbolic link or junction: " + parent);
+        return it->second;
+    }
+
+    void add_node(const LayerEntry& entry) {
+        const std::string key = path_key(entry.path);
+        const bool reparse = entry.type == EntryType::Symlink;
+        const bool dir = entry.type == EntryType::Directory ||
+                         (reparse && (entry.mount_point || (entry.attributes & kAttrDirectory)));
+        const Node& parent = ensure_parent(entry.path);
+        auto it = nodes_.find(key);
+        if (it != nodes_.end() && it->second.dir && entry.type == EntryType::Directory &&
+            !it->second.reparse) {
+            // The same folder again (or one implied earlier): new metadata, same contents.
+            EntryRecord rec;
+            rec.entry = entry;
+            rec.entry.path = it->second.disk;
+            if (it->second.record == kNone) {
+                it->second.record = records_.size();
+                records_.push_back(std::move(rec));
+                dead_.push_back(false);
+            } else {
+                rec.streams = std::move(records_[it->second.record].streams);
+                records_[it->second.record] = std::move(rec);
+            }
+            return;
+        }
+        drop(key);
+        EntryRecord rec;
+        rec.entry = entry;
+        rec.entry.path = child_disk(parent, entry.path);
+        Tree& tree = staging_.tree();
+        if (dir) {
+            tree.make_dir(rec.entry.path);
+        } else {
+            File f = tree.create(rec.entry.path);
+            if (entry.type == EntryType::File && entry.size > 0) {
+                current_ = std::move(f);
+                remaining_ = entry.size;
+                current_times_ = entry.times;
+            } else {
+                set_file_times(f, entry.times);
+                f.close();
+            }
+        }
+        if (entry.type != EntryType::File) rec.entry.size = 0;
+        add_record(key, std::move(rec), dir, reparse);
+    }
+
+    void add_stream(const LayerEntry& entry) {
+        std::string file, stream;
+        if (!split_stream_path(entry.path, file, stream)) throw bad("not an alternate stream name");
+        auto it = nodes_.find(path_key(file));
+        if (it == nodes_.end() || it->second.record == kNone)
+            throw bad("alternate data stream of a file that this layer does not hold: " + file);
+        EntryRecord& rec = records_[it->second.record];
+        Tree& tree = staging_.tree();
+        if (!streams_dir_) {
+            tree.make_dir(kStreamsDirName);
+            streams_dir_ = true;
+        }
+        const std::string skey = path_key(stream);
+        for (auto s = rec.streams.begin(); s != rec.streams.end(); ++s)
+            if (path_key(s->name) == skey) {
+                tree.remove(blob_path(s->blob));
+                rec.streams.erase(s);
+                break;
+            }
+        StreamRecord s{stream, entry.size, next_blob_++};
+        current_ = tree.create(blob_path(s.blob));
+        remaining_ = entry.size;
+        current_times_ = rec.entry.times;
+        rec.streams.push_back(std::move(s));
+        if (entry.size == 0) close_current();
+    }
+
+    static std::string blob_path(std::uint32_t blob) {
+        return std::string(kStreamsDirName) + "/" + std::to_string(blob);
+    }
+
+    void add_record(const std::string& key, EntryRecord rec, bool dir, bool reparse) {
+        Node n{dir, reparse, records_.size(), rec.entry.path};
+        records_.push_back(std::move(rec));
+        dead_.push_back(false);
+        nodes_[key] = std::move(n);
+    }
+
+    // Removes what this layer holds at `key` (a whole subtree for a folder).
+    void drop(const std::string& key) {
+        auto it = nodes_.find(key);
+        if (it == nodes_.end() || key.empty()) return;
+        Node node = it->second;
+        if (node.dir) {
+            const std::string prefix = key + "/";
+            for (auto c = nodes_.begin(); c != nodes_.end();) {
+                if (c->first.compare(0, prefix.size(), prefix) == 0) {
+                    forget(c->second.record);
+                    c = nodes_.erase(c);
+                } else {
+                    ++c;
+                }
+            }
+            staging_.tree().remove_tree(node.disk);
+        } else {
+            staging_.tree().remove(node.disk);
+        }
+        forget(node.record);
+        nodes_.erase(key);
+    }
+
+    void forget(std::size_t record) {
+        if (record == kNone || dead_[record]) return;
+        dead_[record] = true;
+        const EntryRecord& rec = records_[record];
+        if (rec.group != 0) return;  // the streams live on with the other names
+        for (const auto& s : rec.streams) staging_.tree().remove(blob_path(s.blob));
+    }
+
+    static void set_file_times(File& f, const FileTimes& t) {
+        f.set_times(filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
+    }
+
+    void close_current() {
+        if (!current_.is_open()) return;
+        if (remaining_ != 0)
+            throw Error(ErrorKind::Internal, "layer writer got less data than the entry's size")
+                .with_path(current_.path());
+        set_file_times(current_, current_times_);
+        current_.start_writeback();
+        current_.close();
+    }
+
+    LayerChain parents_;
+    std::optional<ParentChain> chain_;
+    Staging staging_;
+    std::unordered_map<std::string, Node> nodes_;
+    std::vector<EntryRecord> records_;
+    std::vector<bool> dead_;
+    std::vector<std::string> tombstones_;
+    File current_;
+    std::uint64_t remaining_ = 0;
+    FileTimes current_times_;
+    std::uint32_t next_blob_ = 1;
+    std::uint32_t next_group_ = 1;
+    bool streams_dir_ = false;
+    bool committed_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<LayerWriter> make_layer_writer(const LayerRef& ref, const LayerChain& parents) {
+    return std::make_unique<PortableLayerWriter>(ref, parents);
+}
+
+bool is_empty_created_layer(const std::string& layer_dir) {
+    if (stat_path(join(layer_dir, kMetaFileName)).kind != NodeKind::File) return false;
+    if (stat_path(join(layer_dir, kPreparedFile)).kind != NodeKind::Missing) return false;
+    LayerMeta m = read_meta(layer_dir);
+    return m.kind == LayerKind::ReadOnly && !m.imported && m.entries.empty() && m.tombstones.empty();
+}
+
+}  // namespace winlayer::portable

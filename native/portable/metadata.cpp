@@ -1,0 +1,286 @@
+// Encoding of winlayer.meta (format in docs/ARCHITECTURE.md, "Portable backend").
+//
+//   header   "WLLAYER\n", u32 version, u32 section count (2),
+//            per section: u64 offset, u64 length, 32-byte SHA-256 of the section
+//   section 0: the layer (kind, entries, tombstones, ...), section 1: the tar-split record
+// Integers little-endian; strings and byte strings are u32 length + bytes. Security
+// descriptors are stored once in a table and referenced by index: a layer has few.
+#include "metadata.hpp"
+
+#include <cstring>
+#include <map>
+
+#include "../core/error.hpp"
+#include "../core/sha256.hpp"
+#include "platform.hpp"
+
+namespace winlayer::portable {
+
+namespace {
+
+constexpr char kMagic[8] = {'W', 'L', 'L', 'A', 'Y', 'E', 'R', '\n'};
+constexpr std::uint32_t kSections = 2;
+constexpr std::size_t kHeaderSize = 8 + 4 + 4 + kSections * (8 + 8 + 32);
+constexpr std::uint32_t kNoSd = 0xffffffffu;
+
+class Out {
+public:
+    void u8(std::uint8_t v) { s.push_back(static_cast<char>(v)); }
+    void u32(std::uint32_t v) {
+        for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    }
+    void u64(std::uint64_t v) {
+        for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    }
+    void str(const std::string& v) {
+        u32(static_cast<std::uint32_t>(v.size()));
+        s += v;
+    }
+    std::string s;
+};
+
+class In {
+public:
+    In(const char* p, std::size_t n, const std::string& path) : p_(p), end_(p + n), path_(path) {}
+    std::uint8_t u8() { return static_cast<std::uint8_t>(*take(1)); }
+    std::uint32_t u32() {
+        const char* b = take(4);
+        std::uint32_t v = 0;
+        for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<std::uint8_t>(b[i]);
+        return v;
+    }
+    std::uint64_t u64() {
+        const char* b = take(8);
+        std::uint64_t v = 0;
+        for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<std::uint8_t>(b[i]);
+        return v;
+    }
+    std::string str() {
+        std::uint32_t n = u32();
+        const char* b = take(n);
+        return std::string(b, n);
+    }
+    // A count of items, each at least `min_item` bytes: bounded by what is left.
+    std::uint32_t count(std::size_t min_item) {
+        std::uint32_t n = u32();
+        if (static_cast<std::size_t>(end_ - p_) / min_item < n) fail("count beyond the end");
+        return n;
+    }
+    bool done() const { return p_ == end_; }
+    [[noreturn]] void fail(const std::string& what) const {
+        throw Error(ErrorKind::StoreCorrupt, "damaged layer metadata (" + what + ")").with_path(path_);
+    }
+
+private:
+    const char* take(std::size_t n) {
+        if (static_cast<std::size_t>(end_ - p_) < n) fail("truncated");
+        const char* b = p_;
+        p_ += n;
+        return b;
+    }
+    const char* p_;
+    const char* end_;
+    const std::string& path_;
+};
+
+std::string encode_layer(const LayerMeta& m) {
+    Out o;
+    std::map<std::string, std::uint32_t> sd_index;
+    std::vector<const std::string*> sds;
+    for (const auto& r : m.entries) {
+        const std::string& sd = r.entry.security_descriptor;
+        if (!sd.empty() && sd_index.emplace(sd, static_cast<std::uint32_t>(sds.size())).second)
+            sds.push_back(&sd);
+    }
+    o.u8(static_cast<std::uint8_t>(m.kind));
+    o.u8(m.imported ? 1 : 0);
+    o.str(m.diff_id);
+    o.u64(m.size);
+    o.u64(m.size_limit);
+    o.u32(static_cast<std::uint32_t>(m.parents.size()));
+    for (const auto& p : m.parents) o.str(p);
+    o.u32(static_cast<std::uint32_t>(sds.size()));
+    for (const auto* sd : sds) o.str(*sd);
+    o.u32(static_cast<std::uint32_t>(m.entries.size()));
+    for (const auto& r : m.entries) {
+        const LayerEntry& e = r.entry;
+        o.str(e.path);
+        o.u8(static_cast<std::uint8_t>(e.type));
+        o.u32(e.attributes);
+        o.u64(static_cast<std::uint64_t>(e.times.creation));
+        o.u64(static_cast<std::uint64_t>(e.times.last_access));
+        o.u64(static_cast<std::uint64_t>(e.times.last_write));
+        o.u64(static_cast<std::uint64_t>(e.times.change));
+        o.u32(e.security_descriptor.empty() ? kNoSd : sd_index.at(e.security_descriptor));
+        o.u32(static_cast<std::uint32_t>(e.extended_attributes.size()));
+        for (const auto& ea : e.extended_attributes) {
+            o.str(ea.first);
+            o.str(ea.second);
+        }
+        o.str(e.reparse_data);
+        o.str(e.link_target);
+        o.u8((e.mount_point ? 1 : 0) | (r.parent_link ? 2 : 0));
+        o.u64(e.size);
+        o.u32(r.group);
+        o.u32(static_cast<std::uint32_t>(r.streams.size()));
+        for (const auto& s : r.streams) {
+            o.str(s.name);
+            o.u64(s.size);
+            o.u32(s.blob);
+        }
+    }
+    o.u32(static_cast<std::uint32_t>(m.tombstones.size()));
+    for (const auto& t : m.tombstones) o.str(t);
+    return o.s;
+}
+
+LayerMeta decode_layer(In& in) {
+    LayerMeta m;
+    std::uint8_t kind = in.u8();
+    if (kind > 1) in.fail("unknown layer kind");
+    m.kind = static_cast<LayerKind>(kind);
+    m.imported = in.u8() != 0;
+    m.diff_id = in.str();
+    m.size = in.u64();
+    m.size_limit = in.u64();
+    for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) m.parents.push_back(in.str());
+    std::vector<std::string> sds;
+    for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) sds.push_back(in.str());
+    std::uint32_t n = in.count(4 + 1 + 4 + 32 + 4 + 4 + 4 + 4 + 1 + 8 + 4 + 4);
+    m.entries.resize(n);
+    for (auto& r : m.entries) {
+        LayerEntry& e = r.entry;
+        e.path = in.str();
+        std::uint8_t type = in.u8();
+        if (type != static_cast<std::uint8_t>(EntryType::Directory) &&
+            type != static_cast<std::uint8_t>(EntryType::File) &&
+            type != static_cast<std::uint8_t>(EntryType::Symlink))
+            in.fail("unknown entry type");
+        e.type = static_cast<EntryType>(type);
+        e.attributes = in.u32();
+        e.times.creation = static_cast<std::int64_t>(in.u64());
+        e.times.last_access = static_cast<std::int64_t>(in.u64());
+        e.times.last_write = static_cast<std::int64_t>(in.u64());
+        e.times.change = static_cast<std::int64_t>(in.u64());
+        std::uint32_t sd = in.u32();
+        if (sd != kNoSd) {
+            if (sd >= sds.size()) in.fail("security descriptor index out of range");
+            e.security_descriptor = sds[sd];
+        }
+        for (std::uint32_t i = 0, k = in.count(8); i < k; ++i) {
+            std::string name = in.str();
+            e.extended_attributes.emplace_back(std::move(name), in.str());
+        }
+        e.reparse_data = in.str();
+        e.link_target = in.str();
+        std::uint8_t flags = in.u8();
+        if (flags > 3) in.fail("unknown entry flags");
+        e.mount_point = (flags & 1) != 0;
+        r.parent_link = (flags & 2) != 0;
+        e.size = in.u64();
+        r.group = in.u32();
+        for (std::uint32_t i = 0, k = in.count(16); i < k; ++i) {
+            StreamRecord s;
+            s.name = in.str();
+            s.size = in.u64();
+            s.blob = in.u32();
+            r.streams.push_back(std::move(s));
+        }
+    }
+    for (std::uint32_t i = 0, k = in.count(4); i < k; ++i) m.tombstones.push_back(in.str());
+    if (!in.done()) in.fail("unexpected bytes after the layer section");
+    return m;
+}
+
+Sha256::Digest digest_of(const char* p, std::size_t n) {
+    Sha256 h;
+    h.update(p, n);
+    return h.digest();
+}
+
+// Checks the header and returns the [offset, length) of section `which`, verified.
+std::pair<std::size_t, std::size_t> section(const std::string& bytes, const std::string& path,
+                                            std::uint32_t which) {
+    In in(bytes.data(), bytes.size(), path);
+    if (bytes.size() < 8 || std::memcmp(bytes.data(), kMagic, 8) != 0)
+        throw Error(ErrorKind::StoreCorrupt, "not a winlayer layer metadata file").with_path(path);
+    for (int i = 0; i < 8; ++i) in.u8();
+    std::uint32_t version = in.u32();
+    if (version != kMetaVersion)
+        throw Error(ErrorKind::StoreCorrupt,
+                    "layer metadata version " + std::to_string(version) +
+                        " is not supported (this winlayer reads version " +
+                        std::to_string(kMetaVersion) + ")")
+            .with_path(path);
+    if (in.u32() != kSections) in.fail("unexpected section count");
+    for (std::uint32_t i = 0; i < kSections; ++i) {
+        std::uint64_t off = in.u64();
+        std::uint64_t len = in.u64();
+        Sha256::Digest want;
+        for (auto& b : want) b = in.u8();
+        if (i != which) continue;
+        if (off < kHeaderSize || off > bytes.size() || len > bytes.size() - off)
+            in.fail("section out of range");
+        if (digest_of(bytes.data() + off, len) != want) in.fail("checksum mismatch");
+        return {static_cast<std::size_t>(off), static_cast<std::size_t>(len)};
+    }
+    in.fail("missing section");
+}
+
+std::string meta_path(const std::string& layer_dir) { return join(layer_dir, kMetaFileName); }
+
+}  // namespace
+
+std::string encode_meta(const LayerMeta& meta, const std::string& tar_split) {
+    const std::string layer = encode_layer(meta);
+    const std::string* parts[kSections] = {&layer, &tar_split};
+    Out o;
+    o.s.append(kMagic, 8);
+    o.u32(kMetaVersion);
+    o.u32(kSections);
+    std::uint64_t off = kHeaderSize;
+    for (const auto* p : parts) {
+        o.u64(off);
+        o.u64(p->size());
+        auto d = digest_of(p->data(), p->size());
+        o.s.append(reinterpret_cast<const char*>(d.data()), d.size());
+        off += p->size();
+    }
+    for (const auto* p : parts) o.s += *p;
+    return std::move(o.s);
+}
+
+LayerMeta decode_meta(const std::string& bytes, const std::string& path) {
+    auto [off, len] = section(bytes, path, 0);
+    In in(bytes.data() + off, len, path);
+    return decode_layer(in);
+}
+
+std::string decode_tar_split(const std::string& bytes, const std::string& path) {
+    auto [off, len] = section(bytes, path, 1);
+    return bytes.substr(off, len);
+}
+
+namespace {
+std::string read_meta_bytes(const std::string& layer_dir) {
+    std::string path = meta_path(layer_dir);
+    auto bytes = read_file_if_exists(path);
+    if (!bytes)
+        throw Error(ErrorKind::StoreCorrupt, "layer metadata file is missing").with_path(path);
+    return std::move(*bytes);
+}
+}  // namespace
+
+LayerMeta read_meta(const std::string& layer_dir) {
+    return decode_meta(read_meta_bytes(layer_dir), meta_path(layer_dir));
+}
+
+std::string read_tar_split(const std::string& layer_dir) {
+    return decode_tar_split(read_meta_bytes(layer_dir), meta_path(layer_dir));
+}
+
+void write_meta(const std::string& layer_dir, const LayerMeta& meta, const std::string& tar_split) {
+    write_file_atomic(meta_path(layer_dir), encode_meta(meta, tar_split));
+}
+
+}  // namespace winlayer::portable
