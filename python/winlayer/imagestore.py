@@ -1,0 +1,450 @@
+"""The image and tag store: a SQLite database under the driver's home.
+
+``<home>/.winlayer/images.db`` holds three tables:
+
+- ``images``: id (64 hex digits: the sha256 of the config, or for a host base image the
+  seed's SHA-384-derived id), the config bytes exactly as loaded (so that ``save`` gives
+  back the same digest), created time, architecture, OS, size, and the layer stack as a
+  JSON list of chain IDs, bottom first;
+- ``tags``: ``name:tag`` -> image id;
+- ``layers``: chain ID -> the driver's layer id, the diffID, the parent chain ID, the
+  bytes of file data and the byte size of the uncompressed layer tar.
+
+Several processes may share a store: the database runs in WAL mode with a busy timeout,
+and every change is one ``BEGIN IMMEDIATE`` transaction. The schema is versioned with
+``PRAGMA user_version``; opening a store runs the migration steps it has not seen yet, in
+order, inside one transaction, and refuses a store written by a newer winlayer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from .errors import StoreCorrupt, WinlayerError
+
+IMAGE_DB = Path(".winlayer") / "images.db"
+BUSY_TIMEOUT_S = 60.0
+DEFAULT_TAG = "latest"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The distribution reference grammar (github.com/distribution/reference): an optional
+# registry host[:port], then lowercase path components, each joined by ".", "_", "__"
+# or dashes; a tag is up to 128 word characters, dots and dashes.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
+_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_LAYER_COLUMNS = "chain_id, layer_id, diff_id, parent, size, tar_size"
+
+
+class ImageNotFound(WinlayerError, LookupError):
+    """No image matches this id, id prefix or ``name:tag``."""
+
+    def __init__(self, ref: str, message: str = "image not found") -> None:
+        super().__init__(f"{message}: {ref!r}")
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image record.
+
+    `layers` are chain IDs (``sha256:...``), bottom layer first; a host base image
+    (registered by :func:`winlayer.images.restore_custom_images`) has none: its single
+    layer is the driver layer named by the image id itself (an alternate ID).
+    """
+
+    id: str
+    config: bytes
+    created: str
+    architecture: str
+    os: str
+    size: int
+    layers: tuple[str, ...] = ()
+    tags: tuple[str, ...] = field(default=(), compare=False)  # "name:tag", sorted
+
+
+@dataclass(frozen=True)
+class StoredLayer:
+    chain_id: str
+    layer_id: str  # the driver's layer id
+    diff_id: str
+    parent: str | None  # chain ID of the layer below
+    size: int  # bytes of file data
+    tar_size: int  # bytes of the uncompressed layer tar
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError unless `name` is a valid repository name (lowercase path)."""
+    if not _NAME.fullmatch(name) or len(name) > 255:
+        raise ValueError(
+            f"invalid repository name {name!r}: "
+            "use lowercase letters, digits, '.', '_', '-' and '/'"
+        )
+
+
+def check_tag(tag: str) -> None:
+    if not _TAG.fullmatch(tag):
+        raise ValueError(
+            f"invalid tag {tag!r}: up to 128 letters, digits, '_', '.' and '-', "
+            "not starting with '.' or '-'"
+        )
+
+
+def parse_reference(ref: str) -> tuple[str, str]:
+    """``name[:tag]`` -> (name, tag); the tag defaults to ``latest``. Raises ValueError."""
+    if "@" in ref:
+        raise ValueError(f"image references by digest are not supported: {ref!r}")
+    name, tag = ref, DEFAULT_TAG
+    head, sep, tail = ref.rpartition(":")
+    if sep and "/" not in tail:
+        name, tag = head, tail
+    check_name(name)
+    check_tag(tag)
+    return name, tag
+
+
+def normalize_id(image_id: str) -> str:
+    """``sha256:<hex>`` or ``<hex>`` -> ``<hex>``; ValueError for anything else."""
+    hex_id = image_id.removeprefix("sha256:")
+    if not _HEX64.fullmatch(hex_id):
+        raise ValueError(f"invalid image id {image_id!r}: expected 64 lowercase hex digits")
+    return hex_id
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+def _schema_1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE images (
+            id TEXT PRIMARY KEY,
+            config BLOB NOT NULL,
+            created TEXT NOT NULL,
+            architecture TEXT NOT NULL,
+            os TEXT NOT NULL,
+            size INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE tags (
+            name TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            PRIMARY KEY (name, tag)
+        )"""
+    )
+
+
+def _schema_2(db: sqlite3.Connection) -> None:
+    """Loaded images: the layer table (dedup by chain ID) and each image's layer stack."""
+    db.execute(
+        """CREATE TABLE layers (
+            chain_id TEXT PRIMARY KEY,
+            layer_id TEXT NOT NULL UNIQUE,
+            diff_id TEXT NOT NULL,
+            parent TEXT REFERENCES layers(chain_id),
+            size INTEGER NOT NULL,
+            tar_size INTEGER NOT NULL
+        )"""
+    )
+    db.execute("ALTER TABLE images ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'")
+    db.execute("CREATE INDEX tags_by_image ON tags(image_id)")
+
+
+#: Migration steps; step ``n`` takes a store from version ``n - 1`` to ``n``. A new store
+#: runs them all, so every step is exercised on every fresh database.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_1, _schema_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class ImageStore:
+    """The default image and tag store; implements :class:`winlayer.images.Tagger` and
+    :class:`winlayer.images.Recorder`.
+
+    ``ImageStore(home)`` opens (and creates or migrates) ``<home>/.winlayer/images.db``.
+    Safe to share between threads; several processes may open the same store.
+    """
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.path = Path(home).absolute() / IMAGE_DB
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"cannot open the image store ({exc})", str(self.path)) from None
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreCorrupt(f"unreadable image store ({exc})", str(self.path)) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ImageStore({str(self.path)!r})"
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreCorrupt(
+                    f"image store has schema version {version}, newer than this winlayer "
+                    f"understands ({SCHEMA_VERSION}); upgrade winlayer",
+                    str(self.path),
+                )
+            for step in MIGRATIONS[version:]:
+                step(db)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: it waits for other writers, so a
+        read inside it cannot be made stale by another process before the commit)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # -- Recorder -------------------------------------------------------------------
+
+    def exists(self, image_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM images WHERE id = ?", (normalize_id(image_id),)))
+
+    def register(self, image: Image) -> None:
+        """Record an image; registering an id that exists already changes nothing."""
+        with self.transaction() as db:
+            self.insert_image(db, image)
+
+    def insert_image(self, db: sqlite3.Connection, image: Image) -> None:
+        """Record `image` inside an open :meth:`transaction` (no-op if it exists)."""
+        missing = [c for c in image.layers if not self._layer_row(db, c)]
+        if missing:
+            raise ValueError(
+                f"image {image.id} names layers not in the store: {', '.join(missing)}"
+            )
+        db.execute(
+            "INSERT OR IGNORE INTO images (id, config, created, architecture, os, size, layers)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                normalize_id(image.id),
+                image.config,
+                image.created,
+                image.architecture,
+                image.os,
+                image.size,
+                json.dumps(list(image.layers)),
+            ),
+        )
+
+    # -- Tagger ---------------------------------------------------------------------
+
+    def tag(self, name: str, tag: str, image_id: str, *, force: bool = False) -> None:
+        """Point ``name:tag`` at an image. Without `force`, moving an existing tag to
+        another image is refused (ValueError)."""
+        with self.transaction() as db:
+            self.set_tag(db, name, tag, image_id, force=force)
+
+    def set_tag(
+        self, db: sqlite3.Connection, name: str, tag: str, image_id: str, *, force: bool
+    ) -> None:
+        """:meth:`tag` inside an open :meth:`transaction`."""
+        check_name(name)
+        check_tag(tag)
+        hex_id = normalize_id(image_id)
+        if not db.execute("SELECT 1 FROM images WHERE id = ?", (hex_id,)).fetchone():
+            raise ImageNotFound(image_id)
+        row = db.execute(
+            "SELECT image_id FROM tags WHERE name = ? AND tag = ?", (name, tag)
+        ).fetchone()
+        if row and row[0] != hex_id and not force:
+            raise ValueError(f"tag {name}:{tag} already names image {row[0]}")
+        db.execute(
+            "INSERT INTO tags (name, tag, image_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (name, tag) DO UPDATE SET image_id = excluded.image_id",
+            (name, tag, hex_id),
+        )
+
+    def untag(self, ref: str) -> str:
+        """Remove the tag ``name[:tag]``; return the id it named."""
+        name, tag = parse_reference(ref)
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT image_id FROM tags WHERE name = ? AND tag = ?", (name, tag)
+            ).fetchone()
+            if not row:
+                raise ImageNotFound(ref, "no such tag")
+            db.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag))
+            return str(row[0])
+
+    # -- queries --------------------------------------------------------------------
+
+    def images(self) -> list[Image]:
+        """Every image, newest first."""
+        rows = self._query(
+            "SELECT id, config, created, architecture, os, size, layers FROM images"
+            " ORDER BY created DESC, id"
+        )
+        tags = self._all_tags()
+        return [self._image(row, tags.get(str(row[0]), ())) for row in rows]
+
+    def get(self, ref: str) -> Image:
+        """The image named by a full id (with or without ``sha256:``), ``name[:tag]``,
+        or a unique id prefix; :class:`ImageNotFound` otherwise."""
+        image_id = self.resolve(ref)
+        rows = self._query(
+            "SELECT id, config, created, architecture, os, size, layers FROM images WHERE id = ?",
+            (image_id,),
+        )
+        if not rows:
+            raise ImageNotFound(ref)
+        return self._image(rows[0], self._all_tags().get(image_id, ()))
+
+    def resolve(self, ref: str) -> str:
+        """The image id `ref` names (see :meth:`get`)."""
+        with contextlib.suppress(ValueError):
+            hex_id = normalize_id(ref)
+            if self.exists(hex_id):
+                return hex_id
+        with contextlib.suppress(ValueError):
+            name, tag = parse_reference(ref)
+            rows = self._query("SELECT image_id FROM tags WHERE name = ? AND tag = ?", (name, tag))
+            if rows:
+                return str(rows[0][0])
+        prefix = ref.removeprefix("sha256:")
+        if re.fullmatch(r"[0-9a-f]{1,63}", prefix):
+            rows = self._query(
+                "SELECT id FROM images WHERE substr(id, 1, ?) = ?", (len(prefix), prefix)
+            )
+            if len(rows) > 1:
+                raise ImageNotFound(ref, "ambiguous image id prefix")
+            if rows:
+                return str(rows[0][0])
+        raise ImageNotFound(ref)
+
+    def layer(self, chain_id: str) -> StoredLayer | None:
+        with self._lock:
+            return self._layer_row(self._db, chain_id)
+
+    def layers(self) -> list[StoredLayer]:
+        rows = self._query(f"SELECT {_LAYER_COLUMNS} FROM layers ORDER BY chain_id")
+        return [_stored_layer(row) for row in rows]
+
+    def add_layer(self, db: sqlite3.Connection, layer: StoredLayer) -> None:
+        """Record a layer inside an open :meth:`transaction` (no-op if it exists)."""
+        db.execute(
+            "INSERT OR IGNORE INTO layers (chain_id, layer_id, diff_id, parent, size, tar_size)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                layer.chain_id,
+                layer.layer_id,
+                layer.diff_id,
+                layer.parent,
+                layer.size,
+                layer.tar_size,
+            ),
+        )
+
+    def layer_in_use(self, db: sqlite3.Connection, layer_id: str) -> bool:
+        """Whether a recorded layer has this driver id (inside a :meth:`transaction`)."""
+        return (
+            db.execute("SELECT 1 FROM layers WHERE layer_id = ?", (layer_id,)).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _layer_row(db: sqlite3.Connection, chain_id: str) -> StoredLayer | None:
+        row = db.execute(
+            f"SELECT {_LAYER_COLUMNS} FROM layers WHERE chain_id = ?",
+            (chain_id,),
+        ).fetchone()
+        return _stored_layer(row) if row else None
+
+    def _all_tags(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, list[str]] = {}
+        for image_id, name, tag in self._query(
+            "SELECT image_id, name, tag FROM tags ORDER BY name, tag"
+        ):
+            found.setdefault(str(image_id), []).append(f"{name}:{tag}")
+        return {k: tuple(v) for k, v in found.items()}
+
+    def _image(self, row: tuple[object, ...], tags: tuple[str, ...]) -> Image:
+        image_id, config, created, arch, os_name, size, layers = row
+        try:
+            stack = json.loads(str(layers))
+        except ValueError:
+            raise StoreCorrupt(
+                f"image {image_id} has an unreadable layer list", str(self.path)
+            ) from None
+        return Image(
+            id=str(image_id),
+            config=bytes(config)
+            if isinstance(config, (bytes, bytearray, memoryview))
+            else str(config).encode(),
+            created=str(created),
+            architecture=str(arch),
+            os=str(os_name),
+            size=int(str(size)),
+            layers=tuple(stack),
+            tags=tags,
+        )
+
+
+def _stored_layer(row: tuple[object, ...]) -> StoredLayer:
+    chain_id, layer_id, diff_id, parent, size, tar_size = row
+    return StoredLayer(
+        chain_id=str(chain_id),
+        layer_id=str(layer_id),
+        diff_id=str(diff_id),
+        parent=str(parent) if parent is not None else None,
+        size=int(str(size)),
+        tar_size=int(str(tar_size)),
+    )

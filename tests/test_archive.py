@@ -1,0 +1,644 @@
+"""Image archives: load (docker save, OCI layout), save, and the round trip between them.
+
+Archives are built here with tarfile, independently of winlayer's writer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from winlayer import DigestMismatch, Driver, InvalidLayer
+from winlayer.images import (
+    ImageNotFound,
+    ImageStore,
+    InvalidArchive,
+    chain_ids,
+    layer_id_for,
+    load,
+    save,
+)
+
+from .layerbuild import base_layer, d, f, layer_tar, link, wh
+
+L1 = base_layer()
+L2 = layer_tar(
+    [d("Files/app"), f("Files/app/run.cmd", b"@echo hi\r\n"), wh("Files/Windows/win.ini")]
+)
+L3 = layer_tar([d("Files/other"), f("Files/other/data.bin", bytes(range(256)) * 40)])
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def compress(data: bytes, how: str) -> bytes:
+    if how == "gzip":
+        return gzip.compress(data, mtime=0)
+    if how == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def make_tar(members: list[tuple[str, Any]]) -> bytes:
+    """(name, bytes) for files, (name, ("symlink", target)) for symlinks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type = tarfile.SYMTYPE
+                info.linkname = data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def config_for(layers: list[bytes], **extra: Any) -> bytes:
+    config = {
+        "architecture": "amd64",
+        "os": "windows",
+        "created": "2024-05-01T10:00:00Z",
+        "config": {"Cmd": ["cmd.exe"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(layer) for layer in layers]},
+        **extra,
+    }
+    return json.dumps(config).encode()
+
+
+def docker_save(
+    layers: list[bytes],
+    *,
+    compression: list[str] | None = None,
+    tags: list[str] | None = None,
+    layout: str = "legacy",
+    config: bytes | None = None,
+    layers_first: bool = True,
+) -> tuple[bytes, bytes]:
+    """A docker save archive; `layout` "legacy" (<v1 id>/layer.tar, symlinked as Docker
+    does for a repeated layer) or "blobs" (blobs/sha256/<digest>, Docker 25)."""
+    compression = compression or ["none"] * len(layers)
+    config = config if config is not None else config_for(layers)
+    blobs = [compress(layer, how) for layer, how in zip(layers, compression, strict=True)]
+    members: list[tuple[str, Any]] = []
+    paths = []
+    for i, blob in enumerate(blobs):
+        if layout == "legacy":
+            v1 = hashlib.sha256(f"v1-{i}".encode()).hexdigest()
+            members += [(f"{v1}/VERSION", b"1.0"), (f"{v1}/json", b"{}")]
+            members.append((f"{v1}/layer.tar", blob))
+            paths.append(f"{v1}/layer.tar")
+        else:
+            path = f"blobs/sha256/{sha(blob)[7:]}"
+            members.append((path, blob))
+            paths.append(path)
+    config_path = (
+        f"{sha(config)[7:]}.json" if layout == "legacy" else f"blobs/sha256/{sha(config)[7:]}"
+    )
+    meta = [
+        (config_path, config),
+        (
+            "manifest.json",
+            json.dumps([{"Config": config_path, "RepoTags": tags or [], "Layers": paths}]).encode(),
+        ),
+        ("repositories", b"{}"),
+    ]
+    ordered = members + meta if layers_first else meta + members
+    return make_tar(ordered), config
+
+
+def oci_layout(
+    layers: list[bytes],
+    *,
+    compression: list[str] | None = None,
+    ref: str | None = "example.com/app:1.0",
+    config: bytes | None = None,
+    tamper: dict[str, Any] | None = None,
+) -> tuple[bytes, bytes]:
+    compression = compression or ["none"] * len(layers)
+    config = config if config is not None else config_for(layers)
+    blobs = [compress(layer, how) for layer, how in zip(layers, compression, strict=True)]
+    media = {"none": "", "gzip": "+gzip", "zstd": "+zstd"}
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha(config),
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar" + media[how],
+                "digest": sha(blob),
+                "size": len(blob),
+            }
+            for blob, how in zip(blobs, compression, strict=True)
+        ],
+    }
+    for key, value in (tamper or {}).items():
+        index, field = key.split(".")
+        manifest["layers"][int(index)][field] = value
+    manifest_bytes = json.dumps(manifest).encode()
+    descriptor: dict[str, Any] = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(manifest_bytes),
+        "size": len(manifest_bytes),
+    }
+    if ref:
+        descriptor["annotations"] = {"org.opencontainers.image.ref.name": ref}
+    index = {"schemaVersion": 2, "manifests": [descriptor]}
+    # A layer blob is stored under the digest its descriptor names (tampered or not).
+    names = [desc["digest"] for desc in manifest["layers"]] + [sha(config), sha(manifest_bytes)]
+    contents = [*blobs, config, manifest_bytes]
+    members = [(f"blobs/sha256/{n[7:]}", b) for n, b in zip(names, contents, strict=True)]
+    members += [
+        ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+        ("index.json", json.dumps(index).encode()),
+    ]
+    return make_tar(members), config
+
+
+class Pipe(io.RawIOBase):
+    """A non-seekable stream, as stdin would be."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(min(len(buffer), 7000))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.fixture
+def driver(tmp_path: Path, backend_name: str) -> Driver:
+    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
+
+
+@pytest.fixture
+def store(driver: Driver) -> Iterator[ImageStore]:
+    with ImageStore(driver.home) as s:
+        yield s
+
+
+def write(tmp_path: Path, data: bytes, name: str = "image.tar") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def assert_pristine(driver: Driver, store: ImageStore) -> None:
+    """Nothing of a failed load is left: no layer, image, tag or staging file."""
+    assert driver.layers() == []
+    assert store.images() == []
+    assert store.layers() == []
+    staging = driver.home / ".winlayer" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def check_loaded(driver: Driver, store: ImageStore, layers: list[bytes], config: bytes) -> None:
+    """The image is recorded under sha256(config) with its layers stacked by chain ID."""
+    image = store.get(sha(config))
+    assert image.id == sha(config)[7:]
+    assert image.config == config
+    chains = chain_ids([sha(layer) for layer in layers])
+    assert list(image.layers) == chains
+    parent = None
+    for layer, chain in zip(layers, chains, strict=True):
+        info = driver.info(layer_id_for(chain))
+        assert info.diff_id == sha(layer)
+        assert info.parent == parent
+        parent = info.id
+        assert store.layer(chain) is not None
+    assert image.size == sum(driver.info(layer_id_for(c)).size or 0 for c in chains)
+
+
+def test_chain_ids_follow_the_oci_rule() -> None:
+    a, b, c = sha(b"a"), sha(b"b"), sha(b"c")
+    ab = sha(f"{a} {b}".encode())
+    assert chain_ids([a, b, c]) == [a, ab, sha(f"{ab} {c}".encode())]
+    assert chain_ids([]) == []
+
+
+@pytest.mark.parametrize("layout", ["legacy", "blobs"])
+def test_load_docker_save(driver: Driver, store: ImageStore, tmp_path: Path, layout: str) -> None:
+    data, config = docker_save([L1, L2], tags=["example.com/app:1.0"], layout=layout)
+    images = load(driver, store, write(tmp_path, data))
+    assert [i.id for i in images] == [sha(config)[7:]]
+    assert images[0].tags == ("example.com/app:1.0",)
+    assert images[0].architecture == "amd64"
+    assert images[0].os == "windows"
+    assert images[0].created == "2024-05-01T10:00:00Z"
+    check_loaded(driver, store, [L1, L2], config)
+    assert store.resolve("example.com/app:1.0") == images[0].id
+
+
+@pytest.mark.parametrize("compression", [["gzip", "zstd"], ["zstd", "none"], ["none", "gzip"]])
+def test_load_oci_layout_with_compressed_layers(
+    driver: Driver, store: ImageStore, tmp_path: Path, compression: list[str]
+) -> None:
+    data, config = oci_layout([L1, L2], compression=compression)
+    images = load(driver, store, write(tmp_path, data))
+    assert images[0].tags == ("example.com/app:1.0",)
+    check_loaded(driver, store, [L1, L2], config)
+
+
+def test_oci_ref_name_holding_only_a_tag_tags_nothing(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    data, _ = oci_layout([L1], ref="1.0")
+    images = load(driver, store, write(tmp_path, data), tag="mine:x")
+    assert images[0].tags == ("mine:x",)
+
+
+@pytest.mark.parametrize("outer", ["gzip", "zstd"])
+@pytest.mark.parametrize("layers_first", [True, False])
+def test_compressed_outer_archive(
+    driver: Driver, store: ImageStore, tmp_path: Path, outer: str, layers_first: bool
+) -> None:
+    data, config = docker_save(
+        [L1, L2, L3], compression=["gzip", "none", "zstd"], layers_first=layers_first
+    )
+    load(driver, store, write(tmp_path, compress(data, outer), "image.tar.x"))
+    check_loaded(driver, store, [L1, L2, L3], config)
+    assert list((driver.home / ".winlayer" / "staging").glob("*")) == []
+
+
+def test_compressed_archive_with_layers_out_of_chain_order(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    # The top layer comes first in the archive: it is held in staging until its parent
+    # has been imported.
+    config = config_for([L1, L2, L3])
+    blobs = {name: layer for name, layer in zip("abc", [L1, L2, L3], strict=True)}
+    manifest = [
+        {"Config": "c.json", "RepoTags": ["app:latest"], "Layers": ["a.tar", "b.tar", "c.tar"]}
+    ]
+    data = make_tar(
+        [
+            ("c.tar", blobs["c"]),
+            ("a.tar", blobs["a"]),
+            ("b.tar", blobs["b"]),
+            ("c.json", config),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]
+    )
+    images = load(driver, store, write(tmp_path, gzip.compress(data)))
+    check_loaded(driver, store, [L1, L2, L3], config)
+    assert images[0].tags == ("app:latest",)
+
+
+@pytest.mark.parametrize("outer", ["none", "gzip"])
+def test_load_from_a_pipe(driver: Driver, store: ImageStore, outer: str) -> None:
+    data, config = docker_save([L1, L2], compression=["none", "gzip"])
+    pipe = Pipe(compress(data, outer))
+    load(driver, store, pipe)
+    check_loaded(driver, store, [L1, L2], config)
+    assert not pipe.closed  # the caller's stream is the caller's to close
+
+
+def test_load_from_a_seekable_stream(driver: Driver, store: ImageStore) -> None:
+    data, config = oci_layout([L1, L2], compression=["zstd", "gzip"])
+    load(driver, store, io.BytesIO(data))
+    check_loaded(driver, store, [L1, L2], config)
+
+
+def test_progress_reports_blob_bytes(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    data, _ = oci_layout([L1, L2], compression=["gzip", "none"])
+    seen: list[tuple[int, int]] = []
+    load(
+        driver,
+        store,
+        write(tmp_path, data),
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    total = len(gzip.compress(L1, mtime=0)) + len(L2)
+    assert seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_diff_id_mismatch_leaves_nothing(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    config = config_for([L1, L3])  # the second layer in the archive is L2, not L3
+    data, _ = docker_save([L1, L2], config=config)
+    with pytest.raises(DigestMismatch) as caught:
+        load(driver, store, write(tmp_path, data))
+    assert caught.value.expected == sha(L3)
+    assert caught.value.actual == sha(L2)
+    assert_pristine(driver, store)
+
+
+@pytest.mark.parametrize("outer", ["none", "gzip"])
+def test_blob_digest_mismatch_leaves_nothing(
+    driver: Driver, store: ImageStore, tmp_path: Path, outer: str
+) -> None:
+    # The compressed blob of the second layer is not the one its descriptor names, though
+    # it decompresses to the right diffID: the blob digest alone catches it.
+    wrong = sha(b"something else")
+    data, _ = oci_layout([L1, L2], compression=["gzip", "gzip"], tamper={"1.digest": wrong})
+    blob2 = gzip.compress(L2, mtime=0)
+    with pytest.raises(DigestMismatch) as caught:
+        load(driver, store, write(tmp_path, compress(data, outer)))
+    assert caught.value.expected == wrong
+    assert caught.value.actual == sha(blob2)
+    assert_pristine(driver, store)
+
+
+def test_blob_size_mismatch_is_refused_before_importing(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    data, _ = oci_layout([L1], tamper={"0.size": len(L1) + 1})
+    with pytest.raises(InvalidArchive, match="descriptor says"):
+        load(driver, store, write(tmp_path, data))
+    assert_pristine(driver, store)
+
+
+def test_tampered_config_is_refused(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    data, config = docker_save([L1], layout="blobs")
+    forged = config.replace(b"amd64", b"arm64")
+    data = make_tar(
+        [
+            (f"blobs/sha256/{sha(L1)[7:]}", L1),
+            (f"blobs/sha256/{sha(config)[7:]}", forged),
+            (
+                "manifest.json",
+                json.dumps(
+                    [
+                        {
+                            "Config": f"blobs/sha256/{sha(config)[7:]}",
+                            "Layers": [f"blobs/sha256/{sha(L1)[7:]}"],
+                        }
+                    ]
+                ).encode(),
+            ),
+        ]
+    )
+    with pytest.raises(InvalidArchive, match="does not match its digest") as caught:
+        load(driver, store, write(tmp_path, data))
+    assert caught.value.member == f"blobs/sha256/{sha(config)[7:]}"
+    assert_pristine(driver, store)
+
+
+def test_corrupt_compressed_layer_names_the_blob(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    data, _ = docker_save([L1, L2], compression=["none", "gzip"], layout="blobs")
+    blob = gzip.compress(L2, mtime=0)
+    broken = blob[:40] + bytes(len(blob) - 80) + blob[-40:]
+    path = f"blobs/sha256/{sha(blob)[7:]}"
+    # Keep the name (and so the promised digest): the corruption must be found by reading.
+    data = data.replace(blob, broken)
+    with pytest.raises(InvalidLayer, match="corrupt gzip data") as caught:
+        load(driver, store, write(tmp_path, data))
+    assert caught.value.entry == path
+    assert_pristine(driver, store)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ({"Config": "c.json", "Layers": ["missing.tar"]}, "which is not in the archive"),
+        ({"Config": "c.json", "Layers": []}, "lists 1 layers but the manifest has 0"),
+        ({"Config": "../c.json", "Layers": ["a.tar"]}, "outside the archive"),
+        ({"Layers": ["a.tar"]}, "needs Config"),
+        (
+            {"Config": "c.json", "Layers": ["a.tar"], "RepoTags": ["Bad Name:1"]},
+            "invalid repository",
+        ),
+    ],
+)
+def test_bad_manifest_is_refused_before_importing(
+    driver: Driver, store: ImageStore, tmp_path: Path, manifest: dict[str, Any], message: str
+) -> None:
+    data = make_tar(
+        [
+            ("a.tar", L1),
+            ("c.json", config_for([L1])),
+            ("manifest.json", json.dumps([manifest]).encode()),
+        ]
+    )
+    with pytest.raises(InvalidArchive, match=message):
+        load(driver, store, write(tmp_path, data))
+    assert_pristine(driver, store)
+
+
+def test_archive_without_manifest_or_index(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidArchive, match=r"neither manifest\.json"):
+        load(driver, store, write(tmp_path, make_tar([("repositories", b"{}")])))
+
+
+def test_truncated_compressed_archive(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    data, _ = docker_save([L1, L3], compression=["none", "none"])
+    packed = gzip.compress(data)
+    with pytest.raises((InvalidArchive, InvalidLayer)):
+        load(driver, store, write(tmp_path, packed[: len(packed) // 2]))
+    assert_pristine(driver, store)
+
+
+def test_failure_in_a_later_layer_removes_the_earlier_ones(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    bad = layer_tar([d("Files/x"), link("Files/x/l", "Files/nowhere")])
+    data, _ = docker_save([L1, L2, bad])
+    with pytest.raises(InvalidLayer):
+        load(driver, store, write(tmp_path, data))
+    assert_pristine(driver, store)
+
+
+def test_failed_load_keeps_layers_of_other_images(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    good, _ = docker_save([L1])
+    load(driver, store, write(tmp_path, good))
+    data, _ = docker_save([L1, L2], config=config_for([L1, L3]))
+    with pytest.raises(DigestMismatch):
+        load(driver, store, write(tmp_path, data, "bad.tar"))
+    assert [layer.id for layer in driver.layers()] == [layer_id_for(sha(L1))]
+    assert len(store.images()) == 1
+
+
+def test_layers_are_deduplicated_by_chain_id(
+    driver: Driver, store: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imported: list[str] = []
+    real = driver.apply_diff
+
+    def spy(id: str, *args: Any, **kwargs: Any) -> int:
+        imported.append(id)
+        return real(id, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "apply_diff", spy)
+    first, _ = docker_save([L1, L2], tags=["a:1"])
+    load(driver, store, write(tmp_path, first, "a.tar"))
+    assert imported == [layer_id_for(c) for c in chain_ids([sha(L1), sha(L2)])]
+    imported.clear()
+
+    # Same base, another top: only the top is imported.
+    second, config = docker_save([L1, L3], tags=["b:1"])
+    load(driver, store, write(tmp_path, second, "b.tar"))
+    assert imported == [layer_id_for(chain_ids([sha(L1), sha(L3)])[1])]
+    check_loaded(driver, store, [L1, L3], config)
+    imported.clear()
+
+    # The same diff on another parent is another chain ID: imported again.
+    third, _ = docker_save([L3, L2])
+    load(driver, store, write(tmp_path, third, "c.tar"))
+    assert len(imported) == 2
+    imported.clear()
+
+    # Loading an archive again imports nothing and changes nothing.
+    before = store.images()
+    load(driver, store, write(tmp_path, first, "a.tar"))
+    assert imported == []
+    assert store.images() == before
+
+
+def test_layer_left_in_the_driver_is_adopted(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    # As after a crash between the import and the store's commit.
+    driver.apply_diff(layer_id_for(sha(L1)), None, io.BytesIO(L1))
+    data, config = docker_save([L1, L2])
+    load(driver, store, write(tmp_path, data))
+    check_loaded(driver, store, [L1, L2], config)
+    assert store.layer(sha(L1)).tar_size == len(L1)  # type: ignore[union-attr]
+
+
+def test_tag_option(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    data, _ = docker_save([L1], tags=["app:1"])
+    images = load(driver, store, write(tmp_path, data), tag="app:stable")
+    assert images[0].tags == ("app:1", "app:stable")
+    with pytest.raises(ValueError, match="invalid repository"):
+        load(driver, store, write(tmp_path, data), tag="UPPER:1")
+
+
+def test_load_moves_an_existing_tag(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    a, _ = docker_save([L1], tags=["app:latest"])
+    b, config_b = docker_save([L3], tags=["app:latest"])
+    load(driver, store, write(tmp_path, a, "a.tar"))
+    load(driver, store, write(tmp_path, b, "b.tar"))
+    assert store.resolve("app") == sha(config_b)[7:]
+
+
+def test_windows_mini_image_fixture(driver: Driver, store: ImageStore, fixtures_dir: Path) -> None:
+    """A real docker save archive, gzip-compressed, legacy layout with a layer.tar
+    symlink; its trimmed layer has hard links to files that are not in it."""
+    archive = fixtures_dir / "windows-mini-image.tar.gz"
+    with pytest.raises(InvalidLayer) as caught:
+        load(driver, store, archive)
+    assert caught.value.entry.startswith(("Files/", "UtilityVM/"))
+    assert "link" in str(caught.value).lower()
+    assert_pristine(driver, store)
+
+
+# -- save ------------------------------------------------------------------------------------
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}  # type: ignore[union-attr]
+
+
+def test_save_then_load_round_trips(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    source, config = oci_layout([L1, L2, L3], compression=["gzip", "zstd", "none"], ref="app:1")
+    load(driver, store, write(tmp_path, source))
+    out = tmp_path / "saved.tar"
+    save(driver, store, "app:1", out)
+
+    saved = members(out.read_bytes())
+    manifest = json.loads(saved["manifest.json"])
+    assert manifest == [
+        {
+            "Config": f"blobs/sha256/{sha(config)[7:]}",
+            "RepoTags": ["app:1"],
+            "Layers": [f"blobs/sha256/{sha(layer)[7:]}" for layer in (L1, L2, L3)],
+        }
+    ]
+    # Every blob is the original bytes: its name is its digest, the layers are the tars.
+    for name, data in saved.items():
+        if name.startswith("blobs/sha256/"):
+            assert sha(data)[7:] == name.rsplit("/", 1)[1]
+    assert saved[f"blobs/sha256/{sha(L2)[7:]}"] == L2
+    index = json.loads(saved["index.json"])
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "app:1"
+    assert json.loads(saved["repositories"]) == {"app": {"1": sha(config)[7:]}}
+
+    other = Driver(tmp_path / "home2", backend=driver.backend, base_images=tmp_path / "base")
+    with ImageStore(other.home) as store2:
+        images = load(other, store2, out)
+        assert images[0].id == sha(config)[7:]
+        assert images[0].tags == ("app:1",)
+        check_loaded(other, store2, [L1, L2, L3], config)
+        assert store2.layers() == store.layers()
+
+
+def test_saved_archive_is_an_oci_layout(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    source, config = docker_save([L1, L2], tags=["app:1"])
+    load(driver, store, write(tmp_path, source))
+    buf = io.BytesIO()
+    save(driver, store, sha(config)[7:], buf)
+    saved = members(buf.getvalue())
+    assert json.loads(saved["manifest.json"])[0]["RepoTags"] == []  # saved by id: no tags
+    without_manifest = make_tar([(n, b) for n, b in saved.items() if n != "manifest.json"])
+    other = Driver(tmp_path / "home2", backend=driver.backend, base_images=tmp_path / "base")
+    with ImageStore(other.home) as store2:
+        load(other, store2, io.BytesIO(without_manifest))
+        check_loaded(other, store2, [L1, L2], config)
+
+
+def test_save_several_images_shares_layers(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    a, _ = docker_save([L1, L2], tags=["a:1"])
+    b, _ = docker_save([L1, L3], tags=["b:1"])
+    load(driver, store, write(tmp_path, a, "a.tar"))
+    load(driver, store, write(tmp_path, b, "b.tar"))
+    out = tmp_path / "both.tar"
+    save(driver, store, ["a:1", "b:1"], out)
+    names = [m for m in members(out.read_bytes()) if m.startswith("blobs/")]
+    assert len(names) == len(set(names)) == 3 + 2 + 2  # layers, configs, OCI manifests
+    other = Driver(tmp_path / "home2", backend=driver.backend, base_images=tmp_path / "base")
+    with ImageStore(other.home) as store2:
+        loaded = load(other, store2, out)
+        assert sorted(t for i in loaded for t in i.tags) == ["a:1", "b:1"]
+
+
+def test_save_unknown_image_writes_nothing(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.tar"
+    with pytest.raises(ImageNotFound):
+        save(driver, store, "nothing:here", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_save_refuses_a_layer_that_changed(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    data, _ = docker_save([L1], tags=["a:1"])
+    load(driver, store, write(tmp_path, data))
+    # Forge the store's record of the layer: the stored tar no longer matches it.
+    with store.transaction() as db:
+        db.execute("UPDATE layers SET diff_id = ?", (sha(b"other"),))
+    out = tmp_path / "out.tar"
+    with pytest.raises(Exception, match="no longer matches its diffID"):
+        save(driver, store, "a:1", out)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
