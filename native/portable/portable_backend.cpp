@@ -65,8 +65,8 @@ public:
         LayerMeta meta = read_meta(ref.dir);
         if (meta.kind != LayerKind::Sandbox)
             throw Error(ErrorKind::InvalidArgument, "only a sandbox layer has a size").with_path(ref.id);
-        // A sandbox only grows, as a VHDX does; a smaller size leaves the limit as it is.
-        if (size <= meta.size_limit) return;
+        // The limit is what the last call set: the driver passes the user's chosen size.
+        if (size == 0) throw Error(ErrorKind::InvalidArgument, "sandbox size must be positive").with_path(ref.id);
         meta.size_limit = size;
         write_meta(ref.dir, meta, "");
     }

@@ -1,0 +1,310 @@
+"""The backend contract: the same scenarios against every backend available here.
+
+`portable` runs everywhere; `hcs` runs where ``winlayer._hcs.hcs_backend()`` loads
+(Windows with the Containers feature). Nothing here looks inside a layer folder: only
+the contract's calls and the mount path are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.layerbuild import base_layer, d, f, layer_tar, link, wh
+from winlayer import _hcs
+from winlayer.errors import (
+    BackendUnavailable,
+    DigestMismatch,
+    InvalidLayer,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+)
+
+
+def _backends() -> list[str]:
+    names = ["portable"]
+    try:
+        _hcs.hcs_backend()
+        names.append("hcs")
+    except BackendUnavailable:
+        pass
+    return names
+
+
+@pytest.fixture(params=_backends())
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> _hcs.Backend:
+    if request.param == "hcs":
+        return _hcs.hcs_backend()
+    return _hcs.portable_backend(str(tmp_path / "base-images"))
+
+
+@pytest.fixture
+def info(tmp_path: Path) -> _hcs.DriverInfo:
+    home = tmp_path / "home"
+    home.mkdir()
+    return _hcs.DriverInfo(1, str(home))
+
+
+def _path(info: _hcs.DriverInfo, id: str) -> str:
+    return os.path.join(info.home, id)
+
+
+def _import(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, id: str, tar: bytes, parents: list[str]
+) -> _hcs.ImportResult:
+    return backend.import_layer(info, id, parents, io.BytesIO(tar))
+
+
+def _export(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    id: str,
+    parents: list[str],
+    original: bool = False,
+) -> bytes:
+    with backend.export_layer(info, id, parents, original) as stream:
+        return stream.read()
+
+
+def _names(tar: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        return {m.name: m for m in t.getmembers()}
+
+
+def _tree(root: str) -> dict[str, bytes | None]:
+    """Relative path -> content (None for folders) of a mounted view."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel, name))] = None
+        for name in filenames:
+            out[os.path.normpath(os.path.join(rel, name))] = Path(dirpath, name).read_bytes()
+    return out
+
+
+@pytest.fixture
+def mounted() -> Iterator[list[tuple[_hcs.Backend, _hcs.DriverInfo, str]]]:
+    """Layers to unprepare and deactivate at the end, whatever happened."""
+    held: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]] = []
+    yield held
+    for backend, info, id in reversed(held):
+        backend.unprepare_layer(info, id)
+        backend.deactivate_layer(info, id)
+
+
+def _mount(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    id: str,
+    parents: list[str],
+    held: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> str:
+    backend.activate_layer(info, id)
+    backend.prepare_layer(info, id, parents)
+    held.append((backend, info, id))
+    return backend.get_layer_mount_path(info, id)
+
+
+def test_create_exists_destroy(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    assert not backend.layer_exists(info, "one")
+    backend.create_layer(info, "one", "")
+    assert backend.layer_exists(info, "one")
+    with pytest.raises(LayerExists):
+        backend.create_layer(info, "one", "")
+    backend.destroy_layer(info, "one")
+    assert not backend.layer_exists(info, "one")
+    with pytest.raises(LayerNotFound):
+        backend.destroy_layer(info, "one")
+    with pytest.raises(LayerNotFound):
+        backend.activate_layer(info, "one")
+
+
+def test_import_then_original_export_is_byte_identical(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    tar = base_layer(f("Files/Windows/notes.txt", b"x" * 70_000))
+    result = _import(backend, info, "base", tar, [])
+    assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+    assert result.size == sum(m.size for m in _names(tar).values() if m.isreg())
+    assert backend.layer_exists(info, "base")
+    assert _export(backend, info, "base", [], original=True) == tar
+
+
+def test_canonical_export_round_trips(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = base_layer(link("Files/Windows/System32/k32.dll", "Files/Windows/System32/kernel32.dll"))
+    _import(backend, info, "base", tar, [])
+    canonical = _export(backend, info, "base", [])
+    assert _export(backend, info, "base", []) == canonical  # deterministic
+    _import(backend, info, "again", canonical, [])
+    assert _export(backend, info, "again", []) == canonical
+    members = _names(canonical)
+    # The first name of a hard-link group in export order carries the data.
+    assert members["Files/Windows/System32/k32.dll"].isreg()
+    assert members["Files/Windows/System32/kernel32.dll"].islnk()
+    assert members["Files/Windows/System32/kernel32.dll"].linkname == (
+        "Files/Windows/System32/k32.dll"
+    )
+    assert members["Files/Windows/win.ini"].pax_headers["MSWINDOWS.fileattr"] == "32"
+
+
+def test_import_existing_id_is_refused(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    with pytest.raises(LayerExists):
+        _import(backend, info, "base", base_layer(), [])
+
+
+def test_import_into_created_empty_layer(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    """Docker's flow: Create, then ApplyDiff into the same id."""
+    backend.create_layer(info, "base", "")
+    tar = base_layer()
+    _import(backend, info, "base", tar, [])
+    assert _export(backend, info, "base", [], original=True) == tar
+
+
+def test_digest_mismatch_leaves_no_layer(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = base_layer()
+    with pytest.raises(DigestMismatch) as exc:
+        backend.import_layer(info, "base", [], io.BytesIO(tar), "sha256:" + "0" * 64)
+    assert exc.value.actual == "sha256:" + hashlib.sha256(tar).hexdigest()
+    assert not backend.layer_exists(info, "base")
+
+
+def test_hostile_entry_leaves_no_layer(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = layer_tar([d("Files"), f("Files/ok.txt", b"ok"), link("Files/l", "Files/missing")])
+    with pytest.raises(InvalidLayer) as exc:
+        _import(backend, info, "bad", tar, [])
+    assert exc.value.entry == "Files/l"
+    assert not backend.layer_exists(info, "bad")
+
+
+def test_chain_whiteouts_and_hard_links(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "l1", base_layer(f("Files/Windows/gone.txt", b"bye")), [])
+    chain1 = [_path(info, "l1")]
+    l2 = layer_tar(
+        [
+            d("Files"),
+            d("Files/Windows"),
+            wh("Files/Windows/win.ini"),
+            link("Files/Windows/k32.dll", "Files/Windows/System32/kernel32.dll"),
+            f("Files/Windows/new.txt", b"l2"),
+        ]
+    )
+    _import(backend, info, "l2", l2, chain1)
+    chain2 = [_path(info, "l2"), *chain1]
+    l3 = layer_tar(
+        [
+            d("Files"),
+            d("Files/Windows"),
+            wh("Files/Windows/gone.txt"),
+            f("Files/Windows/win.ini", b"back again"),
+            link("Files/Windows/n2.txt", "Files/Windows/new.txt"),
+        ]
+    )
+    _import(backend, info, "l3", l3, chain2)
+    chain3 = [_path(info, "l3"), *chain2]
+    backend.create_sandbox_layer(info, "box", chain3[0], chain3)
+    view = _tree(_mount(backend, info, "box", chain3, mounted))
+    assert view["Windows/win.ini"] == b"back again"
+    assert "Windows/gone.txt" not in view
+    assert view["Windows/k32.dll"] == b"MZ" + bytes(1000)
+    assert view["Windows/n2.txt"] == b"l2"
+    assert view["Windows/System32/kernel32.dll"] == b"MZ" + bytes(1000)
+    # The layers export their own changes, links to parents kept as links.
+    members = _names(_export(backend, info, "l2", chain1))
+    assert members["Files/Windows/.wh.win.ini"].isreg()
+    assert members["Files/Windows/k32.dll"].linkname == "Files/Windows/System32/kernel32.dll"
+
+
+def test_sandbox_write_export_import_same_content(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    root = Path(_mount(backend, info, "box", chain, mounted))
+    (root / "Windows" / "added.txt").write_bytes(b"added")
+    (root / "Windows" / "win.ini").write_bytes(b"[changed]\r\n")
+    (root / "Windows" / "System32" / "kernel32.dll").unlink()
+    (root / "Program Files").mkdir()
+    (root / "Program Files" / "app.exe").write_bytes(b"MZapp")
+    expected = _tree(str(root))
+    backend.unprepare_layer(info, "box")
+    diff = _export(backend, info, "box", chain)
+    members = _names(diff)
+    assert members["Files/Windows/System32/.wh.kernel32.dll"].isreg()
+    assert members["Files/Program Files/app.exe"].pax_headers["MSWINDOWS.fileattr"] == "32"
+    assert members["Files/Program Files"].pax_headers["MSWINDOWS.fileattr"] == "16"
+    assert "Files/Windows/System32/kernel32.dll" not in members
+    _import(backend, info, "committed", diff, chain)
+    chain2 = [_path(info, "committed"), *chain]
+    backend.create_sandbox_layer(info, "box2", chain2[0], chain2)
+    assert _tree(_mount(backend, info, "box2", chain2, mounted)) == expected
+
+
+def test_prepared_sandbox_cannot_be_destroyed(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    _mount(backend, info, "box", chain, mounted)
+    with pytest.raises(LayerInUse):
+        backend.destroy_layer(info, "box")
+    assert backend.layer_exists(info, "box")
+
+
+def test_read_only_layer_mounts_at_its_folder(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    path = _mount(backend, info, "base", [], mounted)
+    assert os.path.samefile(path.rstrip("\\/") or path, _path(info, "base"))
+
+
+def test_name_to_guid_is_deterministic(backend: _hcs.Backend) -> None:
+    guid = backend.name_to_guid("layer-a")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", guid)
+    assert backend.name_to_guid("layer-a") == guid
+    assert backend.name_to_guid("layer-b") != guid
+
+
+def test_get_base_images_shape(backend: _hcs.Backend) -> None:
+    import json
+
+    images = json.loads(backend.get_base_images())
+    assert isinstance(images["Images"], list)
+    for image in images["Images"]:
+        assert {"Name", "Version", "Path", "Size", "CreatedTime"} <= set(image)
+
+
+def test_process_base_image_needs_the_hives(backend: _hcs.Backend, tmp_path: Path) -> None:
+    layer = tmp_path / "image"
+    (layer / "Files").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):
+        backend.process_base_image(str(layer))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the hcs backend is real on Windows")
+def test_hcs_backend_unavailable_here() -> None:
+    with pytest.raises(BackendUnavailable, match="portable"):
+        _hcs.hcs_backend()
