@@ -61,7 +61,7 @@ mapfile -t portable_o < <(objects "${portable[@]}")
 mapfile -t windows_o < <(objects "${windows[@]}")
 mapfile -t emulator_o < <(objects "${emulator[@]}")
 
-$cxx -shared -static -o "$out/emulator/vmcompute.dll" "${emulator_o[@]}" "${portable_o[@]}" "${core_o[@]}" -lole32
+$cxx -shared -static -o "$out/emulator/vmcompute.dll" "${emulator_o[@]}" "${portable_o[@]}" "${core_o[@]}" -lole32 -lbcrypt
 $cxx -static -o "$out/bin/wine_test.exe" $(objects "${test_src[@]}") "${windows_o[@]}" "${core_o[@]}" \
     "$out/libvmcompute_delay.a" -municode -lole32 -ladvapi32
 
@@ -73,6 +73,8 @@ rm -rf "$work"
 mkdir -p "$work"
 
 export WINEPREFIX="$out/prefix" WINEDEBUG=-all
+# The emulator's portable backend makes prepared sandboxes as copies (overlayfs is Linux's).
+export WINLAYER_PORTABLE_MOUNT=copy
 winpath() { echo "Z:${1//\//\\}"; }
 echo "running wine_test.exe under $("$wine" --version 2>/dev/null || echo wine)"
 "$wine" "$out/bin/wine_test.exe" "$(winpath "$out/emulator/vmcompute.dll")" "$(winpath "$work")"

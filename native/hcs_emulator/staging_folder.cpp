@@ -311,9 +311,8 @@ public:
                              (e.type == EntryType::Symlink && (e.attributes & FILE_ATTRIBUTE_DIRECTORY));
             if (directory) {
                 if (!CreateDirectoryW(target.c_str(), nullptr)) fail("CreateDirectoryW", target);
-                if (!in_files) {
-                    OwnedHandle d{open(target, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING)};
-                    set_times(d.h, e.times, target);
+                if (!in_files) {  // times set last: writing its children changes them
+                    dir_times_.push_back({target, e.times});
                     continue;
                 }
                 target += L".$wcidirs$";
@@ -336,6 +335,10 @@ public:
             pump();
         }
         close_current();
+        for (const auto& [dir, t] : dir_times_) {
+            OwnedHandle d{open(dir, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING)};
+            set_times(d.h, t, dir);
+        }
         if (!tombstones_.empty()) {
             std::wstring p = folder_ + L"\\tombstones.txt";
             OwnedHandle f{open(p, GENERIC_WRITE, CREATE_NEW)};
@@ -380,6 +383,7 @@ private:
     std::unique_ptr<BackupStreamEncoder> encoder_;
     bool raw_ = false;
     std::string tombstones_;
+    std::vector<std::pair<std::wstring, FileTimes>> dir_times_;
 };
 
 }  // namespace

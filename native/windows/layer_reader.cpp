@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "backup_file.hpp"
@@ -29,6 +30,7 @@ constexpr std::size_t kChunk = 1 << 16;
 struct Item {
     std::string path;  // '/'-separated, relative to the export folder
     bool directory = false;
+    bool whiteout = false;  // a tombstone whose folder is not part of the export
 };
 
 bool ends_with(const std::wstring& s, const wchar_t* suffix) {
@@ -184,8 +186,7 @@ public:
         root_ = export_->path();
         export_layer(info, id, parents);
         scan(root_, "", items_);
-        std::sort(items_.begin(), items_.end(), [](const Item& a, const Item& b) { return a.path < b.path; });
-        for (auto& t : read_tombstones(root_)) whiteouts_[parent_of(t)].push_back(std::move(t));
+        place_whiteouts(read_tombstones(root_));
         hive_times_ = join(root_, "Hives/System_Delta");
     }
 
@@ -207,15 +208,13 @@ public:
             pending_whiteouts_.pop_back();
             return true;
         }
-        if (next_item_ == items_.size()) {
-            if (!whiteouts_.empty())
-                throw Error(ErrorKind::StoreCorrupt,
-                            "tombstone under a folder the export lacks: " + whiteouts_.begin()->second.front())
-                    .with_path(narrow(root_));
-            return false;
-        }
+        if (next_item_ == items_.size()) return false;
         const Item& item = items_[next_item_++];
         entry.path = item.path;
+        if (item.whiteout) {
+            entry.type = EntryType::Whiteout;
+            return true;
+        }
         current_ = item.path;
         if (under(item.path, "Files")) {
             read_staged(item, entry);
@@ -240,6 +239,23 @@ public:
     }
 
 private:
+    // Whiteouts follow their folder when the export holds it; the others take their
+    // place in the sorted order.
+    void place_whiteouts(std::vector<std::string> tombstones) {
+        std::set<std::string> dirs;
+        for (const auto& i : items_)
+            if (i.directory) dirs.insert(i.path);
+        for (auto& t : tombstones) {
+            std::string parent = parent_of(t);
+            if (dirs.count(parent)) {
+                whiteouts_[parent].push_back(std::move(t));
+            } else {
+                items_.push_back({std::move(t), false, true});
+            }
+        }
+        std::sort(items_.begin(), items_.end(), [](const Item& a, const Item& b) { return a.path < b.path; });
+    }
+
     void export_layer(const DriverInfo& info, const std::string& id, const LayerChain& parents) {
         // ExportLayer needs the layer activated and not prepared; a prepared layer is the
         // one with a mount path.
