@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -642,3 +644,34 @@ def test_save_refuses_a_layer_that_changed(
         save(driver, store, "a:1", out)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+_LOADER = """
+import sys
+from winlayer import Driver
+from winlayer.images import ImageStore, load
+home, base, archive = sys.argv[1:4]
+driver = Driver(home, backend=sys.argv[4], base_images=base)
+with ImageStore(driver.home) as store:
+    print(load(driver, store, archive)[0].id)
+"""
+
+
+def test_two_processes_load_the_same_archive(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    data, config = docker_save([L1, L2, L3], tags=["app:1"])
+    path = write(tmp_path, data)
+    args = [str(driver.home), str(tmp_path / "base"), str(path), driver.backend]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOADER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert {out.strip().decode() for out, _ in results} == {sha(config)[7:]}
+    check_loaded(driver, store, [L1, L2, L3], config)
+    assert len(driver.layers()) == 3
+    assert len(store.images()) == 1
