@@ -424,3 +424,14 @@ def test_two_processes_share_a_store(tmp_path: Path) -> None:
         assert len(images) == 2 * count
         assert sum(len(i.tags) for i in images) == 2 * count + 1
         assert store.resolve("app-a:149") != store.resolve("app-b:149")
+
+
+def test_driver_method_delegates(
+    portable: Driver, tmp_path: Path, stack: contextlib.ExitStack
+) -> None:
+    import winlayer
+
+    install_base(tmp_path / "base", "core", Name="Core", Version="1.0")
+    store = stack.enter_context(winlayer.ImageStore(portable.home))
+    assert portable.restore_custom_images(store, store) == [base_image_id("core")]
+    assert portable.restore_custom_images(store, store) == []

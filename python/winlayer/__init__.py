@@ -39,6 +39,7 @@ if _hcs.__version__ != __version__:  # pragma: no cover - depends on the install
 backend: str = _selected_backend()
 
 from .driver import Change, DiffStream, Driver, LayerInfo  # noqa: E402  (needs _hcs loaded)
+from .images import Image, ImageNotFound, ImageStore, InvalidArchive  # noqa: E402
 
 __all__ = [
     "BackendUnavailable",
@@ -47,6 +48,10 @@ __all__ = [
     "DigestMismatch",
     "Driver",
     "HcsError",
+    "Image",
+    "ImageNotFound",
+    "ImageStore",
+    "InvalidArchive",
     "InvalidLayer",
     "LayerExists",
     "LayerInUse",

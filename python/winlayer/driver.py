@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import _hcs, chain
 from ._state import StateStore, named_holder, process_holder
@@ -37,6 +37,9 @@ from .errors import (
     StoreCorrupt,
     WinlayerError,
 )
+
+if TYPE_CHECKING:
+    from .images import Recorder, Tagger
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +251,13 @@ class Driver:
         and imports, staging folders, and mounts whose holders are all gone. Returns
         what was swept, one description each."""
         return self._sweep(stale_mounts=True)
+
+    def restore_custom_images(self, tagger: Tagger, recorder: Recorder) -> list[str]:
+        """Register the backend's base images as images; see
+        :func:`winlayer.images.restore_custom_images`."""
+        from .images import restore_custom_images
+
+        return restore_custom_images(self, tagger, recorder)
 
     # -- mount ----------------------------------------------------------------------
 
