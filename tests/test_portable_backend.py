@@ -1,0 +1,406 @@
+"""The portable backend's own behaviour: its store on disk, metadata, crash safety,
+mount modes, size limits, fixtures and concurrency."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.layerbuild import SD_BA, E, base_layer, d, f, layer_tar
+from winlayer import _hcs
+from winlayer.errors import InvalidLayer, StoreCorrupt
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> _hcs.Backend:
+    return _hcs.portable_backend(str(tmp_path / "base-images"))
+
+
+@pytest.fixture
+def info(tmp_path: Path) -> _hcs.DriverInfo:
+    (tmp_path / "home").mkdir()
+    return _hcs.DriverInfo(1, str(tmp_path / "home"))
+
+
+def _export(backend: _hcs.Backend, info: _hcs.DriverInfo, id: str, original: bool = False) -> bytes:
+    with backend.export_layer(info, id, [], original) as stream:
+        return stream.read()
+
+
+def _every_kind_layer() -> bytes:
+    """Folders, files (empty, large, Unicode, read-only), an ADS, a symlink, a junction,
+    EAs, a creation time and a hard link, with Windows PAX records."""
+    buf = io.BytesIO()
+    times = {
+        "LIBARCHIVE.creationtime": "1500000000.5",
+        "atime": "1600000001",
+        "ctime": "1600000002",
+    }
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, data: bytes = b"", **pax: str) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            info.type = kind
+            info.mode = {tarfile.DIRTYPE: 0o40000, tarfile.SYMTYPE: 0o120000}.get(kind, 0o100000)
+            info.pax_headers = {"MSWINDOWS.rawsd": SD_BA, **times, **pax}
+            if kind == tarfile.SYMTYPE:
+                info.linkname = pax.pop("target")
+                info.pax_headers.pop("target")
+            if kind == tarfile.LNKTYPE:
+                info.linkname = pax.pop("target")
+                info.pax_headers = {}
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("Files", tarfile.DIRTYPE, **{"MSWINDOWS.fileattr": "16"})
+        add("Files/empty.txt", tarfile.REGTYPE, **{"MSWINDOWS.fileattr": "32"})
+        add(
+            "Files/big.bin",
+            tarfile.REGTYPE,
+            random.randbytes(3 << 20),
+            **{"MSWINDOWS.fileattr": "32"},
+        )
+        add("Files/ünïcode.txt", tarfile.REGTYPE, b"u", **{"MSWINDOWS.fileattr": "33"})
+        add("Files/streams.txt", tarfile.REGTYPE, b"main", **{"MSWINDOWS.fileattr": "32"})
+        info = tarfile.TarInfo("Files/streams.txt:Zone.Identifier")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"zone=3"))
+        add(
+            "Files/ea.txt",
+            tarfile.REGTYPE,
+            b"ea",
+            **{
+                "MSWINDOWS.fileattr": "32",
+                "MSWINDOWS.xattr.USER.NOTE": base64.b64encode(b"v").decode(),
+            },
+        )
+        add("Files/dir", tarfile.DIRTYPE, **{"MSWINDOWS.fileattr": "16"})
+        add(
+            "Files/dir/link.txt",
+            tarfile.SYMTYPE,
+            target="..\\empty.txt",
+            **{"MSWINDOWS.fileattr": "1056"},
+        )
+        add(
+            "Files/junction",
+            tarfile.SYMTYPE,
+            target="C:\\Windows",
+            **{"MSWINDOWS.fileattr": "1040", "MSWINDOWS.mountpoint": "1"},
+        )
+        add("Files/dir/hard.bin", tarfile.LNKTYPE, target="Files/big.bin")
+        add("Hives", tarfile.DIRTYPE, **{"MSWINDOWS.fileattr": "16"})
+        add("Hives/Software_Delta", tarfile.REGTYPE, b"regf", **{"MSWINDOWS.fileattr": "32"})
+    return buf.getvalue()
+
+
+def test_every_kind_of_entry_round_trips(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = _every_kind_layer()
+    backend.import_layer(info, "all", [], io.BytesIO(tar))
+    assert _export(backend, info, "all", original=True) == tar
+    canonical = _export(backend, info, "all")
+    backend.import_layer(info, "again", [], io.BytesIO(canonical))
+    assert _export(backend, info, "again") == canonical
+    with tarfile.open(fileobj=io.BytesIO(canonical)) as t:
+        m = {x.name: x for x in t.getmembers()}
+    assert m["Files/streams.txt:Zone.Identifier"].size == 6
+    assert m["Files/ea.txt"].pax_headers["MSWINDOWS.xattr.USER.NOTE"] == "dg=="
+    assert m["Files/junction"].pax_headers["MSWINDOWS.mountpoint"] == "1"
+    assert m["Files/dir/link.txt"].linkname == "..\\empty.txt"
+    assert m["Files/dir/hard.bin"].linkname == "Files/big.bin"
+    assert m["Files/ünïcode.txt"].pax_headers["MSWINDOWS.fileattr"] == "33"
+    assert m["Files/empty.txt"].pax_headers["LIBARCHIVE.creationtime"] == "1500000000.5"
+    # Contents on disk for people to look at; symlinks are never live links there.
+    layer = Path(info.home, "all")
+    assert (layer / "Files" / "dir" / "hard.bin").stat().st_ino == (
+        layer / "Files" / "big.bin"
+    ).stat().st_ino
+    assert not (layer / "Files" / "dir" / "link.txt").is_symlink()
+    assert (layer / "Files" / "junction").is_dir()
+
+
+def test_entry_under_a_symlink_is_refused(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = layer_tar(
+        [
+            d("Files"),
+            E("Files/j", "dir", pax={"MSWINDOWS.fileattr": "1040"}),
+        ]
+    )
+    backend.import_layer(info, "ok", [], io.BytesIO(tar))  # a plain folder
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        j = tarfile.TarInfo("Files/j")
+        j.type = tarfile.SYMTYPE
+        j.linkname = "C:\\Windows"
+        j.pax_headers = {"MSWINDOWS.mountpoint": "1", "MSWINDOWS.fileattr": "1040"}
+        t.addfile(j)
+        inner = tarfile.TarInfo("Files/j/evil.txt")
+        inner.size = 1
+        t.addfile(inner, io.BytesIO(b"x"))
+    with pytest.raises(InvalidLayer, match="symbolic link or junction") as exc:
+        backend.import_layer(info, "bad", [], io.BytesIO(buf.getvalue()))
+    assert exc.value.entry == "Files/j/evil.txt"
+    assert not Path(info.home, "bad").exists()
+
+
+def test_names_compare_case_insensitively(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = layer_tar(
+        [d("Files"), d("Files/Dir"), f("Files/DIR/a.txt", b"1"), f("Files/dir/A.TXT", b"2")]
+    )
+    with pytest.raises(InvalidLayer):  # the codec refuses duplicate NTFS names
+        backend.import_layer(info, "case", [], io.BytesIO(tar))
+    tar = layer_tar([d("Files"), d("Files/Dir"), f("Files/DIR/a.txt", b"1")])
+    backend.import_layer(info, "case", [], io.BytesIO(tar))
+    assert Path(info.home, "case", "Files", "Dir", "a.txt").read_bytes() == b"1"
+
+
+def test_fixtures(backend: _hcs.Backend, info: _hcs.DriverInfo, fixtures_dir: Path) -> None:
+    rootfs = fixtures_dir / "windows-container-rootfs.tar"
+    backend.import_layer(info, "rootfs", [], str(rootfs))
+    assert _export(backend, info, "rootfs", original=True) == rootfs.read_bytes()
+    with pytest.raises(InvalidLayer, match="root"):
+        backend.import_layer(info, "outside", [], str(fixtures_dir / "some-windows-layer.tar"))
+    assert sorted(p.name for p in Path(info.home).iterdir()) == [".winlayer-store.lock", "rootfs"]
+
+
+def test_fixture_with_missing_link_targets(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, fixtures_dir: Path
+) -> None:
+    with tarfile.open(fixtures_dir / "windows-mini-image.tar.gz") as image:
+        data = image.extractfile(
+            "e4e02f4caaa37d28ad4b66babf9d64098e81f08c0be24ea427614eafcbbdc3de.tar"
+        )
+        assert data is not None
+        tar = data.read()
+    with pytest.raises(InvalidLayer, match="hard link") as exc:
+        backend.import_layer(info, "mini", [], io.BytesIO(tar))
+    assert exc.value.entry and exc.value.offset >= 0
+    assert not Path(info.home, "mini").exists()
+    assert [p.name for p in Path(info.home).iterdir()] == [".winlayer-store.lock"]
+
+
+def test_damaged_metadata_is_store_corrupt(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
+    meta = Path(info.home, "base", "winlayer.meta")
+    good = meta.read_bytes()
+    at = 8 + 4 + 4 + 2 * 48 + 8  # inside the layer section, after the header
+    meta.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1 :])
+    with pytest.raises(StoreCorrupt, match="checksum") as exc:
+        _export(backend, info, "base")
+    assert exc.value.path == str(meta)
+    meta.write_bytes(good[:8] + (99).to_bytes(4, "little") + good[12:])
+    with pytest.raises(StoreCorrupt, match="version 99"):
+        _export(backend, info, "base")
+    meta.unlink()
+    with pytest.raises(StoreCorrupt, match="missing"):
+        _export(backend, info, "base")
+
+
+def test_size_limit_is_enforced_on_export(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
+    chain = [os.path.join(info.home, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    backend.expand_sandbox_size(info, "box", 1000)
+    backend.prepare_layer(info, "box", chain)
+    try:
+        root = Path(backend.get_layer_mount_path(info, "box"))
+        (root / "big.bin").write_bytes(bytes(2000))
+        with pytest.raises(OSError, match="size limit") as exc:
+            backend.export_layer(info, "box", chain)
+        assert exc.value.errno == errno.ENOSPC
+        backend.expand_sandbox_size(info, "box", 10_000)
+        backend.export_layer(info, "box", chain).close()
+    finally:
+        backend.unprepare_layer(info, "box")
+    with pytest.raises(ValueError, match="sandbox"):
+        backend.expand_sandbox_size(info, "base", 10)
+
+
+def test_original_export_of_created_layer_is_refused(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    backend.create_layer(info, "empty", "")
+    with pytest.raises(ValueError, match="not imported"):
+        backend.export_layer(info, "empty", [], True)
+
+
+def test_base_images_and_checks(backend: _hcs.Backend, tmp_path: Path) -> None:
+    import json
+
+    image = tmp_path / "base-images" / "servercore"
+    config = image / "Files" / "Windows" / "System32" / "config"
+    config.mkdir(parents=True)
+    (image / "image.json").write_text(
+        '{"Name": "ServerCore", "Version": "10.0.20348.1", "Size": 42}'
+    )
+    (tmp_path / "base-images" / "not-an-image").mkdir()
+    images = json.loads(backend.get_base_images())["Images"]
+    assert [(i["Name"], i["Version"], i["Size"], i["Path"]) for i in images] == [
+        ("ServerCore", "10.0.20348.1", 42, str(image))
+    ]
+    assert images[0]["CreatedTime"].endswith("Z")
+    for hive in ("DEFAULT", "SAM", "SECURITY", "SOFTWARE"):
+        (config / hive).write_bytes(b"regf")
+    with pytest.raises(FileNotFoundError, match="SYSTEM"):
+        backend.process_base_image(str(image))
+    (config / "system").write_bytes(b"regf")  # NTFS names: any case
+    backend.process_base_image(str(image))
+    with pytest.raises(FileNotFoundError, match="BCD"):
+        backend.process_utility_image(str(image))
+    (image / "image.json").write_text('{"Name": "x"')
+    with pytest.raises(StoreCorrupt, match="image.json"):
+        backend.get_base_images()
+
+
+def test_grant_vm_access_is_recorded(backend: _hcs.Backend, tmp_path: Path) -> None:
+    target = tmp_path / "sandbox.vhdx"
+    target.write_bytes(b"")
+    backend.grant_vm_access("vm-1", str(target))
+    backend.grant_vm_access("vm-1", str(target))
+    backend.grant_vm_access("vm-2", str(target))
+    assert (
+        tmp_path / "winlayer.vmaccess"
+    ).read_text() == "vm-1\tsandbox.vhdx\nvm-2\tsandbox.vhdx\n"
+    with pytest.raises(FileNotFoundError):
+        backend.grant_vm_access("vm-1", str(tmp_path / "missing"))
+
+
+def test_parallel_imports_in_threads(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tars = {f"t{i}": base_layer(f("Files/data.bin", random.randbytes(4 << 20))) for i in range(2)}
+    errors: list[BaseException] = []
+
+    def run(id: str) -> None:
+        try:
+            backend.import_layer(info, id, [], io.BytesIO(tars[id]))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(id,)) for id in tars]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for id, tar in tars.items():
+        assert _export(backend, info, id, original=True) == tar
+
+
+_CHILD = """
+import io, sys
+from winlayer import _hcs
+sys.path.insert(0, sys.argv[3])
+from tests.layerbuild import base_layer, f
+tar = base_layer(*[f(f"Files/f{i}.bin", bytes([i % 256]) * 20000) for i in range(400)])
+print("ready", flush=True)
+b = _hcs.portable_backend("")
+b.import_layer(_hcs.DriverInfo(1, sys.argv[1]), sys.argv[2], [], io.BytesIO(tar))
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crash_during_import_leaves_nothing(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, seed: int
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, info.home, "victim", str(REPO)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(random.Random(seed).uniform(0, 0.25))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    backend.sweep(info)
+    names = sorted(p.name for p in Path(info.home).iterdir())
+    assert names in ([".winlayer-store.lock"], [".winlayer-store.lock", "victim"])
+    if "victim" in names:  # the import finished before the kill: the layer is whole
+        with backend.export_layer(info, "victim", []) as s:
+            assert len(s.read()) > 400 * 20000
+
+
+def test_sweep_keeps_running_imports(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    class Slow(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+            self.swept: list[str] | None = None
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+            if self.swept is None:
+                self.swept = backend.sweep(info)
+            return self.data.readinto(b)
+
+    source = Slow(base_layer())
+    backend.import_layer(info, "base", [], source)
+    assert source.swept == []
+    assert backend.layer_exists(info, "base")
+
+
+def _overlay_possible() -> bool:
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        return False
+    return (
+        subprocess.run(["unshare", "-Urm", "true"], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+def test_contract_sandboxes_in_each_mount_mode(mode: str) -> None:
+    """The sandbox scenarios of the contract suite, with the mount mode forced. overlay
+    runs in a private user and mount namespace so that no mount can outlive the test."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(REPO / "tests" / "test_backend_contract.py"),
+        "-k",
+        "sandbox or chain",
+    ]
+    if mode == "overlay":
+        if not _overlay_possible():
+            pytest.skip("no user namespaces for an overlayfs mount here")
+        cmd = ["unshare", "-Urm", *cmd]
+    env = {**os.environ, "WINLAYER_PORTABLE_MOUNT": mode}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
+
+
+def test_forced_mode_cannot_switch(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
+    chain = [os.path.join(info.home, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "copy")
+    backend.prepare_layer(info, "box", chain)
+    backend.unprepare_layer(info, "box")
+    monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "overlay")
+    with pytest.raises(ValueError, match="copy mode"):
+        backend.prepare_layer(info, "box", chain)
+    monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "sideways")
+    with pytest.raises(ValueError, match="WINLAYER_PORTABLE_MOUNT"):
+        backend.prepare_layer(info, "box", chain)
