@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -31,8 +32,8 @@ const char* type_name(EntryType t) {
     case EntryType::Directory: return "directory";
     case EntryType::File: return "file";
     case EntryType::Symlink: return "symlink";
-    case EntryType::AlternateStream: return "stream";
-    case EntryType::HardLink: return "hardlink";
+    case EntryType::AlternateStream: return "alternate_stream";
+    case EntryType::HardLink: return "hard_link";
     case EntryType::Whiteout: return "whiteout";
     }
     return "file";
@@ -165,6 +166,72 @@ private:
     std::unique_ptr<LayerTarImporter> importer_;
     bool done_ = false;
 };
+
+// --- a traced import ------------------------------------------------------------------
+
+// Records every call import_layer_tar makes, like a backend writer that keeps nothing.
+// Hard links to targets it has not been given fail as a writer without parents does.
+class TracingWriter : public LayerWriter {
+public:
+    void add(const LayerEntry& e) override {
+        if (e.type == EntryType::File) seen_.insert(ntfs_fold(e.path));
+        calls.push_back({"add", e.path, type_name(e.type), {}});
+    }
+    void write(const std::uint8_t* data, std::size_t n) override {
+        if (!calls.empty() && calls.back().op == "write") {
+            calls.back().arg.append(reinterpret_cast<const char*>(data), n);
+        } else {
+            calls.push_back({"write", {}, {}, std::string(reinterpret_cast<const char*>(data), n)});
+        }
+    }
+    void add_link(const std::string& path, const std::string& target) override {
+        calls.push_back({"add_link", path, target, {}});
+        if (!seen_.count(ntfs_fold(target)))
+            throw Error::invalid_layer("hard link target is in no parent layer", "", -1);
+        seen_.insert(ntfs_fold(path));
+    }
+    void remove(const std::string& path) override { calls.push_back({"remove", path, {}, {}}); }
+    void commit(const CommitInfo& info) override {
+        calls.push_back({"commit", info.diff_id, std::to_string(info.size), info.tar_split});
+    }
+    void abort() noexcept override { calls.push_back({"abort", {}, {}, {}}); }
+
+    struct Call {
+        std::string op, a, b, arg;
+    };
+    std::vector<Call> calls;
+
+private:
+    std::unordered_set<std::string> seen_;
+};
+
+py::tuple trace_import(py::object source, const std::string& expected_digest, bool allow_parent_links) {
+    std::unique_ptr<Source> src = source_from_python(std::move(source));
+    TracingWriter writer;
+    ImportOptions options;
+    options.expected_digest = expected_digest;
+    options.allow_parent_links = allow_parent_links;
+    std::optional<Error> failure;
+    {
+        py::gil_scoped_release nogil;
+        try {
+            import_layer_tar(*src, writer, options);
+        } catch (const Error& e) {
+            failure = e;
+        }
+    }
+    src.reset();
+    py::list calls;
+    for (const auto& c : writer.calls) calls.append(py::make_tuple(c.op, to_str(c.a), to_str(c.b), py::bytes(c.arg)));
+    py::object error = py::none();
+    if (failure) {
+        const Error& e = *failure;
+        error = py::module_::import("winlayer.errors")
+                    .attr("from_native")(error_kind_name(e.kind), e.code, e.message, e.operation, e.path,
+                                         to_str(e.entry), e.offset, e.expected, e.actual);
+    }
+    return py::make_tuple(calls, error);
+}
 
 // --- export from Python entries --------------------------------------------------------
 
@@ -319,6 +386,11 @@ void bind_codec(py::module_& m) {
         .def_property_readonly("data_size", &LayerTarLister::data_size)
         .def_property_readonly("offset", &LayerTarLister::offset);
 
+    m.def("trace_layer_import", &trace_import, py::arg("source"), py::kw_only(), py::arg("expected_digest") = "",
+          py::arg("allow_parent_links") = true,
+          "import_layer_tar into a writer that records its calls (op, path, detail, data): returns "
+          "(calls, error or None). Hard links to targets not in the tar fail in the writer, as "
+          "with no parent layers.");
     m.def("export_layer_entries", &export_entries, py::arg("entries"),
           "The canonical layer tar (bytes) of a list of entry dicts, in order.");
     m.def("encode_backup_stream", &encode_backup_stream, py::arg("entries"),

@@ -362,7 +362,6 @@ void LayerTarImporter::State::metadata() {
     if (header.ctime && !to_filetime(*header.ctime, entry.times.change)) invalid("ctime before 1601");
 
     if (entry.type == EntryType::Symlink) {
-        if (header.linkname.empty()) invalid("symlink without a target");
         entry.link_target = header.linkname;
         std::replace(entry.link_target.begin(), entry.link_target.end(), '/', '\\');
         entry.mount_point = mount_point;

@@ -40,6 +40,7 @@ backend: str = _selected_backend()
 
 from .driver import Change, DiffStream, Driver, LayerInfo  # noqa: E402  (needs _hcs loaded)
 from .images import Image, ImageNotFound, ImageStore, InvalidArchive  # noqa: E402
+from .layertar import LayerTarEntry, LayerTarListing, list_layer_tar  # noqa: E402
 
 __all__ = [
     "BackendUnavailable",
@@ -57,9 +58,12 @@ __all__ = [
     "LayerInUse",
     "LayerInfo",
     "LayerNotFound",
+    "LayerTarEntry",
+    "LayerTarListing",
     "StoreCorrupt",
     "WinlayerError",
     "__version__",
     "backend",
     "errors",
+    "list_layer_tar",
 ]

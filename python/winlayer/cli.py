@@ -326,6 +326,63 @@ def _gc(args: argparse.Namespace) -> None:
     emit(args, {"swept": swept}, "\n".join(swept))
 
 
+# -- tar ls ----------------------------------------------------------------------------
+
+
+@command(
+    "tar ls",
+    "list a layer tar's entries with their Windows metadata, then its diffID (no store needed)",
+    Arg("file", metavar="FILE", help="layer tar, plain, gzip or zstd; - for stdin"),
+    Arg("--parent-links", action="store_true", help="accept hard links to targets not in FILE"),
+    Arg("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"),
+)
+def _tar_ls(args: argparse.Namespace) -> None:
+    # Entries are printed as they are read (a layer can hold millions): on failure the
+    # output stops where the problem is and stderr says why.
+    from .layertar import list_layer_tar
+
+    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    out = sys.stdout
+    with list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
+        if args.json:
+            out.write('{\n  "entries": [')
+            for i, entry in enumerate(listing):
+                out.write(
+                    ("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True)
+                )
+            summary = {
+                "compression": listing.compression,
+                "data_size": listing.data_size,
+                "diff_id": listing.diff_id,
+            }
+            tail = json.dumps(summary, indent=2, sort_keys=True)[1:]  # the rest of the object
+            out.write("\n  ],\n" + tail.lstrip("\n") + "\n")
+            return
+        out.write(
+            f"{'TYPE':<16}  {'MODE':<6}  {'SIZE':>12}  {'MODIFIED (UTC)':<19}  {'OWNER':<8}  PATH\n"
+        )
+        count = 0
+        for entry in listing:
+            count += 1
+            modified = entry.last_write_time
+            when = modified.strftime("%Y-%m-%d %H:%M:%S") if modified else "-"
+            size = str(entry.size) if entry.type in ("file", "alternate_stream") else "-"
+            owner = str(entry.owner) if entry.owner else "-"
+            arrow = ""
+            if entry.type == "hard_link":
+                arrow = f" => {entry.link_target}"
+            elif entry.type == "symlink":
+                arrow = f" -> {entry.link_target}" + (" (junction)" if entry.mount_point else "")
+            out.write(
+                f"{entry.type:<16}  {entry.mode:<6}  {size:>12}  {when:<19}  {owner:<8}  "
+                f"{entry.path}{arrow}\n"
+            )
+        out.write(
+            f"\n{count} entries, {listing.data_size} bytes of data, "
+            f"compression {listing.compression}\ndiffID {listing.diff_id}\n"
+        )
+
+
 # -- main ------------------------------------------------------------------------------
 
 
