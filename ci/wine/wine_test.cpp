@@ -213,6 +213,21 @@ void write_layer(Backend& b, const Fixture& f, const std::string& id) {
     ads.security_descriptor.clear();
     put(*w, ads, "[ZoneTransfer]");
     put(*w, entry("Files/big.bin", EntryType::File, FILE_ATTRIBUTE_ARCHIVE | FILE_ATTRIBUTE_READONLY, kT2), kBigData);
+    put(*w, entry("Files/empty.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "");
+    LayerEntry with_ea = entry("Files/ea.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2);
+    with_ea.extended_attributes = {{"USER.WINLAYER", std::string("v\0\x01", 3)}};
+    put(*w, with_ea, "ea");
+    LayerEntry link = entry("Files/hello-link.txt", EntryType::Symlink,
+                            FILE_ATTRIBUTE_ARCHIVE | FILE_ATTRIBUTE_REPARSE_POINT, kT2);
+    link.link_target = kUnicodeName + "\\hello.txt";
+    w->add(link);
+    // A directory reparse point: staged as an empty folder + .$wcidirs$ with the reparse data.
+    LayerEntry junction = entry("Files/junction", EntryType::Symlink,
+                                FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT, kT2);
+    junction.link_target = "C:\\Windows";
+    junction.mount_point = true;
+    w->add(junction);
+    w->remove("Files/gone.txt");
     w->remove("Files/Windows/win.ini");
     w->add_link("Files/notepad-link.exe", "Files/Windows/notepad.exe");
     w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, "tar-split-record"});
@@ -236,6 +251,16 @@ std::map<std::string, Exported> export_all(Backend& b, const DriverInfo& info, c
         out[e.path] = x;
     }
     return out;
+}
+
+// Whether the thread still has its own token (the privileges must be dropped after use).
+bool thread_impersonates() {
+    HANDLE token = nullptr;
+    if (OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, TRUE, &token)) {
+        CloseHandle(token);
+        return true;
+    }
+    return GetLastError() != ERROR_NO_TOKEN;
 }
 
 bool no_staging_left(const std::wstring& home) {
@@ -278,6 +303,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         std::wstring link = win::join(win::long_path(hcs::layer_folder(f.info, "layer1")), "Files/notepad-link.exe");
         CHECK(read_file(link) == std::string(100000, 'N'));
         CHECK(b.tar_split(f.info, "layer1") == "tar-split-record");
+        CHECK(!thread_impersonates());  // the privileges were for the import only
     });
 
     test((prefix + "export: activate, ExportLayer, deactivate; entries round-trip").c_str(), [&] {
@@ -305,11 +331,25 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(got["Files/" + kUnicodeName].entry.times.last_write == times(kT2).last_write);
         CHECK(got["Files"].entry.times.last_write == times(kT2).last_write);
         CHECK(got["Files/Windows/win.ini"].entry.type == EntryType::Whiteout);
+        CHECK(got["Files/gone.txt"].entry.type == EntryType::Whiteout);
+        CHECK(got["Files/empty.txt"].entry.type == EntryType::File && got["Files/empty.txt"].data.empty());
+        CHECK(got["Files/ea.txt"].entry.extended_attributes.size() == 1);
+        CHECK(got["Files/ea.txt"].entry.extended_attributes[0].first == "USER.WINLAYER");
+        CHECK(got["Files/ea.txt"].entry.extended_attributes[0].second == std::string("v\0\x01", 3));
+        CHECK(got["Files/hello-link.txt"].entry.type == EntryType::Symlink);
+        CHECK(got["Files/hello-link.txt"].entry.link_target == kUnicodeName + "\\hello.txt");
+        CHECK(!got["Files/hello-link.txt"].entry.mount_point);
+        CHECK(got["Files/junction"].entry.type == EntryType::Symlink);
+        CHECK(got["Files/junction"].entry.mount_point);
+        CHECK(got["Files/junction"].entry.link_target == "C:\\Windows");
+        CHECK(got["Files/junction"].entry.attributes & FILE_ATTRIBUTE_DIRECTORY);
+        CHECK(!thread_impersonates());
         // Canonical order: a directory before its children, a file's stream right after it.
         auto pos = [&](const std::string& p) { return std::find(order.begin(), order.end(), p) - order.begin(); };
         CHECK(pos("Files") < pos("Files/" + kUnicodeName));
         CHECK(pos("Files/" + kUnicodeName) < pos(hello));
         CHECK(pos(hello) + 1 == pos(hello + ":zone"));
+        CHECK(pos("Files") + 1 == pos("Files/gone.txt"));  // a whiteout right after its folder
     });
 
     test((prefix + "sandbox: create, prepare, mount path, write, export the diff").c_str(), [&] {
@@ -358,6 +398,27 @@ void scenario(const char* label, const std::wstring& home_long) {
         }
         CHECK(no_staging_left(f.home));
         CHECK(!b.layer_exists(f.info, "layer-abandoned"));
+        // Hives go through BackupWrite, which Wine lacks: the failure is reported and the
+        // import folder goes away.
+        {
+            auto w = b.import_writer(f.info, "layer-hive", {f.base_folder});
+            w->add(entry("Hives", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            LayerEntry hive = entry("Hives/System_Delta", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2, 4);
+            hive.security_descriptor.clear();
+            Error h = expect_error([&] { w->add(hive); });
+            CHECK(h.kind == ErrorKind::Win32 && h.code == ERROR_NOT_SUPPORTED && h.operation == "BackupWrite");
+        }
+        CHECK(no_staging_left(f.home));
+        CHECK(!b.layer_exists(f.info, "layer-hive"));
+        // A base layer is written with BackupWrite into its own folder: a failure removes it.
+        {
+            auto w = b.import_writer(f.info, "base-bad", {});
+            CHECK(win::exists(win::long_path(hcs::layer_folder(f.info, "base-bad"))));
+            Error h = expect_error([&] { w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2)); });
+            CHECK(h.kind == ErrorKind::Win32 && h.code == ERROR_NOT_SUPPORTED);
+        }
+        CHECK(!win::exists(win::long_path(hcs::layer_folder(f.info, "base-bad"))));
+        CHECK(!thread_impersonates());
         // A hard link whose target is nowhere is refused with the entry named.
         auto w = b.import_writer(f.info, "layer-badlink", {f.base_folder});
         Error l = expect_error([&] { w->add_link("Files/a.exe", "Files/missing.exe"); });
