@@ -538,6 +538,15 @@ void api_tests() {
         CHECK(u.kind == ErrorKind::Hresult && u.code == 0x80370100u && u.operation == "ProcessUtilityImage");
     });
 
+    test("a layer id that is not a folder name is refused before HCS sees it", [&] {
+        long before = calls(L"ActivateLayer");
+        for (const char* bad : {"..", "..\\x", "a/b", "C:x", ""}) {
+            Error e = expect_error([&] { b.activate_layer(info, bad); });
+            CHECK(e.kind == ErrorKind::InvalidArgument);
+        }
+        CHECK(calls(L"ActivateLayer") == before);
+    });
+
     test("PrepareLayer retries ERROR_NOT_READY (2 failures, then success)", [&] {
         set_fail("PrepareLayer:0x80070015:2,UnprepareLayer:0x1");
         long before = calls(L"PrepareLayer");

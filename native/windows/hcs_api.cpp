@@ -27,25 +27,25 @@ constexpr std::uint32_t kWin32Facility = 0x00070000;
 constexpr HRESULT kNotReady = static_cast<HRESULT>(0x80070000u | ERROR_NOT_READY);
 constexpr HRESULT kDeviceNotConnected = static_cast<HRESULT>(0x80070000u | ERROR_DEVICE_NOT_CONNECTED);
 
-// The DriverInfo HCS takes, with the UTF-16 home kept alive beside it.
+// The DriverInfo HCS takes. Layers are always named by their full path with an empty
+// (not NULL) HomeDir, the form hcsshim uses today; the 2015 form (HomeDir = home, id = a
+// folder name in it) addresses the same folder.
 class Driver {
 public:
-    explicit Driver(const DriverInfo& info)
-        : home_(info.home.empty() ? std::wstring() : win::hcs_path(info.home)) {
+    explicit Driver(const DriverInfo& info) {
         raw_.Flavour = static_cast<int>(info.flavour);
-        raw_.HomeDir = home_.c_str();  // "" (not NULL) when ids are full paths
+        raw_.HomeDir = L"";
     }
     WinlayerDriverInfo* get() { return &raw_; }
 
 private:
-    std::wstring home_;
     WinlayerDriverInfo raw_{};
 };
 
-// With a home, `id` is a folder name in it; without one, `id` is the layer's path.
+// The layer's full path: `id` is a folder name in info.home, or the path itself when
+// home is empty.
 std::wstring wide_id(const DriverInfo& info, const std::string& id) {
-    if (id.empty()) throw Error(ErrorKind::InvalidArgument, "empty layer id");
-    return info.home.empty() ? win::hcs_path(id) : win::widen(id);
+    return win::hcs_path(layer_folder(info, id));
 }
 
 std::string base_name(const std::string& path) {
@@ -119,7 +119,11 @@ void check(HRESULT hr, const char* operation, const std::string& path) {
 }
 
 std::string layer_folder(const DriverInfo& info, const std::string& id) {
+    if (id.empty()) throw Error(ErrorKind::InvalidArgument, "empty layer id");
     if (info.home.empty()) return win::narrow(win::full_path(id));
+    // A folder name in the home: it must not lead anywhere else.
+    if (id == "." || id == ".." || id.find_first_of("\\/:") != std::string::npos)
+        throw Error(ErrorKind::InvalidArgument, "a layer id must be a folder name, not '" + id + "'");
     return win::narrow(win::join(win::full_path(info.home), id));
 }
 
