@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Self-relative security descriptor O:BAG:BA (REFERENCE.md section 4).
 SD_BA = "AQAAgBQAAAAkAAAAAAAAAAAAAAABAgAAAAAABSAAAAAgAgAAAQIAAAAAAAUgAAAAIAIAAA=="
@@ -83,3 +86,21 @@ def base_layer(*extra: E) -> bytes:
             *extra,
         ]
     )
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` with a digest of its content (lock files excluded)."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel.endswith(os.path.join(".winlayer", "locks")):
+            continue
+        for name in dirnames:
+            result[os.path.join(rel, name)] = "dir"
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                result[os.path.join(rel, name)] = "link:" + os.readlink(path)
+            else:
+                result[os.path.join(rel, name)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return result

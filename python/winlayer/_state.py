@@ -53,6 +53,8 @@ class MountState:
 class StateStore:
     def __init__(self, home: Path) -> None:
         self.root = home / STATE_DIR
+        for sub in ("locks", "mounts", "pending"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def lock(self, layer_id: str) -> FileLock:
         return FileLock(self.root / "locks" / f"{layer_id}.lock")
@@ -99,8 +101,7 @@ class StateStore:
         (self.root / "pending" / layer_id).unlink(missing_ok=True)
 
     def pending_ids(self) -> list[str]:
-        folder = self.root / "pending"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        return sorted(p.name for p in (self.root / "pending").iterdir())
 
 
 def process_holder() -> str:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
 RECORD_FILE = "winlayer.json"  # the driver's per-layer record: diff_id, size, read_write
 REMOVING_SUFFIX = "-removing"
+DEFAULT_MAX_LAYER_SIZE = 1 << 40
 # Files the driver (or Docker's driver) keeps in a layer folder beside the backend's data.
 _DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE, "layerid", RECORD_FILE}
 
@@ -93,6 +94,8 @@ class Driver:
     `flavour` is ``"windowsfilter"`` (HCS filter driver) or ``"windowsdiff"`` (HCS diff
     flavour: a layer tar is extracted straight into the layer's folder). `backend` is
     ``"portable"``, ``"hcs"``, a backend object, or None for :data:`winlayer.backend`.
+    `max_layer_size` (default ``$WINLAYER_MAX_LAYER_SIZE`` or 1 TiB) caps what one
+    compressed layer may expand to.
     The driver is safe to share between threads; several processes may share a home.
     """
 
@@ -103,10 +106,15 @@ class Driver:
         backend: str | Backend | None = None,
         *,
         base_images: str | os.PathLike[str] | None = None,
+        max_layer_size: int | str | None = None,
     ) -> None:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}: choose windowsfilter or windowsdiff")
         self.flavour = flavour
+        #: Largest uncompressed layer apply_diff accepts from compressed input (bombs).
+        self.max_layer_size = parse_size(
+            max_layer_size or os.environ.get("WINLAYER_MAX_LAYER_SIZE") or DEFAULT_MAX_LAYER_SIZE
+        )
         if backend is None or isinstance(backend, str):
             self._backend: Backend = load(backend, os.fspath(base_images) if base_images else None)
         else:
@@ -225,8 +233,7 @@ class Driver:
     def remove(self, id: str) -> None:
         """Destroy a layer. Refused (:class:`LayerInUse`) while it is mounted, being
         exported, or the parent of another layer; nothing is lost then."""
-        rid = self._require(id)
-        with self._state.lock(rid):
+        with self._layer_locked(id) as rid:
             state = self._state.load(rid)
             if state.in_use or state.prepared:
                 raise LayerInUse(id, "layer is mounted or being exported")
@@ -269,9 +276,8 @@ class Driver:
         The reference belongs to this process (released if it dies) unless `holder`
         names a holder that keeps it until ``put(id, holder=...)``.
         """
-        rid = self._require(id)
         owner = named_holder(holder) if holder else process_holder()
-        with self._state.lock(rid):
+        with self._layer_locked(id) as rid:
             state = self._state.load(rid)
             if not state.prepared:
                 parents = chain.read_chain(self._dir(rid))
@@ -299,9 +305,8 @@ class Driver:
         If the backend fails, the count stays true: a layer still prepared stays counted
         as mounted (``put`` may be retried); an unprepared one is no longer counted.
         """
-        rid = self._require(id)
         owner = named_holder(holder) if holder else process_holder()
-        with self._state.lock(rid):
+        with self._layer_locked(id) as rid:
             state = self._state.load(rid)
             if state.holders.get(owner, 0) == 0:
                 who = f"holder {holder!r}" if holder else "this process"
@@ -334,8 +339,7 @@ class Driver:
 
     def mount_count(self, id: str) -> int:
         """How many gets (all processes) currently hold the layer."""
-        rid = self._require(id)
-        with self._state.lock(rid):
+        with self._layer_locked(id) as rid:
             return self._state.load(rid).mounts
 
     # -- layer data -----------------------------------------------------------------
@@ -359,6 +363,7 @@ class Driver:
         from ._stream import open_layer
 
         _check_id(id)
+        limit = self.max_layer_size
         rpid = self._require(parent) if parent else ""
         with self._locked(id, rpid):
             if rpid and not self._backend.layer_exists(self._info, rpid):
@@ -369,7 +374,7 @@ class Driver:
             layer_chain = self._chain_below(rpid, include_parent=True)
             self._state.mark_pending(id)
             try:
-                stream, _compression = open_layer(source)
+                stream, _compression = open_layer(source, max_uncompressed=limit)
                 try:
                     result = self._backend.import_layer(
                         self._info, id, layer_chain, stream, digest, progress
@@ -395,10 +400,9 @@ class Driver:
         Canonical (deterministic) by default; ``original=True`` gives back the imported
         tar byte for byte. Closing the stream does not touch the layer's mount count.
         """
-        rid = self._require(id)
-        parents = self._check_parent(rid, parent)
         pid = os.getpid()
-        with self._state.lock(rid):
+        with self._layer_locked(id) as rid:
+            parents = self._check_parent(rid, parent)
             state = self._state.load(rid)
             state.exports[pid] = state.exports.get(pid, 0) + 1
             self._state.save(rid, state)
@@ -438,13 +442,13 @@ class Driver:
     # -- internals --------------------------------------------------------------------
 
     def _changes_with_sizes(self, id: str, parent: str | None) -> list[tuple[Change, int]]:
-        from .layertar import entries
+        from .layertar import list_layer_tar
 
         rid = self._require(id)
         parents = self._check_parent(rid, parent)
         sizes: dict[str, tuple[str, int]] = {}
-        with self.diff(id) as stream:
-            for entry in entries(stream):
+        with self.diff(id) as stream, list_layer_tar(stream, allow_parent_links=True) as listing:
+            for entry in listing:
                 if entry.type == "whiteout":
                     sizes[entry.path] = ("D", 0)
                     continue
@@ -495,7 +499,7 @@ class Driver:
 
     def _already_imported(self, id: str, digest: str | None) -> int | None:
         """Size of `id` if it already holds imported data; None if it must be imported
-        (an empty layer made by :meth:`create` is replaced)."""
+        (an empty read-only layer made by :meth:`create` is replaced)."""
         folder = self._dir(id)
         if not folder.exists():
             return None
@@ -505,7 +509,8 @@ class Driver:
                 raise DigestMismatch(digest, record["diff_id"])
             log.info("layer %s was imported already; not unpacking it again", id)
             return int(record.get("size", 0))
-        if record.get("read_write") or not _is_empty_layer(folder):
+        if not record or record.get("read_write"):
+            # Not made by create() here (or a sandbox): it is someone's data.
             raise LayerExists(id, "layer already exists and holds data")
         self._backend.destroy_layer(self._info, id)
         return None
@@ -587,6 +592,16 @@ class Driver:
             if name.lower() in _DRIVER_FILES:
                 (folder / name).unlink()
         folder.rmdir()
+
+    @contextlib.contextmanager
+    def _layer_locked(self, id: str) -> Iterator[str]:
+        """Hold the lock of layer `id` and yield its resolved id; the layer is checked to
+        exist once the lock is held (a concurrent remove may have won the race)."""
+        rid = self._require(id)
+        with self._state.lock(rid):
+            if not self._dir(rid).is_dir():
+                raise LayerNotFound(id)
+            yield rid
 
     @contextlib.contextmanager
     def _locked(self, *ids: str) -> Iterator[None]:
@@ -672,15 +687,6 @@ def _check_id(id: str) -> None:
         or id.endswith(REMOVING_SUFFIX)
     ):
         raise ValueError(f"invalid layer id {id!r}")
-
-
-def _is_empty_layer(folder: Path) -> bool:
-    """True if the folder holds only driver files and empty directories."""
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            if Path(root) != folder or name.lower() not in _DRIVER_FILES:
-                return False
-    return True
 
 
 def _exists_in_chain(path: str, parents: list[str]) -> bool:

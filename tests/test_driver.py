@@ -1,0 +1,478 @@
+"""The graph-driver contract, run on every available backend."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from winlayer import (
+    DigestMismatch,
+    Driver,
+    InvalidLayer,
+    LayerExists,
+    LayerInUse,
+    LayerNotFound,
+    WinlayerError,
+)
+from winlayer.backend import load
+
+from .layerbuild import base_layer, d, f, layer_tar, link, snapshot, wh
+
+
+@pytest.fixture
+def driver(tmp_path: Path, backend_name: str) -> Driver:
+    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _chain3(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.apply_diff(
+        "mid",
+        "base",
+        io.BytesIO(
+            layer_tar(
+                [
+                    d("Files"),
+                    d("Files/Windows"),
+                    f("Files/Windows/win.ini", b"[fonts]\r\nchanged\r\n"),
+                    f("Files/app.exe", b"MZapp"),
+                    wh("Files/Windows/System32/kernel32.dll"),
+                ]
+            )
+        ),
+    )
+    driver.apply_diff(
+        "top",
+        "mid",
+        io.BytesIO(
+            layer_tar(
+                [
+                    d("Files"),
+                    f("Files/data.txt", b"data"),
+                    link("Files/data2.txt", "Files/data.txt"),
+                ]
+            )
+        ),
+    )
+
+
+# -- create, chains, layerchain.json ---------------------------------------------------
+
+
+def test_str_and_status(driver: Driver, tmp_path: Path) -> None:
+    assert str(driver) == "windowsfilter"
+    assert driver.status() == [("Windows", "")]
+    diff = Driver(
+        tmp_path / "d", flavour="windowsdiff", backend=driver.backend, base_images=tmp_path / "b"
+    )
+    assert str(diff) == "windowsdiff"
+    with pytest.raises(ValueError, match="unknown flavour"):
+        Driver(tmp_path / "x", flavour="overlay", backend=driver.backend)
+
+
+def test_chain_of_three_and_sandbox(driver: Driver) -> None:
+    _chain3(driver)
+    home = driver.home
+    assert driver.parents("top") == [str(home / "mid"), str(home / "base")]
+    # layerchain.json exactly as Go's encoding/json writes a []string
+    raw = (home / "top" / "layerchain.json").read_bytes()
+    assert (
+        raw == json.dumps([str(home / "mid"), str(home / "base")], separators=(",", ":")).encode()
+    )
+    assert (home / "base" / "layerchain.json").read_bytes() == b"null"
+    if os.name == "posix":
+        assert (home / "top" / "layerchain.json").stat().st_mode & 0o777 == 0o600
+
+    driver.create("top-init", "top")
+    driver.create("ctr", "top-init")  # the seed's -init convention: a sandbox on top's chain
+    assert driver.parents("ctr") == [str(home / "top"), str(home / "mid"), str(home / "base")]
+    assert driver.info("ctr").read_write
+    with driver.mounted("ctr") as root:
+        assert (root / "data.txt").read_bytes() == b"data"
+        assert (root / "Windows" / "win.ini").read_bytes() == b"[fonts]\r\nchanged\r\n"
+        assert (root / "app.exe").exists()
+        assert not (root / "Windows" / "System32" / "kernel32.dll").exists()
+        (root / "new.txt").write_bytes(b"written in the sandbox")
+    changes = {c.path: c.kind for c in driver.changes("ctr")}
+    assert changes["Files/new.txt"] == "A"
+
+
+def test_read_write_flag_makes_sandbox_on_parent_itself(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.create("rw", "base", read_write=True, size="1GB")
+    assert driver.parents("rw") == [str(driver.home / "base")]
+    assert driver.info("rw").read_write
+    with driver.mounted("rw") as root:
+        assert (root / "Windows" / "win.ini").exists()
+
+
+def test_sandbox_needs_a_parent(driver: Driver) -> None:
+    with pytest.raises(ValueError, match="without a parent"):
+        driver.create("rw", None, read_write=True)
+    assert not (driver.home / "rw").exists()
+
+
+def test_size_only_for_sandboxes_and_validated(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    with pytest.raises(ValueError, match="read/write"):
+        driver.create("ro", "base", size="1GB")
+    with pytest.raises(ValueError, match="invalid size"):
+        driver.create("rw", "base", read_write=True, size="lots")
+    assert not (driver.home / "ro").exists()
+    assert not (driver.home / "rw").exists()
+
+
+def test_missing_parent_creates_nothing(driver: Driver) -> None:
+    with pytest.raises(LayerNotFound, match="nope"):
+        driver.create("child", "nope")
+    assert not (driver.home / "child").exists()
+    with pytest.raises(LayerNotFound):
+        driver.apply_diff("child", "nope", io.BytesIO(base_layer()))
+    assert not (driver.home / "child").exists()
+
+
+def test_create_twice_is_layer_exists(driver: Driver) -> None:
+    driver.create("a")
+    with pytest.raises(LayerExists):
+        driver.create("a")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", ".hidden", "x-removing"])
+def test_invalid_ids_refused(driver: Driver, bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid layer id"):
+        driver.create(bad)
+
+
+# -- import / export -------------------------------------------------------------------
+
+
+def test_apply_diff_returns_size_and_records_diff_id(driver: Driver) -> None:
+    tar = base_layer()
+    size = driver.apply_diff("base", None, io.BytesIO(tar), digest=_sha(tar))
+    assert size == len(b"[fonts]\r\n") + 1002 + 64
+    info = driver.info("base")
+    assert info.diff_id == _sha(tar)
+    assert info.size == size
+    assert [layer.id for layer in driver.layers()] == ["base"]
+
+
+def test_apply_diff_into_created_empty_layer(driver: Driver) -> None:
+    driver.create("base")
+    assert driver.apply_diff("base", None, io.BytesIO(base_layer())) > 0
+
+
+def test_digest_mismatch_leaves_nothing(driver: Driver) -> None:
+    before = snapshot(driver.home)
+    with pytest.raises(DigestMismatch):
+        driver.apply_diff("base", None, io.BytesIO(base_layer()), digest="sha256:" + "0" * 64)
+    assert snapshot(driver.home) == before
+    assert not driver.exists("base")
+
+
+def test_bad_tar_leaves_nothing(driver: Driver) -> None:
+    tar = layer_tar([d("Files"), f("Files/../../escape", b"x")])
+    with pytest.raises(InvalidLayer, match="escape"):
+        driver.apply_diff("bad", None, io.BytesIO(tar))
+    assert not driver.exists("bad")
+    assert [p for p in os.listdir(driver.home) if not p.startswith(".")] == []
+
+
+def test_gzip_and_path_sources(driver: Driver, tmp_path: Path) -> None:
+    import gzip
+
+    tar = base_layer()
+    gz = tmp_path / "layer.tar.gz"
+    gz.write_bytes(gzip.compress(tar))
+    plain = tmp_path / "layer.tar"
+    plain.write_bytes(tar)
+    driver.apply_diff("a", None, gz, digest=_sha(tar))
+    driver.apply_diff("b", None, str(plain), digest=_sha(tar))
+    assert driver.info("a").diff_id == driver.info("b").diff_id == _sha(tar)
+
+
+def test_diff_original_is_byte_identical_and_canonical_reimports(driver: Driver) -> None:
+    tar = base_layer()
+    driver.apply_diff("base", None, io.BytesIO(tar))
+    with driver.diff("base", original=True) as stream:
+        assert stream.read() == tar
+    with driver.diff("base") as stream:
+        canonical = stream.read()
+    with driver.diff("base") as stream:
+        assert stream.read() == canonical  # deterministic
+    driver.apply_diff("again", None, io.BytesIO(canonical))
+    with driver.diff("again") as stream:
+        assert stream.read() == canonical
+    with tarfile.open(fileobj=io.BytesIO(canonical)) as tar:
+        names = tar.getnames()
+    assert "Files/Windows/win.ini" in names
+
+
+def test_diff_close_does_not_touch_mount_count(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.get("base")
+    with driver.diff("base") as stream:
+        stream.read(10)
+    stream.close()  # closing twice is harmless
+    assert driver.mount_count("base") == 1
+    driver.put("base")
+    assert driver.mount_count("base") == 0
+    with pytest.raises(WinlayerError, match="not mounted"):
+        driver.put("base")
+
+
+def test_diff_with_wrong_parent_is_refused(driver: Driver) -> None:
+    _chain3(driver)
+    with pytest.raises(ValueError, match="not the parent"):
+        driver.diff("top", "base")
+    with driver.diff("top", "mid") as stream:
+        assert stream.read(1)
+
+
+def test_changes_and_diff_size(driver: Driver) -> None:
+    _chain3(driver)
+    changes = {c.path: c.kind for c in driver.changes("mid")}
+    assert changes["Files/Windows/win.ini"] == "C"
+    assert changes["Files/app.exe"] == "A"
+    assert changes["Files/Windows/System32/kernel32.dll"] == "D"
+    assert driver.diff_size("mid") == len(b"[fonts]\r\nchanged\r\n") + len(b"MZapp")
+    assert driver.diff_size("base") == driver.info("base").size
+
+
+def test_whiteouts_and_hard_links_across_chain(driver: Driver) -> None:
+    _chain3(driver)
+    driver.create("ctr", "top", read_write=True)
+    with driver.mounted("ctr") as root:
+        assert not (root / "Windows" / "System32" / "kernel32.dll").exists()
+        assert (root / "data2.txt").read_bytes() == b"data"
+        assert (root / "Windows" / "win.ini").read_bytes().endswith(b"changed\r\n")
+
+
+# -- get / put ---------------------------------------------------------------------
+
+
+def test_get_put_reference_counting(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    first = driver.get("base")
+    second = driver.get("base")
+    assert first == second
+    assert driver.mount_count("base") == 2
+    driver.put("base")
+    assert driver.mount_count("base") == 1
+    driver.put("base")
+    assert driver.mount_count("base") == 0
+
+
+def test_get_unknown_layer(driver: Driver) -> None:
+    with pytest.raises(LayerNotFound):
+        driver.get("nope")
+
+
+class Faulty:
+    """Wraps a backend; `fail` names calls that raise once."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fail: set[str] = set()
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name in self.fail:
+                self.fail.discard(name)
+                raise OSError(5, f"injected failure in {name}")
+            return target(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, backend_name: str) -> tuple[Driver, Faulty]:
+    backend = Faulty(load(backend_name, str(tmp_path / "base")))
+    drv = Driver(tmp_path / "home", backend=backend)
+    drv.apply_diff("base", None, io.BytesIO(base_layer()))
+    return drv, backend
+
+
+def test_failed_prepare_deactivates(faulty: tuple[Driver, Faulty]) -> None:
+    drv, backend = faulty
+    backend.fail = {"prepare_layer"}
+    with pytest.raises(OSError, match="injected"):
+        drv.get("base")
+    assert backend.calls[-2:] == ["prepare_layer", "deactivate_layer"]
+    assert drv.mount_count("base") == 0
+    assert not (drv.home / ".winlayer" / "mounts" / "base.json").exists()
+    drv.get("base")  # works again afterwards
+    drv.put("base")
+
+
+def test_failed_mount_path_unprepares_then_deactivates(faulty: tuple[Driver, Faulty]) -> None:
+    drv, backend = faulty
+    backend.fail = {"get_layer_mount_path"}
+    with pytest.raises(OSError, match="injected"):
+        drv.get("base")
+    assert backend.calls[-3:] == ["get_layer_mount_path", "unprepare_layer", "deactivate_layer"]
+    assert drv.mount_count("base") == 0
+
+
+def test_failed_put_keeps_a_true_count(faulty: tuple[Driver, Faulty]) -> None:
+    drv, backend = faulty
+    drv.get("base")
+    backend.fail = {"unprepare_layer"}
+    with pytest.raises(OSError, match="injected"):
+        drv.put("base")
+    assert drv.mount_count("base") == 1  # still prepared: still mounted
+    drv.put("base")
+    assert drv.mount_count("base") == 0
+
+    drv.get("base")
+    backend.fail = {"deactivate_layer"}
+    with pytest.raises(OSError, match="injected"):
+        drv.put("base")
+    assert drv.mount_count("base") == 0  # unprepared: no longer mounted
+    drv.get("base")  # still activated: get only prepares
+    assert backend.calls[-2:] == ["prepare_layer", "get_layer_mount_path"]
+    drv.put("base")
+    drv.cleanup()
+    assert not (drv.home / ".winlayer" / "mounts" / "base.json").exists()
+
+
+# -- remove ------------------------------------------------------------------------
+
+
+def test_remove_mounted_layer_is_refused_and_nothing_lost(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    with driver.mounted("base"):
+        with pytest.raises(LayerInUse):
+            driver.remove("base")
+        assert driver.exists("base")
+    with driver.diff("base") as stream:
+        with pytest.raises(LayerInUse):
+            driver.remove("base")
+        assert stream.read()
+    driver.remove("base")
+    assert not driver.exists("base")
+    assert [p for p in os.listdir(driver.home) if not p.startswith(".")] == []
+
+
+def test_remove_parent_of_another_layer_is_refused(driver: Driver) -> None:
+    _chain3(driver)
+    with pytest.raises(LayerInUse, match="parent of top"):
+        driver.remove("mid")
+    driver.remove("top")
+    driver.remove("mid")
+    driver.remove("base")
+
+
+def test_remove_unknown(driver: Driver) -> None:
+    with pytest.raises(LayerNotFound):
+        driver.remove("nope")
+
+
+def test_leftovers_swept_on_open(driver: Driver, tmp_path: Path) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.apply_diff("gone", None, io.BytesIO(base_layer()))
+    os.replace(driver.home / "gone", driver.home / "gone-1234abcd-removing")
+    driver.apply_diff("half", None, io.BytesIO(base_layer()))
+    driver._state.mark_pending("half")  # as if the import had crashed before completing
+    again = Driver(driver.home, backend=driver.backend, base_images=tmp_path / "base")
+    names = [p for p in os.listdir(again.home) if not p.startswith(".")]
+    assert names == ["base"]
+
+
+# -- alternate IDs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["layerId", "layerID", "LAYERID"])
+def test_alternate_id_any_spelling(driver: Driver, spelling: str) -> None:
+    driver.apply_diff("folder1", None, io.BytesIO(base_layer()))
+    alias = driver.home / "imageid"
+    alias.mkdir()
+    (alias / spelling).write_text("folder1")
+    assert driver.exists("imageid")
+    assert driver.metadata("imageid") == {"dir": str(driver.home / "folder1")}
+    with driver.mounted("imageid") as root:
+        assert (driver.home / "folder1").exists()
+        assert root
+    driver.create("child", "imageid")
+    assert driver.parents("child") == [str(driver.home / "folder1")]
+    driver.remove("child")
+    driver.remove("imageid")
+    assert not alias.exists()
+    assert not (driver.home / "folder1").exists()
+
+
+# -- concurrency ---------------------------------------------------------------------
+
+
+def test_same_layer_imported_twice_at_once_unpacks_once(driver: Driver) -> None:
+    tar = base_layer()
+    calls = []
+    real = driver._backend.import_layer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    driver._backend = _Proxy(driver._backend, import_layer=counting)
+    results: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(driver.apply_diff("l", None, io.BytesIO(tar)))
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["l"]
+    assert len(set(results)) == 1
+    assert len(results) == 4
+
+
+class _Proxy:
+    def __init__(self, inner: Any, **overrides: Any) -> None:
+        self._inner = inner
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_threads_get_put_keep_counts_consistent(driver: Driver) -> None:
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(20):
+                with driver.mounted("base") as root:
+                    assert (root / "Files" / "Windows" / "win.ini").exists()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert driver.mount_count("base") == 0
