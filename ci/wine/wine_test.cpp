@@ -293,6 +293,20 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(!b.layer_exists(f.info, "nothing-here"));
     });
 
+    test((prefix + "CreateLayer, ProcessBaseImage and GrantVmAccess reach HCS and succeed").c_str(), [&] {
+        long creates = calls(L"CreateLayer"), processed = calls(L"ProcessBaseImage"), grants = calls(L"GrantVmAccess");
+        b.create_layer(f.info, "empty", "base");
+        CHECK(calls(L"CreateLayer") == creates + 1);
+        CHECK(b.layer_exists(f.info, "empty"));
+        CHECK(expect_error([&] { b.create_layer(f.info, "empty", "base"); }).kind == ErrorKind::Win32);  // exists
+        b.destroy_layer(f.info, "empty");
+        CHECK(!b.layer_exists(f.info, "empty"));
+        b.process_base_image(f.base_folder);
+        CHECK(calls(L"ProcessBaseImage") == processed + 1);
+        b.grant_vm_access("0f6c3f10-5d5c-4c53-9a0b-1f4a8a2b7c11", f.base_folder + "\\Files\\Windows\\win.ini");
+        CHECK(calls(L"GrantVmAccess") == grants + 1);
+    });
+
     test((prefix + "import of a non-base layer through the staging folder").c_str(), [&] {
         long imports = calls(L"ImportLayer");
         write_layer(b, f, "layer1");
@@ -356,7 +370,9 @@ void scenario(const char* label, const std::wstring& home_long) {
         LayerChain chain = {hcs::layer_folder(f.info, "layer1"), f.base_folder};
         b.create_sandbox_layer(f.info, "sbx", "layer1", chain);
         CHECK(b.layer_exists(f.info, "sbx"));
+        long expands = calls(L"ExpandSandboxSize");
         b.expand_sandbox_size(f.info, "sbx", std::uint64_t(20) << 30);
+        CHECK(calls(L"ExpandSandboxSize") == expands + 1);
         b.activate_layer(f.info, "sbx");
         // Not prepared: HCS has no mount path (length 0); the backend answers the folder.
         CHECK(hcs::get_layer_mount_path(f.info, "sbx").empty());

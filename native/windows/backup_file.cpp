@@ -19,17 +19,21 @@ Handle open_file(const std::wstring& path, DWORD access, DWORD disposition, DWOR
 }
 
 HandleSink::HandleSink(HANDLE h, std::wstring path)
-    : h_(h), path_(std::move(path)), buffer_(new std::uint8_t[kBufferSize]) {}
+    : h_(h), path_(std::move(path)), owned_(new std::uint8_t[kBufferSize]), buffer_(owned_.get()),
+      capacity_(kBufferSize) {}
+
+HandleSink::HandleSink(HANDLE h, std::wstring path, std::uint8_t* buffer, std::size_t capacity)
+    : h_(h), path_(std::move(path)), buffer_(buffer), capacity_(capacity) {}
 
 void HandleSink::write(const std::uint8_t* data, std::size_t n) {
-    if (used_ + n <= kBufferSize) {
-        std::memcpy(buffer_.get() + used_, data, n);
+    if (used_ + n <= capacity_) {
+        std::memcpy(buffer_ + used_, data, n);
         used_ += n;
         return;
     }
     flush();
-    if (n < kBufferSize) {
-        std::memcpy(buffer_.get(), data, n);
+    if (n < capacity_) {
+        std::memcpy(buffer_, data, n);
         used_ = n;
         return;
     }
@@ -46,7 +50,7 @@ void HandleSink::flush() {
     std::size_t off = 0;
     while (off < used_) {
         DWORD done = 0;
-        if (!WriteFile(h_, buffer_.get() + off, static_cast<DWORD>(used_ - off), &done, nullptr))
+        if (!WriteFile(h_, buffer_ + off, static_cast<DWORD>(used_ - off), &done, nullptr))
             throw_last("WriteFile", path_);
         off += done;
     }

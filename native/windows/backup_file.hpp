@@ -17,17 +17,21 @@ namespace winlayer::win {
 // open too, links are not followed). Throws Error::win32 naming the path.
 Handle open_file(const std::wstring& path, DWORD access, DWORD disposition, DWORD share = FILE_SHARE_READ);
 
-// Writes through a buffer with WriteFile.
+// Writes through a buffer with WriteFile: its own, or one the caller lends it (an
+// import writes many small files; one buffer serves them all).
 class HandleSink : public Sink {
 public:
     HandleSink(HANDLE h, std::wstring path);
+    HandleSink(HANDLE h, std::wstring path, std::uint8_t* buffer, std::size_t capacity);
     void write(const std::uint8_t* data, std::size_t n) override;
     void flush();
 
 private:
     HANDLE h_;
     std::wstring path_;
-    std::unique_ptr<std::uint8_t[]> buffer_;
+    std::unique_ptr<std::uint8_t[]> owned_;
+    std::uint8_t* buffer_;
+    std::size_t capacity_;
     std::size_t used_ = 0;
 };
 

@@ -334,7 +334,7 @@ private:
             cur_.restore = std::make_unique<BackupWriteSink>(cur_.handle.get(), target, false);
             cur_.encoder = std::make_unique<BackupStreamEncoder>(*cur_.restore);
         } else {
-            cur_.staged = std::make_unique<HandleSink>(cur_.handle.get(), target);
+            cur_.staged = std::make_unique<HandleSink>(cur_.handle.get(), target, buffer_.get(), kStagingBuffer);
             std::uint32_t a = entry_attributes(entry);
             std::uint8_t le[4] = {static_cast<std::uint8_t>(a), static_cast<std::uint8_t>(a >> 8),
                                   static_cast<std::uint8_t>(a >> 16), static_cast<std::uint8_t>(a >> 24)};
@@ -453,6 +453,8 @@ private:
     std::vector<std::wstring> parent_roots_;
     bool dest_created_ = false, imported_ = false, has_uvm_ = false, done_ = false;
     Current cur_;
+    static constexpr std::size_t kStagingBuffer = std::size_t(1) << 20;
+    std::unique_ptr<std::uint8_t[]> buffer_{new std::uint8_t[kStagingBuffer]};  // shared by staged files
     std::vector<DirTimes> changed_dirs_;
     std::unordered_set<std::string> added_;  // NTFS-folded paths written by this layer
     std::vector<Link> links_;
