@@ -59,7 +59,7 @@ printf '%s\n' "${core[@]}" "${portable[@]}" "${windows[@]}" "${emulator[@]}" "${
 mapfile -t core_o < <(objects "${core[@]}")
 mapfile -t portable_o < <(objects "${portable[@]}")
 mapfile -t windows_o < <(objects "${windows[@]}")
-mapfile -t emulator_o < <(objects "${emulator[@]}")
+mapfile -t emulator_o < <(objects "${emulator[@]}" "$root/native/windows/win_util.cpp")
 
 $cxx -shared -static -o "$out/emulator/vmcompute.dll" "${emulator_o[@]}" "${portable_o[@]}" "${core_o[@]}" -lole32 -lbcrypt
 $cxx -static -o "$out/bin/wine_test.exe" $(objects "${test_src[@]}") "${windows_o[@]}" "${core_o[@]}" \

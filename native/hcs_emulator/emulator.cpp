@@ -28,9 +28,11 @@
 #include "core/backend.hpp"
 #include "core/error.hpp"
 #include "staging_folder.hpp"
+#include "windows/win_util.hpp"
 
 using winlayer::Error;
 using winlayer::ErrorKind;
+namespace win = winlayer::win;
 
 namespace {
 
@@ -39,22 +41,7 @@ std::map<std::string, long> g_calls;
 std::wstring g_fail_spec;
 std::map<std::string, std::pair<HRESULT, long>> g_failures;  // export -> hresult, calls left (-1: all)
 
-std::string utf8(const wchar_t* w) {
-    if (!w || !*w) return {};
-    int n = WideCharToMultiByte(CP_UTF8, 0, w, -1, nullptr, 0, nullptr, nullptr);
-    std::string s(static_cast<std::size_t>(n), '\0');
-    WideCharToMultiByte(CP_UTF8, 0, w, -1, s.data(), n, nullptr, nullptr);
-    s.resize(static_cast<std::size_t>(n - 1));
-    return s;
-}
-
-std::wstring wide(const std::string& s) {
-    if (s.empty()) return {};
-    int n = MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
-    std::wstring w(static_cast<std::size_t>(n), L'\0');
-    MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), w.data(), n);
-    return w;
-}
+std::string utf8(const wchar_t* w) { return w ? win::narrow(w, wcslen(w)) : std::string(); }
 
 // Paths reach the portable backend without the `\\?\` prefix it adds itself.
 std::string plain_path(const wchar_t* w) {
@@ -260,7 +247,7 @@ HRESULT WINAPI GetLayerMountPath(WinlayerDriverInfo* info, PCWSTR id, SIZE_T* le
         // HCS has a mount path only for a prepared layer; the portable backend answers
         // the layer folder for the others.
         std::string folder = d.home.empty() ? lid : d.home + "\\" + lid;
-        std::wstring w = same_folder(path, folder) ? std::wstring() : wide(path);
+        std::wstring w = same_folder(path, folder) ? std::wstring() : win::widen(path);
         SIZE_T needed = w.empty() ? 0 : w.size() + 1;
         if (!buffer) {
             *length = needed;
@@ -299,7 +286,7 @@ HRESULT WINAPI UnprepareLayer(WinlayerDriverInfo* info, PCWSTR id) {
 HRESULT WINAPI GetBaseImages(PWSTR* json) {
     return run("GetBaseImages", [&] {
         if (!json) throw Error(ErrorKind::InvalidArgument, "GetBaseImages: NULL argument");
-        std::wstring w = wide(backend().get_base_images());
+        std::wstring w = win::widen(backend().get_base_images());
         auto* out = static_cast<PWSTR>(CoTaskMemAlloc((w.size() + 1) * sizeof(wchar_t)));
         if (!out) throw std::bad_alloc();
         std::copy(w.c_str(), w.c_str() + w.size() + 1, out);

@@ -9,6 +9,7 @@
 #include "core/backup_stream.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "windows/win_util.hpp"
 
 namespace winlayer::emulator {
 
@@ -16,29 +17,13 @@ namespace {
 
 constexpr const char kTombstoneHeader[] = "\xef\xbb\xbfVersion 1.0";
 
-std::string utf8(const std::wstring& w) {
-    if (w.empty()) return {};
-    int n = WideCharToMultiByte(CP_UTF8, 0, w.data(), static_cast<int>(w.size()), nullptr, 0, nullptr, nullptr);
-    std::string s(static_cast<std::size_t>(n), '\0');
-    WideCharToMultiByte(CP_UTF8, 0, w.data(), static_cast<int>(w.size()), s.data(), n, nullptr, nullptr);
-    return s;
-}
+using win::narrow;
+using win::widen;
 
-std::wstring wide(const std::string& s) {
-    if (s.empty()) return {};
-    int n = MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
-    std::wstring w(static_cast<std::size_t>(n), L'\0');
-    MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), w.data(), n);
-    return w;
-}
-
-[[noreturn]] void fail(const char* op, const std::wstring& path) {
-    DWORD e = GetLastError();
-    throw Error::win32(e, op, utf8(path));
-}
+[[noreturn]] void fail(const char* op, const std::wstring& path) { win::throw_last(op, path); }
 
 std::wstring child(const std::wstring& folder, const std::string& rel) {
-    std::wstring r = wide(rel);
+    std::wstring r = widen(rel);
     std::replace(r.begin(), r.end(), L'/', L'\\');
     return folder + L"\\" + r;
 }
@@ -55,27 +40,6 @@ HANDLE open(const std::wstring& path, DWORD access, DWORD disposition) {
                            FILE_FLAG_BACKUP_SEMANTICS, nullptr);
     if (h == INVALID_HANDLE_VALUE) fail("CreateFileW", path);
     return h;
-}
-
-FileTimes times_of(HANDLE h, const std::wstring& path, std::uint32_t* attributes) {
-    FILE_BASIC_INFO bi{};
-    if (!GetFileInformationByHandleEx(h, FileBasicInfo, &bi, sizeof bi)) fail("GetFileInformationByHandleEx", path);
-    if (attributes) *attributes = bi.FileAttributes;
-    FileTimes t;
-    t.creation = bi.CreationTime.QuadPart;
-    t.last_access = bi.LastAccessTime.QuadPart;
-    t.last_write = bi.LastWriteTime.QuadPart;
-    t.change = bi.ChangeTime.QuadPart;
-    return t;
-}
-
-void set_times(HANDLE h, const FileTimes& t, const std::wstring& path) {
-    FILE_BASIC_INFO bi{};
-    bi.CreationTime.QuadPart = t.creation;
-    bi.LastAccessTime.QuadPart = t.last_access;
-    bi.LastWriteTime.QuadPart = t.last_write;
-    bi.ChangeTime.QuadPart = t.change;
-    if (!SetFileInformationByHandle(h, FileBasicInfo, &bi, sizeof bi)) fail("SetFileInformationByHandle", path);
 }
 
 std::string read_all(HANDLE h, const std::wstring& path) {
@@ -125,7 +89,7 @@ struct Staged {
 Staged read_staged(const std::wstring& path, const std::string& label) {
     OwnedHandle f{open(path, GENERIC_READ, OPEN_EXISTING)};
     Staged s;
-    s.times = times_of(f.h, path, nullptr);
+    s.times = win::get_times(f.h, path);
     std::string bytes = read_all(f.h, path);
     if (bytes.size() < 4) throw Error::invalid_layer("staged file shorter than its attributes", label, 0);
     s.attributes = static_cast<std::uint8_t>(bytes[0]) | (static_cast<std::uint8_t>(bytes[1]) << 8) |
@@ -189,7 +153,7 @@ std::vector<std::pair<std::wstring, bool>> list(const std::wstring& dir) {
         if (n != L"." && n != L"..") out.push_back({n, (fd.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) != 0});
     } while (FindNextFileW(f, &fd));
     FindClose(f);
-    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return utf8(a.first) < utf8(b.first); });
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return narrow(a.first) < narrow(b.first); });
     return out;
 }
 
@@ -202,7 +166,7 @@ void import_tree(const std::wstring& folder, const std::string& rel, LayerWriter
     bool hives = rel == "Hives" || rel.rfind("Hives/", 0) == 0;
     for (const auto& [name, is_dir] : list(dir)) {
         if (has_suffix(name, L".$wcidirs$")) continue;
-        std::string path = rel + "/" + utf8(name);
+        std::string path = rel + "/" + narrow(name);
         std::wstring full = dir + L"\\" + name;
         if (hives) {  // the hive data itself
             if (is_dir) throw Error::invalid_layer("a folder under Hives", path, -1);
@@ -210,7 +174,7 @@ void import_tree(const std::wstring& folder, const std::string& rel, LayerWriter
             LayerEntry e;
             e.path = path;
             e.type = EntryType::File;
-            e.times = times_of(f.h, full, &e.attributes);
+            e.times = win::get_times(f.h, full, &e.attributes);
             emit(writer, e, read_all(f.h, full));
             continue;
         }
@@ -237,7 +201,7 @@ void import_top(const std::wstring& folder, const std::string& name, LayerWriter
         LayerEntry e;
         e.path = name;
         e.type = EntryType::Directory;
-        e.times = times_of(f.h, dir, &e.attributes);
+        e.times = win::get_times(f.h, dir, &e.attributes);
         writer.add(e);
     }
     import_tree(folder, name, writer);
@@ -337,7 +301,7 @@ public:
         close_current();
         for (const auto& [dir, t] : dir_times_) {
             OwnedHandle d{open(dir, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING)};
-            set_times(d.h, t, dir);
+            win::set_basic_info(d.h, t, 0, dir);
         }
         if (!tombstones_.empty()) {
             std::wstring p = folder_ + L"\\tombstones.txt";
@@ -366,7 +330,7 @@ private:
     void close_current() {
         if (current_ == INVALID_HANDLE_VALUE) return;
         if (encoder_) encoder_->finish();
-        set_times(current_, times_, current_path_);
+        win::set_basic_info(current_, times_, 0, current_path_);
         CloseHandle(current_);
         current_ = INVALID_HANDLE_VALUE;
         encoder_.reset();

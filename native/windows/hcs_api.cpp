@@ -177,26 +177,32 @@ void destroy_layer(const DriverInfo& info, const std::string& id) {
     check(DestroyLayer(d.get(), wid.c_str()), "DestroyLayer", layer_folder(info, id));
 }
 
-void import_layer(const DriverInfo& info, const std::string& id, const std::string& folder,
-                  const LayerChain& parents) {
+namespace {
+
+using TransferCall = HRESULT(WINAPI*)(WinlayerDriverInfo*, PCWSTR, PCWSTR, WinlayerLayerDescriptor*, ULONG_PTR);
+
+// ImportLayer and ExportLayer: a layer, a folder and the parent chain.
+void transfer(TransferCall call, const char* operation, const DriverInfo& info, const std::string& id,
+              const std::string& folder, const LayerChain& parents) {
     ensure_available();
     Driver d(info);
     std::wstring wid = wide_id(info, id);
     std::wstring wfolder = win::hcs_path(folder);
     Descriptors layers(parents);
-    check(ImportLayer(d.get(), wid.c_str(), wfolder.c_str(), layers.data(), layers.count()), "ImportLayer",
+    check(call(d.get(), wid.c_str(), wfolder.c_str(), layers.data(), layers.count()), operation,
           layer_folder(info, id));
+}
+
+}  // namespace
+
+void import_layer(const DriverInfo& info, const std::string& id, const std::string& folder,
+                  const LayerChain& parents) {
+    transfer(&ImportLayer, "ImportLayer", info, id, folder, parents);
 }
 
 void export_layer(const DriverInfo& info, const std::string& id, const std::string& folder,
                   const LayerChain& parents) {
-    ensure_available();
-    Driver d(info);
-    std::wstring wid = wide_id(info, id);
-    std::wstring wfolder = win::hcs_path(folder);
-    Descriptors layers(parents);
-    check(ExportLayer(d.get(), wid.c_str(), wfolder.c_str(), layers.data(), layers.count()), "ExportLayer",
-          layer_folder(info, id));
+    transfer(&ExportLayer, "ExportLayer", info, id, folder, parents);
 }
 
 std::string get_layer_mount_path(const DriverInfo& info, const std::string& id) {

@@ -1,5 +1,9 @@
 #include "privileges.hpp"
 
+#include <map>
+#include <mutex>
+#include <string>
+
 #include "win_util.hpp"
 
 namespace winlayer::win {
@@ -29,11 +33,28 @@ ThreadPrivileges::ThreadPrivileges(bool restore) {
 
 ThreadPrivileges::~ThreadPrivileges() { undo(); }
 
+namespace {
+
+// LookupPrivilegeValueW asks the LSA; a privilege's LUID never changes, so ask once.
+LUID privilege_luid(const wchar_t* name) {
+    static std::mutex mutex;
+    static std::map<std::wstring, LUID> known;
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = known.find(name);
+    if (it != known.end()) return it->second;
+    LUID luid{};
+    if (!LookupPrivilegeValueW(nullptr, name, &luid)) throw_last("LookupPrivilegeValueW", narrow(name));
+    known.emplace(name, luid);
+    return luid;
+}
+
+}  // namespace
+
 void ThreadPrivileges::enable(const wchar_t* name, bool required) {
     TOKEN_PRIVILEGES tp{};
     tp.PrivilegeCount = 1;
     tp.Privileges[0].Attributes = SE_PRIVILEGE_ENABLED;
-    if (!LookupPrivilegeValueW(nullptr, name, &tp.Privileges[0].Luid)) throw_last("LookupPrivilegeValueW", narrow(name));
+    tp.Privileges[0].Luid = privilege_luid(name);
     TOKEN_PRIVILEGES prev{};
     DWORD prev_len = 0;
     if (!AdjustTokenPrivileges(token_, FALSE, &tp, sizeof prev, &prev, &prev_len))
