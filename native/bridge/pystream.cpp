@@ -196,11 +196,9 @@ public:
     py::bytes readall() {
         std::string all;
         std::vector<std::uint8_t> chunk(kPythonChunkSize);
-        for (;;) {
-            const std::size_t got = pull(chunk.data(), chunk.size(), true);
+        // Until pull() returns 0: only then has the producer's error, if any, been raised.
+        while (const std::size_t got = pull(chunk.data(), chunk.size(), true))
             all.append(reinterpret_cast<const char*>(chunk.data()), got);
-            if (got < chunk.size()) break;
-        }
         return py::bytes(all);
     }
 
@@ -270,6 +268,8 @@ void bind_pystream(py::module_& m) {
         .def("readable", [](const NativeStream&) { return true; })
         .def("seekable", [](const NativeStream&) { return false; })
         .def("writable", [](const NativeStream&) { return false; })
+        .def("isatty", [](const NativeStream&) { return false; })
+        .def("flush", [](const NativeStream&) {}, "Nothing to flush (read-only); io.BufferedReader calls it.")
         .def("close", &NativeStream::close, "Stop the producer and release its thread.")
         .def_property_readonly("closed", &NativeStream::closed)
         .def("__enter__", [](py::object self) { return self; })

@@ -21,7 +21,7 @@
 //     return make_native_stream([reader = ...](Sink& out) { export_layer_tar(*reader, out); });
 //
 //   returns a `_hcs.NativeStream`: a readable binary file object (read, readinto, readall,
-//   readable, seekable, writable, close, closed, context manager) usable with
+//   readable, seekable, writable, isatty, flush, close, closed, context manager) usable with
 //   shutil.copyfileobj and io.BufferedReader. The producer runs on its own thread
 //   writing into a bounded buffer; read() releases the GIL while it waits. When the
 //   producer throws, read() raises that error (translated as usual) once the data written

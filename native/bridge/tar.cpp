@@ -75,7 +75,7 @@ Scan read_tar(py::object source, bool payloads, bool record_split) {
         TarReader reader(*src, record_split ? &split : nullptr);
         Entry e;
         while (reader.next(e.header)) {
-            if (payloads) {
+            if (payloads && e.header.type == tar_type::kFile) {
                 std::string data;
                 data.reserve(static_cast<std::size_t>(e.header.size));
                 const std::uint8_t* view;
@@ -104,6 +104,80 @@ std::string tar_digest(py::object source) {
     }
     return reader.diff_id();
 }
+
+// A TarReader over a Python source, iterated from Python: next() and read() run without
+// the GIL.
+class PyTarReader {
+public:
+    PyTarReader(py::object source, bool record_split)
+        : source_(source_from_python(std::move(source))),
+          split_(record_split ? std::make_unique<TarSplitWriter>() : nullptr),
+          reader_(std::make_unique<TarReader>(*source_, split_.get())) {}
+
+    ~PyTarReader() {
+        // The reader refers to the source: destroy it first.
+        reader_.reset();
+        source_.reset();
+    }
+
+    Entry next() {
+        Entry e;
+        bool more;
+        {
+            py::gil_scoped_release nogil;
+            more = reader_->next(e.header);
+        }
+        if (!more) {
+            done_ = true;
+            throw py::stop_iteration();
+        }
+        return e;
+    }
+
+    py::bytes read(py::ssize_t size) {
+        std::string out;
+        {
+            py::gil_scoped_release nogil;
+            const std::uint64_t want = size < 0 ? reader_->remaining()
+                                                : std::min<std::uint64_t>(reader_->remaining(), static_cast<std::uint64_t>(size));
+            out.resize(static_cast<std::size_t>(want));
+            std::size_t got = 0;
+            while (got < out.size()) {
+                const std::size_t n = reader_->read(reinterpret_cast<std::uint8_t*>(&out[got]), out.size() - got);
+                got += n;
+            }
+        }
+        return py::bytes(out);
+    }
+
+    void skip() {
+        py::gil_scoped_release nogil;
+        reader_->skip();
+    }
+
+    std::string diff_id() const {
+        if (!done_) throw py::value_error("the diff ID is known once every entry has been read");
+        return reader_->diff_id();
+    }
+
+    py::object tar_split() {
+        if (!split_) return py::none();
+        if (!done_) throw py::value_error("the tar-split record is complete once every entry has been read");
+        if (!record_) record_ = split_->take();
+        return py::bytes(*record_);
+    }
+
+    std::uint64_t offset() const { return reader_->offset(); }
+    std::uint64_t remaining() const { return reader_->remaining(); }
+    py::list global_pax() const { return pax_list(reader_->global_records()); }
+
+private:
+    std::unique_ptr<Source> source_;
+    std::unique_ptr<TarSplitWriter> split_;
+    std::unique_ptr<TarReader> reader_;
+    std::optional<std::string> record_;
+    bool done_ = false;
+};
 
 class StringSink : public Sink {
 public:
@@ -166,6 +240,11 @@ public:
     }
 
     std::uint64_t bytes_written() const { return writer_->bytes_written(); }
+
+    py::bytes getvalue() const {
+        if (!memory_) throw py::value_error("getvalue() is for a writer into memory");
+        return py::bytes(memory_->out);
+    }
 
 private:
     std::unique_ptr<StringSink> memory_;
@@ -299,7 +378,22 @@ void bind_tar(py::module_& m) {
         .def("write", &PyTarWriter::write, py::arg("data"))
         .def("finish", &PyTarWriter::finish,
              "End the archive; returns its bytes when writing to memory, else None.")
+        .def("getvalue", &PyTarWriter::getvalue, "The bytes written so far (memory writer).")
         .def_property_readonly("bytes_written", &PyTarWriter::bytes_written);
+
+    py::class_<PyTarReader>(m, "TarReader",
+                            "Streaming tar reader: iterate for entries, read() their payload.")
+        .def(py::init<py::object, bool>(), py::arg("source"), py::kw_only(), py::arg("tar_split") = false)
+        .def("__iter__", [](py::object self) { return self; })
+        .def("__next__", &PyTarReader::next)
+        .def("read", &PyTarReader::read, py::arg("size") = -1,
+             "Read up to `size` bytes of the current entry's payload (all of it if negative).")
+        .def("skip", &PyTarReader::skip, "Skip the rest of the current payload.")
+        .def_property_readonly("offset", &PyTarReader::offset)
+        .def_property_readonly("remaining", &PyTarReader::remaining)
+        .def_property_readonly("global_pax", &PyTarReader::global_pax)
+        .def_property_readonly("diff_id", &PyTarReader::diff_id)
+        .def_property_readonly("tar_split", &PyTarReader::tar_split);
 
     m.def("tar_split_rebuild", &tar_split_rebuild, py::arg("tar_split"), py::arg("open_payload"),
           "Stream the original tar rebuilt from its tar-split record; open_payload(name, size) "

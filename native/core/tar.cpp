@@ -338,6 +338,11 @@ void TarReader::parse_pax(const std::string& data, std::uint64_t data_at,
     }
 }
 
+std::string TarReader::peek_name() {
+    if (!fill(kTarBlockSize) || is_zero_block(buffer_.get() + pos_)) return {};
+    return field_string(buffer_.get() + pos_, kName);
+}
+
 void TarReader::finish_stream() {
     // Whatever follows the end-of-archive blocks is part of the stream (and its digest).
     for (;;) {
@@ -413,6 +418,10 @@ bool TarReader::next(TarHeader& h) {
             const char* what = available() == 0 && !pending.any
                                    ? "truncated archive: missing end-of-archive block"
                                    : "truncated header";
+            if (guess.empty()) {
+                const char* p = reinterpret_cast<const char*>(buffer_.get() + pos_);
+                guess.assign(p, strnlen(p, std::min(available(), kName.len)));
+            }
             fail(what, guess, header_at);
         }
         std::memcpy(block, buffer_.get() + pos_, kTarBlockSize);
@@ -449,6 +458,12 @@ bool TarReader::next(TarHeader& h) {
                                : type == 'L' ? "GNU long name"
                                              : "GNU long link name";
             std::string data = read_extension(static_cast<std::uint64_t>(size), header_at, guess, what);
+            // The entry this header belongs to is named by the next header, when it is
+            // already buffered: a better name for errors than "././@PaxHeader".
+            if (!pending.has_long_name && guess == field_string(block, kName)) {
+                std::string next = peek_name();
+                if (!next.empty()) guess = std::move(next);
+            }
             if (type == 'g') {
                 std::vector<PaxRecord> records;
                 parse_pax(data, data_at, guess, records);

@@ -159,6 +159,7 @@ private:
                    std::vector<PaxRecord>& out);
     void build_header(const std::uint8_t* block, std::uint64_t header_at,
                       const std::string& guess, Pending& pending, TarHeader& h);
+    std::string peek_name();
     void finish_stream();
 
     Source& source_;

@@ -1,7 +1,8 @@
 // tar-split: the record of every byte of a tar that is not file payload, so that the
 // original tar can be rebuilt byte for byte from the record plus the stored payloads
 // (what keeps an exported layer's diffID equal to the imported one). TarReader feeds a
-// TarSplitWriter while it reads; rebuild_layer_tar (layer_tar.hpp) replays the record.
+// TarSplitWriter while it reads; rebuild_layer_tar (declared in layer_tar.hpp, defined in
+// tar_split.cpp) replays the record.
 //
 // Format, version 1 (all integers unsigned LEB128 varints unless noted):
 //   magic    "WLTS" 0x01                        (4 bytes + version byte)
