@@ -285,7 +285,7 @@ def test_whiteouts() -> None:
         ({"pax": [("MSWINDOWS.fileattr", "abc")]}, "MSWINDOWS.fileattr is not a 32-bit decimal"),
         ({"pax": [("MSWINDOWS.fileattr", "4294967296")]}, "MSWINDOWS.fileattr is not a 32-bit"),
         ({"pax": [("MSWINDOWS.fileattr", "-1")]}, "MSWINDOWS.fileattr is not a 32-bit"),
-        ({"pax": [("MSWINDOWS.fileattr", "48")]}, "file has FILE_ATTRIBUTE_DIRECTORY"),
+        ({"pax": [("MSWINDOWS.fileattr", "48")]}, "a file with FILE_ATTRIBUTE_DIRECTORY"),
         ({"pax": [("MSWINDOWS.rawsd", "not base64!")]}, "MSWINDOWS.rawsd is not valid base64"),
         ({"pax": [("MSWINDOWS.rawsd", "AQA=")]}, "MSWINDOWS.rawsd: malformed security descriptor"),
         ({"pax": [("MSWINDOWS.sd", "O:BAS:(AU;;FA;;;WD)")]}, "SACLs (S:) are not supported"),
@@ -307,7 +307,7 @@ def test_whiteouts() -> None:
         ({"mtime": -11644473601}, "mtime before 1601"),
         (
             {"type": "5", "pax": [("MSWINDOWS.fileattr", "32")]},
-            "directory lacks FILE_ATTRIBUTE_DIRECTORY",
+            "a directory without FILE_ATTRIBUTE_DIRECTORY",
         ),
         (
             {"type": "2", "linkname": "rel", "pax": [("MSWINDOWS.mountpoint", "")]},
@@ -319,7 +319,7 @@ def test_whiteouts() -> None:
                 "linkname": "C:\\x",
                 "pax": [("MSWINDOWS.mountpoint", ""), ("MSWINDOWS.fileattr", "32")],
             },
-            "must have the directory attribute",
+            "a junction without FILE_ATTRIBUTE_DIRECTORY",
         ),
     ],
 )
@@ -549,6 +549,11 @@ def test_export_then_import_gives_the_same_entries() -> None:
         ([{"path": "root/x", "type": "file"}], "outside the layer's top-level folders"),
         ([{"path": "Files/a:s", "type": "alternate_stream"}], "does not follow its file"),
         ([{"path": "Files/CON", "type": "directory"}], "reserved Windows device name"),
+        ([{"path": "Files", "type": "directory"}], "a directory without FILE_ATTRIBUTE_DIRECTORY"),
+        (
+            [{"path": "Files/s", "type": "symlink", "attributes": 0x20, "link_target": "x"}],
+            "a symlink without FILE_ATTRIBUTE_REPARSE_POINT",
+        ),
         ([{"path": "Files/l", "type": "hard_link", "link_target": "../x"}], "'..' path component"),
         ([{"path": "Files", "type": "whiteout"}], "whiteout of a top-level folder"),
         (

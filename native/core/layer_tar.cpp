@@ -112,6 +112,22 @@ bool parse_u32(const std::string& v, std::uint32_t& out) {
     return true;
 }
 
+// Why an entry's attributes contradict its type (import and export refuse both), or "".
+std::string attributes_problem(const LayerEntry& e) {
+    bool dir = (e.attributes & kAttrDirectory) != 0;
+    switch (e.type) {
+    case EntryType::Directory:
+        return dir ? "" : "a directory without FILE_ATTRIBUTE_DIRECTORY";
+    case EntryType::File:
+        return dir ? "a file with FILE_ATTRIBUTE_DIRECTORY" : "";
+    case EntryType::Symlink:
+        if (!(e.attributes & kAttrReparsePoint)) return "a symlink without FILE_ATTRIBUTE_REPARSE_POINT";
+        return e.mount_point && !dir ? "a junction without FILE_ATTRIBUTE_DIRECTORY" : "";
+    default:
+        return "";
+    }
+}
+
 std::string base_name(const std::string& path) {
     std::size_t slash = path.rfind('/');
     return slash == std::string::npos ? path : path.substr(slash + 1);
@@ -374,16 +390,12 @@ void LayerTarImporter::State::metadata() {
         });
         if (!have_attributes) entry.attributes = mount_point ? kAttrDirectory : kAttrArchive;
         entry.attributes |= kAttrReparsePoint;
-        if (mount_point && !(entry.attributes & kAttrDirectory))
-            invalid("a junction (MSWINDOWS.mountpoint) must have the directory attribute");
     } else {
         if (mount_point) invalid("MSWINDOWS.mountpoint on an entry that is not a symlink");
-        bool dir = entry.type == EntryType::Directory;
-        if (!have_attributes) entry.attributes = dir ? kAttrDirectory : kAttrArchive;
-        if (dir != ((entry.attributes & kAttrDirectory) != 0))
-            invalid(dir ? "MSWINDOWS.fileattr of a directory lacks FILE_ATTRIBUTE_DIRECTORY"
-                        : "MSWINDOWS.fileattr of a file has FILE_ATTRIBUTE_DIRECTORY");
+        if (!have_attributes) entry.attributes = entry.type == EntryType::Directory ? kAttrDirectory : kAttrArchive;
     }
+    std::string problem = attributes_problem(entry);
+    if (!problem.empty()) invalid("MSWINDOWS.fileattr: " + problem);
 }
 
 void LayerTarImporter::State::pump() {
@@ -500,6 +512,8 @@ private:
     }
 
     void windows_records(const LayerEntry& e, TarHeader& h) const {
+        std::string problem = attributes_problem(e);
+        if (!problem.empty()) invalid(problem);
         h.pax.push_back({"MSWINDOWS.fileattr", std::to_string(e.attributes)});
         if (!e.security_descriptor.empty()) {
             try {
