@@ -298,6 +298,9 @@ void scenario(const char* label, const std::wstring& home_long) {
         b.create_layer(f.info, "empty", "base");
         CHECK(calls(L"CreateLayer") == creates + 1);
         CHECK(b.layer_exists(f.info, "empty"));
+        b.destroy_layer(f.info, "empty");
+        b.create_layer(f.info, "empty", f.base_folder);  // the parent named by its folder
+        CHECK(b.layer_exists(f.info, "empty"));
         CHECK(expect_error([&] { b.create_layer(f.info, "empty", "base"); }).kind == ErrorKind::Win32);  // exists
         b.destroy_layer(f.info, "empty");
         CHECK(!b.layer_exists(f.info, "empty"));
@@ -368,7 +371,7 @@ void scenario(const char* label, const std::wstring& home_long) {
 
     test((prefix + "sandbox: create, prepare, mount path, write, export the diff").c_str(), [&] {
         LayerChain chain = {hcs::layer_folder(f.info, "layer1"), f.base_folder};
-        b.create_sandbox_layer(f.info, "sbx", "layer1", chain);
+        b.create_sandbox_layer(f.info, "sbx", chain.front(), chain);  // as the driver passes it
         CHECK(b.layer_exists(f.info, "sbx"));
         long expands = calls(L"ExpandSandboxSize");
         b.expand_sandbox_size(f.info, "sbx", std::uint64_t(20) << 30);

@@ -146,21 +146,26 @@ void create_layer(const DriverInfo& info, const std::string& id, const std::stri
     ensure_available();
     Driver d(info);
     std::wstring wid = wide_id(info, id);
-    std::wstring wparent = parent_id.empty() ? std::wstring() : wide_id(info, parent_id);
+    // The parent: a layer id in the home, or already a layer folder's path.
+    std::wstring wparent;
+    if (!parent_id.empty())
+        wparent = parent_id.find_first_of("\\/:") == std::string::npos ? wide_id(info, parent_id)
+                                                                         : win::hcs_path(parent_id);
     check(CreateLayer(d.get(), wid.c_str(), parent_id.empty() ? nullptr : wparent.c_str()), "CreateLayer",
           layer_folder(info, id));
 }
 
-void create_sandbox_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id,
+// The sandbox's parents are the descriptors; like hcsshim, parentId is passed NULL
+// (`parent_id` is parents.front() for the callers of the contract).
+void create_sandbox_layer(const DriverInfo& info, const std::string& id, const std::string& /*parent_id*/,
                           const LayerChain& parents) {
     ensure_available();
+    if (parents.empty()) throw Error(ErrorKind::InvalidArgument, "a sandbox layer needs its parent chain");
     Driver d(info);
     std::wstring wid = wide_id(info, id);
-    std::wstring wparent = parent_id.empty() ? std::wstring() : wide_id(info, parent_id);
     Descriptors layers(parents);
-    check(CreateSandboxLayer(d.get(), wid.c_str(), parent_id.empty() ? nullptr : wparent.c_str(),
-                             layers.data(), layers.count()),
-          "CreateSandboxLayer", layer_folder(info, id));
+    check(CreateSandboxLayer(d.get(), wid.c_str(), nullptr, layers.data(), layers.count()), "CreateSandboxLayer",
+          layer_folder(info, id));
 }
 
 void expand_sandbox_size(const DriverInfo& info, const std::string& id, std::uint64_t size) {

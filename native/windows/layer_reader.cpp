@@ -49,7 +49,9 @@ void scan(const std::wstring& root, const std::string& rel, std::vector<Item>& o
         std::wstring n = fd.cFileName;
         if (n == L"." || n == L".." || ends_with(n, L".$wcidirs$")) continue;
         std::string path = rel.empty() ? narrow(n) : rel + "/" + narrow(n);
-        if (rel.empty() && n == L"tombstones.txt") continue;
+        // At the top only the layer's folders: tombstones.txt and anything else HCS keeps
+        // there are not layer content.
+        if (rel.empty() && n != L"Files" && n != L"Hives" && n != L"UtilityVM") continue;
         bool is_dir = (fd.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) != 0;
         if (is_dir && ntfs_fold(path) == ntfs_fold("Files/$Recycle.Bin")) continue;
         here.push_back({path, is_dir && !(fd.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT)});
@@ -191,15 +193,15 @@ public:
     }
 
     bool next(LayerEntry& entry) override {
-        pump_.reset();
         entry = LayerEntry{};
         if (stream_ + 1 < meta_.streams.size()) {  // the current file's next alternate stream
             const Metadata::Stream& s = meta_.streams[++stream_];
             entry.path = current_ + ":" + s.name;
             entry.type = EntryType::AlternateStream;
             entry.size = s.size;
-            return true;
+            return true;  // the pump goes on with the same file
         }
+        pump_.reset();
         meta_ = Metadata{};
         stream_ = 0;
         if (!pending_whiteouts_.empty()) {  // right after their parent directory

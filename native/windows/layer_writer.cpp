@@ -48,6 +48,14 @@ std::uint32_t entry_attributes(const LayerEntry& e) {
     return a;
 }
 
+// The part of the attributes FILE_BASIC_INFO can set; the rest follows from the
+// file's kind and streams.
+std::uint32_t settable(std::uint32_t attributes) {
+    return attributes & ~static_cast<std::uint32_t>(FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT |
+                                                    FILE_ATTRIBUTE_SPARSE_FILE | FILE_ATTRIBUTE_COMPRESSED |
+                                                    FILE_ATTRIBUTE_ENCRYPTED);
+}
+
 void check_path(const std::string& path) {
     std::string problem = layer_path_problem(path);
     if (!problem.empty()) throw Error::invalid_layer(problem, path, -1);
@@ -243,7 +251,7 @@ public:
     void abort() noexcept override {
         if (done_) return;
         done_ = true;
-        cur_ = Current{};
+        { Current dead = std::move(cur_); }  // its handle closes last
         staging_.reset();
         if (imported_) {
             try {
@@ -363,7 +371,7 @@ private:
         cur_.path = entry.path;
         cur_.file = target;
         cur_.times = entry.times;
-        cur_.attributes = entry_attributes(entry);
+        cur_.attributes = settable(entry_attributes(entry));
         cur_.restore = std::make_unique<BackupWriteSink>(cur_.handle.get(), target, true);
         cur_.encoder = std::make_unique<BackupStreamEncoder>(*cur_.restore);
         cur_.encoder->begin(entry);
