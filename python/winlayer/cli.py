@@ -320,6 +320,19 @@ def _verify(args: argparse.Namespace) -> None:
     emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
 
 
+@command(
+    "pack",
+    "turn a directory into a Windows layer tar (deterministic, default Windows metadata)",
+    Arg("dir"),
+    Arg("-o", "--output", metavar="FILE", required=True, help="the layer tar to write"),
+)
+def _pack(args: argparse.Namespace) -> None:
+    from .pack import pack_directory
+
+    diff_id = pack_directory(args.dir, args.output)
+    emit(args, {"output": args.output, "diff_id": diff_id}, f"{args.output}  {diff_id}")
+
+
 @command("gc", "sweep what crashed operations left behind")
 def _gc(args: argparse.Namespace) -> None:
     swept = open_driver(args).cleanup()

@@ -1,0 +1,132 @@
+"""A plain directory -> a Windows layer tar, so that any build machine can make one.
+
+The directory becomes the container's ``C:\\`` (the layer's ``Files/``); an empty
+``Hives/`` is added, as Linux-side layer writers do. Every entry gets the default Windows
+metadata that the portable backend gives new files of a sandbox:
+
+- attributes 16 (directory) or 32 (archive) for files;
+- the security descriptor ``O:BAG:BA`` (owner and group: BUILTIN\\Administrators);
+- all four Windows times (creation, last access, last write, change) set to the file's
+  modification time, so that packing the same tree twice gives the same bytes;
+- a symbolic link becomes a Windows symlink (its target with backslashes); files that share
+  an inode become a hard-link group (the first name in sorted order holds the data).
+
+Entries are written in canonical order (a directory before its children, byte order) by
+the native deterministic PAX writer, and the result is checked with the same validation as
+an import before it is kept: a name Windows cannot hold fails naming the entry.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import _hcs
+from .layertar import list_layer_tar
+
+# Self-relative security descriptor O:BAG:BA, base64 (MSWINDOWS.rawsd).
+DEFAULT_SD = "AQAAgBQAAAAkAAAAAAAAAAAAAAABAgAAAAAABSAAAAAgAgAAAQIAAAAAAAUgAAAAIAIAAA=="
+ATTR_DIRECTORY = 16
+ATTR_ARCHIVE = 32
+_CHUNK = 1 << 20
+
+
+def pack_directory(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> str:
+    """Write the layer tar of directory `source` to `output`; return its diffID.
+
+    `output` is replaced only once the whole tar is written and validated.
+    """
+    root = Path(source)
+    if not root.is_dir():
+        raise NotADirectoryError(20, "not a directory", str(root))
+    out = Path(output)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        writer = _hcs.TarWriter(str(partial))
+        _add_dir(writer, "Files", root.stat().st_mtime_ns)
+        seen_inodes: dict[tuple[int, int], str] = {}
+        for name, path, st in _walk(root):
+            _add(writer, "Files/" + name, path, st, seen_inodes)
+        _add_dir(writer, "Hives", root.stat().st_mtime_ns)
+        writer.finish()
+        with list_layer_tar(str(partial)) as listing:
+            for _entry in listing:
+                pass
+            diff_id = listing.diff_id
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    assert diff_id is not None
+    return diff_id
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(layer-relative name, path, lstat) of everything under `root`, parents first, in
+    byte order of the names (the canonical layer order)."""
+    entries = sorted(os.scandir(root), key=lambda e: os.fsencode(e.name))
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        yield entry.name, Path(entry.path), st
+        if stat.S_ISDIR(st.st_mode):
+            for name, path, child in _walk(Path(entry.path)):
+                yield f"{entry.name}/{name}", path, child
+
+
+def _times(mtime_ns: int) -> tuple[int, int]:
+    return divmod(mtime_ns, 1_000_000_000)
+
+
+def _pax(attributes: int, mtime_ns: int) -> list[tuple[str | bytes, str | bytes]]:
+    sec, nsec = _times(mtime_ns)
+    creation = f"{sec}.{nsec:09d}".rstrip("0").rstrip(".")
+    return [
+        ("LIBARCHIVE.creationtime", creation),
+        ("MSWINDOWS.fileattr", str(attributes)),
+        ("MSWINDOWS.rawsd", DEFAULT_SD),
+    ]
+
+
+def _add_dir(writer: _hcs.TarWriter, name: str, mtime_ns: int) -> None:
+    t = _times(mtime_ns)
+    writer.add(
+        name, "5", mode=0o40000, mtime=t, atime=t, ctime=t, pax=_pax(ATTR_DIRECTORY, mtime_ns)
+    )
+
+
+def _add(
+    writer: _hcs.TarWriter,
+    name: str,
+    path: Path,
+    st: os.stat_result,
+    seen_inodes: dict[tuple[int, int], str],
+) -> None:
+    t = _times(st.st_mtime_ns)
+    if stat.S_ISDIR(st.st_mode):
+        _add_dir(writer, name, st.st_mtime_ns)
+    elif stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path).replace("/", "\\")
+        attrs = ATTR_ARCHIVE | 0x400  # REPARSE_POINT
+        pax = _pax(attrs, st.st_mtime_ns)
+        writer.add(name, "2", mode=0o120000, linkname=target, mtime=t, atime=t, ctime=t, pax=pax)
+    elif stat.S_ISREG(st.st_mode):
+        inode = (st.st_dev, st.st_ino)
+        first = seen_inodes.get(inode) if st.st_nlink > 1 else None
+        if first is not None:
+            writer.add(name, "1", mode=0o100000, linkname=first, mtime=t)
+            return
+        seen_inodes[inode] = name
+        pax = _pax(ATTR_ARCHIVE, st.st_mtime_ns)
+        writer.add(name, "0", size=st.st_size, mode=0o100000, mtime=t, atime=t, ctime=t, pax=pax)
+        with open(path, "rb") as f:
+            written = 0
+            while chunk := f.read(_CHUNK):
+                writer.write(chunk[: st.st_size - written])
+                written += len(chunk)
+                if written >= st.st_size:
+                    break
+        if written < st.st_size:
+            raise OSError(f"{path} shrank while it was being packed")
+    else:
+        raise ValueError(f"cannot pack {path}: only files, folders and symlinks fit a layer")

@@ -1,0 +1,206 @@
+"""The layer commands, run as a user runs them: a subprocess per command."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .layerbuild import base_layer, d, f, layer_tar
+
+
+class Cli:
+    def __init__(self, home: Path, base_images: Path) -> None:
+        self.env = {**os.environ, "WINLAYER_BASE_IMAGES": str(base_images)}
+        self.env.pop("WINLAYER_BACKEND", None)
+        self.home = home
+
+    def __call__(
+        self, *args: str, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "winlayer", "--home", str(self.home), *args],
+            input=stdin,
+            capture_output=True,
+            env=self.env,
+            check=False,
+            timeout=120,
+        )
+
+    def json(self, *args: str) -> object:
+        result = self("--json", *args)
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "home", tmp_path / "base")
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_import_ls_inspect_export_rm(cli: Cli, tmp_path: Path) -> None:
+    tar = base_layer()
+    src = tmp_path / "base.tar.gz"
+    src.write_bytes(gzip.compress(tar))
+    result = cli.json("import", "base", str(src), "--digest", _sha(tar))
+    assert result == {"id": "base", "parent": None, "size": 1075, "diff_id": _sha(tar)}
+    child = layer_tar([d("Files"), f("Files/app.exe", b"MZ")])
+    piped = cli("import", "app", "-", "--parent", "base", stdin=child)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.decode().split() == ["app", _sha(child), "2", "B"]
+
+    layers = cli.json("ls")
+    assert layers == [
+        {"id": "app", "parent": "base", "size": 2, "read_write": False},
+        {"id": "base", "parent": None, "size": 1075, "read_write": False},
+    ]
+    text = cli("ls").stdout.decode().splitlines()
+    assert text[0].split() == ["ID", "PARENT", "SIZE", "MODE"]
+    assert text[1].split()[:2] == ["app", "base"]
+
+    info = cli.json("inspect", "app")
+    assert isinstance(info, dict)
+    assert info["diff_id"] == _sha(child)
+    assert info["parents"] == [str(cli.home / "base")]
+
+    out = tmp_path / "app-original.tar"
+    assert cli("export", "app", "-o", str(out), "--original").returncode == 0
+    assert out.read_bytes() == child
+    assert not Path(f"{out}.partial").exists()
+    piped_out = cli("export", "app")
+    assert piped_out.returncode == 0
+    with tarfile.open(fileobj=io.BytesIO(piped_out.stdout)) as exported:
+        assert exported.getnames() == ["Files", "Files/app.exe"]
+
+    assert cli.json("changes", "app") == [
+        {"path": "Files", "kind": "C"},  # the tar declares Files/ again: its metadata
+        {"path": "Files/app.exe", "kind": "A"},
+    ]
+    assert cli.json("du", "app") == {"id": "app", "size": 2}
+    assert cli.json("verify", "app", "base") == {"app": _sha(child), "base": _sha(tar)}
+
+    refused = cli("rm", "base")
+    assert refused.returncode == 1
+    assert b"parent of app" in refused.stderr
+    assert cli("rm", "app", "base").returncode == 0
+    assert cli.json("ls") == []
+
+
+def test_mount_outlives_the_command(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "base.tar"
+    src.write_bytes(base_layer())
+    assert cli("import", "base", str(src)).returncode == 0
+    assert cli("create", "ctr", "--parent", "base", "--read-write", "--size", "1G").returncode == 0
+    mounted = cli("mount", "ctr")
+    assert mounted.returncode == 0, mounted.stderr
+    root = Path(mounted.stdout.decode().strip())
+    assert (root / "Windows" / "win.ini").exists()
+    (root / "hello.txt").write_text("hi")
+    assert cli.json("inspect", "ctr")["mounts"] == 1  # type: ignore[index]
+    assert cli("rm", "ctr").returncode == 1  # in use
+    assert cli("unmount", "ctr").returncode == 0
+    # as `docker diff` shows it: the folder that changed, and the file added in it
+    assert cli.json("changes", "ctr") == [
+        {"path": "Files", "kind": "C"},
+        {"path": "Files/hello.txt", "kind": "A"},
+    ]
+    again = cli("unmount", "ctr")
+    assert again.returncode == 1
+    assert b"not mounted" in again.stderr
+
+
+def test_pack_then_import(cli: Cli, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("a")
+    (tree / "b.bin").write_bytes(b"\0" * 100)
+    os.link(tree / "b.bin", tree / "c.bin")
+    out1, out2 = tmp_path / "1.tar", tmp_path / "2.tar"
+    packed = cli.json("pack", str(tree), "-o", str(out1))
+    assert cli("pack", str(tree), "-o", str(out2)).returncode == 0
+    assert out1.read_bytes() == out2.read_bytes()  # deterministic
+    assert isinstance(packed, dict)
+    assert packed["diff_id"] == _sha(out1.read_bytes())
+    listing = cli.json("tar", "ls", str(out1))
+    assert isinstance(listing, dict)
+    kinds = {e["path"]: e["type"] for e in listing["entries"]}
+    assert kinds["Files/c.bin"] == "hard_link"
+    assert kinds["Hives"] == "directory"
+    imported = cli.json("import", "packed", str(out1))
+    assert imported["diff_id"] == packed["diff_id"]  # type: ignore[index]
+
+
+def test_pack_rejects_names_windows_cannot_hold(cli: Cli, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "aux.txt").write_text("x")
+    out = tmp_path / "x.tar"
+    result = cli("pack", str(tree), "-o", str(out))
+    assert result.returncode == 1
+    assert b"aux.txt" in result.stderr
+    assert not out.exists()
+    assert not Path(f"{out}.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["import", "x", "/no/such/file.tar"], 1, b"No such file"),
+        (["export", "nope", "-o", "/tmp/nope.tar"], 1, b"layer not found: 'nope'"),
+        (["import", "x"], 2, b"usage"),
+        (["create", "a", "--size", "huge"], 1, b"invalid size"),
+        (["mount"], 2, b"usage"),
+        (["images"], 2, b"usage"),
+    ],
+)
+def test_failures_are_one_clear_line(cli: Cli, args: list[str], code: int, message: bytes) -> None:
+    result = cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert result.stdout == b""
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_layer_names_entry_and_offset(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "evil.tar"
+    src.write_bytes(layer_tar([d("Files"), f("Files/../../x", b"x")]))
+    result = cli("import", "evil", str(src))
+    assert result.returncode == 1
+    line = result.stderr.decode().strip()
+    assert "Files/../../x" in line
+    assert "offset" in line
+    verbose = cli("-v", "import", "evil", str(src))
+    assert b"Traceback" in verbose.stderr
+
+
+def test_export_to_terminal_or_with_json_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "base.tar"
+    src.write_bytes(base_layer())
+    cli("import", "base", str(src))
+    result = cli("--json", "export", "base")
+    assert result.returncode == 2
+    assert b"--json" in result.stderr
+
+
+def test_gc_sweeps_leftovers(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "base.tar"
+    src.write_bytes(base_layer())
+    cli("import", "base", str(src))
+    cli("import", "gone", str(src))
+    os.replace(cli.home / "gone", cli.home / "gone-0-removing")
+    # opening the store sweeps; gc reports what a crash left (nothing now)
+    assert cli.json("gc") == {"swept": []}
+    assert sorted(p for p in os.listdir(cli.home) if not p.startswith(".")) == ["base"]
