@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import logging
 import sqlite3
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from winlayer import Driver, StoreCorrupt, WinlayerError
+from winlayer import Driver, InvalidLayer, LayerExists, StoreCorrupt, WinlayerError
 from winlayer.backend import load as load_backend
 from winlayer.chain import read_alt_id
 from winlayer.images import (
@@ -27,9 +29,12 @@ from winlayer.images import (
     Tagger,
     base_image_id,
     host_architecture,
+    install_base_image,
     restore_custom_images,
 )
 from winlayer.imagestore import IMAGE_DB, MIGRATIONS, SCHEMA_VERSION
+
+from .layerbuild import base_layer, d, layer_tar, link
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -435,3 +440,41 @@ def test_driver_method_delegates(
     store = stack.enter_context(winlayer.ImageStore(portable.home))
     assert portable.restore_custom_images(store, store) == [base_image_id("core")]
     assert portable.restore_custom_images(store, store) == []
+
+
+def test_install_base_image_then_restore(
+    portable: Driver, tmp_path: Path, stack: contextlib.ExitStack
+) -> None:
+    layer = base_layer()
+    path = install_base_image(
+        portable,
+        "ServerCore",
+        "10.0.1",
+        io.BytesIO(gzip.compress(layer)),
+        base_images=tmp_path / "base",
+    )
+    assert path == tmp_path / "base" / "ServerCore_10.0.1"
+    meta = json.loads((path / "image.json").read_text())
+    assert meta["Name"] == "ServerCore"
+    assert meta["Version"] == "10.0.1"
+    assert meta["Size"] > 0
+    assert (path / "Files" / "Windows" / "win.ini").read_bytes() == b"[fonts]\r\n"
+
+    store = stack.enter_context(ImageStore(portable.home))
+    assert restore_custom_images(portable, store, store) == [base_image_id("ServerCore_10.0.1")]
+    record = store.get("servercore:10.0.1")
+    assert record.size == meta["Size"]
+
+    with pytest.raises(LayerExists):
+        install_base_image(
+            portable, "ServerCore", "10.0.1", io.BytesIO(layer), base_images=tmp_path / "base"
+        )
+
+
+def test_failed_base_install_leaves_nothing(portable: Driver, tmp_path: Path) -> None:
+    bad = layer_tar([d("Files"), link("Files/a", "Files/missing")])
+    with pytest.raises(InvalidLayer):
+        install_base_image(portable, "core", "1", io.BytesIO(bad), base_images=tmp_path / "base")
+    assert [p.name for p in (tmp_path / "base").iterdir() if not p.name.startswith(".")] == []
+    with pytest.raises(ValueError, match="invalid tag"):
+        install_base_image(portable, "core", "-1", io.BytesIO(bad), base_images=tmp_path / "base")

@@ -18,11 +18,15 @@ import os
 import platform
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from . import chain
+from . import _hcs, chain
+from ._stream import open_layer
 from .archive import InvalidArchive, Progress, chain_ids, layer_id_for, load, save
-from .errors import WinlayerError
+from .backend import default_base_images
+from .driver import FLAVOURS, ProgressCallback, Source
+from .errors import BackendUnavailable, LayerExists, WinlayerError
 from .imagestore import (
     Image,
     ImageNotFound,
@@ -48,6 +52,7 @@ __all__ = [
     "base_image_id",
     "chain_ids",
     "host_architecture",
+    "install_base_image",
     "layer_id_for",
     "load",
     "parse_reference",
@@ -58,6 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BASE_IMAGE_OS = "windows"
+IMAGE_FILE = "image.json"  # a portable base image's metadata (native/portable/base_images.hpp)
 
 _GOARCH = {
     "x86_64": "amd64",
@@ -152,6 +158,60 @@ def restore_custom_images(driver: Driver, tagger: Tagger, recorder: Recorder) ->
         log.info("registered base image %s:%s as %s", name, version, image.id)
         registered.append(image.id)
     return registered
+
+
+def install_base_image(
+    driver: Driver,
+    name: str,
+    version: str,
+    source: Source,
+    *,
+    base_images: str | os.PathLike[str] | None = None,
+    created: datetime | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Install a base layer tar (path or stream; plain, gzip or zstd) as a base image of
+    the portable backend, as ``Install-ContainerImage`` once did on Windows; return its
+    folder. :func:`restore_custom_images` then registers it as ``lower(name):version``.
+
+    The folder is ``<base_images>/<name>_<version>`` (`base_images` defaults to
+    :func:`winlayer.backend.default_base_images`; pass the one the driver was opened
+    with), holding the layer and ``image.json``. A failed import leaves nothing behind.
+    """
+    if driver.backend != "portable":
+        raise BackendUnavailable(
+            "base images are installed by Windows itself for the hcs backend "
+            "(they come with the Containers feature); install-base is for the portable backend"
+        )
+    check_name(name.lower())
+    check_tag(version)
+    root = Path(base_images if base_images is not None else default_base_images()).absolute()
+    folder = f"{name}_{version}"
+    path = root / folder
+    if path.exists():
+        raise LayerExists(str(path), "base image already installed")
+    root.mkdir(parents=True, exist_ok=True)
+    info = _hcs.DriverInfo(FLAVOURS[driver.flavour], str(root))
+    stream, _ = open_layer(source)
+    try:
+        result = driver._backend.import_layer(info, folder, [], stream, None, progress)
+        when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        meta = {
+            "Name": name,
+            "Version": version,
+            "CreatedTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "Size": int(result.size),
+        }
+        chain._write_private(path / IMAGE_FILE, json.dumps(meta).encode())
+    except BaseException:
+        if driver._backend.layer_exists(info, folder):
+            driver._backend.destroy_layer(info, folder)
+        raise
+    finally:
+        if stream is not source and hasattr(stream, "close"):
+            stream.close()
+    log.info("installed base image %s:%s in %s", name, version, path)
+    return path
 
 
 def _base_image(entry: Any) -> tuple[Image, str, str, str]:
