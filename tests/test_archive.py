@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from winlayer import DigestMismatch, Driver, InvalidLayer
+from winlayer import DigestMismatch, Driver, InvalidLayer, WinlayerError
 from winlayer.images import (
     ImageNotFound,
     ImageStore,
@@ -675,3 +675,35 @@ def test_two_processes_load_the_same_archive(
     check_loaded(driver, store, [L1, L2, L3], config)
     assert len(driver.layers()) == 3
     assert len(store.images()) == 1
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"PK\x03\x04 a zip file" + bytes(600), gzip.compress(b"x" * 5000)]
+)
+def test_not_a_tar_archive(driver: Driver, store: ImageStore, tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(InvalidArchive):
+        load(driver, store, write(tmp_path, data))
+    assert_pristine(driver, store)
+
+
+def test_repo_tags_must_be_a_list(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    manifest = [{"Config": "c.json", "Layers": ["a.tar"], "RepoTags": "app:1"}]
+    data = make_tar(
+        [
+            ("a.tar", L1),
+            ("c.json", config_for([L1])),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]
+    )
+    with pytest.raises(InvalidArchive, match="RepoTags"):
+        load(driver, store, write(tmp_path, data))
+
+
+def test_save_refuses_a_host_base_image(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    from winlayer.images import Image
+
+    config = b'{"id":"x","os":"windows"}'
+    store.register(Image("b" * 64, config, "2024-01-01T00:00:00Z", "amd64", "windows", 0))
+    with pytest.raises(WinlayerError, match="host base image"):
+        save(driver, store, "b" * 64, tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists()

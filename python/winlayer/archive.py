@@ -208,9 +208,13 @@ class _SeekableArchive(_Archive):
             self._path, self._file = None, source
         self._lock = threading.Lock()  # guards the shared file's position
         self.index = _Index()
-        with tarfile.open(fileobj=self._file, mode="r:") as tar:
-            for info in tar:
-                self.index.add(info)
+        try:
+            with tarfile.open(fileobj=self._file, mode="r:") as tar:
+                for info in tar:
+                    self.index.add(info)
+        except tarfile.TarError as exc:
+            self.close()
+            raise InvalidArchive(f"not a valid tar archive ({exc})") from None
 
     def _read_small(self, member: _Member) -> bytes:
         with self._section(member) as f:
@@ -479,7 +483,10 @@ def _plan_docker(archive: _Archive) -> list[_ImagePlan]:
                 )
             blobs.append((archive.index.resolve(path, "manifest.json"), _blob_digest(path), None))
         plan = _image_plan(config, config_member, blobs)
-        plan.tags = [_tag_of(t, "manifest.json") for t in (_field(entry, "RepoTags") or [])]
+        repo_tags = _field(entry, "RepoTags") or []
+        if not isinstance(repo_tags, list):
+            raise InvalidArchive(f"{where} has RepoTags that are not a list", "manifest.json")
+        plan.tags = [_tag_of(t, "manifest.json") for t in repo_tags]
         plans.append(plan)
     return plans
 
