@@ -220,7 +220,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.images: dict[str, Image] = {}
         self.tags: dict[str, str] = {}
-        self.fail_tag = False
+        self.refuse: set[str] = set()  # names whose tagging fails
 
     def exists(self, image_id: str) -> bool:
         return image_id in self.images
@@ -229,21 +229,30 @@ class MemoryStore:
         self.images.setdefault(image.id, image)
 
     def tag(self, name: str, tag: str, image_id: str, *, force: bool = False) -> None:
-        if self.fail_tag:
+        if name in self.refuse:
             raise ValueError("tagging refused")
         self.tags[f"{name}:{tag}"] = image_id
 
 
+def driver_listing(tmp_path: Path, *names: str) -> Driver:
+    """A driver whose backend reports one base image (an existing folder) per name."""
+    entries = []
+    for name in names:
+        folder = tmp_path / "images" / name.lower()
+        folder.mkdir(parents=True)
+        entries.append(
+            {
+                "Name": name,
+                "Version": "2.0",
+                "Path": str(folder),
+                "CreatedTime": "2021-01-01T00:00:00Z",
+            }
+        )
+    return listed_driver(tmp_path, {"Images": entries})
+
+
 def test_restore_uses_only_the_protocols(tmp_path: Path) -> None:
-    folder = tmp_path / "images" / "core"
-    folder.mkdir(parents=True)
-    entry = {
-        "Name": "Core",
-        "Version": "2.0",
-        "Path": str(folder),
-        "CreatedTime": "2021-01-01T00:00:00Z",
-    }
-    drv = listed_driver(tmp_path, {"Images": [entry]})
+    drv = driver_listing(tmp_path, "Core")
     memory = MemoryStore()
     assert isinstance(memory, Tagger)
     assert isinstance(memory, Recorder)
@@ -253,18 +262,11 @@ def test_restore_uses_only_the_protocols(tmp_path: Path) -> None:
 
 
 def test_a_failing_tagger_skips_that_image_only(tmp_path: Path) -> None:
-    folder = tmp_path / "images" / "core"
-    folder.mkdir(parents=True)
-    entry = {
-        "Name": "Core",
-        "Version": "2.0",
-        "Path": str(folder),
-        "CreatedTime": "2021-01-01T00:00:00Z",
-    }
-    drv = listed_driver(tmp_path, {"Images": [entry]})
+    drv = driver_listing(tmp_path, "Core", "Nano")
     memory = MemoryStore()
-    memory.fail_tag = True
-    assert restore_custom_images(drv, memory, memory) == []
+    memory.refuse = {"core"}
+    assert restore_custom_images(drv, memory, memory) == [base_image_id("nano")]
+    assert memory.tags == {"nano:2.0": base_image_id("nano")}
 
 
 def test_image_store_implements_both_protocols(store: ImageStore) -> None:
