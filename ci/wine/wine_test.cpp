@@ -321,6 +321,15 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(read_file(link) == std::string(100000, 'N'));
         CHECK(b.tar_split(f.info, "layer1") == "tar-split-record");
         CHECK(!thread_impersonates());  // the privileges were for the import only
+        // Payloads of an original export come from the layer's own files.
+        auto store = b.payloads(f.info, "layer1", {f.base_folder});
+        auto src = store->open("Files/big.bin", kBigData.size());
+        std::string got;
+        std::uint8_t buf[65536];
+        for (std::size_t n; (n = src->read(buf, sizeof buf)) != 0;) got.append(reinterpret_cast<char*>(buf), n);
+        CHECK(got == kBigData);
+        CHECK(expect_error([&] { store->open("Files/big.bin", 7); }).kind == ErrorKind::StoreCorrupt);
+        CHECK(expect_error([&] { store->open("Files/../escape", 1); }).kind == ErrorKind::InvalidLayer);
     });
 
     test((prefix + "export: activate, ExportLayer, deactivate; entries round-trip").c_str(), [&] {
