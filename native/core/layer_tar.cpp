@@ -69,37 +69,6 @@ TarTime from_filetime(std::int64_t ticks) {
     return TarTime{sec - kEpochDeltaSeconds, static_cast<std::uint32_t>(rem * 100)};
 }
 
-// "[-]sec[.fraction]", as LIBARCHIVE.creationtime holds it.
-bool parse_time_value(const std::string& v, TarTime& out) {
-    std::size_t i = 0;
-    bool negative = !v.empty() && v[0] == '-';
-    if (negative) ++i;
-    std::size_t dot = v.find('.', i);
-    std::size_t whole_end = dot == std::string::npos ? v.size() : dot;
-    if (whole_end == i || whole_end - i > 18) return false;
-    std::int64_t sec = 0;
-    for (std::size_t k = i; k < whole_end; ++k) {
-        if (v[k] < '0' || v[k] > '9') return false;
-        sec = sec * 10 + (v[k] - '0');
-    }
-    std::uint32_t nsec = 0;
-    if (dot != std::string::npos) {
-        if (dot + 1 == v.size()) return false;
-        std::uint32_t scale = 100000000;
-        for (std::size_t k = dot + 1; k < v.size(); ++k) {
-            if (v[k] < '0' || v[k] > '9') return false;
-            nsec += static_cast<std::uint32_t>(v[k] - '0') * scale;
-            scale /= 10;
-        }
-    }
-    if (!negative || nsec == 0) {
-        out = TarTime{negative ? -sec : sec, nsec};
-    } else {
-        out = TarTime{-sec - 1, 1000000000u - nsec};
-    }
-    return true;
-}
-
 bool parse_u32(const std::string& v, std::uint32_t& out) {
     if (v.empty() || v.size() > 10) return false;
     std::uint64_t x = 0;
@@ -362,7 +331,7 @@ void LayerTarImporter::State::metadata() {
             }
         } else if (k == "LIBARCHIVE.creationtime") {
             TarTime t;
-            if (!parse_time_value(r.value, t) || !to_filetime(t, entry.times.creation))
+            if (!parse_pax_time(r.value, t) || !to_filetime(t, entry.times.creation))
                 invalid("LIBARCHIVE.creationtime is not a time after 1601");
             have_creation = true;
         }

@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "encoding.hpp"
 #include "error.hpp"
 #include "tar_split.hpp"
 
@@ -88,42 +89,6 @@ bool checksum_ok(const std::uint8_t* block, std::int64_t stored) {
     return stored == unsigned_sum || stored == signed_sum;
 }
 
-bool valid_utf8(const std::string& s) {
-    const auto* p = reinterpret_cast<const std::uint8_t*>(s.data());
-    const std::size_t n = s.size();
-    for (std::size_t i = 0; i < n;) {
-        const std::uint8_t c = p[i];
-        std::size_t len;
-        std::uint32_t cp;
-        if (c < 0x80) {
-            ++i;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            len = 2;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (i + len > n) return false;
-        for (std::size_t k = 1; k < len; ++k) {
-            if ((p[i + k] & 0xc0) != 0x80) return false;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 const char* type_description(char type) {
     switch (type) {
     case '3': return "character device";
@@ -158,6 +123,8 @@ bool parse_decimal(const std::string& v, std::int64_t& out) {
     return true;
 }
 
+}  // namespace
+
 // "[-]sec[.fraction]"; digits of the fraction past nanoseconds are dropped (the exact
 // text stays in the PAX records).
 bool parse_pax_time(const std::string& v, TarTime& out) {
@@ -187,6 +154,8 @@ bool parse_pax_time(const std::string& v, TarTime& out) {
     }
     return true;
 }
+
+namespace {
 
 // Keys whose meaning the reader applies (and the writer derives from TarHeader fields).
 bool is_field_key(const std::string& key) {
@@ -329,7 +298,7 @@ void TarReader::parse_pax(const std::string& data, std::uint64_t data_at,
         if (rec.key.find('\0') != std::string::npos) bad("NUL in key");
         if (rec.key == "path" || rec.key == "linkpath") {
             if (rec.value.find('\0') != std::string::npos) bad("NUL in " + rec.key);
-            if (!valid_utf8(rec.value)) bad(rec.key + " is not valid UTF-8");
+            if (!is_valid_utf8(rec.value)) bad(rec.key + " is not valid UTF-8");
         }
         if (rec.key.compare(0, 11, "GNU.sparse.") == 0)
             fail("sparse files are not supported (PAX record '" + rec.key + "')", entry_guess, at);
@@ -481,7 +450,7 @@ bool TarReader::next(TarHeader& h) {
                 parse_pax(data, data_at, guess, pending.pax);
             } else {
                 std::string value = data.substr(0, data.find('\0'));
-                if (!valid_utf8(value)) fail(std::string(what) + " is not valid UTF-8", guess, header_at);
+                if (!is_valid_utf8(value)) fail(std::string(what) + " is not valid UTF-8", guess, header_at);
                 (type == 'L' ? pending.long_name : pending.long_link) = std::move(value);
                 (type == 'L' ? pending.has_long_name : pending.has_long_link) = true;
             }

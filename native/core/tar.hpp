@@ -85,6 +85,9 @@ struct TarTime {
 
 // Formats a time as a PAX value: "sec" or "sec.fraction" with trailing zeros trimmed.
 std::string format_pax_time(const TarTime& t);
+// Parses a PAX time value, "[-]sec[.fraction]" (fraction digits past nanoseconds are
+// dropped); false when it is malformed or out of range.
+bool parse_pax_time(const std::string& value, TarTime& out);
 
 struct TarHeader {
     std::string name;      // final: PAX path > GNU 'L' > ustar prefix/name
