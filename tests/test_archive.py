@@ -88,8 +88,8 @@ def docker_save(
     config: bytes | None = None,
     layers_first: bool = True,
 ) -> tuple[bytes, bytes]:
-    """A docker save archive; `layout` "legacy" (<v1 id>/layer.tar, symlinked as Docker
-    does for a repeated layer) or "blobs" (blobs/sha256/<digest>, Docker 25)."""
+    """A docker save archive; `layout` "legacy" (<v1 id>/layer.tar, a symlink to the blob
+    as in the fixture) or "blobs" (blobs/sha256/<digest>, Docker 25)."""
     compression = compression or ["none"] * len(layers)
     config = config if config is not None else config_for(layers)
     blobs = [compress(layer, how) for layer, how in zip(layers, compression, strict=True)]
@@ -99,7 +99,8 @@ def docker_save(
         if layout == "legacy":
             v1 = hashlib.sha256(f"v1-{i}".encode()).hexdigest()
             members += [(f"{v1}/VERSION", b"1.0"), (f"{v1}/json", b"{}")]
-            members.append((f"{v1}/layer.tar", blob))
+            members.append((f"{sha(blob)[7:]}.tar", blob))
+            members.append((f"{v1}/layer.tar", ("symlink", f"../{sha(blob)[7:]}.tar")))
             paths.append(f"{v1}/layer.tar")
         else:
             path = f"blobs/sha256/{sha(blob)[7:]}"
@@ -707,3 +708,18 @@ def test_save_refuses_a_host_base_image(driver: Driver, store: ImageStore, tmp_p
     with pytest.raises(WinlayerError, match="host base image"):
         save(driver, store, "b" * 64, tmp_path / "out.tar")
     assert not (tmp_path / "out.tar").exists()
+
+
+def test_symlink_loop_in_the_archive(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
+    manifest = [{"Config": "c.json", "Layers": ["x/layer.tar"]}]
+    data = make_tar(
+        [
+            ("x/layer.tar", ("symlink", "../y/layer.tar")),
+            ("y/layer.tar", ("symlink", "../x/layer.tar")),
+            ("c.json", config_for([L1])),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]
+    )
+    with pytest.raises(InvalidArchive, match="too many links"):
+        load(driver, store, write(tmp_path, data))
+    assert_pristine(driver, store)

@@ -332,8 +332,10 @@ class _StreamedArchive(_Archive):
         """Index a member and cache its data if it is small; False if it was not cached
         (call before anything else reads the data)."""
         self.index.add(info)
-        if data is None or info.size > METADATA_LIMIT or self._cached + info.size > _CACHE_LIMIT:
-            return data is None
+        if data is None:
+            return True
+        if info.size > METADATA_LIMIT or self._cached + info.size > _CACHE_LIMIT:
+            return False
         self.cache[_clean(info.name)] = data.read()
         self._cached += info.size
         return True
@@ -818,10 +820,9 @@ def _load_streamed(
         # A pipe is read once: small members are kept in memory, the rest in staging
         # files; then the layers are imported from those.
         for info, data in _stream_tar(f, compression):
-            if data is not None and not archive.note(info, data):
+            if not archive.note(info, data):
                 name = _clean(info.name)
                 spilled[name] = _spill(data, staging)
-                archive.index.members[name] = _Member(name, info.size, 0, "")
         plans = _plan(archive)
         _check_single(plans, tag)
         loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
