@@ -820,9 +820,9 @@ def _load_streamed(
         # A pipe is read once: small members are kept in memory, the rest in staging
         # files; then the layers are imported from those.
         for info, data in _stream_tar(f, compression):
-            if not archive.note(info, data):
-                name = _clean(info.name)
-                spilled[name] = _spill(data, staging)
+            cached = archive.note(info, data)
+            if data is not None and not cached:
+                spilled[_clean(info.name)] = _spill(data, staging)
         plans = _plan(archive)
         _check_single(plans, tag)
         loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
