@@ -2,7 +2,8 @@
 
 - :func:`restore_custom_images` registers the base images the backend reports (HCS's
   shared base images on Windows, the base-image directory of the portable backend) as
-  images, the way Docker's Windows driver did at start-up.
+  images, the way Docker's Windows driver did at start-up; :func:`install_base_image` puts
+  a base layer into the portable backend's base-image directory.
 - :class:`ImageStore` (:mod:`winlayer.imagestore`) is the default store; it implements
   the :class:`Tagger` and :class:`Recorder` protocols.
 - :func:`load` and :func:`save` (:mod:`winlayer.archive`) read and write ``docker save``
