@@ -15,7 +15,13 @@ import pytest
 
 from winlayer import DigestMismatch, InvalidLayer
 from winlayer import _hcs as h
-from winlayer.layertar import Account, LayerTarEntry, filetime_to_datetime, list_layer_tar
+from winlayer.layertar import (
+    Account,
+    LayerTarEntry,
+    LayerTarListing,
+    filetime_to_datetime,
+    list_layer_tar,
+)
 
 from .test_tar_reader import END, pax_header, record, ustar_block
 
@@ -578,3 +584,43 @@ def test_export_refuses_what_it_cannot_write(
     with pytest.raises(InvalidLayer, match="cannot export") as info:
         h.export_layer_entries(entries)
     assert message in info.value.reason
+
+
+def test_closing_early_stops_the_producer() -> None:
+    tar = build(FILES, *({"name": f"Files/f{i}", "data": b"x" * 100} for i in range(5000)))
+    listed = LayerTarListing(io.BytesIO(tar), batch_size=16)
+    it = iter(listed)
+    assert next(it).path == "Files"
+    listed.close()  # joins the producer thread, which is blocked on the full queue
+    assert listed.diff_id is None
+    abandoned = iter(LayerTarListing(io.BytesIO(tar), batch_size=16))
+    next(abandoned)
+    del abandoned  # garbage collection alone must not hang either
+
+
+class FailingStream(io.RawIOBase):
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        self._data = io.BytesIO(data)
+        self._fail_at = fail_at
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._data.tell() >= self._fail_at:
+            raise OSError(5, "device went away")
+        return self._data.readinto(memoryview(b)[:4096])
+
+
+def test_errors_of_a_python_stream_propagate_after_the_entries_before_them() -> None:
+    tar = build(FILES, *({"name": f"Files/f{i}", "data": b"x" * 1000} for i in range(100)))
+    seen: list[str] = []
+
+    def collect() -> None:
+        for entry in LayerTarListing(FailingStream(tar, 50_000), batch_size=8):
+            seen.append(entry.path)
+
+    with pytest.raises(OSError, match="device went away"):
+        collect()
+    assert 0 < len(seen) < 101
+    assert seen[0] == "Files"

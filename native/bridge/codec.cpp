@@ -4,6 +4,13 @@
 // rules) for tools and tests.
 #include <pybind11/stl.h>
 
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -39,9 +46,12 @@ const char* type_name(EntryType t) {
     return "file";
 }
 
+// Every EntryType, in enum order.
+constexpr EntryType kEntryTypes[] = {EntryType::Directory,       EntryType::File,     EntryType::Symlink,
+                                     EntryType::AlternateStream, EntryType::HardLink, EntryType::Whiteout};
+
 EntryType type_from_name(const std::string& s) {
-    for (EntryType t : {EntryType::Directory, EntryType::File, EntryType::Symlink, EntryType::AlternateStream,
-                        EntryType::HardLink, EntryType::Whiteout})
+    for (EntryType t : kEntryTypes)
         if (s == type_name(t)) return t;
     throw py::value_error("unknown entry type '" + s + "'");
 }
@@ -53,118 +63,183 @@ py::object sid_tuple(const std::optional<Sid>& sid) {
 
 // --- the lister ----------------------------------------------------------------------
 
-struct Listed {
-    LayerEntry entry;
-    std::optional<Sid> owner;
-    std::optional<Sid> group;
-};
-
 // A LayerWriter that keeps each entry's metadata (not its data) for the next batch.
 class ListingWriter : public LayerWriter {
 public:
+    explicit ListingWriter(const std::atomic<bool>& cancelled) : cancelled_(cancelled) {}
     void add(const LayerEntry& e) override {
-        Listed item{e, {}, {}};
-        if (!e.security_descriptor.empty()) {
-            auto it = owners_.find(e.security_descriptor);
-            if (it == owners_.end()) {
-                // Layers hold few distinct descriptors: parse each once.
-                if (owners_.size() > 4096) owners_.clear();
-                SecurityDescriptorInfo info = parse_security_descriptor(e.security_descriptor);
-                it = owners_.emplace(e.security_descriptor, std::make_pair(info.owner, info.group)).first;
-            }
-            item.owner = it->second.first;
-            item.group = it->second.second;
-        }
-        batch.push_back(std::move(item));
+        check();
+        batch.push_back(e);
     }
-    void write(const std::uint8_t*, std::size_t) override {}
+    // Data is not kept, but a long entry is where a cancelled listing should stop.
+    void write(const std::uint8_t*, std::size_t) override { check(); }
     void add_link(const std::string& path, const std::string& target) override {
-        Listed item;
-        item.entry.path = path;
-        item.entry.type = EntryType::HardLink;
-        item.entry.link_target = target;
-        batch.push_back(std::move(item));
+        LayerEntry& e = batch.emplace_back();
+        e.path = path;
+        e.type = EntryType::HardLink;
+        e.link_target = target;
     }
     void remove(const std::string& path) override {
-        Listed item;
-        item.entry.path = path;
-        item.entry.type = EntryType::Whiteout;
-        batch.push_back(std::move(item));
+        LayerEntry& e = batch.emplace_back();
+        e.path = path;
+        e.type = EntryType::Whiteout;
     }
     void commit(const CommitInfo& info) override { committed = info; }
     void abort() noexcept override {}
 
-    std::vector<Listed> batch;
+    std::vector<LayerEntry> batch;
     std::optional<CommitInfo> committed;
 
 private:
-    std::unordered_map<std::string, std::pair<std::optional<Sid>, std::optional<Sid>>> owners_;
+    void check() const {
+        if (cancelled_) throw Error(ErrorKind::Internal, "listing cancelled");
+    }
+    const std::atomic<bool>& cancelled_;
 };
 
+// Lists a layer tar: a producer thread runs the import (reading, hashing, validating,
+// without the GIL) into a bounded queue of batches while Python turns earlier batches
+// into objects, so the two overlap. At most kQueuedBatches batches wait at a time.
 class LayerTarLister {
 public:
-    LayerTarLister(py::object source, bool allow_parent_links, std::string expected_digest)
-        : source_(source_from_python(std::move(source))) {
+    LayerTarLister(py::object source, bool allow_parent_links, std::string expected_digest,
+                   std::size_t batch_size)
+        : source_(source_from_python(std::move(source))), batch_size_(batch_size), writer_(cancelled_) {
+        if (batch_size == 0) throw py::value_error("batch_size must be positive");
         options_.allow_parent_links = allow_parent_links;
         options_.expected_digest = std::move(expected_digest);
+        options_.record_tar_split = false;
         importer_ = std::make_unique<LayerTarImporter>(*source_, writer_, options_);
+        for (EntryType t : kEntryTypes) type_names_.push_back(py::str(type_name(t)));
+        producer_ = std::thread([this] { produce(); });
     }
 
     ~LayerTarLister() {
-        // The source may call into Python: drop it (and the importer reading it) with
-        // the GIL held, which it is here.
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            cancelled_ = true;
+        }
+        changed_.notify_all();
+        {
+            // The producer may be waiting for the GIL to read a Python stream.
+            py::gil_scoped_release nogil;
+            producer_.join();
+        }
+        // The source may hold Python objects: drop it (and the importer reading it) here,
+        // with the GIL.
         importer_.reset();
         source_.reset();
     }
 
-    // Up to `max_entries` entries as tuples; an empty list at the end, once the diffID
-    // is known (and checked against the expected digest).
-    py::list next_batch(std::size_t max_entries) {
-        if (max_entries == 0) throw py::value_error("max_entries must be positive");
-        writer_.batch.clear();
-        if (!done_) {
+    // The next batch of entry tuples; an empty list at the end, once the diffID is known
+    // (and checked against the expected digest). Errors of the import are raised here,
+    // after the entries read before them.
+    py::list next_batch() {
+        std::vector<LayerEntry> batch;
+        {
             py::gil_scoped_release nogil;
-            while (writer_.batch.size() < max_entries) {
-                if (!importer_->step()) {
-                    importer_->commit();
-                    done_ = true;
-                    break;
-                }
+            std::unique_lock<std::mutex> lock(mutex_);
+            changed_.wait(lock, [this] { return !queue_.empty() || finished_; });
+            if (!queue_.empty()) {
+                batch = std::move(queue_.front());
+                queue_.pop_front();
             }
         }
-        py::list out(writer_.batch.size());
+        changed_.notify_all();
+        if (batch.empty() && error_) std::rethrow_exception(error_);
+        py::list out(batch.size());
         std::size_t i = 0;
-        for (const Listed& l : writer_.batch) out[i++] = entry_tuple(l);
-        writer_.batch.clear();
+        for (const LayerEntry& e : batch) out[i++] = entry_tuple(e);
         return out;
     }
 
-    py::object diff_id() const {
+    py::object diff_id() {
+        std::lock_guard<std::mutex> lock(mutex_);
         if (!writer_.committed) return py::none();
         return py::str(writer_.committed->diff_id);
     }
-    py::object data_size() const {
+    py::object data_size() {
+        std::lock_guard<std::mutex> lock(mutex_);
         if (!writer_.committed) return py::none();
         return py::int_(writer_.committed->size);
     }
-    std::uint64_t offset() const { return importer_->offset(); }
 
 private:
-    static py::tuple entry_tuple(const Listed& l) {
-        const LayerEntry& e = l.entry;
-        py::list eas;
-        for (const auto& [name, value] : e.extended_attributes) eas.append(py::make_tuple(to_str(name), py::bytes(value)));
-        return py::make_tuple(to_str(e.path), type_name(e.type), e.size, e.attributes,
-                              py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
-                              py::bytes(e.security_descriptor), sid_tuple(l.owner), sid_tuple(l.group),
-                              to_str(e.link_target), e.mount_point, eas);
+    static constexpr std::size_t kQueuedBatches = 4;
+
+    void produce() {
+        std::exception_ptr error;
+        try {
+            bool more = true;
+            while (more) {
+                more = importer_->step();
+                if (!more) {
+                    // Under the lock: diff_id() reads what commit() stores.
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    importer_->commit();
+                }
+                if (writer_.batch.size() < batch_size_ && more) continue;
+                std::unique_lock<std::mutex> lock(mutex_);
+                changed_.wait(lock, [this] { return queue_.size() < kQueuedBatches || cancelled_; });
+                if (cancelled_) break;
+                if (!writer_.batch.empty()) queue_.push_back(std::move(writer_.batch));
+                writer_.batch.clear();
+                lock.unlock();
+                changed_.notify_all();
+            }
+        } catch (...) {
+            error = std::current_exception();
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (error && !writer_.batch.empty()) queue_.push_back(std::move(writer_.batch));
+            error_ = error;
+            finished_ = true;
+        }
+        changed_.notify_all();
     }
 
+private:
+    // Python objects of a security descriptor: (bytes, owner, group). Layers hold few
+    // distinct descriptors, so the objects are made once and shared by every entry.
+    const std::array<py::object, 3>& descriptor_objects(const std::string& sd) {
+        auto it = descriptors_.find(sd);
+        if (it != descriptors_.end()) return it->second;
+        if (descriptors_.size() >= 4096) descriptors_.clear();
+        std::array<py::object, 3> objects{py::bytes(sd), py::none(), py::none()};
+        if (!sd.empty()) {
+            SecurityDescriptorInfo info = parse_security_descriptor(sd);  // validated by the import
+            objects[1] = sid_tuple(info.owner);
+            objects[2] = sid_tuple(info.group);
+        }
+        return descriptors_.emplace(sd, std::move(objects)).first->second;
+    }
+
+    py::tuple entry_tuple(const LayerEntry& e) {
+        const auto& sd = descriptor_objects(e.security_descriptor);
+        py::tuple eas(e.extended_attributes.size());
+        std::size_t i = 0;
+        for (const auto& [name, value] : e.extended_attributes) eas[i++] = py::make_tuple(to_str(name), py::bytes(value));
+        return py::make_tuple(to_str(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
+                              py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
+                              sd[0], sd[1], sd[2], to_str(e.link_target), e.mount_point, std::move(eas));
+    }
+
+    std::atomic<bool> cancelled_{false};  // the lister is being destroyed
     std::unique_ptr<Source> source_;
-    ListingWriter writer_;
+    std::size_t batch_size_;
+    ListingWriter writer_;  // the producer's; `committed` is read under mutex_
     ImportOptions options_;
     std::unique_ptr<LayerTarImporter> importer_;
-    bool done_ = false;
+    std::vector<py::str> type_names_;  // indexed by EntryType
+    std::unordered_map<std::string, std::array<py::object, 3>> descriptors_;
+
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    std::deque<std::vector<LayerEntry>> queue_;
+    bool finished_ = false;  // the producer has stopped
+    std::exception_ptr error_;
+    std::thread producer_;  // last: started once everything above exists
 };
 
 // --- a traced import ------------------------------------------------------------------
@@ -378,13 +453,13 @@ py::dict describe_security_descriptor(const py::bytes& sd) {
 void bind_codec(py::module_& m) {
     py::class_<LayerTarLister>(m, "LayerTarLister",
                                "Runs the layer-tar import validation over a tar and hands out its entries.")
-        .def(py::init<py::object, bool, std::string>(), py::arg("source"), py::kw_only(),
-             py::arg("allow_parent_links") = false, py::arg("expected_digest") = "")
-        .def("next_batch", &LayerTarLister::next_batch, py::arg("max_entries") = 1024,
-             "Up to max_entries entry tuples; [] at the end (the diffID is then known).")
+        .def(py::init<py::object, bool, std::string, std::size_t>(), py::arg("source"), py::kw_only(),
+             py::arg("allow_parent_links") = false, py::arg("expected_digest") = "",
+             py::arg("batch_size") = 1024)
+        .def("next_batch", &LayerTarLister::next_batch,
+             "Up to batch_size entry tuples; [] at the end (the diffID is then known).")
         .def_property_readonly("diff_id", &LayerTarLister::diff_id)
-        .def_property_readonly("data_size", &LayerTarLister::data_size)
-        .def_property_readonly("offset", &LayerTarLister::offset);
+        .def_property_readonly("data_size", &LayerTarLister::data_size);
 
     m.def("trace_layer_import", &trace_import, py::arg("source"), py::kw_only(), py::arg("expected_digest") = "",
           py::arg("allow_parent_links") = true,

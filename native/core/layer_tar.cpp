@@ -112,7 +112,8 @@ std::string parent_of(const std::string& path) {
 // --- import ---------------------------------------------------------------------------
 
 struct LayerTarImporter::State {
-    State(Source& tar, LayerWriter& w, const ImportOptions& o) : reader(tar, &split), writer(w), options(o) {}
+    State(Source& tar, LayerWriter& w, const ImportOptions& o)
+        : reader(tar, o.record_tar_split ? &split : nullptr), writer(w), options(o) {}
 
     TarSplitWriter split;
     TarReader reader;
@@ -424,7 +425,7 @@ CommitInfo LayerTarImporter::commit() {
     try {
         const std::string& expected = s.options.expected_digest;
         if (!expected.empty() && expected != info.diff_id) throw Error::digest_mismatch(expected, info.diff_id);
-        info.tar_split = s.split.take();
+        if (s.options.record_tar_split) info.tar_split = s.split.take();
         s.writer.commit(info);
     } catch (...) {
         s.writer.abort();

@@ -22,6 +22,8 @@ struct ImportOptions {
     // parent layers (true), or is an InvalidLayer error (false: no parents, e.g. a base
     // layer or a listing).
     bool allow_parent_links = true;
+    // Record the tar-split (CommitInfo::tar_split); a listing that keeps nothing skips it.
+    bool record_tar_split = true;
 };
 
 // Reads a layer tar from `tar`, validates every entry (path rules, formats), feeds

@@ -28,7 +28,7 @@ _ListedEntry = tuple[
     _Sid | None,
     str,
     bool,
-    list[tuple[str, bytes]],
+    tuple[tuple[str, bytes], ...],
 ]
 # keys: path, type, attributes, times, security_descriptor, extended_attributes,
 # link_target, mount_point, reparse_data, data
@@ -44,14 +44,13 @@ class LayerTarLister:
         *,
         allow_parent_links: bool = False,
         expected_digest: str = "",
+        batch_size: int = 1024,
     ) -> None: ...
-    def next_batch(self, max_entries: int = 1024) -> list[_ListedEntry]: ...
+    def next_batch(self) -> list[_ListedEntry]: ...
     @property
     def diff_id(self) -> str | None: ...
     @property
     def data_size(self) -> int | None: ...
-    @property
-    def offset(self) -> int: ...
 
 def trace_layer_import(
     source: StrPath | SupportsRead[bytes],

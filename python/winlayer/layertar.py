@@ -23,10 +23,9 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import _hcs
 from ._stream import Compression, Source, open_layer
@@ -64,8 +63,7 @@ def filetime_to_datetime(ticks: int) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):
     """A security identifier: ``sid`` ("S-1-5-32-544"), its SDDL ``alias`` ("BA", or "")
     and its well-known ``name`` ("BUILTIN\\Administrators", or "")."""
 
@@ -77,17 +75,16 @@ class Account:
         return self.alias or self.name or self.sid
 
 
-@dataclass(frozen=True)
-class LayerTarEntry:
-    """One entry of a layer tar, as an import sees it.
+class LayerTarEntry(NamedTuple):
+    """One entry of a layer tar, as an import sees it (an immutable named tuple).
 
     ``type`` is ``directory``, ``file``, ``symlink`` (a symlink or, with ``mount_point``,
-    a junction), ``alternate_stream`` (an alternate data stream: ``path`` is ``<file>:<stream>``),
-    ``hard_link`` (``link_target`` is the first path of the group) or ``whiteout``
-    (``path`` is what the layer deletes from its parents). ``filetimes`` are the creation,
-    last-access, last-write and change times in FILETIME ticks (exact); the ``*_time``
-    properties give them as datetimes. Hard links, whiteouts and streams carry no metadata
-    of their own (their attributes are 0 and times 0).
+    a junction), ``alternate_stream`` (``path`` is ``<file>:<stream>``), ``hard_link``
+    (``link_target`` is the first path of the group) or ``whiteout`` (``path`` is what the
+    layer deletes from its parents). ``filetimes`` are the creation, last-access,
+    last-write and change times in FILETIME ticks (exact); the ``*_time`` properties give
+    them as datetimes. Hard links, whiteouts and streams carry no metadata of their own
+    (attributes 0, times 0, no owner).
     """
 
     path: str
@@ -163,10 +160,6 @@ class LayerTarEntry:
         }
 
 
-def _account(raw: tuple[str, str, str] | None) -> Account | None:
-    return None if raw is None else Account(*raw)
-
-
 class LayerTarListing:
     """The entries of one layer tar, iterated once (see :func:`list_layer_tar`)."""
 
@@ -184,13 +177,13 @@ class LayerTarListing:
         #: "none", "gzip" or "zstd", detected from the first bytes.
         self.compression: Compression = compression
         self._owned = tar if tar is not source and not isinstance(tar, str) else None
-        self._batch_size = batch_size
         self._started = False
         try:
             self._lister: _hcs.LayerTarLister | None = _hcs.LayerTarLister(
                 tar,
                 allow_parent_links=allow_parent_links,
                 expected_digest=expected_digest or "",
+                batch_size=batch_size,
             )
         except BaseException:
             self.close()
@@ -219,21 +212,32 @@ class LayerTarListing:
         if lister is None:
             raise ValueError("the listing is closed")
         try:
-            while batch := lister.next_batch(self._batch_size):
-                for raw in batch:
-                    path, kind, size, attributes, times, sd, owner, group, target, mp, eas = raw
+            # Accounts are shared: the native side hands out one tuple per distinct
+            # security descriptor, so each becomes one Account object.
+            accounts: dict[tuple[str, str, str], Account] = {}
+
+            def account(raw: tuple[str, str, str] | None) -> Account | None:
+                if raw is None:
+                    return None
+                found = accounts.get(raw)
+                if found is None:
+                    found = accounts[raw] = Account(*raw)
+                return found
+
+            while batch := lister.next_batch():
+                for path, kind, size, attrs, times, sd, owner, group, target, mp, eas in batch:
                     yield LayerTarEntry(
                         path,
                         kind,  # type: ignore[arg-type]  # one of EntryType, from native code
                         size,
-                        attributes,
+                        attrs,
                         times,
                         sd,
-                        _account(owner),
-                        _account(group),
+                        account(owner),
+                        account(group),
                         target,
                         mp,
-                        tuple(eas),
+                        eas,
                     )
             self._diff_id = lister.diff_id
             self._data_size = lister.data_size
