@@ -25,14 +25,24 @@ def split_and_payloads(raw: bytes) -> tuple[bytes, dict[str, bytes]]:
     return scan.tar_split, payloads  # type: ignore[return-value]
 
 
-def rebuild(record: bytes, payloads: dict[str, bytes]) -> bytes:
-    with _hcs.tar_split_rebuild(record, lambda name, size: payloads[name]) as stream:
+def rebuild(record: bytes, payloads: list[tuple[str, bytes]]) -> bytes:
+    """Rebuild, handing out the payloads in archive order (names may repeat in a tar)."""
+    queue = iter(payloads)
+
+    def open_payload(name: str, size: int) -> bytes:
+        expected_name, data = next(queue)
+        assert (name, size) == (expected_name, len(data))
+        return data
+
+    with _hcs.tar_split_rebuild(record, open_payload) as stream:
         return stream.read()
 
 
 def assert_round_trip(raw: bytes) -> bytes:
-    record, payloads = split_and_payloads(raw)
-    assert rebuild(record, payloads) == raw
+    scan = _hcs.read_tar(io.BytesIO(raw), payloads=True, tar_split=True)
+    record = scan.tar_split
+    assert record is not None
+    assert rebuild(record, [(e.name, e.data) for e in scan.entries if e.data]) == raw
     total, digest, _ = _hcs.tar_split_info(record)
     assert total == len(raw)
     assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()

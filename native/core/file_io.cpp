@@ -145,7 +145,8 @@ std::size_t FileSource::read_raw(std::uint8_t* buf, std::size_t n) {
 std::size_t FileSource::read(std::uint8_t* buf, std::size_t n) {
     if (n == 0) return 0;
     if (pos_ == end_) {
-        if (n >= capacity_) return read_raw(buf, n);
+        // Large requests skip the buffer (one copy less); small ones are what it is for.
+        if (n >= capacity_ / 4) return read_raw(buf, n);
         pos_ = 0;
         end_ = read_raw(buffer_.get(), capacity_);
         if (end_ == 0) return 0;

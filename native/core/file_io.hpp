@@ -1,7 +1,7 @@
 // Files as Source / Sink, by path. POSIX file descriptors, or Win32 handles under
 // _WIN32 (UTF-8 paths converted to UTF-16 with the \\?\ prefix, so paths longer than
-// 260 characters work). Reads and writes go through a large buffer; a request at least
-// as large as the buffer bypasses it. Errors are Error::os / Error::win32 naming the path.
+// 260 characters work). Reads and writes go through a large buffer; large requests
+// bypass it. Errors are Error::os / Error::win32 naming the path.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,127 @@
+// libFuzzer target for the tar reader and tar-split: any input either fails with
+// InvalidLayer or reads completely, hashes to its SHA-256, and rebuilds byte for byte
+// from its tar-split record and payloads. The input is also parsed as a tar-split record,
+// which must fail cleanly (StoreCorrupt) when it is not one. Build and run: ci/fuzz_tar.sh.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/layer_tar.hpp"
+#include "core/sha256.hpp"
+#include "core/tar.hpp"
+#include "core/tar_split.hpp"
+
+namespace {
+
+using namespace winlayer;
+
+// Returns the input in chunks of varying size, so that headers and records straddle reads.
+class ChunkedSource : public Source {
+public:
+    ChunkedSource(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+    std::size_t read(std::uint8_t* buf, std::size_t n) override {
+        std::size_t k = std::min({n, size_ - pos_, std::size_t(1) + (pos_ * 7919 + calls_++ * 131) % 3000});
+        std::memcpy(buf, data_ + pos_, k);
+        pos_ += k;
+        return k;
+    }
+
+private:
+    const std::uint8_t* data_;
+    std::size_t size_;
+    std::size_t pos_ = 0;
+    std::size_t calls_ = 0;
+};
+
+class StringSource : public Source {
+public:
+    explicit StringSource(std::string s) : s_(std::move(s)) {}
+    std::size_t read(std::uint8_t* buf, std::size_t n) override {
+        std::size_t k = std::min(n, s_.size() - pos_);
+        std::memcpy(buf, s_.data() + pos_, k);
+        pos_ += k;
+        return k;
+    }
+
+private:
+    std::string s_;
+    std::size_t pos_ = 0;
+};
+
+// Payloads in the order the reader saw them; rebuild must ask for them in that order.
+class OrderedStore : public PayloadStore {
+public:
+    std::vector<std::pair<std::string, std::string>> payloads;
+    std::size_t next = 0;
+    std::unique_ptr<Source> open(const std::string& name, std::uint64_t size) override {
+        if (next >= payloads.size() || payloads[next].first != name || payloads[next].second.size() != size)
+            std::abort();
+        return std::make_unique<StringSource>(payloads[next++].second);
+    }
+};
+
+class StringSink : public Sink {
+public:
+    std::string out;
+    void write(const std::uint8_t* data, std::size_t n) override {
+        out.append(reinterpret_cast<const char*>(data), n);
+    }
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    ChunkedSource source(data, size);
+    TarSplitWriter split;
+    OrderedStore store;
+    // A small buffer makes the reader refill often; its minimum is one block.
+    TarReader reader(source, &split, 512 + size % 2048);
+    std::string diff_id;
+    try {
+        TarHeader h;
+        bool view = false;
+        while (reader.next(h)) {
+            std::string payload;
+            std::uint8_t buf[700];
+            for (;;) {
+                std::size_t n;
+                if ((view = !view)) {
+                    const std::uint8_t* p;
+                    n = reader.read_view(p, 999);
+                    payload.append(reinterpret_cast<const char*>(p), n);
+                } else {
+                    n = reader.read(buf, sizeof buf);
+                    payload.append(reinterpret_cast<const char*>(buf), n);
+                }
+                if (n == 0) break;
+            }
+            if (payload.size() != h.size) std::abort();
+            if (!payload.empty()) store.payloads.emplace_back(h.name, std::move(payload));
+        }
+        diff_id = reader.diff_id();
+    } catch (const Error& e) {
+        if (e.kind != ErrorKind::InvalidLayer || e.offset < 0 || static_cast<std::size_t>(e.offset) > size)
+            std::abort();
+        diff_id.clear();
+    }
+    if (!diff_id.empty()) {
+        if (reader.offset() != size) std::abort();
+        Sha256 portable(true);
+        portable.update(data, size);
+        if (portable.oci_digest() != diff_id) std::abort();
+        StringSink rebuilt;
+        rebuild_layer_tar(split.take(), store, rebuilt);
+        if (rebuilt.out.size() != size || std::memcmp(rebuilt.out.data(), data, size) != 0) std::abort();
+    }
+
+    try {
+        inspect_tar_split(std::string(reinterpret_cast<const char*>(data), size));
+    } catch (const Error& e) {
+        if (e.kind != ErrorKind::StoreCorrupt) std::abort();
+    }
+    return 0;
+}

@@ -1,0 +1,54 @@
+"""The fuzz target's property on its regression corpus, and a libFuzzer run bounded to
+15 seconds of fuzzing (needs clang; .ci/run installs it)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from winlayer import _hcs
+from winlayer.errors import InvalidLayer
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "native" / "fuzz" / "corpus"
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.iterdir()), ids=lambda p: p.name)
+def test_corpus_input_reads_or_fails_cleanly(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        scan = _hcs.read_tar(io.BytesIO(raw), payloads=True, tar_split=True)
+    except InvalidLayer as e:
+        error: InvalidLayer | None = e
+    else:
+        error = None
+    if error is not None:
+        assert 0 <= error.offset <= len(raw)
+        return
+    assert scan.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert scan.tar_split is not None
+    payloads = iter([e.data for e in scan.entries if e.data])
+    with _hcs.tar_split_rebuild(scan.tar_split, lambda name, size: next(payloads)) as s:  # type: ignore[arg-type,return-value]
+        assert s.read() == raw
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None, reason="libFuzzer needs clang")
+def test_fuzz_tar_for_15_seconds(tmp_path: Path) -> None:
+    env = {**os.environ, "FUZZ_BUILD_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [str(REPO / "ci" / "fuzz_tar.sh"), "15"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any((tmp_path / "artifacts").iterdir())
