@@ -5,10 +5,13 @@ chunks of every size, sparse streams made dense, and malformed input."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from winlayer import InvalidLayer
 from winlayer import _hcs as h
@@ -270,6 +273,17 @@ def test_sparse_stream_without_terminator_ends_at_last_block() -> None:
     assert h.decode_backup_stream(data) == [("data", "", None, 6, b"\0\0\0\0xy")]
 
 
+def test_sparse_blocks_past_the_size_limit() -> None:
+    hole = record(1, b"", attributes=8) + sparse_block(2**40, b"x")
+    with pytest.raises(InvalidLayer, match="past the stream's size limit of 1000 bytes") as info:
+        h.decode_backup_stream(hole, sparse_limit=1000)
+    assert info.value.offset == 40
+    data = record(1, b"", attributes=8) + sparse_block(998, b"xyz")
+    with pytest.raises(InvalidLayer, match="size limit"):
+        h.decode_backup_stream(data, sparse_limit=1000)
+    assert h.decode_backup_stream(data, sparse_limit=1001)[0][3] == 1001
+
+
 def test_sparse_alternate_stream_is_made_dense() -> None:
     data = record(4, b"", ":s:$DATA", attributes=8) + sparse_block(2, b"q") + sparse_block(5, b"")
     assert h.decode_backup_stream(data) == [("data", "s", None, 5, b"\0\0q\0\0")]
@@ -300,3 +314,33 @@ def test_malformed_backup_streams(data: bytes, message: str, offset: int) -> Non
     with pytest.raises(InvalidLayer, match=message) as info:
         h.decode_backup_stream(data)
     assert info.value.offset == offset
+
+
+# -- hostile bytes: every decoder answers InvalidLayer or a result, never anything else ----
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 40))
+def test_decoders_survive_random_bytes(data: bytes, chunk: int) -> None:
+    for decode in (
+        lambda: h.decode_backup_stream(data, chunk),
+        lambda: h.decode_extended_attributes(data),
+        lambda: h.decode_reparse_point(data),
+        lambda: h.describe_security_descriptor(data),
+    ):
+        with contextlib.suppress(InvalidLayer):
+            decode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10), st.binary(max_size=40)), max_size=6), st.data())
+def test_decoder_survives_mutated_streams(
+    records: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    stream = bytearray(b"".join(record(i, p, ":s:$DATA" if i == 4 else "") for i, p in records))
+    for _ in range(data.draw(st.integers(0, 4))):
+        if stream:
+            at = data.draw(st.integers(0, len(stream) - 1))
+            stream[at] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(InvalidLayer):
+        h.decode_backup_stream(bytes(stream), data.draw(st.integers(0, 8)))

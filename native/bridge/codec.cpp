@@ -425,10 +425,11 @@ private:
     std::string data_;
 };
 
-py::list decode_backup_stream(const py::bytes& data, std::size_t chunk_size) {
+py::list decode_backup_stream(const py::bytes& data, std::size_t chunk_size, std::uint64_t sparse_limit) {
     std::string s = data;
     EventHandler handler;
     BackupStreamDecoder decoder(handler);
+    decoder.set_sparse_limit(sparse_limit);
     const auto* p = reinterpret_cast<const std::uint8_t*>(s.data());
     std::size_t step = chunk_size == 0 ? s.size() : chunk_size;
     for (std::size_t i = 0; i < s.size(); i += step) decoder.feed(p + i, std::min(step, s.size() - i));
@@ -471,7 +472,9 @@ void bind_codec(py::module_& m) {
     m.def("encode_backup_stream", &encode_backup_stream, py::arg("entries"),
           "The Win32 backup stream of a file and its alternate streams (entry dicts with data).");
     m.def("decode_backup_stream", &decode_backup_stream, py::arg("data"), py::arg("chunk_size") = 0,
-          "The records of a backup stream as events, fed in chunks of chunk_size bytes.");
+          py::arg("sparse_limit") = std::uint64_t(1) << 26,
+          "The records of a backup stream as events, fed in chunks of chunk_size bytes; sparse "
+          "streams may grow to sparse_limit bytes.");
     m.def("encode_extended_attributes", [](const ExtendedAttributes& eas) { return py::bytes(encode_extended_attributes(eas)); },
           py::arg("eas"));
     m.def("decode_extended_attributes", [](const py::bytes& data) {

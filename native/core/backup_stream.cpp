@@ -433,6 +433,9 @@ void BackupStreamDecoder::feed(const std::uint8_t* data, std::size_t n) {
                     fail("sparse block offset " + std::to_string(static_cast<std::int64_t>(block)) +
                              " before the end of the previous block",
                          offset_ - 8);
+                if (block > sparse_limit_ || left_ > sparse_limit_ - block)
+                    fail("sparse block past the stream's size limit of " + std::to_string(sparse_limit_) + " bytes",
+                         offset_ - 8);
                 emit_zeros(block - sparse_pos_);
                 sparse_pos_ = block;
                 if (left_ == 0) {  // the terminating block: offset = stream size

@@ -159,6 +159,10 @@ public:
     explicit BackupStreamDecoder(BackupStreamHandler& handler, std::string label = {})
         : handler_(handler), label_(std::move(label)) {}
 
+    // Sparse streams end up at most this long (the file's size, which the caller knows
+    // from the file system): a block offset past it is an error, not a run of zeros.
+    void set_sparse_limit(std::uint64_t max_size) { sparse_limit_ = max_size; }
+
     void feed(const std::uint8_t* data, std::size_t n);
     // The stream has ended: throws if it ended inside a record.
     void finish();
@@ -190,6 +194,7 @@ private:
     std::uint64_t left_ = 0;  // payload bytes left in the current record
     bool sparse_open_ = false;
     std::uint64_t sparse_pos_ = 0;
+    std::uint64_t sparse_limit_ = UINT64_MAX;
 };
 
 }  // namespace winlayer
