@@ -7,6 +7,7 @@
 #include "../core/path_rules.hpp"
 #include "chain.hpp"
 #include "metadata.hpp"
+#include "write_queue.hpp"
 
 namespace winlayer::portable {
 
@@ -20,7 +21,7 @@ Error bad(const std::string& message) { return Error::invalid_layer(message, "",
 class PortableLayerWriter : public LayerWriter {
 public:
     PortableLayerWriter(const LayerRef& ref, const LayerChain& parents)
-        : parents_(parents), staging_(ref) {
+        : parents_(parents), staging_(ref), io_(std::make_unique<WriteQueue>(staging_.tree())) {
         nodes_.emplace("", Node{true, false, kNone, ""});
     }
     ~PortableLayerWriter() override { abort(); }
@@ -36,10 +37,16 @@ public:
     }
 
     void write(const std::uint8_t* data, std::size_t n) override {
-        if (!current_.is_open() || n > remaining_)
+        if (!writing_ || n > remaining_)
             throw Error(ErrorKind::Internal, "layer writer got more data than the entry's size");
-        current_.write(data, n);
         remaining_ -= n;
+        std::string chunk = io_->buffer();
+        chunk.assign(reinterpret_cast<const char*>(data), n);
+        io_->push(
+            [](WriteQueue::Context& c) {
+                c.file.write(reinterpret_cast<const std::uint8_t*>(c.data->data()), c.data->size());
+            },
+            std::move(chunk));
     }
 
     void add_link(const std::string& path, const std::string& target) override {
@@ -58,7 +65,9 @@ public:
             if (target_rec.group == 0) target_rec.group = next_group_++;
             rec = target_rec;
             rec.entry.path = child_disk(parent, path);
-            staging_.tree().hard_link(target_rec.entry.path, rec.entry.path);
+            disk([from = target_rec.entry.path, to = rec.entry.path](WriteQueue::Context& c) {
+                c.tree.hard_link(from, to);
+            });
         } else {
             if (!chain_) chain_.emplace(parents_);
             auto found = chain_->find(target);
@@ -79,7 +88,9 @@ public:
             rec.entry.path = child_disk(parent, path);
             rec.entry.link_target = found->path;
             rec.parent_link = true;
-            staging_.tree().copy_in(found->disk_path, rec.entry.path);
+            disk([from = found->disk_path, to = rec.entry.path](WriteQueue::Context& c) {
+                c.tree.copy_in(from, to);
+            });
         }
         add_record(key, std::move(rec), false, false);
     }
@@ -92,9 +103,8 @@ public:
 
     void commit(const CommitInfo& info) override {
         close_current();
-        Tree& tree = staging_.tree();
         for (const char* top : {"Files", "Hives"})
-            if (!nodes_.count(path_key(top))) tree.make_dir(top);
+            if (!nodes_.count(path_key(top))) make_dir(top);
         LayerMeta meta;
         meta.imported = true;
         meta.diff_id = info.diff_id;
@@ -104,11 +114,15 @@ public:
             if (dead_[i]) continue;
             const LayerEntry& e = records_[i].entry;
             // Folder times last: creating their children changed them.
-            if (tree.stat(e.path).kind == NodeKind::Directory)
-                tree.set_times(e.path, filetime_to_unix_ns(e.times.last_access),
-                               filetime_to_unix_ns(e.times.last_write));
+            if (is_folder(e))
+                disk([path = e.path, t = e.times](WriteQueue::Context& c) {
+                    c.tree.set_times(path, filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
+                });
             meta.entries.push_back(std::move(records_[i]));
         }
+        io_->drain();
+        io_.reset();
+        Tree& tree = staging_.tree();
         File f = tree.create(kMetaFileName);
         std::string bytes = encode_meta(meta, info.tar_split);
         f.write(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
@@ -120,7 +134,7 @@ public:
 
     void abort() noexcept override {
         if (committed_) return;
-        current_ = File();
+        io_.reset();
         staging_.discard();
     }
 
@@ -150,7 +164,7 @@ private:
         if (it == nodes_.end()) {
             const Node& grand = ensure_parent(parent);
             Node n{true, false, kNone, child_disk(grand, parent)};
-            staging_.tree().make_dir(n.disk);
+            make_dir(n.disk);
             it = nodes_.emplace(key, std::move(n)).first;
         }
         if (!it->second.dir) throw bad("parent is not a folder: " + parent);
@@ -161,8 +175,7 @@ private:
     void add_node(const LayerEntry& entry) {
         const std::string key = path_key(entry.path);
         const bool reparse = entry.type == EntryType::Symlink;
-        const bool dir = entry.type == EntryType::Directory ||
-                         (reparse && (entry.mount_point || (entry.attributes & kAttrDirectory)));
+        const bool dir = is_folder(entry);
         const Node& parent = ensure_parent(entry.path);
         auto it = nodes_.find(key);
         if (it != nodes_.end() && it->second.dir && entry.type == EntryType::Directory &&
@@ -185,20 +198,8 @@ private:
         EntryRecord rec;
         rec.entry = entry;
         rec.entry.path = child_disk(parent, entry.path);
-        Tree& tree = staging_.tree();
-        if (dir) {
-            tree.make_dir(rec.entry.path);
-        } else {
-            File f = tree.create(rec.entry.path);
-            if (entry.type == EntryType::File && entry.size > 0) {
-                current_ = std::move(f);
-                remaining_ = entry.size;
-                current_times_ = entry.times;
-            } else {
-                set_file_times(f, entry.times);
-                f.close();
-            }
-        }
+        if (dir) make_dir(rec.entry.path);
+        else open_file(rec.entry.path, entry.type == EntryType::File ? entry.size : 0, entry.times);
         if (entry.type != EntryType::File) rec.entry.size = 0;
         add_record(key, std::move(rec), dir, reparse);
     }
@@ -210,24 +211,20 @@ private:
         if (it == nodes_.end() || it->second.record == kNone)
             throw bad("alternate data stream of a file that this layer does not hold: " + file);
         EntryRecord& rec = records_[it->second.record];
-        Tree& tree = staging_.tree();
         if (!streams_dir_) {
-            tree.make_dir(kStreamsDirName);
+            make_dir(kStreamsDirName);
             streams_dir_ = true;
         }
         const std::string skey = path_key(stream);
         for (auto s = rec.streams.begin(); s != rec.streams.end(); ++s)
             if (path_key(s->name) == skey) {
-                tree.remove(blob_path(s->blob));
+                remove_file(blob_path(s->blob));
                 rec.streams.erase(s);
                 break;
             }
         StreamRecord s{stream, entry.size, next_blob_++};
-        current_ = tree.create(blob_path(s.blob));
-        remaining_ = entry.size;
-        current_times_ = rec.entry.times;
+        open_file(blob_path(s.blob), entry.size, rec.entry.times);
         rec.streams.push_back(std::move(s));
-        if (entry.size == 0) close_current();
     }
 
     static std::string blob_path(std::uint32_t blob) {
@@ -256,9 +253,9 @@ private:
                     ++c;
                 }
             }
-            staging_.tree().remove_tree(node.disk);
+            disk([path = node.disk](WriteQueue::Context& c) { c.tree.remove_tree(path); });
         } else {
-            staging_.tree().remove(node.disk);
+            remove_file(node.disk);
         }
         forget(node.record);
         nodes_.erase(key);
@@ -269,21 +266,44 @@ private:
         dead_[record] = true;
         const EntryRecord& rec = records_[record];
         if (rec.group != 0) return;  // the streams live on with the other names
-        for (const auto& s : rec.streams) staging_.tree().remove(blob_path(s.blob));
+        for (const auto& s : rec.streams) remove_file(blob_path(s.blob));
     }
 
-    static void set_file_times(File& f, const FileTimes& t) {
-        f.set_times(filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
+    static bool is_folder(const LayerEntry& e) {
+        return e.type == EntryType::Directory ||
+               (e.type == EntryType::Symlink && (e.mount_point || (e.attributes & kAttrDirectory)));
+    }
+
+    void disk(WriteQueue::Op op) { io_->push(std::move(op)); }
+
+    void make_dir(const std::string& path) {
+        disk([path](WriteQueue::Context& c) { c.tree.make_dir(path); });
+    }
+
+    void remove_file(const std::string& path) {
+        disk([path](WriteQueue::Context& c) { c.tree.remove(path); });
+    }
+
+    // Creates `path`; `size` bytes of data follow through write() (none: closed at once).
+    void open_file(const std::string& path, std::uint64_t size, const FileTimes& times) {
+        disk([path](WriteQueue::Context& c) { c.file = c.tree.create(path); });
+        writing_ = true;
+        remaining_ = size;
+        current_times_ = times;
+        current_path_ = path;
+        if (size == 0) close_current();
     }
 
     void close_current() {
-        if (!current_.is_open()) return;
+        if (!writing_) return;
         if (remaining_ != 0)
             throw Error(ErrorKind::Internal, "layer writer got less data than the entry's size")
-                .with_path(current_.path());
-        set_file_times(current_, current_times_);
-        current_.start_writeback();
-        current_.close();
+                .with_path(current_path_);
+        writing_ = false;
+        disk([t = current_times_](WriteQueue::Context& c) {
+            c.file.set_times(filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
+            c.file.close();
+        });
     }
 
     LayerChain parents_;
@@ -293,9 +313,11 @@ private:
     std::vector<EntryRecord> records_;
     std::vector<bool> dead_;
     std::vector<std::string> tombstones_;
-    File current_;
+    std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes
+    bool writing_ = false;
     std::uint64_t remaining_ = 0;
     FileTimes current_times_;
+    std::string current_path_;
     std::uint32_t next_blob_ = 1;
     std::uint32_t next_group_ = 1;
     bool streams_dir_ = false;

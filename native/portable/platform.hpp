@@ -49,9 +49,6 @@ public:
     std::size_t read(std::uint8_t* buf, std::size_t n);  // 0 at end of file
     void write(const std::uint8_t* data, std::size_t n);  // all of it, or throws
     void set_times(std::int64_t atime_ns, std::int64_t mtime_ns);
-    // Starts writing the file's dirty pages to disk without waiting (Linux), so that the
-    // final sync of a whole import has little left to do. No-op elsewhere.
-    void start_writeback();
     void sync();
     NodeStat stat();
     void close();

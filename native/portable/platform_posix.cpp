@@ -244,12 +244,6 @@ void File::set_times(std::int64_t atime_ns, std::int64_t mtime_ns) {
     if (::futimens(fd_of(handle_), ts) != 0) throw Error::last_os("futimens", path_);
 }
 
-void File::start_writeback() {
-#ifdef __linux__
-    ::sync_file_range(fd_of(handle_), 0, 0, SYNC_FILE_RANGE_WRITE);  // a hint: errors ignored
-#endif
-}
-
 void File::sync() {
     if (::fsync(fd_of(handle_)) != 0) throw Error::last_os("fsync", path_);
 }

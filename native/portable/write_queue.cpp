@@ -1,0 +1,125 @@
+#include "write_queue.hpp"
+
+namespace winlayer::portable {
+
+namespace {
+constexpr std::size_t kReleaseStep = std::size_t(4) << 20;
+constexpr std::size_t kPoolBuffer = 4096;  // smaller buffers are not worth keeping
+constexpr std::size_t kPoolSize = 64;
+}  // namespace
+
+WriteQueue::WriteQueue(Tree& tree, std::size_t max_bytes)
+    : context_{tree, File()}, max_bytes_(max_bytes), thread_([this] { run(); }) {}
+
+WriteQueue::~WriteQueue() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+        ops_.clear();
+    }
+    changed_.notify_all();
+    thread_.join();
+}
+
+void WriteQueue::rethrow_locked() {
+    if (error_) std::rethrow_exception(error_);
+}
+
+std::string WriteQueue::buffer() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pool_.empty()) return {};
+    std::string b = std::move(pool_.back());
+    pool_.pop_back();
+    return b;
+}
+
+void WriteQueue::push(Op op, std::string data) {
+    const std::size_t bytes = data.size();
+    std::unique_lock<std::mutex> lock(mutex_);
+    // One operation larger than the budget still goes through, alone.
+    if (bytes_ != 0 && bytes_ + bytes > max_bytes_) {
+        producer_waiting_ = true;
+        changed_.wait(lock, [&] { return error_ || bytes_ == 0 || bytes_ + bytes <= max_bytes_; });
+        producer_waiting_ = false;
+    }
+    rethrow_locked();
+    ops_.push_back(Item{std::move(op), std::move(data)});
+    bytes_ += bytes;
+    const bool wake = worker_idle_;
+    lock.unlock();
+    if (wake) changed_.notify_all();
+}
+
+void WriteQueue::drain() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    producer_waiting_ = true;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return error_ || (ops_.empty() && !busy_); });
+    producer_waiting_ = false;
+    rethrow_locked();
+}
+
+void WriteQueue::run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    std::deque<Item> batch;
+    std::vector<std::string> spent;
+    for (;;) {
+        worker_idle_ = true;
+        changed_.wait(lock, [&] { return stop_ || !ops_.empty(); });
+        worker_idle_ = false;
+        if (stop_) break;
+        // Take everything queued at once: one wake-up per batch, not per operation.
+        batch.swap(ops_);
+        busy_ = true;
+        lock.unlock();
+        std::exception_ptr failed;
+        std::size_t done = 0;
+        for (auto& item : batch) {
+            try {
+                context_.data = &item.data;
+                item.op(context_);
+            } catch (...) {
+                failed = std::current_exception();
+            }
+            context_.data = nullptr;
+            done += item.data.size();
+            if (item.data.capacity() >= kPoolBuffer) {
+                item.data.clear();
+                spent.push_back(std::move(item.data));
+            }
+            item.op = nullptr;
+            if (failed) break;
+            if (done >= kReleaseStep) release(done, spent);
+        }
+        batch.clear();
+        lock.lock();
+        busy_ = false;
+        bytes_ -= done;
+        recycle(spent);
+        if (failed && !error_) {
+            error_ = failed;
+            ops_.clear();
+            bytes_ = 0;
+        }
+        if (producer_waiting_ || error_) changed_.notify_all();
+    }
+    context_.file = File();
+}
+
+void WriteQueue::recycle(std::vector<std::string>& spent) {
+    for (auto& b : spent)
+        if (pool_.size() < kPoolSize) pool_.push_back(std::move(b));
+    spent.clear();
+}
+
+// Gives back `done` bytes of budget (and the spent buffers) before the batch ends, so
+// that a waiting producer goes on.
+void WriteQueue::release(std::size_t& done, std::vector<std::string>& spent) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bytes_ -= done;
+    done = 0;
+    recycle(spent);
+    if (producer_waiting_) changed_.notify_all();
+}
+
+}  // namespace winlayer::portable
