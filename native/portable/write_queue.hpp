@@ -28,7 +28,7 @@ public:
     };
     using Op = std::function<void(Context&)>;
 
-    explicit WriteQueue(Tree& tree, std::size_t max_bytes = std::size_t(16) << 20);
+    explicit WriteQueue(Tree& tree, std::size_t max_bytes = std::size_t(8) << 20);
     // Stops the thread; operations still queued are dropped.
     ~WriteQueue();
     WriteQueue(const WriteQueue&) = delete;

@@ -1,0 +1,251 @@
+"""Benchmark: importing a layer tar into the portable backend (issue 4), side by side.
+
+On the same layer (benchmarks/make_layer.py: 300 MB, 20,000 entries with Windows PAX
+records, ADS, hard links, whiteouts), into the same file system, every run ending with its
+data on disk (the import syncs itself; the others run ``sync -f`` on their folder). Each
+contender runs in its own child process (peak RSS by GNU time when present), rounds are
+interleaved so that a busy machine hurts every contender alike, and the best of
+``--runs`` is kept:
+
+- GNU ``tar -xf`` (+ sync): the anchor (it keeps no Windows metadata and hashes nothing);
+- winlayer ``import_layer`` (diffID, full Windows metadata, tar-split record, synced);
+- ``gzip -dc | tar -x`` and ``zstd -dc | tar -x`` vs winlayer importing the .gz / .zst
+  (decompressed by ``winlayer._stream.open_layer``);
+- two winlayer imports in two threads vs the same two one after the other (one child);
+- winlayer export, canonical and original, vs ``tar -cf - . | cat`` of the extracted tree;
+- Python ``tarfile.extractall`` + ``hashlib`` (+ sync), for reference (``--no-python``
+  skips it).
+
+Targets: import <= 1.0x tar; gzip/zstd <= 1.3x their pipelines; parallel <= 0.6x
+sequential; exports <= 1.0x ``tar -cf``; peak RSS < 100 MiB whatever the layer size.
+
+    python benchmarks/bench_import.py                        # 300 MB, 20,000 entries
+    python benchmarks/bench_import.py --size-mb 30 --entries 2000 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.make_layer import cached_layer  # noqa: E402
+
+GNU_TIME = "/usr/bin/time"
+
+# Python children print the seconds of their own work (start-up excluded, as for a
+# library call); shell children are timed from here.
+IMPORT = """
+import sys, time
+from winlayer import _hcs
+from winlayer._stream import open_layer
+home, src = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+tar, _ = open_layer(src)
+b = _hcs.portable_backend("")
+b.import_layer(_hcs.DriverInfo(1, home), "layer", [], tar)
+print(time.perf_counter() - start)
+"""
+
+TWO_IMPORTS = """
+import sys, threading, time
+from winlayer import _hcs
+home, src, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+b = _hcs.portable_backend("")
+info = _hcs.DriverInfo(1, home)
+def one(id):
+    b.import_layer(info, id, [], src)
+start = time.perf_counter()
+if mode == "parallel":
+    threads = [threading.Thread(target=one, args=(f"l{i}",)) for i in range(2)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+else:
+    one("l0"); one("l1")
+print(time.perf_counter() - start)
+"""
+
+EXPORT = """
+import sys, time
+from winlayer import _hcs
+home, original = sys.argv[1], sys.argv[2] == "original"
+b = _hcs.portable_backend("")
+start = time.perf_counter()
+with b.export_layer(_hcs.DriverInfo(1, home), "layer", [], original) as s:
+    while s.read(1 << 20):
+        pass
+print(time.perf_counter() - start)
+"""
+
+TARFILE = """
+import hashlib, os, sys, tarfile, time
+dest, src = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+class Hashing:
+    def __init__(self, f): self.f, self.h = f, hashlib.sha256()
+    def read(self, n=-1):
+        b = self.f.read(n); self.h.update(b); return b
+with open(src, "rb") as f:
+    h = Hashing(f)
+    with tarfile.open(fileobj=h, mode="r|") as t:
+        t.extractall(dest, filter="tar") if hasattr(tarfile, "data_filter") else t.extractall(dest)
+    while h.read(1 << 20): pass
+fd = os.open(dest, os.O_RDONLY)
+os.fsync(fd); os.close(fd); os.sync()
+print(time.perf_counter() - start)
+"""
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str]
+    self_timed: bool  # prints its own seconds
+    times: list[float] = field(default_factory=list)
+    peak_mib: float = 0.0
+
+
+def run_child(argv: list[str]) -> tuple[float, float, str]:
+    """Wall time, peak RSS (MiB) and stdout of one child."""
+    with tempfile.NamedTemporaryFile("r") as peak_file:
+        use_time = os.access(GNU_TIME, os.X_OK)
+        full = [GNU_TIME, "-f", "%M", "-o", peak_file.name, *argv] if use_time else argv
+        start = time.perf_counter()
+        proc = subprocess.run(full, capture_output=True, check=False)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv[:4])} failed:\n{proc.stderr.decode()[-2000:]}")
+        peak = int(peak_file.read().split()[-1]) / 1024 if use_time else 0.0
+    return elapsed, peak, proc.stdout.decode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=300)
+    parser.add_argument("--entries", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    # make_layer's seed 0 repeats a few names (NTFS-equal), which an import rightly refuses.
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-python", action="store_true", help="skip tarfile.extractall")
+    args = parser.parse_args()
+
+    layer = cached_layer(args.size_mb * 1_000_000, args.entries, args.seed)
+    gz, zst = layer.with_suffix(".tar.gz"), layer.with_suffix(".tar.zst")
+    if not gz.exists():
+        subprocess.run(
+            f"gzip -c '{layer}' > '{gz}.tmp' && mv '{gz}.tmp' '{gz}'", shell=True, check=True
+        )
+    if not zst.exists():
+        subprocess.run(["zstd", "-q", "-f", str(layer), "-o", str(zst)], check=True)
+    for f in (layer, gz, zst):  # warm the page cache for everyone alike
+        with open(f, "rb") as r:
+            while r.read(1 << 20):
+                pass
+
+    work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=layer.parent))
+    py = sys.executable
+    dest = str(work / "dest")
+    home = str(work / "home")
+    extract = "mkdir -p {d} && {cmd} && sync -f {d}"
+    contenders = [
+        Contender(
+            "tar -xf + sync",
+            ["sh", "-c", extract.format(d=dest, cmd=f"tar -xf '{layer}' -C {dest}")],
+            False,
+        ),
+        Contender("winlayer import", [py, "-c", IMPORT, home, str(layer)], True),
+        Contender(
+            "gzip -dc | tar -x + sync",
+            ["sh", "-c", extract.format(d=dest, cmd=f"gzip -dc '{gz}' | tar -x -C {dest}")],
+            False,
+        ),
+        Contender("winlayer import .gz", [py, "-c", IMPORT, home, str(gz)], True),
+        Contender(
+            "zstd -dc | tar -x + sync",
+            ["sh", "-c", extract.format(d=dest, cmd=f"zstd -dcq '{zst}' | tar -x -C {dest}")],
+            False,
+        ),
+        Contender("winlayer import .zst", [py, "-c", IMPORT, home, str(zst)], True),
+        Contender(
+            "2 imports, sequential", [py, "-c", TWO_IMPORTS, home, str(layer), "sequential"], True
+        ),
+        Contender(
+            "2 imports, 2 threads", [py, "-c", TWO_IMPORTS, home, str(layer), "parallel"], True
+        ),
+    ]
+    if not args.no_python:
+        contenders.append(
+            Contender("tarfile + hashlib + sync", [py, "-c", TARFILE, dest, str(layer)], True)
+        )
+    exports = [
+        Contender(
+            "tar -cf - tree | cat", ["sh", "-c", f"tar -cf - -C {dest} . | cat > /dev/null"], False
+        ),
+        Contender("winlayer export canonical", [py, "-c", EXPORT, home, "canonical"], True),
+        Contender("winlayer export original", [py, "-c", EXPORT, home, "original"], True),
+    ]
+
+    def fresh() -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        os.makedirs(home)
+        subprocess.run(["sync", "-f", str(work)], check=True)
+
+    def measure(c: Contender) -> None:
+        wall, peak, out = run_child(c.argv)
+        c.times.append(float(out.split()[-1]) if c.self_timed else wall)
+        c.peak_mib = max(c.peak_mib, peak)
+
+    try:
+        for _ in range(args.runs):
+            for c in contenders:
+                fresh()
+                measure(c)
+            # exports read what one tar extraction and one import left on disk
+            fresh()
+            run_child(contenders[0].argv)
+            run_child(contenders[1].argv)
+            for c in exports:
+                measure(c)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    from winlayer import _hcs
+
+    best = {c.name: min(c.times) for c in contenders + exports}
+    print(
+        f"{layer.name}: {layer.stat().st_size / 1e6:.0f} MB, {args.entries} entries; "
+        f"best of {args.runs}; SHA-NI: {_hcs.sha256_accelerated()}; {os.cpu_count()} CPUs"
+    )
+    print(f"{'':28} {'seconds':>8} {'peak RSS':>10}")
+    for c in contenders + exports:
+        print(f"{c.name:28} {min(c.times):8.2f} {c.peak_mib:7.1f} MiB")
+    ratios = [
+        ("import / tar -xf", "winlayer import", "tar -xf + sync", 1.0),
+        ("import .gz / gzip|tar", "winlayer import .gz", "gzip -dc | tar -x + sync", 1.3),
+        ("import .zst / zstd|tar", "winlayer import .zst", "zstd -dc | tar -x + sync", 1.3),
+        ("parallel / sequential", "2 imports, 2 threads", "2 imports, sequential", 0.6),
+        ("export canonical / tar -cf", "winlayer export canonical", "tar -cf - tree | cat", 1.0),
+        ("export original / tar -cf", "winlayer export original", "tar -cf - tree | cat", 1.0),
+    ]
+    print("ratios (target):")
+    for label, a, b, target in ratios:
+        r = best[a] / best[b]
+        print(f"  {label:28} {r:5.2f}x  (<= {target}x: {'met' if r <= target else 'NOT met'})")
+    peak = max(
+        c.peak_mib for c in contenders + exports if c.name.startswith(("winlayer", "2 imports"))
+    )
+    print(f"  winlayer peak RSS {peak:.1f} MiB  (< 100 MiB: {'met' if peak < 100 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
