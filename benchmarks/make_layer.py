@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import os
 import random
 import struct
 import tarfile
@@ -169,11 +170,23 @@ def make_layer(
             dirs.append(candidate)
     dirs.sort()
 
+    # Names in one layer differ case-insensitively (NTFS): a drawn name that is taken
+    # gets a number.
+    taken = {d.lower() for d in dirs}
+
+    def unique(path: str) -> str:
+        stem, ext = os.path.splitext(path)
+        candidate, n = path, 1
+        while candidate.lower() in taken:
+            candidate, n = f"{stem}-{n}{ext}", n + 1
+        taken.add(candidate.lower())
+        return candidate
+
     files_by_dir: dict[str, list[str]] = {d: [] for d in dirs}
     for _ in range(n_files):
         d = rng.choice(dirs[:1] + dirs[2:])
         ext = rng.choice([".dll", ".exe", ".sys", ".mui", ".xml", ".manifest", ".cat", ".dat"])
-        files_by_dir[d].append(f"{d}/{_name(rng)}{ext}")
+        files_by_dir[d].append(unique(f"{d}/{_name(rng)}{ext}"))
     hives = [
         f"Hives/{h}_Delta"
         for h in (
@@ -230,7 +243,8 @@ def make_layer(
         for d in dirs:
             add(windows_entry(d, tarfile.DIRTYPE, FILE_ATTRIBUTE_DIRECTORY))
             if whiteouts_left and d.startswith("Files/") and rng.random() < 0.3:
-                wh = tarfile.TarInfo(f"{d}/.wh.{_name(rng)}.dll")  # bare ustar, as exported
+                gone = unique(f"{d}/{_name(rng)}.dll").rsplit("/", 1)[1]
+                wh = tarfile.TarInfo(f"{d}/.wh.{gone}")  # bare ustar, as exported
                 wh.mode = 0
                 wh.mtime = 0
                 add(wh, b"")
@@ -260,13 +274,17 @@ def make_layer(
                     and len(all_files) > 1
                     and rng.random() < n_links / max(n_files, 1) * 2
                 ):
-                    link = windows_entry(f"{d}/{_name(rng)}.lnk.dll", tarfile.LNKTYPE, attrs)
+                    link = windows_entry(
+                        unique(f"{d}/{_name(rng)}.lnk.dll"), tarfile.LNKTYPE, attrs
+                    )
                     link.linkname = rng.choice(all_files[:-1])
                     add(link)
                     links_left -= 1
                 if symlinks_left and rng.random() < n_symlinks / max(n_files, 1) * 2:
                     sym = windows_entry(
-                        f"{d}/{_name(rng)}.symlink", tarfile.SYMTYPE, FILE_ATTRIBUTE_REPARSE_POINT
+                        unique(f"{d}/{_name(rng)}.symlink"),
+                        tarfile.SYMTYPE,
+                        FILE_ATTRIBUTE_REPARSE_POINT,
                     )
                     sym.linkname = "C:\\Windows\\System32\\" + _name(rng) + ".dll"
                     add(sym)
@@ -274,7 +292,7 @@ def make_layer(
         # Top up to exactly `entries` with small files (random draws above may fall short).
         filler = 0
         while count < entries:
-            name = f"Files/zz-filler-{filler:06d}.txt"
+            name = unique(f"Files/zz-filler-{filler:06d}.txt")
             filler += 1
             info = windows_entry(name, tarfile.REGTYPE, FILE_ATTRIBUTE_ARCHIVE)
             data = content(rng.randrange(0, 4096))
@@ -286,7 +304,8 @@ def make_layer(
 
 def cached_layer(size: int = 300_000_000, entries: int = 20_000, seed: int = 0) -> Path:
     """The layer for these parameters in benchmarks/data/, generated on first use."""
-    path = DATA_DIR / f"layer-{size // 1_000_000}MB-{entries}-s{seed}.tar"
+    # v2: names unique case-insensitively (v1 layers held duplicate names).
+    path = DATA_DIR / f"layer-{size // 1_000_000}MB-{entries}-s{seed}-v2.tar"
     if not path.exists():
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
