@@ -405,3 +405,38 @@ def test_forced_mode_cannot_switch(
     monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "sideways")
     with pytest.raises(ValueError, match="WINLAYER_PORTABLE_MOUNT"):
         backend.prepare_layer(info, "box", chain)
+
+
+_DISK_FULL = """
+import io, os, subprocess, sys
+sys.path.insert(0, sys.argv[2])
+from tests.layerbuild import base_layer, f
+from winlayer import _hcs
+home = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", home], check=True)
+b = _hcs.portable_backend("")
+info = _hcs.DriverInfo(1, home)
+tar = base_layer(*[f(f"Files/f{i}.bin", os.urandom(100_000)) for i in range(40)])
+try:
+    b.import_layer(info, "full", [], io.BytesIO(tar))
+except OSError as e:
+    print("errno", e.errno)
+b.sweep(info)
+print(sorted(os.listdir(home)))
+"""
+
+
+def test_disk_full_during_import_leaves_nothing(tmp_path: Path) -> None:
+    """ENOSPC on the writer thread surfaces as OSError; the staging folder goes."""
+    if not _overlay_possible():
+        pytest.skip("no user namespaces for a small tmpfs here")
+    home = tmp_path / "small"
+    home.mkdir()
+    result = subprocess.run(
+        ["unshare", "-Urm", sys.executable, "-c", _DISK_FULL, str(home), str(REPO)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"errno {errno.ENOSPC}", "['.winlayer-store.lock']"]
