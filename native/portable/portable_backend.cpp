@@ -47,8 +47,8 @@ public:
     void create_sandbox_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id,
                               const LayerChain& parents) override {
         LayerRef ref = fresh(info, id);
-        if (!parent_id.empty() && parent_id != (parents.empty() ? "" : parents.front()) && !is_absolute(parent_id))
-            existing(info, parent_id);
+        // HCS callers pass the parent's id or its folder (the seed passes parents[0]).
+        if (!parent_id.empty() && !is_absolute(parent_id)) existing(info, parent_id);
         ParentChain check(parents);  // every parent must exist and be readable
         LayerMeta meta;
         meta.kind = LayerKind::Sandbox;
@@ -107,7 +107,8 @@ public:
 
     void unprepare_layer(const DriverInfo& info, const std::string& id) override {
         LayerRef ref = existing(info, id);
-        if (!read_prepared(ref.dir)) return;
+        // No early return when the prepared file is missing: a process killed inside
+        // prepare_layer may have mounted the view before it wrote that file.
         if (read_meta(ref.dir).kind == LayerKind::Sandbox) unprepare_sandbox(ref);
         std::remove(join(ref.dir, kPreparedFile).c_str());
     }

@@ -406,6 +406,10 @@ void prepare_sandbox(const LayerRef& ref, const LayerChain& parents) {
         if (!view_mounted(ref)) mount_view(ref, chain);
         return;
     }
+    // No recorded mode: a first prepare, or one that crashed before recording. Clear what
+    // such a crash may have left before making the view.
+    if (view_mounted(ref)) unmount(join(ref.dir, kViewDir));
+    for (const char* d : {kUpperDir, kWorkDir, kViewDir, kShimDir}) remove_tree(join(ref.dir, d));
     if (requested != "copy") {
         try {
             mount_view(ref, chain);
@@ -429,7 +433,9 @@ void prepare_sandbox(const LayerRef& ref, const LayerChain& parents) {
 }
 
 void unprepare_sandbox(const LayerRef& ref) {
-    if (recorded_mode(ref) == "overlay") unmount(join(ref.dir, kViewDir));
+    // Whatever mode was recorded: a prepare killed between mounting the view and
+    // recording the mode leaves a mounted view and no record.
+    if (view_mounted(ref)) unmount(join(ref.dir, kViewDir));
 }
 
 std::unique_ptr<LayerReader> sandbox_diff_reader(const LayerRef& ref, const LayerChain& parents) {

@@ -235,20 +235,22 @@ class Driver:
         exported, or the parent of another layer; nothing is lost then."""
         with self._layer_locked(id) as rid:
             state = self._state.load(rid)
-            if state.in_use or state.prepared:
+            if state.in_use:
                 raise LayerInUse(id, "layer is mounted or being exported")
             children = self._children(rid)
             if children:
                 raise LayerInUse(id, f"layer is the parent of {', '.join(children)}")
-            if state.activated:
-                self._backend.deactivate_layer(self._info, rid)
-                state.activated = False
-                self._state.save(rid, state)
+            self._release_mount(rid, state)  # left prepared by a process that died
             # Rename first: a crash after this point leaves only a `-removing` folder,
             # which the next sweep destroys, never a half-destroyed layer under its id.
             doomed = f"{rid}-{secrets.token_hex(4)}{REMOVING_SUFFIX}"
             os.replace(self._dir(rid), self._dir(doomed))
-            self._backend.destroy_layer(self._info, doomed)
+            try:
+                self._backend.destroy_layer(self._info, doomed)
+            except BaseException:
+                if self._dir(doomed).is_dir():  # nothing destroyed: put the layer back
+                    os.replace(self._dir(doomed), self._dir(rid))
+                raise
         if rid != id and self._dir(id).is_dir():
             with self._state.lock(id):
                 self._remove_alias_folder(id)
@@ -281,18 +283,29 @@ class Driver:
             state = self._state.load(rid)
             if not state.prepared:
                 parents = chain.read_chain(self._dir(rid))
+                # The state is written ahead of each backend call: a process killed in
+                # the call leaves the layer marked "maybe activated/prepared", and the
+                # release of an abandoned mount (cleanup, remove) undoes it.
                 activated_here = False
                 if not state.activated:
-                    self._backend.activate_layer(self._info, rid)
-                    state.activated = activated_here = True
+                    state.activated = True
                     self._state.save(rid, state)
+                    try:
+                        self._backend.activate_layer(self._info, rid)
+                    except BaseException:
+                        state.activated = False
+                        self._state.save(rid, state)
+                        raise
+                    activated_here = True
+                state.prepared = True
+                self._state.save(rid, state)
+                prepared = False
                 try:
                     self._backend.prepare_layer(self._info, rid, parents)
-                    state.prepared = True
-                    self._state.save(rid, state)
+                    prepared = True
                     state.path = self._backend.get_layer_mount_path(self._info, rid)
                 except BaseException:
-                    self._undo_mount(rid, state, activated_here)
+                    self._undo_mount(rid, state, prepared, activated_here)
                     raise
                 state.path = state.path or str(self._dir(rid))
             state.holders[owner] = state.holders.get(owner, 0) + 1
@@ -323,10 +336,7 @@ class Driver:
                 state.path = ""
             state.holders.pop(owner)
             self._state.save(rid, state)
-            if state.activated:
-                self._backend.deactivate_layer(self._info, rid)
-                state.activated = False
-                self._state.save(rid, state)
+            self._release_mount(rid, state)
 
     @contextlib.contextmanager
     def mounted(self, id: str) -> Iterator[Path]:
@@ -480,21 +490,23 @@ class Driver:
                 raise ValueError(f"{parent!r} is not the parent of layer {rid!r}")
         return parents
 
-    def _undo_mount(self, rid: str, state: Any, activated_here: bool) -> None:
+    def _undo_mount(self, rid: str, state: Any, prepared: bool, activated_here: bool) -> None:
         """Roll back a failed get: unprepare, then deactivate what this get activated."""
-        if state.prepared:
+        if prepared:
             try:
                 self._backend.unprepare_layer(self._info, rid)
-                state.prepared = False
             except Exception:
                 log.warning("could not unprepare layer %s after a failed get", rid, exc_info=True)
-        if activated_here and not state.prepared:
+                self._state.save(rid, state)  # still prepared: say so
+                return
+        state.prepared = False
+        state.path = ""
+        if activated_here:
             try:
                 self._backend.deactivate_layer(self._info, rid)
                 state.activated = False
             except Exception:
                 log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
-        state.path = ""
         self._state.save(rid, state)
 
     def _already_imported(self, id: str, digest: str | None) -> int | None:
@@ -557,27 +569,40 @@ class Driver:
             swept.extend(f"removed staging folder {name}" for name in sweep(self._info) or ())
         if stale_mounts:
             for layer_id in self._state.mounted_ids():
-                if self._release_abandoned_mount(layer_id):
-                    swept.append(f"released abandoned mount of {layer_id}")
+                try:
+                    if self._release_abandoned_mount(layer_id):
+                        swept.append(f"released abandoned mount of {layer_id}")
+                except (WinlayerError, OSError) as exc:
+                    log.warning("could not release the mount of %s: %s", layer_id, exc)
+                    swept.append(f"could not release the mount of {layer_id}: {exc}")
         return swept
 
     def _release_abandoned_mount(self, rid: str) -> bool:
         with self._state.lock(rid):
             state = self._state.load(rid)
+            if state.is_idle():
+                self._state.save(rid, state)  # only dead holders were left: forget them
+                return False
             if state.in_use:
                 return False
             if not self._dir(rid).is_dir():
                 state.prepared = state.activated = False
-            if state.prepared:
-                self._backend.unprepare_layer(self._info, rid)
-                state.prepared = False
-                state.path = ""
                 self._state.save(rid, state)
-            if state.activated:
-                self._backend.deactivate_layer(self._info, rid)
-                state.activated = False
-            self._state.save(rid, state)
+                return True
+            self._release_mount(rid, state)
             return True
+
+    def _release_mount(self, rid: str, state: Any) -> None:
+        """Unprepare and deactivate a layer nobody holds (the caller holds its lock)."""
+        if state.prepared:
+            self._backend.unprepare_layer(self._info, rid)
+            state.prepared = False
+            state.path = ""
+            self._state.save(rid, state)
+        if state.activated:
+            self._backend.deactivate_layer(self._info, rid)
+            state.activated = False
+            self._state.save(rid, state)
 
     def _destroy_quietly(self, folder_name: str) -> None:
         try:
