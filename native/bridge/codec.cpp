@@ -103,8 +103,12 @@ private:
 class LayerTarLister {
 public:
     LayerTarLister(py::object source, bool allow_parent_links, std::string expected_digest,
-                   std::size_t batch_size)
-        : source_(source_from_python(std::move(source))), batch_size_(batch_size), writer_(cancelled_) {
+                   std::size_t batch_size, py::object entry_type, py::object account_type)
+        : source_(source_from_python(std::move(source))),
+          batch_size_(batch_size),
+          writer_(cancelled_),
+          entry_type_(tuple_type(std::move(entry_type), "entry_type")),
+          account_type_(tuple_type(std::move(account_type), "account_type")) {
         if (batch_size == 0) throw py::value_error("batch_size must be positive");
         options_.allow_parent_links = allow_parent_links;
         options_.expected_digest = std::move(expected_digest);
@@ -167,6 +171,28 @@ public:
 private:
     static constexpr std::size_t kQueuedBatches = 4;
 
+    static py::object tuple_type(py::object type, const char* what) {
+        if (!type.is_none() && !(PyType_Check(type.ptr()) &&
+                                 PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(type.ptr()), &PyTuple_Type)))
+            throw py::type_error(std::string(what) + " must be a tuple subclass (e.g. a NamedTuple) or None");
+        return type;
+    }
+
+    // `fields` as an instance of `type` (a tuple subclass such as a NamedTuple), made the
+    // way tuple.__new__(type, fields) makes it, without a Python-level __new__ per entry.
+    static py::object as_instance(const py::object& type, py::tuple fields) {
+        if (type.is_none()) return std::move(fields);
+        py::tuple args = py::make_tuple(std::move(fields));
+        PyObject* o = PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(type.ptr()), args.ptr(), nullptr);
+        if (!o) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(o);
+    }
+
+    py::object account(const std::optional<Sid>& sid) const {
+        if (!sid) return py::none();
+        return as_instance(account_type_, py::make_tuple(sid->sid, sid->alias, sid->name));
+    }
+
     void produce() {
         std::exception_ptr error;
         try {
@@ -209,20 +235,22 @@ private:
         std::array<py::object, 3> objects{py::bytes(sd), py::none(), py::none()};
         if (!sd.empty()) {
             SecurityDescriptorInfo info = parse_security_descriptor(sd);  // validated by the import
-            objects[1] = sid_tuple(info.owner);
-            objects[2] = sid_tuple(info.group);
+            objects[1] = account(info.owner);
+            objects[2] = account(info.group);
         }
         return descriptors_.emplace(sd, std::move(objects)).first->second;
     }
 
-    py::tuple entry_tuple(const LayerEntry& e) {
+    py::object entry_tuple(const LayerEntry& e) {
         const auto& sd = descriptor_objects(e.security_descriptor);
         py::tuple eas(e.extended_attributes.size());
         std::size_t i = 0;
         for (const auto& [name, value] : e.extended_attributes) eas[i++] = py::make_tuple(to_str(name), py::bytes(value));
-        return py::make_tuple(to_str(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
-                              py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
-                              sd[0], sd[1], sd[2], to_str(e.link_target), e.mount_point, std::move(eas));
+        return as_instance(
+            entry_type_,
+            py::make_tuple(to_str(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
+                           py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
+                           sd[0], sd[1], sd[2], to_str(e.link_target), e.mount_point, std::move(eas)));
     }
 
     std::atomic<bool> cancelled_{false};  // the lister is being destroyed
@@ -231,6 +259,8 @@ private:
     ListingWriter writer_;  // the producer's; `committed` is read under mutex_
     ImportOptions options_;
     std::unique_ptr<LayerTarImporter> importer_;
+    py::object entry_type_;    // tuple subclass the entries are made as, or None
+    py::object account_type_;  // tuple subclass owners and groups are made as, or None
     std::vector<py::str> type_names_;  // indexed by EntryType
     std::unordered_map<std::string, std::array<py::object, 3>> descriptors_;
 
@@ -454,9 +484,9 @@ py::dict describe_security_descriptor(const py::bytes& sd) {
 void bind_codec(py::module_& m) {
     py::class_<LayerTarLister>(m, "LayerTarLister",
                                "Runs the layer-tar import validation over a tar and hands out its entries.")
-        .def(py::init<py::object, bool, std::string, std::size_t>(), py::arg("source"), py::kw_only(),
-             py::arg("allow_parent_links") = false, py::arg("expected_digest") = "",
-             py::arg("batch_size") = 1024)
+        .def(py::init<py::object, bool, std::string, std::size_t, py::object, py::object>(), py::arg("source"),
+             py::kw_only(), py::arg("allow_parent_links") = false, py::arg("expected_digest") = "",
+             py::arg("batch_size") = 1024, py::arg("entry_type") = py::none(), py::arg("account_type") = py::none())
         .def("next_batch", &LayerTarLister::next_batch,
              "Up to batch_size entry tuples; [] at the end (the diffID is then known).")
         .def_property_readonly("diff_id", &LayerTarLister::diff_id)

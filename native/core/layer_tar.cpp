@@ -124,6 +124,8 @@ struct LayerTarImporter::State {
     LayerEntry entry;
     std::string name;          // the entry's name, for errors
     std::string stream_owner;  // the last file or directory: its streams may follow
+    std::string rawsd_text;    // the last valid MSWINDOWS.rawsd value, and its bytes
+    std::string rawsd;
     std::uint64_t data_size = 0;
     std::uint64_t next_progress = kProgressEvery;
     bool finished = false;
@@ -309,10 +311,15 @@ void LayerTarImporter::State::metadata() {
             if (!parse_u32(r.value, entry.attributes)) invalid("MSWINDOWS.fileattr is not a 32-bit decimal number");
             have_attributes = true;
         } else if (k == "MSWINDOWS.rawsd") {
-            std::string sd;
-            if (!base64_decode(r.value, sd)) invalid("MSWINDOWS.rawsd is not valid base64");
-            decode("MSWINDOWS.rawsd", [&] { return parse_security_descriptor(sd); });
-            entry.security_descriptor = std::move(sd);
+            // Most entries of a layer share a descriptor: decode and check each value once.
+            if (r.value != rawsd_text) {
+                std::string sd;
+                if (!base64_decode(r.value, sd)) invalid("MSWINDOWS.rawsd is not valid base64");
+                decode("MSWINDOWS.rawsd", [&] { return parse_security_descriptor(sd); });
+                rawsd_text = r.value;
+                rawsd = std::move(sd);
+            }
+            entry.security_descriptor = rawsd;
         } else if (k == "MSWINDOWS.sd") {
             sddl = &r.value;
         } else if (k == "MSWINDOWS.mountpoint") {

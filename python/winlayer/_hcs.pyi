@@ -2,6 +2,7 @@
 # and the module's real attributes differ. One section per binding file.
 
 from collections.abc import Callable
+from typing import Any
 
 from _typeshed import ReadableBuffer, StrPath, SupportsRead, WriteableBuffer
 
@@ -45,8 +46,12 @@ class LayerTarLister:
         allow_parent_links: bool = False,
         expected_digest: str = "",
         batch_size: int = 1024,
+        entry_type: type[tuple[Any, ...]] | None = None,
+        account_type: type[tuple[str, str, str]] | None = None,
     ) -> None: ...
-    def next_batch(self) -> list[_ListedEntry]: ...
+    # _ListedEntry tuples, as instances of entry_type when given (owner and group as
+    # instances of account_type)
+    def next_batch(self) -> list[Any]: ...
     @property
     def diff_id(self) -> str | None: ...
     @property

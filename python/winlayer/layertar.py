@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -52,6 +53,11 @@ _MODE_BITS = (
     (0x04, "s"),  # SYSTEM
     (0x400, "l"),  # REPARSE_POINT
 )
+
+
+@functools.lru_cache(maxsize=256)  # a layer uses a handful of attribute combinations
+def _mode(attributes: int) -> str:
+    return "".join(c if attributes & bit else "-" for bit, c in _MODE_BITS)
 
 
 def filetime_to_datetime(ticks: int) -> datetime | None:
@@ -125,7 +131,7 @@ class LayerTarEntry(NamedTuple):
     @property
     def mode(self) -> str:
         """The attributes as PowerShell shows them: ``darhsl`` letters or ``-``."""
-        return "".join(c if self.attributes & bit else "-" for bit, c in _MODE_BITS)
+        return _mode(self.attributes)
 
     def _time(self, index: int) -> datetime | None:
         if self.type in ("alternate_stream", "hard_link", "whiteout"):
@@ -184,6 +190,8 @@ class LayerTarListing:
                 allow_parent_links=allow_parent_links,
                 expected_digest=expected_digest or "",
                 batch_size=batch_size,
+                entry_type=LayerTarEntry,
+                account_type=Account,
             )
         except BaseException:
             self.close()
@@ -212,33 +220,10 @@ class LayerTarListing:
         if lister is None:
             raise ValueError("the listing is closed")
         try:
-            # Accounts are shared: the native side hands out one tuple per distinct
-            # security descriptor, so each becomes one Account object.
-            accounts: dict[tuple[str, str, str], Account] = {}
-
-            def account(raw: tuple[str, str, str] | None) -> Account | None:
-                if raw is None:
-                    return None
-                found = accounts.get(raw)
-                if found is None:
-                    found = accounts[raw] = Account(*raw)
-                return found
-
+            # The native side makes the LayerTarEntry and Account tuples itself (one
+            # Account per distinct security descriptor).
             while batch := lister.next_batch():
-                for path, kind, size, attrs, times, sd, owner, group, target, mp, eas in batch:
-                    yield LayerTarEntry(
-                        path,
-                        kind,  # type: ignore[arg-type]  # one of EntryType, from native code
-                        size,
-                        attrs,
-                        times,
-                        sd,
-                        account(owner),
-                        account(group),
-                        target,
-                        mp,
-                        eas,
-                    )
+                yield from batch
             self._diff_id = lister.diff_id
             self._data_size = lister.data_size
         finally:
