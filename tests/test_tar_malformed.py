@@ -160,6 +160,33 @@ CASES: list[tuple[str, bytes, str, str, int]] = [
         1024,
     ),
     (
+        "pax-headers-add-up",
+        pax_header(record("comment", "a" * 600_000))
+        + pax_header(record("comment", "b" * 600_000))
+        + ustar_block(b"Files/f")
+        + END,
+        "extension headers of one entry exceed",
+        "././@PaxHeader",
+        512 + 600_064,  # the second PAX header block
+    ),
+    (
+        "pax-globals-add-up",
+        pax_header(record("a", "x" * 600_000), type=b"g")
+        + pax_header(record("b", "y" * 600_000), type=b"g")
+        + GOOD
+        + END,
+        "PAX global records exceed",
+        "Files/a",
+        512 + 600_064,
+    ),
+    (
+        "pax-negative-size",
+        ustar_block(b"././@PaxHeader", type=b"x", size_field=b"\xff" * 12) + GOOD + END,
+        "negative size field",
+        "././@PaxHeader",
+        0,
+    ),
+    (
         "pax-truncated",
         ustar_block(b"././@PaxHeader", type=b"x", size=100) + b"30 pa",
         "truncated PAX header",
@@ -273,6 +300,17 @@ def test_unsupported_entry_types_are_rejected(type: bytes, what: str) -> None:
         _hcs.read_tar(io.BytesIO(raw))
     assert exc.value.reason == f"unsupported entry type '{type.decode()}' ({what})"
     assert (exc.value.entry, exc.value.offset) == ("Files/dev", 1024)
+
+
+def test_trailing_data_is_bounded_only_when_recording_tar_split() -> None:
+    raw = GOOD + END + b"\x01" * (1 << 20) + b"\x01" * 1000
+    assert _hcs.read_tar(io.BytesIO(raw)).size == len(raw)  # no record: any length
+    with pytest.raises(InvalidLayer) as exc:
+        _hcs.read_tar(io.BytesIO(raw), tar_split=True)
+    assert "non-zero data after the end of the archive" in exc.value.reason
+    assert exc.value.offset == len(GOOD + END)
+    zeros = GOOD + END + b"\0" * (8 << 20)  # zero padding is counted, not stored
+    assert _hcs.read_tar(io.BytesIO(zeros), tar_split=True).tar_split is not None
 
 
 def test_entries_before_the_error_are_delivered() -> None:

@@ -194,6 +194,11 @@ def test_global_pax_headers_are_defaults_and_exposed() -> None:
     assert a.mtime == (42, 0)  # global default over the ustar field
     assert b.mtime == (7, 0)  # the entry's own record wins
     assert a.offset == len(glob)  # a global header is not part of the next entry
+    # A later global record replaces the earlier value; an empty value removes the key.
+    again = pax_header(record("mtime", "43") + record("comment", ""), type=b"g")
+    scan = _hcs.read_tar(io.BytesIO(glob + again + file_entry(b"c", b"3") + END))
+    assert scan.global_pax == [(b"mtime", b"43")]
+    assert scan.entries[0].mtime == (43, 0)
 
 
 def test_gnu_base256_fields_and_ustar_prefix() -> None:

@@ -18,6 +18,15 @@ namespace winlayer::bridge {
 
 namespace {
 
+std::string type_name(const py::handle& obj) {
+    return py::str(py::type::handle_of(obj).attr("__name__"));
+}
+
+Error non_blocking(const char* call) {
+    return Error(ErrorKind::InvalidArgument,
+                 std::string(call) + " returned None (non-blocking streams are not supported)");
+}
+
 // A Python binary stream as a Source. read() is called without the GIL; the GIL is taken
 // only around the Python call that pulls a chunk.
 class PythonSource : public Source {
@@ -62,16 +71,17 @@ private:
             py::object r = readinto_(view);
             // The stream must not keep a view of native memory past this call.
             view.attr("release")();
-            if (r.is_none()) throw Error(ErrorKind::InvalidArgument, "readinto() returned None (non-blocking streams are not supported)");
+            if (r.is_none()) throw non_blocking("readinto()");
             const auto count = r.cast<py::ssize_t>();
             if (count < 0 || static_cast<std::size_t>(count) > n)
-                throw Error(ErrorKind::InvalidArgument, "readinto() returned an invalid byte count " + std::to_string(count));
+                throw Error(ErrorKind::InvalidArgument,
+                            "readinto() returned an invalid byte count " + std::to_string(count));
             got = static_cast<std::size_t>(count);
         } else {
             py::object r = read_(n);
-            if (r.is_none()) throw Error(ErrorKind::InvalidArgument, "read() returned None (non-blocking streams are not supported)");
+            if (r.is_none()) throw non_blocking("read()");
             if (!PyBytes_Check(r.ptr()) && !PyByteArray_Check(r.ptr()) && !PyMemoryView_Check(r.ptr()))
-                throw py::type_error("read() must return bytes, got " + std::string(py::str(py::type::handle_of(r).attr("__name__"))));
+                throw py::type_error("read() must return bytes, got " + type_name(r));
             py::buffer_info info = py::buffer(r).request();
             got = static_cast<std::size_t>(info.size * info.itemsize);
             if (got > n) throw Error(ErrorKind::InvalidArgument, "read() returned more bytes than asked for");
@@ -242,15 +252,17 @@ private:
 }  // namespace
 
 std::unique_ptr<Source> source_from_python(py::object obj, std::size_t chunk_size) {
-    if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj) || py::hasattr(obj, "__fspath__")) {
-        py::module_ os = py::module_::import("os");
-        const std::string path = os.attr("fsdecode")(os.attr("fspath")(obj)).cast<std::string>();
-        return std::make_unique<FileSource>(path);
-    }
+    if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj) || py::hasattr(obj, "__fspath__"))
+        return std::make_unique<FileSource>(path_from_python(obj));
     if (py::hasattr(obj, "readinto") || py::hasattr(obj, "read"))
         return std::make_unique<PythonSource>(std::move(obj), chunk_size);
     throw py::type_error("expected a path or a binary file object with readinto() or read(), got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
+}
+
+std::string path_from_python(const py::handle& path) {
+    py::module_ os = py::module_::import("os");
+    return os.attr("fsdecode")(os.attr("fspath")(path)).cast<std::string>();
 }
 
 py::object make_native_stream(std::function<void(Sink&)> producer, std::size_t buffer_size) {

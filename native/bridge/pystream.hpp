@@ -46,6 +46,9 @@ constexpr std::size_t kNativeStreamBuffer = std::size_t(4) << 20;
 std::unique_ptr<Source> source_from_python(py::object obj,
                                            std::size_t chunk_size = kPythonChunkSize);
 
+// str, bytes or os.PathLike -> the path as UTF-8 (os.fsdecode), for FileSource/FileSink.
+std::string path_from_python(const py::handle& path);
+
 py::object make_native_stream(std::function<void(Sink&)> producer,
                               std::size_t buffer_size = kNativeStreamBuffer);
 

@@ -138,14 +138,11 @@ public:
         std::string out;
         {
             py::gil_scoped_release nogil;
-            const std::uint64_t want = size < 0 ? reader_->remaining()
-                                                : std::min<std::uint64_t>(reader_->remaining(), static_cast<std::uint64_t>(size));
+            std::uint64_t want = reader_->remaining();
+            if (size >= 0) want = std::min<std::uint64_t>(want, static_cast<std::uint64_t>(size));
             out.resize(static_cast<std::size_t>(want));
-            std::size_t got = 0;
-            while (got < out.size()) {
-                const std::size_t n = reader_->read(reinterpret_cast<std::uint8_t*>(&out[got]), out.size() - got);
-                got += n;
-            }
+            auto* p = reinterpret_cast<std::uint8_t*>(&out[0]);
+            for (std::size_t got = 0; got < out.size();) got += reader_->read(p + got, out.size() - got);
         }
         return py::bytes(out);
     }
@@ -195,8 +192,7 @@ public:
             memory_ = std::make_unique<StringSink>();
             writer_ = std::make_unique<TarWriter>(*memory_);
         } else {
-            py::module_ os = py::module_::import("os");
-            file_ = std::make_unique<FileSink>(os.attr("fsdecode")(os.attr("fspath")(path)).cast<std::string>());
+            file_ = std::make_unique<FileSink>(path_from_python(path));
             writer_ = std::make_unique<TarWriter>(*file_);
         }
     }
@@ -285,7 +281,8 @@ py::object tar_split_rebuild(const py::bytes& record, py::object open_payload) {
 py::tuple tar_split_info(const py::bytes& record) {
     TarSplitSummary s = inspect_tar_split(record);
     py::list payloads;
-    for (const auto& p : s.payloads) payloads.append(py::make_tuple(p.entry_index, decode_name(p.name), p.size));
+    for (const auto& p : s.payloads)
+        payloads.append(py::make_tuple(p.entry_index, decode_name(p.name), p.size));
     return py::make_tuple(s.total_size, s.digest, payloads);
 }
 
@@ -298,9 +295,9 @@ py::object test_stream(std::uint64_t size, std::int64_t fail_after, std::size_t 
             for (std::uint64_t at = 0; at < size;) {
                 if (fail_after >= 0 && at >= static_cast<std::uint64_t>(fail_after))
                     throw Error::invalid_layer("test failure", "producer", static_cast<std::int64_t>(at));
-                std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size - at));
-                if (fail_after >= 0)
-                    n = static_cast<std::size_t>(std::min<std::uint64_t>(n, static_cast<std::uint64_t>(fail_after) - at));
+                std::uint64_t end = size;
+                if (fail_after >= 0) end = std::min<std::uint64_t>(end, static_cast<std::uint64_t>(fail_after));
+                const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), end - at));
                 for (std::size_t i = 0; i < n; ++i) chunk[i] = static_cast<std::uint8_t>((at + i) % 251);
                 out.write(chunk.data(), n);
                 at += n;

@@ -25,7 +25,9 @@ constexpr std::size_t kTypeflag = 156;
 
 constexpr std::int64_t kMaxInt64 = std::numeric_limits<std::int64_t>::max();
 
-std::uint64_t padding_for(std::uint64_t size) { return (kTarBlockSize - size % kTarBlockSize) % kTarBlockSize; }
+std::uint64_t padding_for(std::uint64_t size) {
+    return (kTarBlockSize - size % kTarBlockSize) % kTarBlockSize;
+}
 
 [[noreturn]] void fail(const std::string& message, const std::string& entry, std::uint64_t offset) {
     throw Error::invalid_layer(message, entry, static_cast<std::int64_t>(offset));
@@ -201,6 +203,7 @@ struct TarReader::Pending {
     bool has_long_name = false, has_long_link = false;
     std::string long_name, long_link;
     std::vector<PaxRecord> pax;
+    std::uint64_t bytes = 0;  // extension data read for this entry
 };
 
 TarReader::TarReader(Source& source, TarSplitWriter* split, std::size_t buffer_size)
@@ -312,14 +315,39 @@ std::string TarReader::peek_name() {
     return field_string(buffer_.get() + pos_, kName);
 }
 
+// A later global record replaces the earlier one of the same key; an empty value removes
+// it (POSIX). The set is bounded like one extension header.
+void TarReader::set_global(PaxRecord r, const std::string& entry, std::uint64_t header_at) {
+    auto it = std::find_if(globals_.begin(), globals_.end(),
+                           [&](const PaxRecord& g) { return g.key == r.key; });
+    if (it != globals_.end()) {
+        globals_bytes_ -= it->key.size() + it->value.size();
+        globals_.erase(it);
+    }
+    if (r.value.empty()) return;
+    globals_bytes_ += r.key.size() + r.value.size();
+    if (globals_bytes_ > kMaxExtensionSize)
+        fail("PAX global records exceed " + std::to_string(kMaxExtensionSize) + " bytes", entry,
+             header_at);
+    globals_.push_back(std::move(r));
+}
+
 void TarReader::finish_stream() {
     // Whatever follows the end-of-archive blocks is part of the stream (and its digest).
+    // The tar-split record keeps it: zero runs cost nothing there, other bytes are held in
+    // memory, so they are bounded.
+    const std::uint64_t trailer_at = offset_;
+    const std::size_t split_before = split_ ? split_->size() : 0;
     for (;;) {
         if (available() == 0) {
             pos_ = end_ = 0;
             if (!fill(1)) break;
         }
         take(available(), false);
+        if (split_ && split_->size() - split_before > kMaxTrailingData)
+            fail("more than " + std::to_string(kMaxTrailingData) +
+                     " bytes of non-zero data after the end of the archive",
+                 "", trailer_at);
     }
     done_ = true;
     if (split_) split_->finish(offset_, hash_.digest());
@@ -421,12 +449,21 @@ bool TarReader::next(TarHeader& h) {
         const bool is_ext = type == 'x' || type == 'g' || type == 'L' || type == 'K';
         if (is_ext) {
             const std::int64_t size = parse_numeric(block, kSize, "size", guess, header_at);
+            if (size < 0) fail("negative size field in tar header", guess, header_at);
             const std::uint64_t data_at = offset_;
             const char* what = type == 'x'   ? "PAX header"
                                : type == 'g' ? "PAX global header"
                                : type == 'L' ? "GNU long name"
                                              : "GNU long link name";
-            std::string data = read_extension(static_cast<std::uint64_t>(size), header_at, guess, what);
+            // Many extension headers before one entry add up: bound their sum too (one
+            // header over the limit is reported as such by read_extension).
+            const auto ext_size = static_cast<std::uint64_t>(size);
+            if (type != 'g') pending.bytes += ext_size;
+            if (pending.bytes > kMaxExtensionSize && ext_size <= kMaxExtensionSize)
+                fail("extension headers of one entry exceed " + std::to_string(kMaxExtensionSize) +
+                         " bytes",
+                     guess, header_at);
+            std::string data = read_extension(ext_size, header_at, guess, what);
             // The entry this header belongs to is named by the next header, when it is
             // already buffered: a better name for errors than "././@PaxHeader".
             if (!pending.has_long_name && guess == field_string(block, kName)) {
@@ -439,7 +476,7 @@ bool TarReader::next(TarHeader& h) {
                 for (auto& r : records) {
                     if (r.key == "path" || r.key == "linkpath" || r.key == "size")
                         fail("PAX global record '" + r.key + "' is not supported", guess, header_at);
-                    globals_.push_back(std::move(r));
+                    set_global(std::move(r), guess, header_at);
                 }
                 // A global header is not part of an entry: the entry starts after it.
                 if (!pending.any) pending.start = offset_;

@@ -7,9 +7,10 @@
 //   - PAX per-file 'x' headers: every record kept in order as raw bytes (TarHeader::pax);
 //     path, linkpath, size, mtime, atime, ctime, uid, gid, uname, gname override the
 //     ustar fields; times may be fractional ("-1.25" is kept as sec -2, nsec 750000000);
-//   - PAX global 'g' headers: records kept (TarReader::global_records), mtime/atime/ctime/
-//     uid/gid/uname/gname act as defaults for later entries; a global path, linkpath or
-//     size is rejected (it would rename or resize every later entry);
+//   - PAX global 'g' headers: records kept (TarReader::global_records; a later record
+//     replaces the value of an earlier one with the same key, an empty value removes it),
+//     mtime/atime/ctime/uid/gid/uname/gname act as defaults for later entries; a global
+//     path, linkpath or size is rejected (it would rename or resize every later entry);
 //   - GNU long name 'L' and long link name 'K'; several extension headers before one
 //     entry are merged (PAX wins over GNU, GNU over ustar name/prefix);
 //   - entry types: '0' and '\0' (regular file, reported as '0'), '7' (contiguous file,
@@ -20,12 +21,14 @@
 //   - The archive ends with a zero block (the second zero block may be missing, as GNU tar
 //     and Go accept). Any bytes after it are consumed (hashed and recorded), not parsed.
 //     A stream that ends before the end-of-archive block is an error (truncated layer).
+//     With a TarSplitWriter, more than kMaxTrailingData non-zero trailing bytes are refused.
 // Types '1', '2', '5' carry no payload whatever their size field says (as in Go and
 // Python's tarfile); their TarHeader::size is 0.
 //
 // Every byte consumed is hashed (diff_id()) and, with a TarSplitWriter, every byte that is
 // not file payload is recorded for a byte-exact rebuild. Memory is bounded: one read
-// buffer plus the extension headers of one entry (at most kMaxExtensionSize each).
+// buffer, the extension headers of one entry and the global records (kMaxExtensionSize
+// each), plus the tar-split record when one is kept.
 //
 // Every malformed input throws Error::invalid_layer(message, entry, offset): entry is the
 // entry's name (or the best guess so far, e.g. the raw ustar name), offset the byte
@@ -57,6 +60,9 @@ constexpr std::size_t kTarBlockSize = 512;
 // Largest PAX or GNU long-name header accepted: security descriptors and extended
 // attributes fit many times over; a bigger one is hostile (it would be held in memory).
 constexpr std::uint64_t kMaxExtensionSize = std::uint64_t(1) << 20;
+// Non-zero bytes after the end-of-archive blocks accepted while recording tar-split (the
+// record holds them in memory); zero padding of any length is fine.
+constexpr std::uint64_t kMaxTrailingData = std::uint64_t(1) << 20;
 
 namespace tar_type {
 constexpr char kFile = '0';
@@ -142,7 +148,7 @@ public:
 
     // Bytes consumed from the source so far (= the offset of the next unread byte).
     std::uint64_t offset() const { return offset_; }
-    // PAX global records seen so far, in order (later ones override earlier keys).
+    // PAX global records in effect, one per key (a key set again moves to the end).
     const std::vector<PaxRecord>& global_records() const { return globals_; }
     // "sha256:<hex>" of every byte of the stream: valid once next() has returned false.
     std::string diff_id() const;
@@ -163,6 +169,7 @@ private:
     void build_header(const std::uint8_t* block, std::uint64_t header_at,
                       const std::string& guess, Pending& pending, TarHeader& h);
     std::string peek_name();
+    void set_global(PaxRecord r, const std::string& entry, std::uint64_t header_at);
     void finish_stream();
 
     Source& source_;
@@ -179,6 +186,7 @@ private:
     bool done_ = false;
     std::string current_name_;
     std::vector<PaxRecord> globals_;
+    std::uint64_t globals_bytes_ = 0;
 };
 
 class TarWriter {

@@ -66,7 +66,8 @@ public:
         case kPayload: {
             const std::uint64_t delta = varint();
             if (any_payload_ && delta == 0) corrupt("payload entry index does not advance", at);
-            if (any_payload_ && delta > UINT64_MAX - last_index_) corrupt("payload entry index overflows", at);
+            if (any_payload_ && delta > UINT64_MAX - last_index_)
+                corrupt("payload entry index overflows", at);
             r.payload.entry_index = any_payload_ ? last_index_ + delta : delta;
             const std::uint64_t shared = varint();
             const std::uint64_t suffix = varint();
