@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import gzip
 import hashlib
 import io
@@ -242,6 +243,28 @@ def test_closing_early_stops_the_producer() -> None:
     s.read(1)
     del s, streams
     assert native_threads() == before
+
+
+def test_read_waiting_on_a_slow_producer_can_be_interrupted() -> None:
+    scan = _hcs.read_tar(io.BytesIO(TAR), tar_split=True, payloads=True)
+    assert scan.tar_split is not None
+    payloads = {e.name: e.data for e in scan.entries if e.data}
+    release = threading.Event()
+
+    def slow(name: str, size: int) -> bytes:
+        release.wait(30)
+        return payloads[name]  # type: ignore[return-value]
+
+    stream = _hcs.tar_split_rebuild(scan.tar_split, slow)
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stream.read()
+    finally:
+        release.set()
+        timer.join()
+        stream.close()
 
 
 def test_native_stream_feeds_the_tar_reader() -> None:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
@@ -98,6 +99,8 @@ private:
     bool eof_ = false;
 };
 
+constexpr std::chrono::milliseconds kSignalCheckInterval{100};
+
 // Producer thread -> bounded ring buffer -> Python reader.
 struct StreamState {
     explicit StreamState(std::size_t capacity) : ring(std::max<std::size_t>(capacity, 1)) {}
@@ -164,25 +167,33 @@ public:
         if (closed_) throw py::value_error("I/O operation on closed stream");
         std::size_t got = 0;
         std::exception_ptr error;
-        {
-            py::gil_scoped_release nogil;
-            std::unique_lock<std::mutex> lock(state_->mutex);
-            StreamState& s = *state_;
-            const std::size_t cap = s.ring.size();
-            while (got < n) {
-                s.changed.wait(lock, [&] { return s.size > 0 || s.done; });
-                if (s.size == 0) {
-                    error = s.error;
-                    break;
+        for (;;) {
+            bool ended = false, timed_out = false;
+            {
+                py::gil_scoped_release nogil;
+                std::unique_lock<std::mutex> lock(state_->mutex);
+                StreamState& s = *state_;
+                const std::size_t cap = s.ring.size();
+                if (s.changed.wait_for(lock, kSignalCheckInterval, [&] { return s.size > 0 || s.done; })) {
+                    while (got < n && s.size > 0) {
+                        const std::size_t k = std::min({n - got, s.size, cap - s.head});
+                        std::memcpy(dst + got, s.ring.data() + s.head, k);
+                        s.head = (s.head + k) % cap;
+                        s.size -= k;
+                        got += k;
+                    }
+                    s.changed.notify_all();
+                    if (s.size == 0 && s.done) {
+                        ended = true;
+                        error = s.error;
+                    }
+                } else {
+                    timed_out = true;
                 }
-                const std::size_t k = std::min({n - got, s.size, cap - s.head});
-                std::memcpy(dst + got, s.ring.data() + s.head, k);
-                s.head = (s.head + k) % cap;
-                s.size -= k;
-                got += k;
-                s.changed.notify_all();
-                if (!fill) break;
             }
+            if (ended || got == n || (got > 0 && !fill)) break;
+            // A slow producer must not make the reader deaf to Ctrl-C.
+            if (timed_out && PyErr_CheckSignals() != 0) throw py::error_already_set();
         }
         if (got == 0 && error) std::rethrow_exception(error);
         return got;
