@@ -122,6 +122,16 @@ def test_pipe_input(compression: str) -> None:
     assert proc.wait() == 0
 
 
+def test_zstd_skippable_frames_anywhere() -> None:
+    skippable = b"\x5a\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"12345"
+    frames = zstd_frames(TAR, 2)
+    half = len(zstandard.ZstdCompressor().compress(TAR[: len(TAR) // 2 + 1]))
+    for blob in (skippable + frames, frames[:half] + skippable + frames[half:]):
+        tar, detected = open_layer(io.BytesIO(blob))
+        assert detected == "zstd"
+        assert read_all(tar) == TAR
+
+
 def test_empty_input_is_plain() -> None:
     tar, detected = open_layer(io.BytesIO(b""))
     assert detected == "none"

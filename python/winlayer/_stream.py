@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, Union
 
 from .errors import InvalidLayer
 
-__all__ = ["DEFAULT_MAX_UNCOMPRESSED", "Compression", "open_layer"]
+__all__ = ["DEFAULT_MAX_UNCOMPRESSED", "Compression", "Source", "detect", "open_layer"]
 
 Compression = Literal["none", "gzip", "zstd"]
 
@@ -49,9 +49,15 @@ def detect(head: bytes) -> Compression:
     """The compression of a stream that starts with ``head`` (at least 4 bytes if any)."""
     if head.startswith(_GZIP_MAGIC):
         return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
+    if head.startswith(_ZSTD_MAGIC) or _is_zstd_skippable(head):
         return "zstd"
     return "none"
+
+
+def _is_zstd_skippable(head: bytes) -> bool:
+    # Skippable frames (magic 0x184D2A50-5F, little-endian) may open a zstd stream: pzstd
+    # writes one first.
+    return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
 
 
 def open_layer(
