@@ -40,9 +40,8 @@ std::string field_string(const std::uint8_t* block, Field f) {
 }
 
 bool is_zero_block(const std::uint8_t* block) {
-    for (std::size_t i = 0; i < kTarBlockSize; ++i)
-        if (block[i] != 0) return false;
-    return true;
+    static const std::uint8_t zeros[kTarBlockSize] = {};
+    return std::memcmp(block, zeros, kTarBlockSize) == 0;
 }
 
 // Octal (space/NUL padded on either side) or GNU base-256 (high bit of the first byte
@@ -80,15 +79,18 @@ std::int64_t parse_numeric(const std::uint8_t* block, Field f, const char* what,
     return static_cast<std::int64_t>(value);
 }
 
+// The sum of the header with its checksum field read as spaces; old writers summed signed
+// chars, so that form is accepted too (computed only when the usual one fails).
 bool checksum_ok(const std::uint8_t* block, std::int64_t stored) {
-    std::int64_t unsigned_sum = 0, signed_sum = 0;
-    for (std::size_t i = 0; i < kTarBlockSize; ++i) {
-        const bool in_field = i >= kChecksum.at && i < kChecksum.at + kChecksum.len;
-        const std::uint8_t c = in_field ? ' ' : block[i];
-        unsigned_sum += c;
-        signed_sum += static_cast<std::int8_t>(c);
-    }
-    return stored == unsigned_sum || stored == signed_sum;
+    std::int64_t sum = 8 * ' ';
+    for (std::size_t i = 0; i < kTarBlockSize; ++i) sum += block[i];
+    for (std::size_t i = 0; i < kChecksum.len; ++i) sum -= block[kChecksum.at + i];
+    if (stored == sum) return true;
+    std::int64_t signed_sum = 8 * ' ';
+    for (std::size_t i = 0; i < kTarBlockSize; ++i) signed_sum += static_cast<std::int8_t>(block[i]);
+    for (std::size_t i = 0; i < kChecksum.len; ++i)
+        signed_sum -= static_cast<std::int8_t>(block[kChecksum.at + i]);
+    return stored == signed_sum;
 }
 
 const char* type_description(char type) {
@@ -405,6 +407,9 @@ bool TarReader::next(TarHeader& h) {
 
     Pending pending;
     pending.start = offset_;
+    // Reuse the previous entry's record vector: its capacity saves reallocations.
+    pending.pax.swap(h.pax);
+    pending.pax.clear();
     std::uint8_t block[kTarBlockSize];
     for (;;) {
         const std::uint64_t header_at = offset_;
