@@ -9,7 +9,7 @@
 //         ...
 //     }
 //
-//   `obj` may be a str or os.PathLike: the file is read natively (FileSource), the GIL is
+//   `obj` may be a str, bytes or os.PathLike: the file is read natively (FileSource), the GIL is
 //   never needed. Or any object with readinto(b) (preferred) or read(n) returning bytes:
 //   the returned Source takes the GIL only to pull the next chunk (1 MiB by default),
 //   so call its read() with the GIL released. Exceptions raised by the Python object
@@ -23,7 +23,8 @@
 //   returns a `_hcs.NativeStream`: a readable binary file object (read, readinto, readall,
 //   readable, seekable, writable, isatty, flush, close, closed, context manager) usable with
 //   shutil.copyfileobj and io.BufferedReader. The producer runs on its own thread
-//   writing into a bounded buffer; read() releases the GIL while it waits. When the
+//   writing into a bounded buffer; read() releases the GIL while it waits (and checks for
+//   signals every 100 ms, so Ctrl-C interrupts a read stuck on a slow producer). When the
 //   producer throws, read() raises that error (translated as usual) once the data written
 //   before it has been read. close() (or garbage collection) while the producer runs
 //   makes the producer's next Sink::write throw, then joins the thread: no thread outlives

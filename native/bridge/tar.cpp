@@ -59,7 +59,8 @@ struct Entry {
 };
 
 struct Scan {
-    std::vector<Entry> entries;
+    std::vector<Entry> read;  // filled without the GIL, then moved into `entries`
+    py::list entries;
     std::string diff_id;
     std::uint64_t size = 0;
     std::vector<PaxRecord> global_pax;
@@ -83,7 +84,7 @@ Scan read_tar(py::object source, bool payloads, bool record_split) {
                     data.append(reinterpret_cast<const char*>(view), n);
                 e.data = std::move(data);
             }
-            scan.entries.push_back(std::move(e));
+            scan.read.push_back(std::move(e));
             e = Entry();
         }
         scan.diff_id = reader.diff_id();
@@ -92,6 +93,8 @@ Scan read_tar(py::object source, bool payloads, bool record_split) {
         if (record_split) scan.tar_split = split.take();
     }
     src.reset();
+    for (auto& e : scan.read) scan.entries.append(py::cast(std::move(e)));
+    scan.read = {};
     return scan;
 }
 
@@ -339,7 +342,7 @@ void bind_tar(py::module_& m) {
         });
 
     py::class_<Scan>(m, "TarScan", "The result of read_tar.")
-        .def_readonly("entries", &Scan::entries)
+        .def_readonly("entries", &Scan::entries)  // one list, converted once
         .def_readonly("diff_id", &Scan::diff_id)
         .def_readonly("size", &Scan::size)
         .def_property_readonly("global_pax", [](const Scan& s) { return pax_list(s.global_pax); })
