@@ -128,8 +128,8 @@ struct LayerTarImporter::State {
     std::string rawsd;
     std::uint64_t data_size = 0;
     std::uint64_t next_progress = kProgressEvery;
-    bool finished = false;
-    bool failed = false;
+    bool finished = false;  // the end of the tar was reached
+    bool closed = false;    // the writer was committed or aborted: no more calls to it
 
     [[noreturn]] void invalid(const std::string& message) const {
         throw Error::invalid_layer(message, name, static_cast<std::int64_t>(header.offset));
@@ -402,21 +402,21 @@ LayerTarImporter::LayerTarImporter(Source& tar, LayerWriter& writer, const Impor
 }
 
 LayerTarImporter::~LayerTarImporter() {
-    if (state_ && !state_->failed && !state_->finished) state_->writer.abort();
+    if (state_ && !state_->closed) state_->writer.abort();
 }
 
 bool LayerTarImporter::step() {
     State& s = *state_;
-    if (s.failed) throw Error(ErrorKind::Internal, "step() after a failed import");
+    if (s.closed) throw Error(ErrorKind::Internal, "step() after the import was committed or aborted");
     try {
         return s.step();
     } catch (Error& e) {
-        s.failed = true;
+        s.closed = true;
         s.writer.abort();
         if (e.kind == ErrorKind::InvalidLayer) e.at_entry(s.reader.current_name(), static_cast<std::int64_t>(s.reader.offset()));
         throw;
     } catch (...) {
-        s.failed = true;
+        s.closed = true;
         s.writer.abort();
         throw;
     }
@@ -424,11 +424,11 @@ bool LayerTarImporter::step() {
 
 CommitInfo LayerTarImporter::commit() {
     State& s = *state_;
-    if (!s.finished || s.failed) throw Error(ErrorKind::Internal, "commit() before the end of the layer tar");
+    if (!s.finished || s.closed) throw Error(ErrorKind::Internal, "commit() before the end of the layer tar");
     CommitInfo info;
     info.diff_id = s.reader.diff_id();
     info.size = s.data_size;
-    s.failed = true;  // from here on the writer is committed or aborted: never again
+    s.closed = true;
     try {
         const std::string& expected = s.options.expected_digest;
         if (!expected.empty() && expected != info.diff_id) throw Error::digest_mismatch(expected, info.diff_id);
@@ -440,8 +440,6 @@ CommitInfo LayerTarImporter::commit() {
     }
     return info;
 }
-
-std::uint64_t LayerTarImporter::offset() const { return state_->reader.offset(); }
 
 CommitInfo import_layer_tar(Source& tar, LayerWriter& writer, const ImportOptions& options) {
     LayerTarImporter importer(tar, writer, options);

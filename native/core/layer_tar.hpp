@@ -46,10 +46,9 @@ public:
 
     // Reads and passes on the next tar entry (with its data); false at the end.
     bool step();
-    // Checks the expected digest and commits the writer.
+    // Checks the expected digest and commits the writer. Destroying the importer
+    // before commit() aborts the writer.
     CommitInfo commit();
-    // Tar bytes consumed so far.
-    std::uint64_t offset() const;
 
 private:
     struct State;
