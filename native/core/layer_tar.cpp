@@ -585,7 +585,8 @@ private:
     }
 
     void copy_data(const LayerEntry& e) {
-        std::vector<std::uint8_t> buf(std::size_t(1) << 20);
+        std::vector<std::uint8_t>& buf = buffer_;
+        if (buf.empty()) buf.resize(std::size_t(1) << 20);
         std::uint64_t left = e.size;
         while (left > 0) {
             std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
@@ -602,6 +603,7 @@ private:
     TarWriter writer_;
     const LayerEntry* entry_ = nullptr;
     std::string stream_owner_;
+    std::vector<std::uint8_t> buffer_;  // one copy buffer for every entry
 };
 
 }  // namespace
