@@ -486,17 +486,21 @@ private:
         h.pax.push_back({"LIBARCHIVE.creationtime", format_pax_time(from_filetime(e.times.creation))});
     }
 
-    void windows_records(const LayerEntry& e, TarHeader& h) const {
+    void windows_records(const LayerEntry& e, TarHeader& h) {
         std::string problem = attributes_problem(e);
         if (!problem.empty()) invalid(problem);
         h.pax.push_back({"MSWINDOWS.fileattr", std::to_string(e.attributes)});
         if (!e.security_descriptor.empty()) {
-            try {
-                parse_security_descriptor(e.security_descriptor);
-            } catch (const Error& err) {
-                invalid(err.message);
+            if (e.security_descriptor != rawsd_) {  // entries mostly share one descriptor
+                try {
+                    parse_security_descriptor(e.security_descriptor);
+                } catch (const Error& err) {
+                    invalid(err.message);
+                }
+                rawsd_ = e.security_descriptor;
+                rawsd_text_ = base64_encode(rawsd_);
             }
-            h.pax.push_back({"MSWINDOWS.rawsd", base64_encode(e.security_descriptor)});
+            h.pax.push_back({"MSWINDOWS.rawsd", rawsd_text_});
         }
         for (const auto& [ea_name, value] : e.extended_attributes) {
             if (ea_name.empty() || ea_name.size() > 255 || ea_name.find('\0') != std::string::npos ||
@@ -604,6 +608,7 @@ private:
     const LayerEntry* entry_ = nullptr;
     std::string stream_owner_;
     std::vector<std::uint8_t> buffer_;  // one copy buffer for every entry
+    std::string rawsd_, rawsd_text_;     // the last valid descriptor and its base64
 };
 
 }  // namespace
