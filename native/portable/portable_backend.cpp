@@ -30,7 +30,7 @@ public:
 
     void deactivate_layer(const DriverInfo& info, const std::string& id) override {
         LayerRef ref = existing(info, id);
-        std::remove(join(ref.dir, kActiveFile).c_str());
+        remove_tree(join(ref.dir, kActiveFile));  // Win32-safe (long, non-ASCII paths)
     }
 
     void create_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id) override {
@@ -110,7 +110,7 @@ public:
         // No early return when the prepared file is missing: a process killed inside
         // prepare_layer may have mounted the view before it wrote that file.
         if (read_meta(ref.dir).kind == LayerKind::Sandbox) unprepare_sandbox(ref);
-        std::remove(join(ref.dir, kPreparedFile).c_str());
+        remove_tree(join(ref.dir, kPreparedFile));
     }
 
     std::string name_to_guid(const std::string& name) override { return layer_guid(name); }
