@@ -440,3 +440,52 @@ def test_disk_full_during_import_leaves_nothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"errno {errno.ENOSPC}", "['.winlayer-store.lock']"]
+
+
+def test_sweep_removes_and_restores_leftovers(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    home = Path(info.home)
+    backend.create_layer(info, "empty", "")
+    (home / "empty" / "layerchain.json").write_text("[]")
+    # What crashes leave: a dead import, a half-destroyed layer, and an empty layer set
+    # aside by an import that died before its own folder took the place.
+    (home / ".staging-a-0123456789abcdef" / "Files").mkdir(parents=True)
+    (home / ".removing-b-0123456789abcdef" / "Files").mkdir(parents=True)
+    (home / "empty").rename(home / ".replacing-empty-0123456789abcdef")
+    swept = backend.sweep(info)
+    assert sorted(swept) == [
+        ".removing-b-0123456789abcdef",
+        ".replacing-empty-0123456789abcdef",
+        ".staging-a-0123456789abcdef",
+    ]
+    assert sorted(p.name for p in home.iterdir()) == [".winlayer-store.lock", "empty"]
+    assert (home / "empty" / "layerchain.json").read_text() == "[]"
+    # The restored layer still takes an import, keeping the caller's files.
+    tar = base_layer()
+    backend.import_layer(info, "empty", [], io.BytesIO(tar))
+    assert (home / "empty" / "layerchain.json").read_text() == "[]"
+    assert _export(backend, info, "empty", original=True) == tar
+    assert backend.sweep(info) == []
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../up", "a/b", "a\\b", ".staging-x", "c:d"])
+def test_invalid_layer_ids(backend: _hcs.Backend, info: _hcs.DriverInfo, bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid layer id"):
+        backend.create_layer(info, bad, "")
+
+
+def test_full_path_id_with_empty_home(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    """Newer hcsshim passes an empty home and the layer's full path as the id."""
+    backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
+    bare = _hcs.DriverInfo(1, "")
+    full = os.path.join(info.home, "base")
+    assert backend.layer_exists(bare, full)
+    assert backend.get_layer_mount_path(bare, full) == full
+
+
+def test_missing_parent_is_layer_not_found(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    from winlayer.errors import LayerNotFound
+
+    missing = os.path.join(info.home, "nope")
+    with pytest.raises(LayerNotFound):
+        backend.create_sandbox_layer(info, "box", missing, [missing])
+    assert not backend.layer_exists(info, "box")
