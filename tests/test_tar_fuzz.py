@@ -1,5 +1,6 @@
-"""The fuzz target's property on its regression corpus, and a libFuzzer run bounded to
-15 seconds of fuzzing (needs clang; .ci/run installs it)."""
+"""The fuzz target's property on its regression corpus, and libFuzzer runs of each target
+(the tar reader, the Windows layer semantics) bounded to 15 seconds of fuzzing (needs
+clang; .ci/run installs it)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def test_corpus_input_reads_or_fails_cleanly(path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("clang++") is None, reason="libFuzzer needs clang")
-def test_fuzz_tar_for_15_seconds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["tar", "layer_tar"])
+def test_fuzz_for_15_seconds(tmp_path: Path, target: str) -> None:
     env = {**os.environ, "FUZZ_BUILD_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [str(REPO / "ci" / "fuzz_tar.sh"), "15"],
+        [str(REPO / "ci" / "fuzz_tar.sh"), "15", target],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -4,11 +4,7 @@
 // SDDL). Properties: failures are InvalidLayer only; what the import accepts passes the
 // path rules, carries exactly its declared data, and exports and re-imports to the same
 // entries; decoded EAs re-encode to what decodes the same; SDDL that converts yields a
-// descriptor the binary parser accepts.
-//   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Inative \
-//     native/fuzz/fuzz_layer_tar.cpp native/core/{layer_tar,tar,tar_split,sha256,error,\
-//     encoding,backup_stream,path_rules,security_descriptor}.cpp -o fuzz_layer_tar
-//   ./fuzz_layer_tar -max_total_time=60 -max_len=65536 CORPUS_DIR ../shared/fixtures
+// descriptor the binary parser accepts. Build and run: ci/fuzz_tar.sh SECONDS layer_tar.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
