@@ -132,6 +132,30 @@ def test_zstd_skippable_frames_anywhere() -> None:
         assert read_all(tar) == TAR
 
 
+def test_text_and_non_blocking_streams_are_refused() -> None:
+    with pytest.raises(TypeError, match="binary stream"):
+        open_layer(io.StringIO("not bytes"))
+
+    class NonBlocking(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: memoryview) -> int | None:  # type: ignore[override]
+            self.calls += 1
+            if self.calls == 1:
+                b[:4] = b"\x28\xb5\x2f\xfd"
+                return 4
+            return None  # would block
+
+    tar, detected = open_layer(NonBlocking())
+    assert detected == "zstd"
+    with pytest.raises(ValueError, match="non-blocking"):
+        read_all(tar)  # not taken for the end of the layer
+
+
 def test_empty_input_is_plain() -> None:
     tar, detected = open_layer(io.BytesIO(b""))
     assert detected == "none"

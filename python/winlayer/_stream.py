@@ -86,7 +86,7 @@ def open_layer(
 
     peek = getattr(source, "peek", None)
     if callable(peek):
-        head = bytes(peek(4)[:4])
+        head = _checked(peek(4))[:4]
         if len(head) >= 4 or not head:
             compression = detect(head)
             if compression == "none":
@@ -106,11 +106,21 @@ def open_layer(
 def _read_exact(f: _Readable, n: int) -> bytes:
     data = b""
     while len(data) < n:
-        chunk = f.read(n - len(data))
+        chunk = _checked(f.read(n - len(data)))
         if not chunk:
             break
         data += chunk
     return data
+
+
+def _checked(chunk: Any) -> bytes:
+    """What read() returned, if it is bytes: None (a non-blocking stream with nothing to
+    read) or str (a text stream) would otherwise pass for the end of the layer."""
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return bytes(chunk)
+    if chunk is None:
+        raise ValueError("non-blocking streams are not supported (read() returned None)")
+    raise TypeError(f"a layer must be a binary stream, read() returned {type(chunk).__name__}")
 
 
 def _decompressor(
@@ -141,8 +151,12 @@ class _Prefixed(io.RawIOBase):
             return n
         if self._readinto is not None:
             got = self._readinto(out)
-            return int(got or 0)
-        data = self._raw.read(len(out))
+            if got is None:
+                raise ValueError(
+                    "non-blocking streams are not supported (readinto() returned None)"
+                )
+            return int(got)
+        data = _checked(self._raw.read(len(out)))
         out[: len(data)] = data
         return len(data)
 
@@ -188,7 +202,7 @@ class _Decompressing(io.RawIOBase):
         return n
 
     def _read_raw(self) -> bytes:
-        data: bytes = self._raw.read(_READ_SIZE)
+        data = _checked(self._raw.read(_READ_SIZE))
         self._in_total += len(data)
         return data
 
