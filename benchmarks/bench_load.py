@@ -119,7 +119,7 @@ def build_archive(layer: Path, out: Path) -> str:
     return config_hex
 
 
-def timed(run: Callable[[], None]) -> float:
+def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     os.sync()

@@ -14,7 +14,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 import zstandard
@@ -151,8 +151,8 @@ def oci_layout(
         ],
     }
     for key, value in (tamper or {}).items():
-        index, field = key.split(".")
-        manifest["layers"][int(index)][field] = value
+        position, field = key.split(".")
+        manifest["layers"][int(position)][field] = value
     manifest_bytes = json.dumps(manifest).encode()
     descriptor: dict[str, Any] = {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -311,7 +311,7 @@ def test_compressed_archive_with_layers_out_of_chain_order(
 def test_load_from_a_pipe(driver: Driver, store: ImageStore, outer: str) -> None:
     data, config = docker_save([L1, L2], compression=["none", "gzip"])
     pipe = Pipe(compress(data, outer))
-    load(driver, store, pipe)
+    load(driver, store, cast(IO[bytes], pipe))  # a raw stream, as users pass
     check_loaded(driver, store, [L1, L2], config)
     assert not pipe.closed  # the caller's stream is the caller's to close
 

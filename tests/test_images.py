@@ -166,7 +166,7 @@ class Listing:
 def listed_driver(tmp_path: Path, listing: Any) -> Driver:
     text = listing if isinstance(listing, str) else json.dumps(listing)
     backend = Listing(load_backend("portable", str(tmp_path / "base")), text)
-    return Driver(tmp_path / "home", backend=backend)  # type: ignore[arg-type]
+    return Driver(tmp_path / "home", backend=backend)
 
 
 def test_broken_base_images_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
