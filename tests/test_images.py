@@ -293,6 +293,15 @@ def test_register_is_idempotent_and_tags_resolve(store: ImageStore) -> None:
     assert store.resolve(a.id[:12]) == a.id
     assert [i.id for i in store.images()] == [b.id, a.id]  # newest first
     assert store.get(a.id).tags == ("example.com:5000/team/app:v1",)
+    assert json.loads(json.dumps(store.get(a.id).as_dict())) == {
+        "id": a.id,
+        "tags": ["example.com:5000/team/app:v1"],
+        "created": a.created,
+        "architecture": "amd64",
+        "os": "windows",
+        "size": 1,
+        "layers": [],
+    }
 
 
 def test_tag_rules(store: ImageStore) -> None:

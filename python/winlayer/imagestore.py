@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import StoreCorrupt, WinlayerError
 
@@ -73,6 +74,18 @@ class Image:
     size: int
     layers: tuple[str, ...] = ()
     tags: tuple[str, ...] = field(default=(), compare=False)  # "name:tag", sorted
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record without its config bytes, for JSON output (``images ls --json``)."""
+        return {
+            "id": self.id,
+            "tags": list(self.tags),
+            "created": self.created,
+            "architecture": self.architecture,
+            "os": self.os,
+            "size": self.size,
+            "layers": list(self.layers),
+        }
 
 
 @dataclass(frozen=True)
