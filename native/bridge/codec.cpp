@@ -4,7 +4,6 @@
 // rules) for tools and tests.
 #include <pybind11/stl.h>
 
-#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -63,31 +62,48 @@ py::object sid_tuple(const std::optional<Sid>& sid) {
 
 // --- the lister ----------------------------------------------------------------------
 
-// A LayerWriter that keeps each entry's metadata (not its data) for the next batch.
+// An entry as listed: its metadata and the owner and group of its security descriptor.
+struct Listed {
+    LayerEntry entry;
+    std::optional<Sid> owner;
+    std::optional<Sid> group;
+};
+
+// A LayerWriter that keeps each entry's metadata (not its data) for the next batch. It
+// runs on the producer thread, so descriptors are parsed there, off the GIL.
 class ListingWriter : public LayerWriter {
 public:
     explicit ListingWriter(const std::atomic<bool>& cancelled) : cancelled_(cancelled) {}
     void add(const LayerEntry& e) override {
         check();
-        batch.push_back(e);
+        Listed& item = batch.emplace_back();
+        item.entry = e;
+        if (!e.security_descriptor.empty()) {
+            if (e.security_descriptor != last_sd_) {
+                last_ = parse_security_descriptor(e.security_descriptor);  // validated by the import
+                last_sd_ = e.security_descriptor;
+            }
+            item.owner = last_.owner;
+            item.group = last_.group;
+        }
     }
     // Data is not kept, but a long entry is where a cancelled listing should stop.
     void write(const std::uint8_t*, std::size_t) override { check(); }
     void add_link(const std::string& path, const std::string& target) override {
-        LayerEntry& e = batch.emplace_back();
+        LayerEntry& e = batch.emplace_back().entry;
         e.path = path;
         e.type = EntryType::HardLink;
         e.link_target = target;
     }
     void remove(const std::string& path) override {
-        LayerEntry& e = batch.emplace_back();
+        LayerEntry& e = batch.emplace_back().entry;
         e.path = path;
         e.type = EntryType::Whiteout;
     }
     void commit(const CommitInfo& info) override { committed = info; }
     void abort() noexcept override {}
 
-    std::vector<LayerEntry> batch;
+    std::vector<Listed> batch;
     std::optional<CommitInfo> committed;
 
 private:
@@ -95,6 +111,30 @@ private:
         if (cancelled_) throw Error(ErrorKind::Internal, "listing cancelled");
     }
     const std::atomic<bool>& cancelled_;
+    std::string last_sd_;
+    SecurityDescriptorInfo last_;
+};
+
+// Pauses Python's cyclic GC while a batch of tuples is made (none of them can form a
+// cycle; the collections their allocations would trigger find nothing). The GIL is held
+// throughout, so no other Python code sees the pause.
+class GcPause {
+public:
+    GcPause() {
+#if PY_VERSION_HEX >= 0x030A0000
+        was_enabled_ = PyGC_Disable() != 0;
+#endif
+    }
+    ~GcPause() {
+#if PY_VERSION_HEX >= 0x030A0000
+        if (was_enabled_) PyGC_Enable();
+#endif
+    }
+    GcPause(const GcPause&) = delete;
+    GcPause& operator=(const GcPause&) = delete;
+
+private:
+    bool was_enabled_ = false;
 };
 
 // Lists a layer tar: a producer thread runs the import (reading, hashing, validating,
@@ -139,7 +179,7 @@ public:
     // (and checked against the expected digest). Errors of the import are raised here,
     // after the entries read before them.
     py::list next_batch() {
-        std::vector<LayerEntry> batch;
+        std::vector<Listed> batch;
         {
             py::gil_scoped_release nogil;
             std::unique_lock<std::mutex> lock(mutex_);
@@ -151,9 +191,10 @@ public:
         }
         changed_.notify_all();
         if (batch.empty() && error_) std::rethrow_exception(error_);
+        GcPause pause;
         py::list out(batch.size());
         std::size_t i = 0;
-        for (const LayerEntry& e : batch) out[i++] = entry_tuple(e);
+        for (const Listed& l : batch) out[i++] = entry_tuple(l);
         return out;
     }
 
@@ -188,9 +229,14 @@ private:
         return py::reinterpret_steal<py::object>(o);
     }
 
-    py::object account(const std::optional<Sid>& sid) const {
+    // One Python object per SID (layers use few SIDs, even when descriptors vary).
+    py::object account(const std::optional<Sid>& sid) {
         if (!sid) return py::none();
-        return as_instance(account_type_, py::make_tuple(sid->sid, sid->alias, sid->name));
+        auto it = accounts_.find(sid->sid);
+        if (it != accounts_.end()) return it->second;
+        if (accounts_.size() >= kCacheLimit) accounts_.clear();
+        py::object a = as_instance(account_type_, py::make_tuple(sid->sid, sid->alias, sid->name));
+        return accounts_.emplace(sid->sid, std::move(a)).first->second;
     }
 
     void produce() {
@@ -226,23 +272,16 @@ private:
     }
 
 private:
-    // Python objects of a security descriptor: (bytes, owner, group). Layers hold few
-    // distinct descriptors, so the objects are made once and shared by every entry.
-    const std::array<py::object, 3>& descriptor_objects(const std::string& sd) {
+    // One bytes object per distinct descriptor (layers usually share a few).
+    py::object descriptor_bytes(const std::string& sd) {
         auto it = descriptors_.find(sd);
         if (it != descriptors_.end()) return it->second;
-        if (descriptors_.size() >= 4096) descriptors_.clear();
-        std::array<py::object, 3> objects{py::bytes(sd), py::none(), py::none()};
-        if (!sd.empty()) {
-            SecurityDescriptorInfo info = parse_security_descriptor(sd);  // validated by the import
-            objects[1] = account(info.owner);
-            objects[2] = account(info.group);
-        }
-        return descriptors_.emplace(sd, std::move(objects)).first->second;
+        if (descriptors_.size() >= kCacheLimit) descriptors_.clear();
+        return descriptors_.emplace(sd, py::bytes(sd)).first->second;
     }
 
-    py::object entry_tuple(const LayerEntry& e) {
-        const auto& sd = descriptor_objects(e.security_descriptor);
+    py::object entry_tuple(const Listed& l) {
+        const LayerEntry& e = l.entry;
         py::tuple eas(e.extended_attributes.size());
         std::size_t i = 0;
         for (const auto& [name, value] : e.extended_attributes) eas[i++] = py::make_tuple(to_str(name), py::bytes(value));
@@ -250,7 +289,8 @@ private:
             entry_type_,
             py::make_tuple(to_str(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
                            py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
-                           sd[0], sd[1], sd[2], to_str(e.link_target), e.mount_point, std::move(eas)));
+                           descriptor_bytes(e.security_descriptor), account(l.owner), account(l.group),
+                           to_str(e.link_target), e.mount_point, std::move(eas)));
     }
 
     std::atomic<bool> cancelled_{false};  // the lister is being destroyed
@@ -262,11 +302,13 @@ private:
     py::object entry_type_;    // tuple subclass the entries are made as, or None
     py::object account_type_;  // tuple subclass owners and groups are made as, or None
     std::vector<py::str> type_names_;  // indexed by EntryType
-    std::unordered_map<std::string, std::array<py::object, 3>> descriptors_;
+    static constexpr std::size_t kCacheLimit = 4096;
+    std::unordered_map<std::string, py::object> descriptors_;  // descriptor -> bytes
+    std::unordered_map<std::string, py::object> accounts_;     // SID string -> account
 
     std::mutex mutex_;
     std::condition_variable changed_;
-    std::deque<std::vector<LayerEntry>> queue_;
+    std::deque<std::vector<Listed>> queue_;
     bool finished_ = false;  // the producer has stopped
     std::exception_ptr error_;
     std::thread producer_;  // last: started once everything above exists

@@ -76,7 +76,7 @@ bool base64_decode(const std::string& text, std::string& out) {
     return true;
 }
 
-bool next_code_point(const std::string& s, std::size_t& i, char32_t& cp) {
+bool next_code_point(std::string_view s, std::size_t& i, char32_t& cp) {
     const auto* p = reinterpret_cast<const unsigned char*>(s.data());
     std::size_t n = s.size();
     unsigned char c = p[i];

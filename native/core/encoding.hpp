@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace winlayer {
 
@@ -21,7 +22,7 @@ bool is_valid_utf8(const std::string& s);
 
 // Decodes one code point of well-formed UTF-8 at s[i], advancing i. Returns false at a
 // malformed sequence (i is then unchanged).
-bool next_code_point(const std::string& s, std::size_t& i, char32_t& cp);
+bool next_code_point(std::string_view s, std::size_t& i, char32_t& cp);
 
 // UTF-8 -> UTF-16LE bytes (2 per unit). Returns false for malformed UTF-8.
 bool utf8_to_utf16le(const std::string& utf8, std::string& out);

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <unordered_map>
 #include <vector>
 
 #include "backup_stream.hpp"
@@ -124,8 +125,7 @@ struct LayerTarImporter::State {
     LayerEntry entry;
     std::string name;          // the entry's name, for errors
     std::string stream_owner;  // the last file or directory: its streams may follow
-    std::string rawsd_text;    // the last valid MSWINDOWS.rawsd value, and its bytes
-    std::string rawsd;
+    std::unordered_map<std::string, std::string> rawsd_cache;  // valid MSWINDOWS.rawsd -> bytes
     std::uint64_t data_size = 0;
     std::uint64_t next_progress = kProgressEvery;
     bool finished = false;  // the end of the tar was reached
@@ -311,15 +311,16 @@ void LayerTarImporter::State::metadata() {
             if (!parse_u32(r.value, entry.attributes)) invalid("MSWINDOWS.fileattr is not a 32-bit decimal number");
             have_attributes = true;
         } else if (k == "MSWINDOWS.rawsd") {
-            // Most entries of a layer share a descriptor: decode and check each value once.
-            if (r.value != rawsd_text) {
+            // Entries of a layer share a few descriptors: decode and check each value once.
+            auto it = rawsd_cache.find(r.value);
+            if (it == rawsd_cache.end()) {
                 std::string sd;
                 if (!base64_decode(r.value, sd)) invalid("MSWINDOWS.rawsd is not valid base64");
                 decode("MSWINDOWS.rawsd", [&] { return parse_security_descriptor(sd); });
-                rawsd_text = r.value;
-                rawsd = std::move(sd);
+                if (rawsd_cache.size() >= 256) rawsd_cache.clear();
+                it = rawsd_cache.emplace(r.value, std::move(sd)).first;
             }
-            entry.security_descriptor = rawsd;
+            entry.security_descriptor = it->second;
         } else if (k == "MSWINDOWS.sd") {
             sddl = &r.value;
         } else if (k == "MSWINDOWS.mountpoint") {

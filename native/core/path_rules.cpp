@@ -1,6 +1,7 @@
 #include "path_rules.hpp"
 
 #include <cstring>
+#include <string_view>
 
 #include "encoding.hpp"
 #include "sha256.hpp"
@@ -18,7 +19,7 @@ bool is_forbidden_char(char32_t c) {
 
 char ascii_upper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
 
-bool iequals_ascii(const std::string& a, const char* b) {
+bool iequals_ascii(std::string_view a, const char* b) {
     std::size_t n = std::strlen(b);
     if (a.size() != n) return false;
     for (std::size_t i = 0; i < n; ++i)
@@ -27,21 +28,21 @@ bool iequals_ascii(const std::string& a, const char* b) {
 }
 
 // CON, PRN, AUX, NUL, COM1-9, LPT1-9 (and with superscript 1-3), CONIN$, CONOUT$.
-bool is_reserved_device(const std::string& component) {
-    std::string base = component.substr(0, component.find('.'));
-    while (!base.empty() && base.back() == ' ') base.pop_back();
+bool is_reserved_device(std::string_view component) {
+    std::string_view base = component.substr(0, component.find('.'));
+    while (!base.empty() && base.back() == ' ') base.remove_suffix(1);
     for (const char* name : {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"})
         if (iequals_ascii(base, name)) return true;
     if (base.size() < 4) return false;
-    std::string stem = base.substr(0, 3);
+    std::string_view stem = base.substr(0, 3);
     if (!iequals_ascii(stem, "COM") && !iequals_ascii(stem, "LPT")) return false;
-    std::string digit = base.substr(3);
+    std::string_view digit = base.substr(3);
     if (digit.size() == 1 && digit[0] >= '1' && digit[0] <= '9') return true;
     return digit == "\xc2\xb9" || digit == "\xc2\xb2" || digit == "\xc2\xb3";  // superscript 1, 2, 3
 }
 
 // Checks one component of a layer path (not the top-level folder rule).
-std::string component_problem(const std::string& c) {
+std::string component_problem(std::string_view c) {
     if (c.empty()) return "empty path component";
     if (c == ".") return "'.' path component";
     if (c == "..") return "'..' path component";
@@ -75,7 +76,7 @@ std::string layer_path_problem(const std::string& path) {
     bool first = true;
     while (true) {
         std::size_t slash = path.find('/', start);
-        std::string c = path.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+        std::string_view c = std::string_view(path).substr(start, slash == std::string::npos ? std::string::npos : slash - start);
         std::string problem = component_problem(c);
         if (!problem.empty()) return problem;
         if (first && c != "Files" && c != "Hives" && c != "UtilityVM")
