@@ -4,12 +4,19 @@
 
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 namespace winlayer::bridge {
 
 namespace py = pybind11;
 
 // Raises the Python exception for the C++ exception currently being handled.
 void register_error_translator();
+
+// A native string (UTF-8 from a layer tar, not necessarily valid) as a str: bytes that are
+// not UTF-8 are kept as surrogates (surrogateescape), so a hostile name never fails the
+// conversion and encodes back to the same bytes.
+py::str decode_utf8(const std::string& s);
 
 // Per-area bindings, each in its own file of native/bridge/.
 void bind_codec(py::module_& m);     // codec.cpp: layer tar inspection

@@ -18,6 +18,7 @@
 #include "../core/backup_stream.hpp"
 #include "../core/error.hpp"
 #include "../core/layer_tar.hpp"
+#include "../core/memory_io.hpp"
 #include "../core/path_rules.hpp"
 #include "../core/security_descriptor.hpp"
 #include "bridge.hpp"
@@ -26,12 +27,6 @@
 namespace winlayer::bridge {
 
 namespace {
-
-py::str to_str(const std::string& s) {
-    PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<py::ssize_t>(s.size()), "surrogateescape");
-    if (!o) throw py::error_already_set();
-    return py::reinterpret_steal<py::str>(o);
-}
 
 const char* type_name(EntryType t) {
     switch (t) {
@@ -284,13 +279,13 @@ private:
         const LayerEntry& e = l.entry;
         py::tuple eas(e.extended_attributes.size());
         std::size_t i = 0;
-        for (const auto& [name, value] : e.extended_attributes) eas[i++] = py::make_tuple(to_str(name), py::bytes(value));
+        for (const auto& [name, value] : e.extended_attributes) eas[i++] = py::make_tuple(decode_utf8(name), py::bytes(value));
         return as_instance(
             entry_type_,
-            py::make_tuple(to_str(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
+            py::make_tuple(decode_utf8(e.path), type_names_[static_cast<std::size_t>(e.type)], e.size, e.attributes,
                            py::make_tuple(e.times.creation, e.times.last_access, e.times.last_write, e.times.change),
                            descriptor_bytes(e.security_descriptor), account(l.owner), account(l.group),
-                           to_str(e.link_target), e.mount_point, std::move(eas)));
+                           decode_utf8(e.link_target), e.mount_point, std::move(eas)));
     }
 
     std::atomic<bool> cancelled_{false};  // the lister is being destroyed
@@ -369,23 +364,18 @@ py::tuple trace_import(py::object source, const std::string& expected_digest, bo
     }
     src.reset();
     py::list calls;
-    for (const auto& c : writer.calls) calls.append(py::make_tuple(c.op, to_str(c.a), to_str(c.b), py::bytes(c.arg)));
+    for (const auto& c : writer.calls) calls.append(py::make_tuple(c.op, decode_utf8(c.a), decode_utf8(c.b), py::bytes(c.arg)));
     py::object error = py::none();
     if (failure) {
         const Error& e = *failure;
         error = py::module_::import("winlayer.errors")
                     .attr("from_native")(error_kind_name(e.kind), e.code, e.message, e.operation, e.path,
-                                         to_str(e.entry), e.offset, e.expected, e.actual);
+                                         decode_utf8(e.entry), e.offset, e.expected, e.actual);
     }
     return py::make_tuple(calls, error);
 }
 
 // --- export from Python entries --------------------------------------------------------
-
-struct PyEntry {
-    LayerEntry entry;
-    std::string data;
-};
 
 LayerEntry entry_from_dict(const py::dict& d, std::string& data) {
     LayerEntry e;
@@ -410,47 +400,16 @@ LayerEntry entry_from_dict(const py::dict& d, std::string& data) {
     return e;
 }
 
-class VectorReader : public LayerReader {
-public:
-    explicit VectorReader(std::vector<PyEntry> entries) : entries_(std::move(entries)) {}
-    bool next(LayerEntry& entry) override {
-        if (next_ >= entries_.size()) return false;
-        current_ = &entries_[next_++];
-        entry = current_->entry;
-        pos_ = 0;
-        return true;
-    }
-    std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        std::size_t k = std::min(n, current_->data.size() - pos_);
-        std::copy_n(current_->data.data() + pos_, k, buf);
-        pos_ += k;
-        return k;
-    }
-
-private:
-    std::vector<PyEntry> entries_;
-    std::size_t next_ = 0;
-    const PyEntry* current_ = nullptr;
-    std::size_t pos_ = 0;
-};
-
-class StringSink : public Sink {
-public:
-    void write(const std::uint8_t* data, std::size_t n) override { out.append(reinterpret_cast<const char*>(data), n); }
-    std::string out;
-};
-
 py::bytes export_entries(const py::list& entries) {
-    std::vector<PyEntry> converted;
+    std::vector<MemoryLayerReader::Item> converted;
     for (const py::handle& h : entries) {
-        PyEntry p;
-        p.entry = entry_from_dict(h.cast<py::dict>(), p.data);
-        converted.push_back(std::move(p));
+        MemoryLayerReader::Item& item = converted.emplace_back();
+        item.entry = entry_from_dict(h.cast<py::dict>(), item.data);
     }
     StringSink sink;
     {
         py::gil_scoped_release nogil;
-        VectorReader reader(std::move(converted));
+        MemoryLayerReader reader(std::move(converted));
         export_layer_tar(reader, sink);
     }
     return py::bytes(sink.out);
@@ -476,7 +435,7 @@ public:
     void security(std::string sd) override { events.append(py::make_tuple("security", py::bytes(sd))); }
     void extended_attributes(ExtendedAttributes eas) override {
         py::list l;
-        for (auto& [n, v] : eas) l.append(py::make_tuple(to_str(n), py::bytes(v)));
+        for (auto& [n, v] : eas) l.append(py::make_tuple(decode_utf8(n), py::bytes(v)));
         events.append(py::make_tuple("ea", l));
     }
     void reparse(std::string data) override { events.append(py::make_tuple("reparse", py::bytes(data))); }
@@ -487,7 +446,7 @@ public:
     }
     void data(const std::uint8_t* b, std::size_t n) override { data_.append(reinterpret_cast<const char*>(b), n); }
     void end_data(std::uint64_t size) override {
-        events.append(py::make_tuple("data", to_str(stream_), declared_, size, py::bytes(data_)));
+        events.append(py::make_tuple("data", decode_utf8(stream_), declared_, size, py::bytes(data_)));
     }
     py::list events;
 
@@ -551,7 +510,7 @@ void bind_codec(py::module_& m) {
           py::arg("eas"));
     m.def("decode_extended_attributes", [](const py::bytes& data) {
               py::list l;
-              for (auto& [n, v] : decode_extended_attributes(data)) l.append(py::make_tuple(to_str(n), py::bytes(v)));
+              for (auto& [n, v] : decode_extended_attributes(data)) l.append(py::make_tuple(decode_utf8(n), py::bytes(v)));
               return l;
           },
           py::arg("data"));
@@ -561,7 +520,7 @@ void bind_codec(py::module_& m) {
           py::arg("target"), py::arg("mount_point") = false);
     m.def("decode_reparse_point", [](const py::bytes& data) {
               ReparsePoint rp = decode_reparse_point(data);
-              return py::make_tuple(to_str(rp.target), rp.mount_point, rp.relative);
+              return py::make_tuple(decode_utf8(rp.target), rp.mount_point, rp.relative);
           },
           py::arg("data"));
     m.def("layer_path_problem", &layer_path_problem, py::arg("path"),

@@ -16,20 +16,20 @@ void raise_native(const char* kind, std::uint32_t code, const std::string& messa
                   const std::string& operation, const std::string& path,
                   const std::string& entry = {}, std::int64_t offset = -1,
                   const std::string& expected = {}, const std::string& actual = {}) {
-    // Names from hostile tars need not be UTF-8: keep their bytes (surrogateescape)
-    // rather than fail while reporting the failure.
-    auto text = [](const std::string& s) {
-        PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
-        if (!o) throw py::error_already_set();
-        return py::reinterpret_steal<py::str>(o);
-    };
+    // Names from hostile tars need not be UTF-8: report them rather than fail to.
     py::object from_native = py::module_::import("winlayer.errors").attr("from_native");
-    py::object exc = from_native(kind, code, text(message), operation, text(path), text(entry), offset,
-                                 expected, actual);
+    py::object exc = from_native(kind, code, decode_utf8(message), operation, decode_utf8(path),
+                                 decode_utf8(entry), offset, expected, actual);
     PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
 }
 
 }  // namespace
+
+py::str decode_utf8(const std::string& s) {
+    PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
 
 void register_error_translator() {
     py::register_exception_translator([](std::exception_ptr p) {

@@ -11,6 +11,7 @@
 #include "../core/error.hpp"
 #include "../core/file_io.hpp"
 #include "../core/layer_tar.hpp"
+#include "../core/memory_io.hpp"
 #include "../core/sha256.hpp"
 #include "../core/tar.hpp"
 #include "../core/tar_split.hpp"
@@ -20,12 +21,6 @@
 namespace winlayer::bridge {
 
 namespace {
-
-py::str decode_name(const std::string& s) {
-    PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<py::ssize_t>(s.size()), "surrogateescape");
-    if (!o) throw py::error_already_set();
-    return py::reinterpret_steal<py::str>(o);
-}
 
 std::string encode_name(const py::handle& h) {
     if (py::isinstance<py::bytes>(h)) return h.cast<std::string>();
@@ -179,14 +174,6 @@ private:
     bool done_ = false;
 };
 
-class StringSink : public Sink {
-public:
-    void write(const std::uint8_t* data, std::size_t n) override {
-        out.append(reinterpret_cast<const char*>(data), n);
-    }
-    std::string out;
-};
-
 // TarWriter into a file (by path) or into memory.
 class PyTarWriter {
 public:
@@ -262,7 +249,7 @@ public:
 
     std::unique_ptr<Source> open(const std::string& name, std::uint64_t size) override {
         py::gil_scoped_acquire gil;
-        py::object r = open_(decode_name(name), size);
+        py::object r = open_(decode_utf8(name), size);
         if (py::isinstance<py::bytes>(r) || py::isinstance<py::bytearray>(r))
             r = py::module_::import("io").attr("BytesIO")(r);
         return source_from_python(r);
@@ -285,7 +272,7 @@ py::tuple tar_split_info(const py::bytes& record) {
     TarSplitSummary s = inspect_tar_split(record);
     py::list payloads;
     for (const auto& p : s.payloads)
-        payloads.append(py::make_tuple(p.entry_index, decode_name(p.name), p.size));
+        payloads.append(py::make_tuple(p.entry_index, decode_utf8(p.name), p.size));
     return py::make_tuple(s.total_size, s.digest, payloads);
 }
 
@@ -313,15 +300,15 @@ py::object test_stream(std::uint64_t size, std::int64_t fail_after, std::size_t 
 
 void bind_tar(py::module_& m) {
     py::class_<Entry>(m, "TarEntry", "One tar entry as the reader saw it (raw header view).")
-        .def_property_readonly("name", [](const Entry& e) { return decode_name(e.header.name); })
-        .def_property_readonly("linkname", [](const Entry& e) { return decode_name(e.header.linkname); })
+        .def_property_readonly("name", [](const Entry& e) { return decode_utf8(e.header.name); })
+        .def_property_readonly("linkname", [](const Entry& e) { return decode_utf8(e.header.linkname); })
         .def_property_readonly("type", [](const Entry& e) { return std::string(1, e.header.type); })
         .def_property_readonly("size", [](const Entry& e) { return e.header.size; })
         .def_property_readonly("mode", [](const Entry& e) { return e.header.mode; })
         .def_property_readonly("uid", [](const Entry& e) { return e.header.uid; })
         .def_property_readonly("gid", [](const Entry& e) { return e.header.gid; })
-        .def_property_readonly("uname", [](const Entry& e) { return decode_name(e.header.uname); })
-        .def_property_readonly("gname", [](const Entry& e) { return decode_name(e.header.gname); })
+        .def_property_readonly("uname", [](const Entry& e) { return decode_utf8(e.header.uname); })
+        .def_property_readonly("gname", [](const Entry& e) { return decode_utf8(e.header.gname); })
         .def_property_readonly("mtime", [](const Entry& e) { return time_tuple(e.header.mtime); })
         .def_property_readonly("atime", [](const Entry& e) -> py::object {
             return e.header.atime ? py::object(time_tuple(*e.header.atime)) : py::object(py::none());
@@ -337,7 +324,7 @@ void bind_tar(py::module_& m) {
             return e.data ? py::object(py::bytes(*e.data)) : py::object(py::none());
         })
         .def("__repr__", [](const Entry& e) {
-            return "<TarEntry " + std::string(py::repr(decode_name(e.header.name))) + " type '" +
+            return "<TarEntry " + std::string(py::repr(decode_utf8(e.header.name))) + " type '" +
                    std::string(1, e.header.type) + "' size " + std::to_string(e.header.size) + ">";
         });
 

@@ -14,6 +14,7 @@
 #include "core/backup_stream.hpp"
 #include "core/error.hpp"
 #include "core/layer_tar.hpp"
+#include "core/memory_io.hpp"
 #include "core/path_rules.hpp"
 #include "core/security_descriptor.hpp"
 
@@ -26,32 +27,10 @@ using namespace winlayer;
     std::abort();
 }
 
-class BytesSource : public Source {
-public:
-    BytesSource(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
-    std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        std::size_t k = std::min({n, size_ - pos_, std::size_t(1) + pos_ % 1000});
-        std::memcpy(buf, data_ + pos_, k);
-        pos_ += k;
-        return k;
-    }
+using Recorded = MemoryLayerReader::Item;
 
-private:
-    const std::uint8_t* data_;
-    std::size_t size_;
-    std::size_t pos_ = 0;
-};
-
-class StringSink : public Sink {
-public:
-    void write(const std::uint8_t* data, std::size_t n) override { out.append(reinterpret_cast<const char*>(data), n); }
-    std::string out;
-};
-
-struct Recorded {
-    LayerEntry entry;
-    std::string data;
-};
+// Small reads, so that headers and records straddle them.
+constexpr std::size_t kChunk = 997;
 
 // Keeps everything and checks the calls it gets.
 class RecordingWriter : public LayerWriter {
@@ -107,30 +86,6 @@ private:
     std::uint64_t left_ = 0;
 };
 
-class VectorReader : public LayerReader {
-public:
-    explicit VectorReader(const std::vector<Recorded>& entries) : entries_(entries) {}
-    bool next(LayerEntry& entry) override {
-        if (next_ >= entries_.size()) return false;
-        current_ = &entries_[next_++];
-        entry = current_->entry;
-        pos_ = 0;
-        return true;
-    }
-    std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        std::size_t k = std::min(n, current_->data.size() - pos_);
-        std::memcpy(buf, current_->data.data() + pos_, k);
-        pos_ += k;
-        return k;
-    }
-
-private:
-    const std::vector<Recorded>& entries_;
-    std::size_t next_ = 0;
-    const Recorded* current_ = nullptr;
-    std::size_t pos_ = 0;
-};
-
 bool same(const LayerEntry& a, const LayerEntry& b) {
     return a.path == b.path && a.type == b.type && a.attributes == b.attributes && a.times == b.times &&
            a.security_descriptor == b.security_descriptor && a.extended_attributes == b.extended_attributes &&
@@ -152,7 +107,7 @@ bool clean(F&& fn) {
 class NullHandler : public BackupStreamHandler {};
 
 void import_and_round_trip(const std::uint8_t* data, std::size_t size) {
-    BytesSource source(data, size);
+    MemorySource source(data, size, kChunk);
     RecordingWriter writer;
     ImportOptions options;
     options.allow_parent_links = true;
@@ -163,13 +118,13 @@ void import_and_round_trip(const std::uint8_t* data, std::size_t size) {
     if (!writer.committed) violated("a successful import did not commit");
     // The export of what was imported imports again to the same entries and data.
     StringSink tar;
-    VectorReader reader(writer.entries);
+    MemoryLayerReader reader(writer.entries);
     try {
         export_layer_tar(reader, tar);
     } catch (const Error&) {
         violated("an imported layer does not export");
     }
-    BytesSource again(reinterpret_cast<const std::uint8_t*>(tar.out.data()), tar.out.size());
+    MemorySource again(reinterpret_cast<const std::uint8_t*>(tar.out.data()), tar.out.size(), kChunk);
     RecordingWriter second;
     if (!clean([&] { import_layer_tar(again, second, options); })) violated("an exported layer does not import");
     if (second.entries.size() != writer.entries.size()) violated("round trip changed the entry count");
