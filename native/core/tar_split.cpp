@@ -12,9 +12,18 @@ namespace winlayer {
 namespace {
 
 constexpr char kMagic[] = "WLTS";
-constexpr std::uint8_t kEnd = 0x00, kLiteral = 0x01, kZeros = 0x02, kPayload = 0x03;
+constexpr std::uint8_t kEnd = 0x00, kLiteral = 0x01, kZeros = 0x02, kPayload = 0x03, kMatch = 0x04;
 // Shorter zero runs stay inside literals: a ZEROS record would not be smaller.
 constexpr std::uint64_t kMinZeroRun = 32;
+// Shorter matches cost as much as the bytes they replace.
+constexpr std::size_t kMinMatch = 8;
+constexpr int kHashBits = 15;
+
+std::uint32_t hash4(const char* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return (v * 2654435761u) >> (32 - kHashBits);
+}
 
 void put_varint(std::string& out, std::uint64_t v) {
     while (v >= 0x80) {
@@ -36,14 +45,16 @@ struct Record {
     std::uint64_t count = 0;        // LITERAL length, ZEROS count, PAYLOAD size, END total size
     TarSplitPayload payload;        // PAYLOAD
     const std::uint8_t* digest = nullptr;  // END: 32 bytes
+    std::uint64_t distance = 0;             // MATCH (count = length)
 };
 
 class Parser {
 public:
     explicit Parser(const std::string& rec) : rec_(rec) {
         if (rec.size() < 5 || rec.compare(0, 4, kMagic) != 0) corrupt("bad magic", 0);
-        if (static_cast<std::uint8_t>(rec[4]) != kTarSplitVersion)
-            corrupt("unknown version " + std::to_string(static_cast<std::uint8_t>(rec[4])), 4);
+        version_ = static_cast<std::uint8_t>(rec[4]);
+        if (version_ != 1 && version_ != kTarSplitVersion)
+            corrupt("unknown version " + std::to_string(version_), 4);
         pos_ = 5;
     }
 
@@ -59,6 +70,15 @@ public:
             if (r.count == 0 || r.count > rec_.size() - pos_) corrupt("bad literal length", at);
             r.literal = rec_.data() + pos_;
             pos_ += static_cast<std::size_t>(r.count);
+            history_ += r.count;
+            break;
+        case kMatch:
+            if (version_ < 2) corrupt("unknown record tag 4", at);
+            r.distance = varint();
+            r.count = varint();
+            if (r.distance == 0 || r.distance > kTarSplitWindow || r.distance > history_ || r.count == 0)
+                corrupt("bad match", at);
+            history_ += r.count;
             break;
         case kZeros:
             r.count = varint();
@@ -85,12 +105,17 @@ public:
         case kEnd:
             r.count = varint();
             if (rec_.size() - pos_ != 32) corrupt("bad END record", at);
+            if (r.count != total_) corrupt("sizes do not add up to the recorded total", at);
             r.digest = reinterpret_cast<const std::uint8_t*>(rec_.data() + pos_);
             pos_ += 32;
             ended_ = true;
             break;
         default:
             corrupt("unknown record tag " + std::to_string(r.tag), at);
+        }
+        if (r.tag != kEnd) {
+            if (r.count > UINT64_MAX - total_) corrupt("sizes overflow", at);
+            total_ += r.count;
         }
         return true;
     }
@@ -110,6 +135,9 @@ private:
 
     const std::string& rec_;
     std::size_t pos_ = 0;
+    std::uint8_t version_ = 0;
+    std::uint64_t history_ = 0;  // bytes LITERAL and MATCH records produced so far
+    std::uint64_t total_ = 0;    // bytes all records produced so far
     bool ended_ = false;
     bool any_payload_ = false;
     std::uint64_t last_index_ = 0;
@@ -120,12 +148,59 @@ private:
 
 TarSplitWriter::TarSplitWriter() : out_(kMagic) { out_ += static_cast<char>(kTarSplitVersion); }
 
+void TarSplitWriter::emit_literal(const char* data, std::size_t n) {
+    if (n == 0) return;
+    out_ += static_cast<char>(kLiteral);
+    put_varint(out_, n);
+    out_.append(data, n);
+}
+
+// Greedy LZ77 over the pending literal bytes, against the history window (and the
+// literal itself): one hash-table probe per position, matches of kMinMatch bytes or more.
 void TarSplitWriter::flush_literal() {
     if (literal_.empty()) return;
-    out_ += static_cast<char>(kLiteral);
-    put_varint(out_, literal_.size());
-    out_ += literal_;
+    if (last_seen_.empty()) last_seen_.assign(std::size_t(1) << kHashBits, 0);
+    const std::size_t start = history_.size();
+    history_ += literal_;
     literal_.clear();
+    const char* h = history_.data();
+    const std::size_t end = history_.size();
+    std::size_t lit = start;
+    std::size_t i = start;
+    std::size_t misses = 0;  // in a row: data without repeats (base64 of random ids) is
+                             // probed ever more sparsely, as LZ4 does
+    while (i + 4 <= end) {
+        const std::uint32_t key = hash4(h + i);
+        const std::uint64_t seen = last_seen_[key];  // absolute position + 1, 0 = never
+        last_seen_[key] = history_base_ + i + 1;
+        if (seen > history_base_ && history_base_ + i + 1 - seen <= kTarSplitWindow) {
+            const std::size_t cand = static_cast<std::size_t>(seen - 1 - history_base_);
+            std::size_t len = 0;
+            while (i + len + 8 <= end && std::memcmp(h + cand + len, h + i + len, 8) == 0) len += 8;
+            while (i + len < end && h[cand + len] == h[i + len]) ++len;
+            if (len >= kMinMatch) {
+                emit_literal(h + lit, i - lit);
+                out_ += static_cast<char>(kMatch);
+                put_varint(out_, i - cand);
+                put_varint(out_, len);
+                // Index the match's tail: the next header repeats what follows it.
+                for (std::size_t k = len > 16 ? len - 16 : 1; k < len && i + k + 4 <= end; k += 2)
+                    last_seen_[hash4(h + i + k)] = history_base_ + i + k + 1;
+                i += len;
+                lit = i;
+                misses = 0;
+                continue;
+            }
+        }
+        i += 1 + (misses++ >> 5);
+    }
+    emit_literal(h + lit, end - lit);
+    // Keep one window of history; drop the rest in large steps (cheap amortized).
+    if (history_.size() > 4 * kTarSplitWindow) {
+        const std::size_t drop = history_.size() - kTarSplitWindow;
+        history_.erase(0, drop);
+        history_base_ += drop;
+    }
 }
 
 void TarSplitWriter::flush_zeros() {
@@ -194,21 +269,19 @@ TarSplitSummary inspect_tar_split(const std::string& record) {
     TarSplitSummary summary;
     Parser parser(record);
     Record r;
-    std::uint64_t total = 0;
     while (parser.next(r)) {
         if (r.tag == kPayload) summary.payloads.push_back(r.payload);
         if (r.tag == kEnd) {
-            if (r.count != total) corrupt("sizes do not add up to the recorded total", record.size());
             summary.total_size = r.count;
             summary.digest = "sha256:" + hex(r.digest, 32);
-        } else {
-            total += r.count;
         }
     }
     return summary;
 }
 
 void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sink& out) {
+    // A damaged record fails before the first byte is written.
+    inspect_tar_split(tar_split);
     Parser parser(tar_split);
     Sha256 hash;
     std::uint64_t total = 0;
@@ -219,13 +292,34 @@ void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sin
     };
     constexpr std::size_t kChunk = std::size_t(1) << 20;
     std::unique_ptr<std::uint8_t[]> buffer;
+    // The bytes LITERAL and MATCH records produced, for MATCH to copy from.
+    std::string history;
+    auto trim = [&] {
+        if (history.size() > 4 * kTarSplitWindow) history.erase(0, history.size() - kTarSplitWindow);
+    };
     static const std::uint8_t zeros[64 * 1024] = {};
     Record r;
     while (parser.next(r)) {
         switch (r.tag) {
         case kLiteral:
             emit(reinterpret_cast<const std::uint8_t*>(r.literal), static_cast<std::size_t>(r.count));
+            history.append(r.literal, static_cast<std::size_t>(r.count));
+            trim();
             break;
+        case kMatch: {
+            // Byte by byte (a match may overlap what it produces), written out in pieces.
+            const auto distance = static_cast<std::size_t>(r.distance);
+            std::uint64_t left = r.count;
+            while (left > 0) {
+                const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, kTarSplitWindow));
+                const std::size_t from = history.size();
+                for (std::size_t k = 0; k < n; ++k) history += history[from + k - distance];
+                emit(reinterpret_cast<const std::uint8_t*>(history.data() + from), n);
+                left -= n;
+                trim();
+            }
+            break;
+        }
         case kZeros:
             for (std::uint64_t left = r.count; left > 0;) {
                 const std::size_t k = left < sizeof zeros ? static_cast<std::size_t>(left) : sizeof zeros;

@@ -4,10 +4,15 @@
 // TarSplitWriter while it reads; rebuild_layer_tar (declared in layer_tar.hpp, defined in
 // tar_split.cpp) replays the record.
 //
-// Format, version 1 (all integers unsigned LEB128 varints unless noted):
-//   magic    "WLTS" 0x01                        (4 bytes + version byte)
+// Format, version 2 (all integers unsigned LEB128 varints unless noted):
+//   magic    "WLTS" 0x02                        (4 bytes + version byte)
 //   records  one tag byte each, then its fields:
 //     0x01 LITERAL  len, len bytes             non-payload bytes, verbatim
+//     0x04 MATCH    distance, len              `len` bytes copied from `distance` bytes back
+//                   in the history: the bytes LITERAL and MATCH records produced so far
+//                   (at most kTarSplitWindow back; the copy may overlap itself, as in LZ77).
+//                   Headers repeat (field values, security descriptors, name prefixes),
+//                   so this keeps the record near the size of their unique content.
 //     0x02 ZEROS    count                      `count` zero bytes (padding, empty fields)
 //     0x03 PAYLOAD  entry_delta, shared, suffix_len, suffix bytes, size (> 0)
 //                   the payload of the entry whose index (0-based, in archive order,
@@ -16,8 +21,9 @@
 //                   `shared` bytes of the previous PAYLOAD's name + suffix; `size` bytes.
 //                   Empty payloads have no PAYLOAD record.
 //     0x00 END      total_size, 32 raw bytes of the SHA-256 of the whole tar
-//   Nothing follows END. Runs of 32 or more zero bytes are stored as ZEROS, so a header
-//   block costs about its non-zero bytes; a 20,000-entry Windows layer records in a few MB.
+//   Nothing follows END. Runs of 32 or more zero bytes are stored as ZEROS. Version 1 is
+//   the same without MATCH; it is still read. A 20,000-entry Windows layer with a security
+//   descriptor per entry (43 MB of headers and padding) records in 6 MB.
 // A reader of the record checks the magic, the version, every length against the end of
 // the record and, when rebuilding, the total size and the SHA-256 of what it wrote.
 #pragma once
@@ -32,7 +38,8 @@
 
 namespace winlayer {
 
-constexpr std::uint8_t kTarSplitVersion = 1;
+constexpr std::uint8_t kTarSplitVersion = 2;
+constexpr std::size_t kTarSplitWindow = 64 * 1024;
 
 class TarSplitWriter {
 public:
@@ -51,9 +58,15 @@ public:
 private:
     void flush_literal();
     void flush_zeros();
+    void emit_literal(const char* data, std::size_t n);
 
     std::string out_;
     std::string literal_;
+    // LZ77 state: the recent history of literal bytes (absolute position of history_[0]
+    // is history_base_) and, per 4-byte hash, the last absolute position it was seen at.
+    std::string history_;
+    std::uint64_t history_base_ = 0;
+    std::vector<std::uint64_t> last_seen_;
     std::uint64_t zeros_ = 0;
     std::uint64_t last_index_ = 0;
     bool any_payload_ = false;

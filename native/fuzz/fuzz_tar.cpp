@@ -1,7 +1,7 @@
 // libFuzzer target for the tar reader and tar-split: any input either fails with
 // InvalidLayer or reads completely, hashes to its SHA-256, and rebuilds byte for byte
-// from its tar-split record and payloads. The input is also parsed as a tar-split record,
-// which must fail cleanly (StoreCorrupt) when it is not one. Build and run: ci/fuzz_tar.sh.
+// from its tar-split record and payloads. The input is also taken as a tar-split record,
+// which must be refused cleanly (StoreCorrupt) or replay (DigestMismatch at worst). Build and run: ci/fuzz_tar.sh.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +64,14 @@ public:
     }
 };
 
+// Any payload a hostile record asks for: that many zero bytes.
+class ZeroStore : public PayloadStore {
+public:
+    std::unique_ptr<Source> open(const std::string&, std::uint64_t size) override {
+        return std::make_unique<StringSource>(std::string(static_cast<std::size_t>(size), '\0'));
+    }
+};
+
 class StringSink : public Sink {
 public:
     std::string out;
@@ -118,10 +126,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (rebuilt.out.size() != size || std::memcmp(rebuilt.out.data(), data, size) != 0) std::abort();
     }
 
+    // The input as a tar-split record: it must be refused cleanly, or (when small enough
+    // to replay here) rebuild or fail with a digest mismatch.
+    const std::string record(reinterpret_cast<const char*>(data), size);
     try {
-        inspect_tar_split(std::string(reinterpret_cast<const char*>(data), size));
+        if (inspect_tar_split(record).total_size <= (1u << 20)) {
+            ZeroStore zeros;
+            StringSink out;
+            rebuild_layer_tar(record, zeros, out);
+        }
     } catch (const Error& e) {
-        if (e.kind != ErrorKind::StoreCorrupt) std::abort();
+        if (e.kind != ErrorKind::StoreCorrupt && e.kind != ErrorKind::DigestMismatch) std::abort();
     }
     return 0;
 }
