@@ -476,3 +476,38 @@ def test_threads_get_put_keep_counts_consistent(driver: Driver) -> None:
         t.join()
     assert errors == []
     assert driver.mount_count("base") == 0
+
+
+def test_restored_base_image_is_a_parent(tmp_path: Path) -> None:
+    from winlayer.images import ImageStore, install_base_image
+
+    base_images = tmp_path / "base"
+    driver = Driver(tmp_path / "home", backend="portable", base_images=base_images)
+    config = "Files/Windows/System32/config/"
+    tar = base_layer(
+        d("Files/Windows/System32/config"),
+        *(
+            f(config + hive, b"regf")
+            for hive in ("DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM")
+        ),
+    )
+    install_base_image(driver, "ServerCore", "10.0.1", io.BytesIO(tar), base_images=base_images)
+    with ImageStore(driver.home) as store:
+        (image_id,) = driver.restore_custom_images(store, store)
+        assert driver.restore_custom_images(store, store) == []
+    assert driver.exists(image_id)
+    assert driver.layers() == []  # the alias is not a layer of the store
+    driver.create("ctr", image_id, read_write=True)
+    base_dir = driver.metadata(image_id)["dir"]
+    assert Path(base_dir).parent == base_images
+    assert driver.parents("ctr") == [base_dir]
+    with driver.mounted("ctr") as root:
+        assert (root / "Windows" / "win.ini").read_bytes() == b"[fonts]\r\n"
+    driver.remove(image_id)  # only the alias goes; the host's image stays
+    assert not driver.exists(image_id)
+    with driver.mounted("ctr") as root:  # so what stands on it still works
+        assert (root / "Windows" / "win.ini").exists()
+    driver.remove("ctr")
+    assert Path(base_dir, "Files", "Windows", "win.ini").exists()
+    with pytest.raises(WinlayerError, match="host base image"):
+        driver.remove(Path(base_dir).name)

@@ -126,6 +126,26 @@ std::string json_quote(const std::string& s) {
     return out + "\"";
 }
 
+namespace {
+
+// One GetBaseImages entry from a folder's image.json (throws StoreCorrupt if damaged).
+std::string image_json(const std::string& folder, const std::string& meta_path, const std::string& text) {
+    auto meta = parse_flat_object(text, meta_path);
+    for (const char* required : {"Name", "Version"})
+        if (!meta.count(required))
+            throw Error(ErrorKind::StoreCorrupt, std::string("image metadata lacks \"") + required + "\"")
+                .with_path(meta_path);
+    std::string created = meta.count("CreatedTime") ? meta["CreatedTime"] : rfc3339(stat_path(folder).mtime_ns);
+    std::string size = meta.count("Size") ? meta["Size"] : "0";
+    if (size.empty() || size.find_first_not_of("0123456789") != std::string::npos)
+        throw Error(ErrorKind::StoreCorrupt, "image metadata \"Size\" is not a byte count").with_path(meta_path);
+    return "{\"Name\":" + json_quote(meta["Name"]) + ",\"Version\":" + json_quote(meta["Version"]) +
+           ",\"Path\":" + json_quote(folder) + ",\"Size\":" + size + ",\"CreatedTime\":" + json_quote(created) +
+           "}";
+}
+
+}  // namespace
+
 std::string list_base_images(const std::string& dir) {
     auto entries = list_dir(dir);
     std::sort(entries.begin(), entries.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
@@ -137,20 +157,15 @@ std::string list_base_images(const std::string& dir) {
         const std::string meta_path = join(folder, kImageFile);
         auto text = read_file_if_exists(meta_path);
         if (!text || stat_path(join(folder, "Files")).kind != NodeKind::Directory) continue;
-        auto meta = parse_flat_object(*text, meta_path);
-        for (const char* required : {"Name", "Version"})
-            if (!meta.count(required))
-                throw Error(ErrorKind::StoreCorrupt, std::string("image metadata lacks \"") + required + "\"")
-                    .with_path(meta_path);
-        std::string created = meta.count("CreatedTime") ? meta["CreatedTime"] : rfc3339(stat_path(folder).mtime_ns);
-        std::string size = meta.count("Size") ? meta["Size"] : "0";
-        if (size.empty() || size.find_first_not_of("0123456789") != std::string::npos)
-            throw Error(ErrorKind::StoreCorrupt, "image metadata \"Size\" is not a byte count").with_path(meta_path);
         out += first ? "" : ",";
         first = false;
-        out += "{\"Name\":" + json_quote(meta["Name"]) + ",\"Version\":" + json_quote(meta["Version"]) +
-               ",\"Path\":" + json_quote(folder) + ",\"Size\":" + size +
-               ",\"CreatedTime\":" + json_quote(created) + "}";
+        try {
+            out += image_json(folder, meta_path, *text);
+        } catch (const Error&) {
+            // A damaged image.json does not hide the other images: the entry is listed with
+            // its Path only, and whoever restores images reports and skips it.
+            out += "{\"Path\":" + json_quote(folder) + "}";
+        }
     }
     return out + "]}";
 }

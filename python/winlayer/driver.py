@@ -122,6 +122,8 @@ class Driver:
         self.home = Path(home if home is not None else default_home(flavour)).absolute()
         self.home.mkdir(parents=True, exist_ok=True)
         self._info = _hcs.DriverInfo(FLAVOURS[flavour], str(self.home))
+        # Layers outside the home (host base images) are named by their full path.
+        self._path_info = _hcs.DriverInfo(FLAVOURS[flavour], "")
         self._state = StateStore(self.home)
         self._sweep(stale_mounts=False)
 
@@ -154,7 +156,7 @@ class Driver:
             rid = self._resolve(id)
         except StoreCorrupt:
             return False
-        return self._backend.layer_exists(self._info, rid)
+        return self._backend.layer_exists(*self._ref(rid))
 
     def parents(self, id: str) -> list[str]:
         """Parent layer folders, nearest first, as recorded in ``layerchain.json``."""
@@ -166,6 +168,8 @@ class Driver:
         for entry in sorted(os.scandir(self.home), key=lambda e: e.name):
             if not entry.is_dir() or self._is_internal_name(entry.name):
                 continue
+            if chain.read_alt_id(Path(entry.path)) is not None:
+                continue  # an alias (e.g. a restored image id), not a layer
             if not self._backend.layer_exists(self._info, entry.name):
                 continue
             found.append(self.info(entry.name))
@@ -209,7 +213,7 @@ class Driver:
         with self._locked(id, rpid):
             if self._dir(id).exists():
                 raise LayerExists(id)
-            if rpid and not self._backend.layer_exists(self._info, rpid):
+            if rpid and not self._backend.layer_exists(*self._ref(rpid)):
                 raise LayerNotFound(parent or rpid, "parent layer not found")
             layer_chain = self._chain_below(rpid, include_parent=not rpid.endswith("-init"))
             if sandbox and not layer_chain:
@@ -221,7 +225,7 @@ class Driver:
                     if limit is not None:
                         self._backend.expand_sandbox_size(self._info, id, limit)
                 else:
-                    self._backend.create_layer(self._info, id, rpid)
+                    self._backend.create_layer(self._info, id, self._ref(rpid)[1] if rpid else "")
                 chain.write_chain(self._dir(id), layer_chain)
                 self._write_record(id, {"read_write": sandbox})
             except BaseException:
@@ -232,7 +236,15 @@ class Driver:
 
     def remove(self, id: str) -> None:
         """Destroy a layer. Refused (:class:`LayerInUse`) while it is mounted, being
-        exported, or the parent of another layer; nothing is lost then."""
+        exported, or the parent of another layer; nothing is lost then. For a restored
+        host base image only its alias goes: the image belongs to the host."""
+        rid = self._require(id)
+        if self._dir(rid).parent != self.home:
+            if rid == id:
+                raise WinlayerError(f"{id!r} is a host base image, not a layer of this store")
+            with self._state.lock(id):
+                self._remove_alias_folder(id)
+            return
         with self._layer_locked(id) as rid:
             state = self._state.load(rid)
             if state.in_use:
@@ -291,7 +303,7 @@ class Driver:
                     state.activated = True
                     self._state.save(rid, state)
                     try:
-                        self._backend.activate_layer(self._info, rid)
+                        self._backend.activate_layer(*self._ref(rid))
                     except BaseException:
                         state.activated = False
                         self._state.save(rid, state)
@@ -301,9 +313,9 @@ class Driver:
                 self._state.save(rid, state)
                 prepared = False
                 try:
-                    self._backend.prepare_layer(self._info, rid, parents)
+                    self._backend.prepare_layer(*self._ref(rid), parents)
                     prepared = True
-                    state.path = self._backend.get_layer_mount_path(self._info, rid)
+                    state.path = self._backend.get_layer_mount_path(*self._ref(rid))
                 except BaseException:
                     self._undo_mount(rid, state, prepared, activated_here)
                     raise
@@ -331,7 +343,7 @@ class Driver:
                 self._state.save(rid, state)
                 return
             if state.prepared:
-                self._backend.unprepare_layer(self._info, rid)
+                self._backend.unprepare_layer(*self._ref(rid))
                 state.prepared = False
                 state.path = ""
             state.holders.pop(owner)
@@ -376,7 +388,7 @@ class Driver:
         limit = self.max_layer_size
         rpid = self._require(parent) if parent else ""
         with self._locked(id, rpid):
-            if rpid and not self._backend.layer_exists(self._info, rpid):
+            if rpid and not self._backend.layer_exists(*self._ref(rpid)):
                 raise LayerNotFound(parent or rpid, "parent layer not found")
             existing = self._already_imported(id, digest)
             if existing is not None:
@@ -417,7 +429,7 @@ class Driver:
             state.exports[pid] = state.exports.get(pid, 0) + 1
             self._state.save(rid, state)
         try:
-            native = self._backend.export_layer(self._info, rid, parents, original)
+            native = self._backend.export_layer(*self._ref(rid), parents, original)
         except BaseException:
             self._end_export(rid)
             raise
@@ -494,7 +506,7 @@ class Driver:
         """Roll back a failed get: unprepare, then deactivate what this get activated."""
         if prepared:
             try:
-                self._backend.unprepare_layer(self._info, rid)
+                self._backend.unprepare_layer(*self._ref(rid))
             except Exception:
                 log.warning("could not unprepare layer %s after a failed get", rid, exc_info=True)
                 self._state.save(rid, state)  # still prepared: say so
@@ -503,7 +515,7 @@ class Driver:
         state.path = ""
         if activated_here:
             try:
-                self._backend.deactivate_layer(self._info, rid)
+                self._backend.deactivate_layer(*self._ref(rid))
                 state.activated = False
             except Exception:
                 log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
@@ -595,12 +607,12 @@ class Driver:
     def _release_mount(self, rid: str, state: Any) -> None:
         """Unprepare and deactivate a layer nobody holds (the caller holds its lock)."""
         if state.prepared:
-            self._backend.unprepare_layer(self._info, rid)
+            self._backend.unprepare_layer(*self._ref(rid))
             state.prepared = False
             state.path = ""
             self._state.save(rid, state)
         if state.activated:
-            self._backend.deactivate_layer(self._info, rid)
+            self._backend.deactivate_layer(*self._ref(rid))
             state.activated = False
             self._state.save(rid, state)
 
@@ -649,7 +661,34 @@ class Driver:
         return rid
 
     def _dir(self, folder_name: str) -> Path:
-        return self.home / folder_name
+        """The folder of a layer: in the home, or a host base image's folder."""
+        local = self.home / folder_name
+        if local.exists():
+            return local
+        return self._base_image_dirs().get(folder_name, local)
+
+    def _ref(self, rid: str) -> tuple[Any, str]:
+        """How the backend names a layer: (driver info, id)."""
+        folder = self._dir(rid)
+        if folder.parent == self.home:
+            return self._info, rid
+        return self._path_info, str(folder)
+
+    def _base_image_dirs(self) -> dict[str, Path]:
+        """Folder name -> folder of each base image the backend reports (restored images'
+        alternate IDs name these)."""
+        try:
+            listing = json.loads(self._backend.get_base_images())
+        except (ValueError, WinlayerError, OSError):
+            log.warning("could not list the host's base images", exc_info=True)
+            return {}
+        images = listing.get("Images") if isinstance(listing, dict) else None
+        found = {}
+        for image in images or []:
+            path = image.get("Path") if isinstance(image, dict) else None
+            if isinstance(path, str) and path:
+                found[os.path.basename(path.rstrip("/\\"))] = Path(path)
+        return found
 
     def _read_record(self, rid: str) -> dict[str, Any]:
         path = self._dir(rid) / RECORD_FILE
