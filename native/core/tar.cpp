@@ -339,14 +339,17 @@ void TarReader::finish_stream() {
     // The tar-split record keeps it: zero runs cost nothing there, other bytes are held in
     // memory, so they are bounded.
     const std::uint64_t trailer_at = offset_;
-    const std::size_t split_before = split_ ? split_->size() : 0;
+    std::uint64_t non_zero = 0;
     for (;;) {
         if (available() == 0) {
             pos_ = end_ = 0;
             if (!fill(1)) break;
         }
-        take(available(), false);
-        if (split_ && split_->size() - split_before > kMaxTrailingData)
+        const std::size_t n = available();
+        const std::uint8_t* p = take(n, false);
+        if (!split_) continue;
+        non_zero += static_cast<std::uint64_t>(n - static_cast<std::size_t>(std::count(p, p + n, 0)));
+        if (non_zero > kMaxTrailingData)
             fail("more than " + std::to_string(kMaxTrailingData) +
                      " bytes of non-zero data after the end of the archive",
                  "", trailer_at);
