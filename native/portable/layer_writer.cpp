@@ -55,16 +55,19 @@ public:
         if (key == tkey) throw bad("hard link to itself");
         EntryRecord rec;
         const Node& parent = ensure_parent(path);
+        drop(key);  // first: `t` must not point into what it removes
         auto t = nodes_.find(tkey);
         if (t != nodes_.end()) {
             if (t->second.dir || t->second.record == kNone ||
                 records_[t->second.record].entry.type != EntryType::File)
                 throw bad("hard link target is not a file: " + target);
-            drop(key);
             EntryRecord& target_rec = records_[t->second.record];
             if (target_rec.group == 0) target_rec.group = next_group_++;
             rec = target_rec;
             rec.entry.path = child_disk(parent, path);
+            // A name for the copy of a parent's file is a file of this layer, not a parent link.
+            rec.parent_link = false;
+            rec.entry.link_target.clear();
             disk([from = target_rec.entry.path, to = rec.entry.path](WriteQueue::Context& c) {
                 c.tree.hard_link(from, to);
             });
@@ -75,7 +78,6 @@ public:
                 (found->record && found->record->entry.type != EntryType::File))
                 throw bad("hard link target is neither a file of this layer nor of a parent layer: " +
                           target);
-            drop(key);
             if (found->record) {
                 rec = *found->record;
                 rec.streams.clear();
@@ -122,10 +124,11 @@ public:
         }
         io_->drain();
         io_.reset();
+        nodes_.clear();
+        records_.clear();
         Tree& tree = staging_.tree();
         File f = tree.create(kMetaFileName);
-        std::string bytes = encode_meta(meta, info.tar_split);
-        f.write(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+        write_meta_to(f, meta, info.tar_split);
         f.close();
         tree.sync();
         staging_.publish(&is_empty_created_layer);

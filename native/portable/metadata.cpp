@@ -231,9 +231,9 @@ std::string meta_path(const std::string& layer_dir) { return join(layer_dir, kMe
 
 }  // namespace
 
-std::string encode_meta(const LayerMeta& meta, const std::string& tar_split) {
-    const std::string layer = encode_layer(meta);
-    const std::string* parts[kSections] = {&layer, &tar_split};
+namespace {
+// The header for sections `parts`, which follow it in this order.
+std::string meta_header(const std::string* const (&parts)[kSections]) {
     Out o;
     o.s.append(kMagic, 8);
     o.u32(kMetaVersion);
@@ -246,8 +246,24 @@ std::string encode_meta(const LayerMeta& meta, const std::string& tar_split) {
         o.s.append(reinterpret_cast<const char*>(d.data()), d.size());
         off += p->size();
     }
-    for (const auto* p : parts) o.s += *p;
     return std::move(o.s);
+}
+}  // namespace
+
+std::string encode_meta(const LayerMeta& meta, const std::string& tar_split) {
+    const std::string layer = encode_layer(meta);
+    const std::string* const parts[kSections] = {&layer, &tar_split};
+    std::string out = meta_header(parts);
+    for (const auto* p : parts) out += *p;
+    return out;
+}
+
+void write_meta_to(File& file, const LayerMeta& meta, const std::string& tar_split) {
+    const std::string layer = encode_layer(meta);
+    const std::string* const parts[kSections] = {&layer, &tar_split};
+    const std::string header = meta_header(parts);
+    for (const std::string* p : {&header, &layer, &tar_split})
+        file.write(reinterpret_cast<const std::uint8_t*>(p->data()), p->size());
 }
 
 LayerMeta decode_meta(const std::string& bytes, const std::string& path) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/layer.hpp"
+#include "platform.hpp"
 
 namespace winlayer::portable {
 
@@ -57,6 +58,8 @@ inline std::int64_t unix_ns_to_filetime(std::int64_t ns) {
 
 // Serializes `meta` and `tar_split` into the file format.
 std::string encode_meta(const LayerMeta& meta, const std::string& tar_split);
+// The same, written to `file` piece by piece (no copy of the tar-split record).
+void write_meta_to(File& file, const LayerMeta& meta, const std::string& tar_split);
 // Parses a metadata file's bytes; `path` names it in errors. Throws Error(StoreCorrupt).
 LayerMeta decode_meta(const std::string& bytes, const std::string& path);
 std::string decode_tar_split(const std::string& bytes, const std::string& path);

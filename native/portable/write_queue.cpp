@@ -3,7 +3,7 @@
 namespace winlayer::portable {
 
 namespace {
-constexpr std::size_t kReleaseStep = std::size_t(4) << 20;
+constexpr std::size_t kReleaseStep = std::size_t(1) << 20;
 constexpr std::size_t kPoolBuffer = 4096;  // smaller buffers are not worth keeping
 constexpr std::size_t kPoolSize = 64;
 }  // namespace
@@ -30,6 +30,7 @@ std::string WriteQueue::buffer() {
     if (pool_.empty()) return {};
     std::string b = std::move(pool_.back());
     pool_.pop_back();
+    pooled_ -= b.capacity();
     return b;
 }
 
@@ -107,8 +108,12 @@ void WriteQueue::run() {
 }
 
 void WriteQueue::recycle(std::vector<std::string>& spent) {
-    for (auto& b : spent)
-        if (pool_.size() < kPoolSize) pool_.push_back(std::move(b));
+    // Keep at most the queue's budget in idle buffers, so that memory stays bounded.
+    for (auto& b : spent) {
+        if (pool_.size() >= kPoolSize || pooled_ + b.capacity() > max_bytes_) continue;
+        pooled_ += b.capacity();
+        pool_.push_back(std::move(b));
+    }
     spent.clear();
 }
 

@@ -28,7 +28,7 @@ public:
     };
     using Op = std::function<void(Context&)>;
 
-    explicit WriteQueue(Tree& tree, std::size_t max_bytes = std::size_t(8) << 20);
+    explicit WriteQueue(Tree& tree, std::size_t max_bytes = std::size_t(4) << 20);
     // Stops the thread; operations still queued are dropped.
     ~WriteQueue();
     WriteQueue(const WriteQueue&) = delete;
@@ -59,6 +59,7 @@ private:
     };
     std::deque<Item> ops_;
     std::vector<std::string> pool_;
+    std::size_t pooled_ = 0;  // capacity held by pool_
     std::size_t bytes_ = 0;
     bool busy_ = false;
     bool worker_idle_ = false;
