@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,24 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, check=False
     )
+
+
+@pytest.fixture(autouse=True)
+def _unmount_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Sandbox views are overlay mounts: a test that fails while one is mounted must not
+    leave it behind (pytest could not delete its temp folder, and later runs would fail)."""
+    yield
+    mounts = Path("/proc/mounts")
+    if not mounts.exists():
+        return
+    prefix = str(tmp_path) + "/"
+    targets = [
+        line.split()[1]
+        for line in mounts.read_text().splitlines()
+        if line.split()[1].startswith(prefix)
+    ]
+    for target in sorted(targets, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 def available_backends() -> list[str]:
@@ -45,3 +65,32 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"fixtures not found at {FIXTURES} (set WINLAYER_FIXTURES)")
     return FIXTURES
+
+
+class Cli:
+    def __init__(self, home: Path, base_images: Path) -> None:
+        self.env = {**os.environ, "WINLAYER_BASE_IMAGES": str(base_images)}
+        self.env.pop("WINLAYER_BACKEND", None)
+        self.home = home
+
+    def __call__(
+        self, *args: str, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "winlayer", "--home", str(self.home), *args],
+            input=stdin,
+            capture_output=True,
+            env=self.env,
+            check=False,
+            timeout=120,
+        )
+
+    def json(self, *args: str) -> object:
+        result = self("--json", *args)
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "home", tmp_path / "base")

@@ -5,45 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from .conftest import Cli
 from .layerbuild import base_layer, d, f, layer_tar
-
-
-class Cli:
-    def __init__(self, home: Path, base_images: Path) -> None:
-        self.env = {**os.environ, "WINLAYER_BASE_IMAGES": str(base_images)}
-        self.env.pop("WINLAYER_BACKEND", None)
-        self.home = home
-
-    def __call__(
-        self, *args: str, stdin: bytes | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [sys.executable, "-m", "winlayer", "--home", str(self.home), *args],
-            input=stdin,
-            capture_output=True,
-            env=self.env,
-            check=False,
-            timeout=120,
-        )
-
-    def json(self, *args: str) -> object:
-        result = self("--json", *args)
-        assert result.returncode == 0, result.stderr.decode()
-        return json.loads(result.stdout)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "home", tmp_path / "base")
 
 
 def _sha(data: bytes) -> str:

@@ -113,7 +113,6 @@ def test_sigkill_at_random_points(tmp_path: Path, backend_name: str) -> None:
 
     rng = random.Random(20261128)
     outcomes: dict[str, set[bool]] = {"import": set(), "remove": set(), "sandbox": set()}
-    started = time.monotonic()
     for trial in range(TRIALS):
         op = ("import", "remove", "sandbox")[trial % 3]
         # bring the store to the operation's "before" state

@@ -396,6 +396,113 @@ def _tar_ls(args: argparse.Namespace) -> None:
         )
 
 
+# -- images ----------------------------------------------------------------------------
+
+
+def _image_rows(images: list[Any]) -> str:
+    rows = [
+        [
+            ", ".join(image.tags) or "<none>",
+            image.id.removeprefix("sha256:")[:12],
+            image.created[:19].replace("T", " "),
+            format_size(image.size),
+        ]
+        for image in images
+    ]
+    return table(rows, ["TAGS", "IMAGE ID", "CREATED", "SIZE"]) if rows else ""
+
+
+@contextlib.contextmanager
+def _image_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    from .images import ImageStore
+
+    driver = open_driver(args)
+    with ImageStore(driver.home) as store:
+        yield driver, store
+
+
+@command("images ls", "list the images in the store")
+def _images_ls(args: argparse.Namespace) -> None:
+    with _image_store(args) as (_driver, store):
+        images = store.images()
+    emit(args, [image.as_dict() for image in images], _image_rows(images))
+
+
+@command("images restore", "register the host's base images as images (lower(name):version)")
+def _images_restore(args: argparse.Namespace) -> None:
+    with _image_store(args) as (driver, store):
+        restored = driver.restore_custom_images(store, store)
+    emit(args, {"restored": restored}, "\n".join(restored))
+
+
+@command(
+    "images install-base",
+    "install a base layer tar as a host base image (portable backend)",
+    Arg("name"),
+    Arg("version"),
+    Arg("file", help="the base layer tar (plain, gzip or zstd; - for stdin)"),
+)
+def _images_install_base(args: argparse.Namespace) -> None:
+    from .images import install_base_image
+
+    driver = open_driver(args)
+    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    with progress_bar(f"installing {args.name}", _source_total(args.file)) as progress:
+        folder = install_base_image(
+            driver,
+            args.name,
+            args.version,
+            source,
+            base_images=driver.base_images,
+            progress=progress,
+        )
+    emit(args, {"name": args.name, "version": args.version, "path": str(folder)}, str(folder))
+
+
+def _pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
+    """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
+    return None if callback is None else (lambda done, _total: callback(done))
+
+
+@command(
+    "load",
+    "load a docker-save archive or an OCI image layout (tar, plain, gzip or zstd; - for stdin)",
+    Arg("archive"),
+    Arg("--tag", metavar="NAME:TAG", help="also tag the loaded image"),
+)
+def _load(args: argparse.Namespace) -> None:
+    from .images import load
+
+    source: Any = sys.stdin.buffer if args.archive == "-" else args.archive
+    total = None if args.archive == "-" else os.path.getsize(args.archive)
+    with _image_store(args) as (driver, store), progress_bar("loading", total) as progress:
+        images = load(driver, store, source, tag=args.tag, progress=_pair_progress(progress))
+    emit(
+        args,
+        [image.as_dict() for image in images],
+        "\n".join(f"Loaded image: {', '.join(i.tags) or i.id}" for i in images),
+    )
+
+
+@command(
+    "save",
+    "write images to a docker-save archive with their original layers",
+    Arg("images", nargs="+", metavar="IMAGE"),
+    Arg("-o", "--output", metavar="FILE", help="where to write (default: stdout)"),
+)
+def _save(args: argparse.Namespace) -> None:
+    from .images import save
+
+    with (
+        _image_store(args) as (driver, store),
+        output_stream(args, args.output) as out,
+        progress_bar("saving", None) as progress,
+    ):
+        save(driver, store, args.images, out, progress=_pair_progress(progress))
+    if args.output not in (None, "-"):
+        emit(args, {"images": args.images, "output": args.output}, "")
+
+
 # -- main ------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import _hcs, chain
 from ._state import StateStore, named_holder, process_holder
 from ._units import parse_size
-from .backend import Backend, load
+from .backend import Backend, default_base_images, load
 from .errors import (
     DigestMismatch,
     LayerExists,
@@ -115,8 +115,10 @@ class Driver:
         self.max_layer_size = parse_size(
             max_layer_size or os.environ.get("WINLAYER_MAX_LAYER_SIZE") or DEFAULT_MAX_LAYER_SIZE
         )
+        #: The portable backend's base-image directory (see :func:`default_base_images`).
+        self.base_images = Path(base_images if base_images else default_base_images()).absolute()
         if backend is None or isinstance(backend, str):
-            self._backend: Backend = load(backend, os.fspath(base_images) if base_images else None)
+            self._backend: Backend = load(backend, str(self.base_images))
         else:
             self._backend = backend
         self.home = Path(home if home is not None else default_home(flavour)).absolute()

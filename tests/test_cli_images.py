@@ -1,0 +1,92 @@
+"""The image commands through subprocesses: install-base, restore, ls, load, save."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from .conftest import Cli
+from .layerbuild import base_layer, d, f
+
+HIVES = ("DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM")
+
+
+def _base_tar(tmp_path: Path) -> Path:
+    config = "Files/Windows/System32/config/"
+    tar = base_layer(d(config.rstrip("/")), *(f(config + hive, b"regf") for hive in HIVES))
+    path = tmp_path / "servercore.tar"
+    path.write_bytes(tar)
+    return path
+
+
+def test_install_restore_ls(cli: Cli, tmp_path: Path) -> None:
+    installed = cli.json(
+        "images", "install-base", "ServerCore", "10.0.20348.1", str(_base_tar(tmp_path))
+    )
+    assert isinstance(installed, dict)
+    assert Path(installed["path"]).name == "ServerCore_10.0.20348.1"
+    restored = cli.json("images", "restore")
+    assert isinstance(restored, dict)
+    assert len(restored["restored"]) == 1
+    assert cli.json("images", "restore") == {"restored": []}
+    (image,) = cli.json("images", "ls")  # type: ignore[misc]
+    assert image["tags"] == ["servercore:10.0.20348.1"]
+    text = cli("images", "ls").stdout.decode().splitlines()
+    assert text[0].split()[:3] == ["TAGS", "IMAGE", "ID"]
+    assert text[1].startswith("servercore:10.0.20348.1")
+
+
+def _docker_save(layer: bytes) -> bytes:
+    import hashlib
+
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "windows",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": ["hello:1"], "Layers": ["l1/layer.tar"]}]
+    ).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (
+            ("manifest.json", manifest),
+            (config_name, config),
+            ("l1/layer.tar", layer),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_load_save_round_trip(cli: Cli, tmp_path: Path) -> None:
+    archive = tmp_path / "hello.tar"
+    archive.write_bytes(_docker_save(base_layer()))
+    loaded = cli.json("load", str(archive), "--tag", "hello:latest")
+    assert isinstance(loaded, list)
+    assert sorted(loaded[0]["tags"]) == ["hello:1", "hello:latest"]
+    out = tmp_path / "saved.tar"
+    assert cli("save", "hello:1", "-o", str(out)).returncode == 0
+    assert cli("--home", str(tmp_path / "other"), "load", str(out)).returncode == 0
+    again = Cli(tmp_path / "other", tmp_path / "base").json("images", "ls")
+    assert isinstance(again, list)
+    assert again[0]["id"] == loaded[0]["id"]  # same config, same layers: same image
+    piped = cli("load", "-", stdin=archive.read_bytes())
+    assert piped.returncode == 0, piped.stderr
+    assert b"Loaded image: hello:1" in piped.stdout
+
+
+def test_load_of_a_broken_archive_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar at all" * 100)
+    result = cli("load", str(bad))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert cli.json("images", "ls") == []
