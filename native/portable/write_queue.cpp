@@ -6,6 +6,8 @@ namespace {
 constexpr std::size_t kReleaseStep = std::size_t(1) << 20;
 constexpr std::size_t kPoolBuffer = 4096;  // smaller buffers are not worth keeping
 constexpr std::size_t kPoolSize = 64;
+constexpr std::size_t kWakeOps = 64;
+constexpr std::size_t kWakeBytes = std::size_t(256) << 10;
 }  // namespace
 
 WriteQueue::WriteQueue(Tree& tree, std::size_t max_bytes)
@@ -40,13 +42,15 @@ void WriteQueue::push(Op op, std::string data) {
     // One operation larger than the budget still goes through, alone.
     if (bytes_ != 0 && bytes_ + bytes > max_bytes_) {
         producer_waiting_ = true;
+        changed_.notify_all();  // the worker may be waiting for a fuller batch
         changed_.wait(lock, [&] { return error_ || bytes_ == 0 || bytes_ + bytes <= max_bytes_; });
         producer_waiting_ = false;
     }
     rethrow_locked();
     ops_.push_back(Item{std::move(op), std::move(data)});
     bytes_ += bytes;
-    const bool wake = worker_idle_;
+    // Wake an idle worker only for a batch worth the switch between threads.
+    const bool wake = worker_idle_ && (ops_.size() >= kWakeOps || bytes_ >= kWakeBytes);
     lock.unlock();
     if (wake) changed_.notify_all();
 }
