@@ -90,6 +90,7 @@ class DriverInfo:
     def home(self) -> str: ...
 
 class ImportResult:
+    def __init__(self) -> None: ...  # made by native code only (raises TypeError)
     @property
     def diff_id(self) -> str: ...  # "sha256:<hex>" of the uncompressed tar
     @property
@@ -99,6 +100,7 @@ class Backend:
     """HCS's layer API. `parents` are layer folder paths, nearest parent first, base last;
     `id` is a folder name under info.home (or, with an empty home, the layer's full path)."""
 
+    def __init__(self) -> None: ...  # made by portable_backend() / hcs_backend() only
     @property
     def name(self) -> str: ...  # "portable" or "hcs"
     def activate_layer(self, info: DriverInfo, id: str) -> None: ...
