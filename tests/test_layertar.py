@@ -593,6 +593,8 @@ def test_closing_early_stops_the_producer() -> None:
     assert next(it).path == "Files"
     listed.close()  # joins the producer thread, which is blocked on the full queue
     assert listed.diff_id is None
+    with pytest.raises(ValueError, match="closed"):
+        list(it)  # not a silent, truncated listing
     abandoned = iter(LayerTarListing(io.BytesIO(tar), batch_size=16))
     next(abandoned)
     del abandoned  # garbage collection alone must not hang either

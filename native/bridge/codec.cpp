@@ -154,26 +154,32 @@ public:
     }
 
     ~LayerTarLister() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            cancelled_ = true;
-        }
-        changed_.notify_all();
-        {
-            // The producer may be waiting for the GIL to read a Python stream.
-            py::gil_scoped_release nogil;
-            producer_.join();
-        }
+        close();
         // The source may hold Python objects: drop it (and the importer reading it) here,
         // with the GIL.
         importer_.reset();
         source_.reset();
     }
 
+    // Stops the producer (at its next entry or data chunk) and waits for it. Idempotent.
+    void close() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            cancelled_ = true;
+        }
+        changed_.notify_all();
+        if (producer_.joinable()) {
+            // The producer may be waiting for the GIL to read a Python stream.
+            py::gil_scoped_release nogil;
+            producer_.join();
+        }
+    }
+
     // The next batch of entry tuples; an empty list at the end, once the diffID is known
     // (and checked against the expected digest). Errors of the import are raised here,
     // after the entries read before them.
     py::list next_batch() {
+        if (cancelled_) throw py::value_error("the listing is closed");
         std::vector<Listed> batch;
         {
             py::gil_scoped_release nogil;
@@ -490,6 +496,7 @@ void bind_codec(py::module_& m) {
              py::arg("batch_size") = 1024, py::arg("entry_type") = py::none(), py::arg("account_type") = py::none())
         .def("next_batch", &LayerTarLister::next_batch,
              "Up to batch_size entry tuples; [] at the end (the diffID is then known).")
+        .def("close", &LayerTarLister::close, "Stops reading; next_batch() then raises ValueError.")
         .def_property_readonly("diff_id", &LayerTarLister::diff_id)
         .def_property_readonly("data_size", &LayerTarLister::data_size);
 

@@ -230,8 +230,11 @@ class LayerTarListing:
             self.close()
 
     def close(self) -> None:
-        """Releases the input (files this listing opened are closed)."""
-        self._lister = None
+        """Stops the listing and releases the input (files it opened are closed). An
+        iteration in progress then raises ValueError."""
+        lister, self._lister = self._lister, None
+        if lister is not None:
+            lister.close()  # the reading thread stops before the input is closed
         owned, self._owned = self._owned, None
         if owned is not None:
             close = getattr(owned, "close", None)
