@@ -1,7 +1,8 @@
 // libFuzzer target for the tar reader and tar-split: any input either fails with
 // InvalidLayer or reads completely, hashes to its SHA-256, and rebuilds byte for byte
 // from its tar-split record and payloads. The input is also taken as a tar-split record,
-// which must be refused cleanly (StoreCorrupt) or replay (DigestMismatch at worst). Build and run: ci/fuzz_tar.sh.
+// which must be refused cleanly (StoreCorrupt) or replay (DigestMismatch at worst).
+// Build and run: ci/fuzz_tar.sh.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/layer_tar.hpp"
+#include "core/memory_io.hpp"
 #include "core/sha256.hpp"
 #include "core/tar.hpp"
 #include "core/tar_split.hpp"
@@ -18,39 +20,6 @@
 namespace {
 
 using namespace winlayer;
-
-// Returns the input in chunks of varying size, so that headers and records straddle reads.
-class ChunkedSource : public Source {
-public:
-    ChunkedSource(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
-    std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        std::size_t k = std::min({n, size_ - pos_, std::size_t(1) + (pos_ * 7919 + calls_++ * 131) % 3000});
-        std::memcpy(buf, data_ + pos_, k);
-        pos_ += k;
-        return k;
-    }
-
-private:
-    const std::uint8_t* data_;
-    std::size_t size_;
-    std::size_t pos_ = 0;
-    std::size_t calls_ = 0;
-};
-
-class StringSource : public Source {
-public:
-    explicit StringSource(std::string s) : s_(std::move(s)) {}
-    std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        std::size_t k = std::min(n, s_.size() - pos_);
-        std::memcpy(buf, s_.data() + pos_, k);
-        pos_ += k;
-        return k;
-    }
-
-private:
-    std::string s_;
-    std::size_t pos_ = 0;
-};
 
 // Payloads in the order the reader saw them; rebuild must ask for them in that order.
 class OrderedStore : public PayloadStore {
@@ -60,7 +29,8 @@ public:
     std::unique_ptr<Source> open(const std::string& name, std::uint64_t size) override {
         if (next >= payloads.size() || payloads[next].first != name || payloads[next].second.size() != size)
             std::abort();
-        return std::make_unique<StringSource>(payloads[next++].second);
+        const std::string& data = payloads[next++].second;
+        return std::make_unique<MemorySource>(reinterpret_cast<const std::uint8_t*>(data.data()), data.size());
     }
 };
 
@@ -68,22 +38,19 @@ public:
 class ZeroStore : public PayloadStore {
 public:
     std::unique_ptr<Source> open(const std::string&, std::uint64_t size) override {
-        return std::make_unique<StringSource>(std::string(static_cast<std::size_t>(size), '\0'));
+        zeros_.assign(static_cast<std::size_t>(size), 0);
+        return std::make_unique<MemorySource>(zeros_.data(), zeros_.size());
     }
-};
 
-class StringSink : public Sink {
-public:
-    std::string out;
-    void write(const std::uint8_t* data, std::size_t n) override {
-        out.append(reinterpret_cast<const char*>(data), n);
-    }
+private:
+    std::vector<std::uint8_t> zeros_;
 };
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    ChunkedSource source(data, size);
+    // Chunks of an input-dependent size, so that headers and records straddle reads.
+    MemorySource source(data, size, 1 + size % 3001);
     TarSplitWriter split;
     OrderedStore store;
     // A small buffer makes the reader refill often; its minimum is one block.
