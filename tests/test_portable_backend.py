@@ -490,3 +490,29 @@ def test_missing_parent_is_layer_not_found(backend: _hcs.Backend, info: _hcs.Dri
     with pytest.raises(LayerNotFound):
         backend.create_sandbox_layer(info, "box", missing, [missing])
     assert not backend.layer_exists(info, "box")
+
+
+def test_links_to_a_parent_link(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    """A hard link to a parent's file is a copy here, exported again as a link to the
+    parent; a second name for it is a file of this layer."""
+    from tests.layerbuild import link
+
+    backend.import_layer(info, "l1", [], io.BytesIO(base_layer()))
+    chain = [os.path.join(info.home, "l1")]
+    kernel = "Files/Windows/System32/kernel32.dll"
+    tar = layer_tar([d("Files"), link("Files/a.dll", kernel), link("Files/b.dll", "Files/a.dll")])
+    backend.import_layer(info, "l2", chain, io.BytesIO(tar))
+    layer = Path(info.home, "l2", "Files")
+    assert (layer / "a.dll").read_bytes() == b"MZ" + bytes(1000)
+    assert (layer / "a.dll").stat().st_ino == (layer / "b.dll").stat().st_ino
+    assert (layer / "a.dll").stat().st_ino != Path(chain[0], kernel).stat().st_ino
+    with backend.export_layer(info, "l2", chain) as s:
+        canonical = s.read()
+    with tarfile.open(fileobj=io.BytesIO(canonical)) as t:
+        m = {x.name: x for x in t.getmembers()}
+    assert m["Files/a.dll"].linkname == kernel
+    assert m["Files/b.dll"].isreg()
+    assert m["Files/b.dll"].size == 1002
+    backend.import_layer(info, "again", chain, io.BytesIO(canonical))
+    assert Path(info.home, "again", "Files", "a.dll").read_bytes() == b"MZ" + bytes(1000)
+    assert Path(info.home, "again", "Files", "b.dll").read_bytes() == b"MZ" + bytes(1000)
