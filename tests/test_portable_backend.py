@@ -516,3 +516,19 @@ def test_links_to_a_parent_link(backend: _hcs.Backend, info: _hcs.DriverInfo) ->
     backend.import_layer(info, "again", chain, io.BytesIO(canonical))
     assert Path(info.home, "again", "Files", "a.dll").read_bytes() == b"MZ" + bytes(1000)
     assert Path(info.home, "again", "Files", "b.dll").read_bytes() == b"MZ" + bytes(1000)
+
+
+def test_progress_and_a_failing_callback(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
+    tar = base_layer(f("Files/big.bin", random.randbytes(12 << 20)))
+    seen: list[int] = []
+    backend.import_layer(info, "ok", [], io.BytesIO(tar), None, seen.append)
+    assert seen
+    assert seen == sorted(seen)
+    assert seen[-1] <= len(tar)
+
+    def stop(done: int) -> None:
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the callback: the import stops cleanly
+
+    with pytest.raises(KeyboardInterrupt):
+        backend.import_layer(info, "stopped", [], io.BytesIO(tar), None, stop)
+    assert sorted(p.name for p in Path(info.home).iterdir()) == [".winlayer-store.lock", "ok"]
