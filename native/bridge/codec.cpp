@@ -242,6 +242,7 @@ private:
 
     void produce() {
         std::exception_ptr error;
+        writer_.batch.reserve(batch_size_);
         try {
             bool more = true;
             while (more) {
@@ -257,6 +258,7 @@ private:
                 if (cancelled_) break;
                 if (!writer_.batch.empty()) queue_.push_back(std::move(writer_.batch));
                 writer_.batch.clear();
+                writer_.batch.reserve(batch_size_);  // no regrowth (and moves) while filling
                 lock.unlock();
                 changed_.notify_all();
             }

@@ -24,8 +24,9 @@
 #include "layer_tar.hpp"
 
 #include <algorithm>
+#include <array>
+#include <functional>
 #include <limits>
-#include <unordered_map>
 #include <vector>
 
 #include "backup_stream.hpp"
@@ -125,7 +126,12 @@ struct LayerTarImporter::State {
     LayerEntry entry;
     std::string name;          // the entry's name, for errors
     std::string stream_owner;  // the last file or directory: its streams may follow
-    std::unordered_map<std::string, std::string> rawsd_cache;  // valid MSWINDOWS.rawsd -> bytes
+    struct RawsdSlot {
+        bool valid = false;
+        std::string text;   // a valid MSWINDOWS.rawsd value
+        std::string bytes;  // its descriptor
+    };
+    std::array<RawsdSlot, 64> rawsd_cache;
     std::uint64_t data_size = 0;
     std::uint64_t next_progress = kProgressEvery;
     bool finished = false;  // the end of the tar was reached
@@ -311,16 +317,17 @@ void LayerTarImporter::State::metadata() {
             if (!parse_u32(r.value, entry.attributes)) invalid("MSWINDOWS.fileattr is not a 32-bit decimal number");
             have_attributes = true;
         } else if (k == "MSWINDOWS.rawsd") {
-            // Entries of a layer share a few descriptors: decode and check each value once.
-            auto it = rawsd_cache.find(r.value);
-            if (it == rawsd_cache.end()) {
-                std::string sd;
-                if (!base64_decode(r.value, sd)) invalid("MSWINDOWS.rawsd is not valid base64");
-                decode("MSWINDOWS.rawsd", [&] { return parse_security_descriptor(sd); });
-                if (rawsd_cache.size() >= 256) rawsd_cache.clear();
-                it = rawsd_cache.emplace(r.value, std::move(sd)).first;
+            // Entries of a layer share a few descriptors: a small direct-mapped cache
+            // decodes and checks each value once (and costs little when they all differ).
+            RawsdSlot& slot = rawsd_cache[std::hash<std::string>{}(r.value) % rawsd_cache.size()];
+            if (!slot.valid || slot.text != r.value) {
+                slot.valid = false;
+                if (!base64_decode(r.value, slot.bytes)) invalid("MSWINDOWS.rawsd is not valid base64");
+                decode("MSWINDOWS.rawsd", [&] { check_security_descriptor(slot.bytes); });
+                slot.text = r.value;
+                slot.valid = true;
             }
-            entry.security_descriptor = it->second;
+            entry.security_descriptor = slot.bytes;
         } else if (k == "MSWINDOWS.sd") {
             sddl = &r.value;
         } else if (k == "MSWINDOWS.mountpoint") {
@@ -494,7 +501,7 @@ private:
         if (!e.security_descriptor.empty()) {
             if (e.security_descriptor != rawsd_) {  // entries mostly share one descriptor
                 try {
-                    parse_security_descriptor(e.security_descriptor);
+                    check_security_descriptor(e.security_descriptor);
                 } catch (const Error& err) {
                     invalid(err.message);
                 }

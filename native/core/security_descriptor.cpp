@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdio>
+#include <string_view>
 #include <vector>
 
 #include "error.hpp"
@@ -88,13 +89,18 @@ Error malformed(const std::string& what, std::size_t at) {
     return Error::invalid_layer("malformed security descriptor: " + what, "", static_cast<std::int64_t>(at));
 }
 
-// SID at `at` inside the descriptor -> string; `end` receives its end.
-std::string sid_string(const std::uint8_t* p, std::size_t size, std::size_t at, std::size_t* end) {
+// Validates the SID at `at` inside the descriptor; returns its sub-authority count.
+std::size_t check_sid(const std::uint8_t* p, std::size_t size, std::size_t at) {
     if (at + 8 > size) throw malformed("SID outside the descriptor", at);
     if (p[at] != 1) throw malformed("SID revision " + std::to_string(p[at]), at);
     std::size_t count = p[at + 1];
     if (count > 15) throw malformed("SID with " + std::to_string(count) + " sub-authorities", at + 1);
     if (at + 8 + 4 * count > size) throw malformed("SID runs past the end", at);
+    return count;
+}
+
+// The string form of a SID that check_sid accepted.
+std::string sid_string(const std::uint8_t* p, std::size_t at, std::size_t count) {
     std::uint64_t authority = 0;
     for (int i = 0; i < 6; ++i) authority = (authority << 8) | p[at + 2 + static_cast<std::size_t>(i)];
     std::string s = "S-1-";
@@ -105,25 +111,27 @@ std::string sid_string(const std::uint8_t* p, std::size_t size, std::size_t at, 
     } else {
         s += std::to_string(authority);
     }
-    for (std::size_t i = 0; i < count; ++i) s += "-" + std::to_string(u32(p + at + 8 + 4 * i));
-    if (end) *end = at + 8 + 4 * count;
+    for (std::size_t i = 0; i < count; ++i) {
+        s += '-';
+        s += std::to_string(u32(p + at + 8 + 4 * i));
+    }
     return s;
 }
 
 // Validates an ACL at `at`; returns its ACE count.
 std::uint32_t check_acl(const std::uint8_t* p, std::size_t size, std::size_t at, const char* which) {
-    std::string w = which;
-    if (at + 8 > size) throw malformed(w + " outside the descriptor", at);
-    if (p[at] != 2 && p[at] != 4) throw malformed(w + " revision " + std::to_string(p[at]), at);
+    const std::string_view w = which;  // messages only: no allocation on the good path
+    if (at + 8 > size) throw malformed(std::string(w) + " outside the descriptor", at);
+    if (p[at] != 2 && p[at] != 4) throw malformed(std::string(w) + " revision " + std::to_string(p[at]), at);
     std::size_t acl_size = u16(p + at + 2);
     std::uint32_t count = u16(p + at + 4);
-    if (acl_size < 8 || at + acl_size > size) throw malformed(w + " size runs past the end", at + 2);
+    if (acl_size < 8 || at + acl_size > size) throw malformed(std::string(w) + " size runs past the end", at + 2);
     std::size_t pos = at + 8;
     for (std::uint32_t i = 0; i < count; ++i) {
-        if (pos + 4 > at + acl_size) throw malformed(w + " ACE " + std::to_string(i) + " outside the ACL", pos);
+        if (pos + 4 > at + acl_size) throw malformed(std::string(w) + " ACE " + std::to_string(i) + " outside the ACL", pos);
         std::size_t ace_size = u16(p + pos + 2);
         if (ace_size < 4 || pos + ace_size > at + acl_size)
-            throw malformed(w + " ACE " + std::to_string(i) + " size", pos + 2);
+            throw malformed(std::string(w) + " ACE " + std::to_string(i) + " size", pos + 2);
         pos += ace_size;
     }
     return count;
@@ -396,7 +404,10 @@ Sid describe_sid(const std::string& sid) {
     return Sid{sid, {}, {}};
 }
 
-SecurityDescriptorInfo parse_security_descriptor(const std::string& sd) {
+namespace {
+
+// Validates `sd`; describes its owner and group too when `describe`.
+SecurityDescriptorInfo parse(const std::string& sd, bool describe) {
     const auto* p = reinterpret_cast<const std::uint8_t*>(sd.data());
     std::size_t size = sd.size();
     if (size < 20) throw malformed("shorter than its 20-byte header", 0);
@@ -412,14 +423,26 @@ SecurityDescriptorInfo parse_security_descriptor(const std::string& sd) {
     check_offset(group, 8);
     check_offset(sacl, 12);
     check_offset(dacl, 16);
-    if (owner) info.owner = describe_sid(sid_string(p, size, owner, nullptr));
-    if (group) info.group = describe_sid(sid_string(p, size, group, nullptr));
+    if (owner) {
+        std::size_t n = check_sid(p, size, owner);
+        if (describe) info.owner = describe_sid(sid_string(p, owner, n));
+    }
+    if (group) {
+        std::size_t n = check_sid(p, size, group);
+        if (describe) info.group = describe_sid(sid_string(p, group, n));
+    }
     info.has_dacl = (info.control & kSeDaclPresent) != 0;
     info.has_sacl = (info.control & kSeSaclPresent) != 0;
     if (info.has_dacl && dacl) info.dacl_aces = check_acl(p, size, dacl, "DACL");
     if (info.has_sacl && sacl) check_acl(p, size, sacl, "SACL");
     return info;
 }
+
+}  // namespace
+
+SecurityDescriptorInfo parse_security_descriptor(const std::string& sd) { return parse(sd, true); }
+
+void check_security_descriptor(const std::string& sd) { parse(sd, false); }
 
 std::string sddl_to_security_descriptor(const std::string& sddl) { return SddlParser(sddl).run(); }
 

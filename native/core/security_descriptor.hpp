@@ -47,6 +47,8 @@ struct SecurityDescriptorInfo {
 // SE_SELF_RELATIVE flag, every offset and SID and ACL inside the buffer. Throws
 // InvalidLayer (offset = byte offset inside `sd`, no entry) when malformed.
 SecurityDescriptorInfo parse_security_descriptor(const std::string& sd);
+// The same checks, without describing owner and group (cheaper: no strings are made).
+void check_security_descriptor(const std::string& sd);
 
 // The SDDL alias and well-known name of a SID string (empty strings when unknown).
 Sid describe_sid(const std::string& sid);
