@@ -511,3 +511,24 @@ def test_restored_base_image_is_a_parent(tmp_path: Path) -> None:
     assert Path(base_dir, "Files", "Windows", "win.ini").exists()
     with pytest.raises(WinlayerError, match="host base image"):
         driver.remove(Path(base_dir).name)
+
+
+def test_windowsdiff_extracts_into_the_layers_own_folder(tmp_path: Path, backend_name: str) -> None:
+    driver = Driver(
+        tmp_path / "diffhome",
+        flavour="windowsdiff",
+        backend=backend_name,
+        base_images=tmp_path / "b",
+    )
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.apply_diff("child", "base", io.BytesIO(layer_tar([d("Files"), f("Files/c.txt", b"c")])))
+    # not into the home's root, as the 2015 driver did
+    assert not (driver.home / "Files").exists()
+    assert [p.name for p in driver.home.iterdir() if not p.name.startswith(".")] == [
+        "base",
+        "child",
+    ]
+    with driver.mounted("child") as root:
+        assert root == driver.home / "child"
+        assert (root / "Files" / "c.txt").read_bytes() == b"c"
+    assert driver.parents("child") == [str(driver.home / "base")]
