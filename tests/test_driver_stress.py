@@ -18,35 +18,40 @@ from .layerbuild import base_layer, d, f, layer_tar
 LEAVES = [f"leaf{i}" for i in range(4)]
 EXPECTED = (LayerInUse, LayerNotFound, LayerExists)
 
+# A child process runs the same churn as the threads, on the same home.
 WORKER = r"""
-import io, random, sys, time
-sys.path.insert(0, {tests!r})
-from winlayer import Driver, LayerExists, LayerInUse, LayerNotFound
-from layerbuild import d, f, layer_tar
-driver = Driver({home!r}, backend={backend!r}, base_images={base!r})
-rng = random.Random({seed})
-deadline = time.monotonic() + {seconds}
-ops = 0
-while time.monotonic() < deadline:
-    leaf = rng.choice({leaves!r})
-    try:
-        op = rng.randrange(4)
-        if op == 0:
-            with driver.mounted(rng.choice(["base", leaf])) as root:
-                assert root.exists()
-        elif op == 1:
-            with driver.diff(leaf) as s:
-                s.read()
-        elif op == 2:
-            driver.remove(leaf)
-        else:
-            tar = layer_tar([d("Files"), f("Files/" + leaf, leaf.encode())])
-            driver.apply_diff(leaf, "base", io.BytesIO(tar))
-        ops += 1
-    except (LayerInUse, LayerNotFound, LayerExists):
-        ops += 1
-print(ops)
+import sys
+sys.path.insert(0, {repo!r})
+from winlayer import Driver
+from tests.test_driver_stress import churn
+print(churn(Driver({home!r}, backend={backend!r}, base_images={base!r}), {seed}, {seconds}))
 """
+
+
+def churn(driver: Driver, seed: int, seconds: float) -> int:
+    """Random get/put, diff, remove and re-import of overlapping layers for `seconds`;
+    returns how many operations ran (refusals the contract allows count too)."""
+    rng = random.Random(seed)
+    ops = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        leaf = rng.choice(LEAVES)
+        try:
+            op = rng.randrange(4)
+            if op == 0:
+                with driver.mounted(rng.choice(["base", leaf])) as root:
+                    assert root.exists()
+            elif op == 1:
+                with driver.diff(leaf) as stream:
+                    stream.read()
+            elif op == 2:
+                driver.remove(leaf)
+            else:
+                driver.apply_diff(leaf, "base", io.BytesIO(_leaf_tar(leaf)))
+        except EXPECTED:
+            pass
+        ops += 1
+    return ops
 
 
 def _leaf_tar(leaf: str) -> bytes:
@@ -60,20 +65,19 @@ def test_threads_and_processes_share_a_home(tmp_path: Path, backend_name: str) -
     for leaf in LEAVES:
         driver.apply_diff(leaf, "base", io.BytesIO(_leaf_tar(leaf)))
     seconds = 4.0
-    tests_dir = str(Path(__file__).parent)
+    repo = str(Path(__file__).parent.parent)
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 WORKER.format(
-                    tests=tests_dir,
+                    repo=repo,
                     home=str(home),
                     backend=backend_name,
                     base=str(base),
                     seed=seed,
                     seconds=seconds,
-                    leaves=LEAVES,
                 ),
             ],
             stdout=subprocess.PIPE,
@@ -86,30 +90,10 @@ def test_threads_and_processes_share_a_home(tmp_path: Path, backend_name: str) -
     counts: list[int] = []
 
     def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        ops = 0
-        deadline = time.monotonic() + seconds
         try:
-            while time.monotonic() < deadline:
-                leaf = rng.choice(LEAVES)
-                try:
-                    op = rng.randrange(4)
-                    if op == 0:
-                        with driver.mounted(rng.choice(["base", leaf])) as root:
-                            assert root.exists()
-                    elif op == 1:
-                        with driver.diff(leaf) as stream:
-                            stream.read()
-                    elif op == 2:
-                        driver.remove(leaf)
-                    else:
-                        driver.apply_diff(leaf, "base", io.BytesIO(_leaf_tar(leaf)))
-                except EXPECTED:
-                    pass
-                ops += 1
+            counts.append(churn(driver, seed, seconds))
         except BaseException as exc:
             failures.append(exc)
-        counts.append(ops)
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(10, 18)]
     for t in threads:
