@@ -1,6 +1,7 @@
 #include "layer_reader.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <unordered_map>
 
 #include "../core/error.hpp"
@@ -40,10 +41,22 @@ private:
     File f_;
 };
 
-File open_data(const std::string& path) {
-    Tree dir(dir_name(path));
-    return dir.open_read(base_name(path));
-}
+// Opens stored data without following a symlink, keeping the folder open for the next
+// file (an export reads a folder's files one after the other).
+class DataOpener {
+public:
+    File open(const std::string& path) {
+        std::string dir = dir_name(path);
+        if (!tree_ || tree_->root() != dir) {
+            tree_.reset();
+            tree_.emplace(dir);
+        }
+        return tree_->open_read(base_name(path));
+    }
+
+private:
+    std::optional<Tree> tree_;
+};
 
 class ItemReader : public LayerReader {
 public:
@@ -88,7 +101,7 @@ public:
         remaining_ = 0;
         if (!it.data.empty() &&
             (it.entry.type == EntryType::File || it.entry.type == EntryType::AlternateStream)) {
-            current_ = open_data(it.data);
+            current_ = opener_.open(it.data);
             NodeStat st = current_.stat();
             if (st.size != it.entry.size)
                 throw Error(ErrorKind::StoreCorrupt,
@@ -113,6 +126,7 @@ public:
 private:
     std::vector<ExportItem> items_;
     std::size_t pos_ = 0;
+    DataOpener opener_;
     File current_;
     std::uint64_t remaining_ = 0;
 };
@@ -177,7 +191,7 @@ public:
         if (data.empty())
             throw Error(ErrorKind::StoreCorrupt, "the layer holds no payload for tar entry " + entry_name)
                 .with_path(dir_);
-        File f = open_data(data);
+        File f = opener_.open(data);
         if (f.stat().size != size)
             throw Error(ErrorKind::StoreCorrupt,
                         "stored payload of " + entry_name + " is not the imported one (size differs)")
@@ -189,6 +203,7 @@ private:
     std::string dir_;
     LayerMeta meta_;
     std::unordered_map<std::string, std::size_t> index_;
+    DataOpener opener_;
 };
 
 }  // namespace
