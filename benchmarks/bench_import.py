@@ -3,9 +3,10 @@
 On the same layer (benchmarks/make_layer.py: 300 MB, 20,000 entries with Windows PAX
 records, ADS, hard links, whiteouts), into the same file system, every run ending with its
 data on disk (the import syncs itself; the others run ``sync -f`` on their folder). Each
-contender runs in its own child process (peak RSS by GNU time when present), rounds are
-interleaved so that a busy machine hurts every contender alike, and the best of
-``--runs`` is kept:
+contender runs in its own child process (peak RSS by GNU time when present) and writes
+into a fresh folder; rounds are interleaved so that a busy machine hurts every contender
+alike, with a pause between rounds while the freed space is trimmed; the best of ``--runs``
+is kept:
 
 - GNU ``tar -xf`` (+ sync): the anchor (it keeps no Windows metadata and hashes nothing);
 - winlayer ``import_layer`` (diffID, full Windows metadata, tar-split record, synced);
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,10 +107,13 @@ print(time.perf_counter() - start)
 """
 
 
+Argv = Callable[[str], list[str]]  # the folder to write into -> command line
+
+
 @dataclass
 class Contender:
     name: str
-    argv: list[str]
+    argv: Argv
     self_timed: bool  # prints its own seconds
     times: list[float] = field(default_factory=list)
     peak_mib: float = 0.0
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="make_layer's seed")
+    parser.add_argument("--settle", type=float, default=20, help="seconds to pause between rounds")
     parser.add_argument("--no-python", action="store_true", help="skip tarfile.extractall")
     args = parser.parse_args()
 
@@ -152,69 +158,57 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=layer.parent))
     py = sys.executable
-    dest = str(work / "dest")
-    home = str(work / "home")
-    extract = "mkdir -p {d} && {cmd} && sync -f {d}"
+    sh = "mkdir -p {d} && {cmd} -C {d} && sync -f {d}"
+
+    def shell(cmd: str) -> Argv:
+        return lambda d: ["sh", "-c", sh.format(d=d, cmd=cmd)]
+
+    def child(script: str, *extra: str) -> Argv:
+        return lambda d: [py, "-c", script, d, *extra]
+
     contenders = [
-        Contender(
-            "tar -xf + sync",
-            ["sh", "-c", extract.format(d=dest, cmd=f"tar -xf '{layer}' -C {dest}")],
-            False,
-        ),
-        Contender("winlayer import", [py, "-c", IMPORT, home, str(layer)], True),
-        Contender(
-            "gzip -dc | tar -x + sync",
-            ["sh", "-c", extract.format(d=dest, cmd=f"gzip -dc '{gz}' | tar -x -C {dest}")],
-            False,
-        ),
-        Contender("winlayer import .gz", [py, "-c", IMPORT, home, str(gz)], True),
-        Contender(
-            "zstd -dc | tar -x + sync",
-            ["sh", "-c", extract.format(d=dest, cmd=f"zstd -dcq '{zst}' | tar -x -C {dest}")],
-            False,
-        ),
-        Contender("winlayer import .zst", [py, "-c", IMPORT, home, str(zst)], True),
-        Contender(
-            "2 imports, sequential", [py, "-c", TWO_IMPORTS, home, str(layer), "sequential"], True
-        ),
-        Contender(
-            "2 imports, 2 threads", [py, "-c", TWO_IMPORTS, home, str(layer), "parallel"], True
-        ),
+        Contender("tar -xf + sync", shell(f"tar -xf '{layer}'"), False),
+        Contender("winlayer import", child(IMPORT, str(layer)), True),
+        Contender("gzip -dc | tar -x + sync", shell(f"gzip -dc '{gz}' | tar -x"), False),
+        Contender("winlayer import .gz", child(IMPORT, str(gz)), True),
+        Contender("zstd -dc | tar -x + sync", shell(f"zstd -dcq '{zst}' | tar -x"), False),
+        Contender("winlayer import .zst", child(IMPORT, str(zst)), True),
+        Contender("2 imports, sequential", child(TWO_IMPORTS, str(layer), "sequential"), True),
+        Contender("2 imports, 2 threads", child(TWO_IMPORTS, str(layer), "parallel"), True),
     ]
     if not args.no_python:
-        contenders.append(
-            Contender("tarfile + hashlib + sync", [py, "-c", TARFILE, dest, str(layer)], True)
-        )
+        contenders.append(Contender("tarfile + hashlib + sync", child(TARFILE, str(layer)), True))
+    # Exports read what this round's first tar extraction and first import left.
     exports = [
         Contender(
-            "tar -cf - tree | cat", ["sh", "-c", f"tar -cf - -C {dest} . | cat > /dev/null"], False
+            "tar -cf - tree | cat",
+            lambda d: ["sh", "-c", f"tar -cf - -C {d} . | cat > /dev/null"],
+            False,
         ),
-        Contender("winlayer export canonical", [py, "-c", EXPORT, home, "canonical"], True),
-        Contender("winlayer export original", [py, "-c", EXPORT, home, "original"], True),
+        Contender("winlayer export canonical", child(EXPORT, "canonical"), True),
+        Contender("winlayer export original", child(EXPORT, "original"), True),
     ]
 
-    def fresh() -> None:
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-        os.makedirs(home)
-        subprocess.run(["sync", "-f", str(work)], check=True)
-
-    def measure(c: Contender) -> None:
-        wall, peak, out = run_child(c.argv)
+    def measure(c: Contender, folder: Path) -> None:
+        folder.mkdir(exist_ok=True)
+        wall, peak, out = run_child(c.argv(str(folder)))
         c.times.append(float(out.split()[-1]) if c.self_timed else wall)
         c.peak_mib = max(c.peak_mib, peak)
 
+    # Every run writes into a folder of its own; folders are deleted only between rounds,
+    # followed by a pause: on a file system mounted with `discard`, the device trims freed
+    # blocks in the background and would slow down whoever writes next.
     try:
-        for _ in range(args.runs):
-            for c in contenders:
-                fresh()
-                measure(c)
-            # exports read what one tar extraction and one import left on disk
-            fresh()
-            run_child(contenders[0].argv)
-            run_child(contenders[1].argv)
-            for c in exports:
-                measure(c)
+        for round in range(args.runs):
+            base = work / f"round{round}"
+            base.mkdir()
+            for i, c in enumerate(contenders):
+                measure(c, base / str(i))
+            for k, c in enumerate(exports):
+                measure(c, base / ("0" if k == 0 else "1"))
+            shutil.rmtree(base)
+            subprocess.run(["sync", "-f", str(work)], check=True)
+            time.sleep(args.settle)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
