@@ -22,6 +22,17 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+def require_tools(missing: list[str], install: str) -> None:
+    """Skip a test whose tools are missing, except under CI (``CI=true``), where .ci/run
+    installs them: a missing tool there is a failure, never a silent skip."""
+    if not missing:
+        return
+    message = f"missing {', '.join(missing)}: {install}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: .ci/run should have installed it)")
+    pytest.skip(message)
+
+
 @pytest.fixture(autouse=True)
 def _unmount_leftovers(tmp_path: Path) -> Iterator[None]:
     """Sandbox views are overlay mounts: a test that fails while one is mounted must not

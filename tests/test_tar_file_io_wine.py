@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require_tools
+
 REPO = Path(__file__).resolve().parent.parent
 MINGW = shutil.which("x86_64-w64-mingw32-g++-posix")
 WINE = (
@@ -79,8 +81,12 @@ int main(int, char** argv) {
 """
 
 
-@pytest.mark.skipif(MINGW is None or WINE is None, reason="needs mingw-w64 and Wine")
+@pytest.mark.wine
 def test_file_io_win32_long_unicode_paths(tmp_path: Path) -> None:
+    require_tools(
+        [name for name, tool in (("mingw-w64", MINGW), ("wine64", WINE)) if tool is None],
+        "apt-get install g++-mingw-w64-x86-64-posix wine64",
+    )
     src = tmp_path / "file_io_test.cpp"
     src.write_text(PROGRAM)
     exe = tmp_path / "file_io_test.exe"

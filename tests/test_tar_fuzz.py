@@ -16,6 +16,8 @@ import pytest
 from winlayer import _hcs
 from winlayer.errors import InvalidLayer
 
+from .conftest import require_tools
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "native" / "fuzz" / "corpus"
 
@@ -39,9 +41,9 @@ def test_corpus_input_reads_or_fails_cleanly(path: Path) -> None:
         assert s.read() == raw
 
 
-@pytest.mark.skipif(shutil.which("clang++") is None, reason="libFuzzer needs clang")
 @pytest.mark.parametrize("target", ["tar", "layer_tar"])
 def test_fuzz_for_15_seconds(tmp_path: Path, target: str) -> None:
+    require_tools(["clang++"] if shutil.which("clang++") is None else [], "apt-get install clang")
     env = {**os.environ, "FUZZ_BUILD_DIR": str(tmp_path)}
     proc = subprocess.run(
         [str(REPO / "ci" / "fuzz_tar.sh"), "15", target],

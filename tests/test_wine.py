@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require_tools
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "ci" / "wine" / "run.sh"
 TOOLS = ("x86_64-w64-mingw32-g++-posix", "x86_64-w64-mingw32-dlltool")
@@ -49,15 +51,9 @@ def _missing_tools() -> list[str]:
     sys.platform == "win32", reason="on Windows the hcs tests run the real vmcompute.dll"
 )
 def test_windows_backend_under_wine() -> None:
-    missing = _missing_tools()
-    if missing:
-        message = (
-            f"the Wine toolchain is missing ({', '.join(missing)}): "
-            "apt-get install g++-mingw-w64-x86-64-posix mingw-w64-tools wine64"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: .ci/run should have installed it)")
-        pytest.skip(message)
+    require_tools(
+        _missing_tools(), "apt-get install g++-mingw-w64-x86-64-posix mingw-w64-tools wine64"
+    )
 
     env = dict(os.environ)
     env["WINE"] = _wine() or "wine64"
