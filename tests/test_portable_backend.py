@@ -532,3 +532,44 @@ def test_progress_and_a_failing_callback(backend: _hcs.Backend, info: _hcs.Drive
     with pytest.raises(KeyboardInterrupt):
         backend.import_layer(info, "stopped", [], io.BytesIO(tar), None, stop)
     assert sorted(p.name for p in Path(info.home).iterdir()) == [".winlayer-store.lock", "ok"]
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+def test_sandbox_diff_keeps_parent_metadata(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A modified file keeps its parent's attributes, descriptor, EAs and streams; a new
+    one gets the defaults; an untouched one is not in the diff."""
+    if mode == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlayfs needs root here")
+    monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", mode)
+    backend.import_layer(info, "base", [], io.BytesIO(_every_kind_layer()))
+    chain = [os.path.join(info.home, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    backend.prepare_layer(info, "box", chain)
+    try:
+        root = Path(backend.get_layer_mount_path(info, "box"))
+        (root / "streams.txt").write_bytes(b"changed")
+        (root / "ea.txt").write_bytes(b"changed too")
+        (root / "new.txt").write_bytes(b"new")
+    finally:
+        backend.unprepare_layer(info, "box")
+    with backend.export_layer(info, "box", chain) as s:
+        diff = s.read()
+    with tarfile.open(fileobj=io.BytesIO(diff)) as t:
+        m = {x.name: x for x in t.getmembers()}
+        stream = t.extractfile("Files/streams.txt:Zone.Identifier")
+        assert stream is not None
+        assert stream.read() == b"zone=3"
+    assert sorted(m) == [
+        "Files",
+        "Files/ea.txt",
+        "Files/new.txt",
+        "Files/streams.txt",
+        "Files/streams.txt:Zone.Identifier",
+    ]
+    assert m["Files/ea.txt"].pax_headers["MSWINDOWS.xattr.USER.NOTE"] == "dg=="
+    assert m["Files/ea.txt"].pax_headers["LIBARCHIVE.creationtime"] == "1500000000.5"
+    assert m["Files/new.txt"].pax_headers["MSWINDOWS.fileattr"] == "32"
+    assert m["Files/new.txt"].pax_headers["MSWINDOWS.rawsd"] == SD_BA
+    assert m["Files/streams.txt"].size == 7
