@@ -113,7 +113,7 @@ void record_mode(const LayerRef& ref, const std::string& mode) {
     for (int i = 0; i < 1000; ++i) {
         write_file_atomic(probe, "");
         std::int64_t t = stat_path(probe).ctime_ns;
-        std::remove(probe.c_str());
+        remove_tree(probe);
         if (t > stamp) return;
     }
 }

@@ -23,6 +23,15 @@ bool ends_with(const std::string& s, const char* suffix) {
     return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
 }
 
+// Lock files left behind are harmless (the next sweep takes them): errors are ignored.
+// Through the platform layer: std::remove misses long and non-ASCII paths on Win32.
+void remove_lock_file(const std::string& path) noexcept {
+    try {
+        remove_tree(path);
+    } catch (...) {
+    }
+}
+
 // "<prefix><id>-<16 hex>" -> id
 std::string id_of(const std::string& name, const char* prefix) {
     std::size_t start = std::strlen(prefix);
@@ -122,13 +131,13 @@ std::vector<std::string> sweep_store(const std::string& home) {
                 // A lock file whose staging folder is gone (crash between the two).
                 std::string dir = path.substr(0, path.size() - 5);
                 if (stat_path(dir).kind != NodeKind::Missing) continue;
-                if (auto held = FileLock::try_acquire(path)) std::remove(path.c_str());
+                if (auto held = FileLock::try_acquire(path)) remove_lock_file(path);
                 continue;
             }
             auto held = FileLock::try_acquire(path + ".lock");
             if (!held) continue;  // an import is running
             remove_tree(path);
-            std::remove((path + ".lock").c_str());
+            remove_lock_file(path + ".lock");
             swept.push_back(e.name);
         } else if (starts_with(e.name, kRemovingPrefix)) {
             try {
@@ -159,7 +168,7 @@ Staging::Staging(const LayerRef& ref) : ref_(ref) {
         make_dir(path_);
         tree_.emplace(path_);
     } catch (...) {
-        std::remove((path_ + ".lock").c_str());
+        remove_lock_file(path_ + ".lock");
         throw;
     }
 }
@@ -172,7 +181,7 @@ void Staging::discard() noexcept {
     tree_.reset();
     try {
         remove_tree(path_);
-        std::remove((path_ + ".lock").c_str());
+        remove_lock_file(path_ + ".lock");
     } catch (...) {
         // Left for the next sweep: the lock dies with this object.
     }
@@ -223,7 +232,7 @@ void Staging::publish(bool (*replaceable)(const std::string& layer_dir)) {
     sync_dir(ref_.home);
     done_ = true;
     tree_.reset();
-    std::remove((path_ + ".lock").c_str());
+    remove_lock_file(path_ + ".lock");
     lock_.reset();
 }
 
