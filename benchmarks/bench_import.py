@@ -5,8 +5,8 @@ records, ADS, hard links, whiteouts), into the same file system, every run endin
 data on disk (the import syncs itself; the others run ``sync -f`` on their folder). Each
 contender runs in its own child process (peak RSS by GNU time when present) and writes
 into a fresh folder; rounds are interleaved so that a busy machine hurts every contender
-alike, with a pause between rounds while the freed space is trimmed; the best of ``--runs``
-is kept:
+alike (in a rotated order), with a pause between rounds while the freed space is trimmed;
+the best of ``--runs`` is kept:
 
 - GNU ``tar -xf`` (+ sync): the anchor (it keeps no Windows metadata and hashes nothing);
 - winlayer ``import_layer`` (diffID, full Windows metadata, tar-split record, synced);
@@ -202,8 +202,11 @@ def main() -> None:
         for round in range(args.runs):
             base = work / f"round{round}"
             base.mkdir()
-            for i, c in enumerate(contenders):
-                measure(c, base / str(i))
+            # Rotate the order each round: whoever runs right after a big write pays a
+            # little for it (writeback, trims), so no contender should always follow another.
+            order = [*range(round, len(contenders)), *range(round)]
+            for i in order:
+                measure(contenders[i], base / str(i))
             for k, c in enumerate(exports):
                 measure(c, base / ("0" if k == 0 else "1"))
             shutil.rmtree(base)
