@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,15 @@ def test_hcs_backend_unavailable_off_windows_says_how_to_fix() -> None:
 
 def test_portable_is_available_everywhere() -> None:
     backend.check_available("portable")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="hcs may exist on Windows")
+def test_driver_on_hcs_off_windows_raises_backend_unavailable(tmp_path: Path) -> None:
+    result = run_python(
+        "import winlayer; winlayer.Driver()",
+        env={"WINLAYER_BACKEND": "hcs", "WINLAYER_HOME": str(tmp_path / "home")},
+    )
+    assert result.returncode != 0
+    assert "BackendUnavailable" in result.stderr
+    assert "WINLAYER_BACKEND=portable" in result.stderr
+    assert not (tmp_path / "home").exists()  # refused before touching the store
