@@ -48,7 +48,7 @@ RECORD_FILE = "winlayer.json"  # the driver's per-layer record: diff_id, size, r
 REMOVING_SUFFIX = "-removing"
 DEFAULT_MAX_LAYER_SIZE = 1 << 40
 # Files the driver (or Docker's driver) keeps in a layer folder beside the backend's data.
-_DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE, "layerid", RECORD_FILE}
+_DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE.lower(), RECORD_FILE}  # lower case
 
 ProgressCallback = Callable[[int], None]
 Source = str | os.PathLike[str] | IO[bytes]
@@ -213,7 +213,7 @@ class Driver:
         if limit is not None and not sandbox:
             raise ValueError("size applies to read/write layers only")
         with self._locked(id, rpid):
-            if self._dir(id).exists():
+            if self._home_dir(id).exists():
                 raise LayerExists(id)
             if rpid and not self._backend.layer_exists(*self._ref(rpid)):
                 raise LayerNotFound(parent or rpid, "parent layer not found")
@@ -228,7 +228,7 @@ class Driver:
                         self._backend.expand_sandbox_size(self._info, id, limit)
                 else:
                     self._backend.create_layer(self._info, id, self._ref(rpid)[1] if rpid else "")
-                chain.write_chain(self._dir(id), layer_chain)
+                chain.write_chain(self._home_dir(id), layer_chain)
                 self._write_record(id, {"read_write": sandbox})
             except BaseException:
                 self._destroy_quietly(id)
@@ -258,14 +258,14 @@ class Driver:
             # Rename first: a crash after this point leaves only a `-removing` folder,
             # which the next sweep destroys, never a half-destroyed layer under its id.
             doomed = f"{rid}-{secrets.token_hex(4)}{REMOVING_SUFFIX}"
-            os.replace(self._dir(rid), self._dir(doomed))
+            os.replace(self._home_dir(rid), self._home_dir(doomed))
             try:
                 self._backend.destroy_layer(self._info, doomed)
             except BaseException:
-                if self._dir(doomed).is_dir():  # nothing destroyed: put the layer back
-                    os.replace(self._dir(doomed), self._dir(rid))
+                if self._home_dir(doomed).is_dir():  # nothing destroyed: put the layer back
+                    os.replace(self._home_dir(doomed), self._home_dir(rid))
                 raise
-        if rid != id and self._dir(id).is_dir():
+        if rid != id and self._home_dir(id).is_dir():
             with self._state.lock(id):
                 self._remove_alias_folder(id)
 
@@ -407,7 +407,7 @@ class Driver:
                     if hasattr(stream, "close") and stream is not source:
                         stream.close()
                 try:
-                    chain.write_chain(self._dir(id), layer_chain)
+                    chain.write_chain(self._home_dir(id), layer_chain)
                     self._write_record(
                         id, {"diff_id": result.diff_id, "size": result.size, "read_write": False}
                     )
@@ -526,7 +526,7 @@ class Driver:
     def _already_imported(self, id: str, digest: str | None) -> int | None:
         """Size of `id` if it already holds imported data; None if it must be imported
         (an empty read-only layer made by :meth:`create` is replaced)."""
-        folder = self._dir(id)
+        folder = self._home_dir(id)
         if not folder.exists():
             return None
         record = self._read_record(id)
@@ -620,13 +620,13 @@ class Driver:
 
     def _destroy_quietly(self, folder_name: str) -> None:
         try:
-            if self._dir(folder_name).exists():
+            if self._home_dir(folder_name).exists():
                 self._backend.destroy_layer(self._info, folder_name)
         except Exception:
             log.warning("could not destroy layer folder %s", folder_name, exc_info=True)
 
     def _remove_alias_folder(self, id: str) -> None:
-        folder = self._dir(id)
+        folder = self._home_dir(id)
         for name in os.listdir(folder):
             if name.lower() in _DRIVER_FILES:
                 (folder / name).unlink()
@@ -653,7 +653,7 @@ class Driver:
     def _resolve(self, id: str) -> str:
         """The folder name that holds `id`'s data (its alternate ID, if it has one)."""
         _check_id(id)
-        alt = chain.read_alt_id(self._dir(id))
+        alt = chain.read_alt_id(self._home_dir(id))
         return alt if alt is not None else id
 
     def _require(self, id: str) -> str:
@@ -662,8 +662,13 @@ class Driver:
             raise LayerNotFound(id)
         return rid
 
+    def _home_dir(self, folder_name: str) -> Path:
+        """A folder of this home: new layers, aliases, leftovers."""
+        return self.home / folder_name
+
     def _dir(self, folder_name: str) -> Path:
-        """The folder of a layer: in the home, or a host base image's folder."""
+        """The folder of an existing layer: in the home, or a host base image's folder
+        (which only an alias made by restore_custom_images leads to)."""
         local = self.home / folder_name
         if local.exists():
             return local
