@@ -14,6 +14,7 @@ compression and the compressed offset.
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 import zlib
@@ -214,8 +215,9 @@ class _Decompressing(io.RawIOBase):
             offset=self._out_total,
         )
 
+    @abc.abstractmethod
     def _produce(self) -> bytes:
-        raise NotImplementedError
+        """The next chunk of uncompressed data (empty at the end)."""
 
 
 class _GzipReader(_Decompressing):

@@ -34,6 +34,7 @@ Importing layers
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import io
@@ -177,7 +178,7 @@ class _Index:
         return _clean(name) in self.members
 
 
-class _Archive:
+class _Archive(abc.ABC):
     """Access to an archive's members; subclasses differ in how blobs are reached."""
 
     index: _Index
@@ -190,10 +191,11 @@ class _Archive:
             )
         return self._read_small(member)
 
+    @abc.abstractmethod
     def _read_small(self, member: _Member) -> bytes:
-        raise NotImplementedError
+        """The bytes of a small member (metadata: JSON, manifests)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most archives hold nothing to release
         pass
 
 
