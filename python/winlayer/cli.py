@@ -147,11 +147,11 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 def _source_total(path: str) -> int | None:
     if path == "-":
         return None
-    size = os.path.getsize(path)
+    from ._stream import detect
+
     with open(path, "rb") as f:
-        magic = f.read(4)
-    compressed = magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd"
-    return None if compressed else size
+        compressed = detect(f.read(4)) != "none"
+    return None if compressed else os.path.getsize(path)
 
 
 @contextlib.contextmanager
