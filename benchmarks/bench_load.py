@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--settle", type=float, default=20, help="seconds to pause between rounds")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="winlayer-bench-load-", dir=args.workdir))
@@ -254,17 +255,32 @@ def main() -> None:
             "ctr images import": [],
             "tar -xf (bare layer)": [],
         }
+
+        # Each contender writes into a folder of its own, deleted only between rounds and
+        # followed by a sync and a pause: on a file system mounted with `discard`, freed
+        # blocks are trimmed in the background and would slow down whoever writes next.
+        # The order rotates each round, so that no contender always follows another.
+        def run_winlayer(base: Path) -> None:
+            results["winlayer load"].append(winlayer_load(archive, base / "home", image_id))
+
+        def run_containerd(base: Path) -> None:
+            ctr_dir = base / "containerd"
+            results["ctr images import"].append(containerd_import(archive, ctr_dir))
+            check_containerd_unpacked(ctr_dir, args.entries)
+            subprocess.run(["umount", "-R", str(ctr_dir)], capture_output=True, check=False)
+
+        def run_tar(base: Path) -> None:
+            results["tar -xf (bare layer)"].append(tar_extract(layer, base / "tar"))
+
+        steps = [run_winlayer, run_tar] + ([run_containerd] if have_containerd else [])
         for n in range(args.runs):
-            results["winlayer load"].append(winlayer_load(archive, work / f"home-{n}", image_id))
-            shutil.rmtree(work / f"home-{n}")
-            if have_containerd:
-                ctr_dir = work / f"containerd-{n}"
-                results["ctr images import"].append(containerd_import(archive, ctr_dir))
-                check_containerd_unpacked(ctr_dir, args.entries)
-                subprocess.run(["umount", "-R", str(ctr_dir)], capture_output=True, check=False)
-                shutil.rmtree(ctr_dir)
-            results["tar -xf (bare layer)"].append(tar_extract(layer, work / f"tar-{n}"))
-            shutil.rmtree(work / f"tar-{n}")
+            base = work / f"round{n}"
+            base.mkdir()
+            for step in steps[n % len(steps) :] + steps[: n % len(steps)]:
+                step(base)
+            shutil.rmtree(base)
+            os.sync()
+            time.sleep(args.settle)
 
         print(f"{'':24} {'median s':>9}  runs")
         for name, times in results.items():

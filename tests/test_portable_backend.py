@@ -198,7 +198,8 @@ def test_damaged_metadata_is_store_corrupt(backend: _hcs.Backend, info: _hcs.Dri
     backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
     meta = Path(info.home, "base", "winlayer.meta")
     good = meta.read_bytes()
-    at = 8 + 4 + 4 + 2 * 48 + 8  # inside the layer section, after the header
+    # Inside the layer section (section 0), wherever the header says it lies.
+    at = int.from_bytes(good[16:24], "little") + 8
     meta.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1 :])
     with pytest.raises(StoreCorrupt, match="checksum") as exc:
         _export(backend, info, "base")

@@ -53,6 +53,7 @@ struct CommitInfo {
     std::string diff_id;    // "sha256:<hex>" of the uncompressed tar
     std::uint64_t size = 0; // bytes of file data (main and alternate streams)
     std::string tar_split;  // record of every non-payload byte, for byte-exact rebuild
+                            // (empty when the writer took it as a stream: tar_split_sink)
 };
 
 // Receives one layer's entries in tar order. write() carries the data of the last
@@ -67,6 +68,10 @@ public:
     virtual void add_link(const std::string& path, const std::string& target) = 0;
     // A whiteout: `path` existed in a parent and is deleted by this layer.
     virtual void remove(const std::string& path) = 0;
+    // Where the tar-split record may stream while the tar is read, asked once before the
+    // first entry: a writer that stores the record returns a sink and is then handed no
+    // CommitInfo::tar_split; nullptr (the default): the record comes whole at commit.
+    virtual Sink* tar_split_sink() { return nullptr; }
     virtual void commit(const CommitInfo& info) = 0;
     virtual void abort() noexcept = 0;
 };

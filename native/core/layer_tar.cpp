@@ -115,7 +115,9 @@ std::string parent_of(const std::string& path) {
 
 struct LayerTarImporter::State {
     State(Source& tar, LayerWriter& w, const ImportOptions& o)
-        : reader(tar, o.record_tar_split ? &split : nullptr), writer(w), options(o) {}
+        : reader(tar, o.record_tar_split ? &split : nullptr), writer(w), options(o) {
+        if (o.record_tar_split) split.stream_to(w.tar_split_sink());
+    }
 
     TarSplitWriter split;
     TarReader reader;

@@ -15,6 +15,8 @@ constexpr char kMagic[] = "WLTS";
 constexpr std::uint8_t kEnd = 0x00, kLiteral = 0x01, kZeros = 0x02, kPayload = 0x03, kMatch = 0x04;
 // Shorter zero runs stay inside literals: a ZEROS record would not be smaller.
 constexpr std::uint64_t kMinZeroRun = 32;
+// What the record may hold before it goes to a sink (TarSplitWriter::stream_to).
+constexpr std::size_t kSpillBytes = 64 * 1024;
 // Shorter matches cost as much as the bytes they replace.
 constexpr std::size_t kMinMatch = 8;
 constexpr int kHashBits = 15;
@@ -195,6 +197,7 @@ void TarSplitWriter::flush_literal() {
         i += 1 + (misses++ >> 5);
     }
     emit_literal(h + lit, end - lit);
+    spill(false);
     // Keep one window of history; drop the rest in large steps (cheap amortized).
     if (history_.size() > 4 * kTarSplitWindow) {
         const std::size_t drop = history_.size() - kTarSplitWindow;
@@ -248,6 +251,13 @@ void TarSplitWriter::payload(std::uint64_t entry_index, const std::string& name,
     last_index_ = entry_index;
     last_name_ = name;
     any_payload_ = true;
+    spill(false);
+}
+
+void TarSplitWriter::spill(bool all) {
+    if (!sink_ || out_.empty() || (!all && out_.size() < kSpillBytes)) return;
+    sink_->write(reinterpret_cast<const std::uint8_t*>(out_.data()), out_.size());
+    out_.clear();
 }
 
 void TarSplitWriter::finish(std::uint64_t total_size, const Sha256::Digest& digest) {
@@ -257,6 +267,7 @@ void TarSplitWriter::finish(std::uint64_t total_size, const Sha256::Digest& dige
     out_ += static_cast<char>(kEnd);
     put_varint(out_, total_size);
     out_.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+    spill(true);
     finished_ = true;
 }
 

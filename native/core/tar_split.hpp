@@ -44,6 +44,9 @@ constexpr std::size_t kTarSplitWindow = 64 * 1024;
 class TarSplitWriter {
 public:
     TarSplitWriter();
+    // From now on the record goes to `sink` as it grows (in pieces, the rest at finish),
+    // so that it is never held whole in memory; take() then returns what was not sent.
+    void stream_to(Sink* sink) { sink_ = sink; }
     // Non-payload bytes, in stream order.
     void raw(const std::uint8_t* data, std::size_t n);
     // The payload of entry `entry_index` comes here in the stream.
@@ -59,7 +62,9 @@ private:
     void flush_literal();
     void flush_zeros();
     void emit_literal(const char* data, std::size_t n);
+    void spill(bool all);
 
+    Sink* sink_ = nullptr;
     std::string out_;
     std::string literal_;
     // LZ77 state: the recent history of literal bytes (absolute position of history_[0]

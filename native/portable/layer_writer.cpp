@@ -21,7 +21,10 @@ Error bad(const std::string& message) { return Error::invalid_layer(message, "",
 class PortableLayerWriter : public LayerWriter {
 public:
     PortableLayerWriter(const LayerRef& ref, const LayerChain& parents)
-        : parents_(parents), staging_(ref), io_(std::make_unique<WriteQueue>(staging_.tree())) {
+        : parents_(parents),
+          staging_(ref),
+          meta_file_(std::in_place, staging_.tree().create(kMetaFileName)),
+          io_(std::make_unique<WriteQueue>(staging_.tree())) {
         nodes_.emplace("", Node{true, false, kNone, ""});
     }
     ~PortableLayerWriter() override { abort(); }
@@ -40,7 +43,7 @@ public:
         if (!writing_ || n > remaining_)
             throw Error(ErrorKind::Internal, "layer writer got more data than the entry's size");
         remaining_ -= n;
-        std::string chunk = io_->buffer();
+        std::string chunk = io_->buffer(n);
         chunk.assign(reinterpret_cast<const char*>(data), n);
         io_->push(
             [](WriteQueue::Context& c) {
@@ -58,11 +61,13 @@ public:
         drop(key);  // first: `t` must not point into what it removes
         auto t = nodes_.find(tkey);
         if (t != nodes_.end()) {
-            if (t->second.dir || t->second.record == kNone ||
-                records_[t->second.record].entry.type != EntryType::File)
-                throw bad("hard link target is not a file: " + target);
-            EntryRecord& target_rec = records_[t->second.record];
-            if (target_rec.group == 0) target_rec.group = next_group_++;
+            if (t->second.dir || t->second.record == kNone) throw bad("hard link target is not a file: " + target);
+            EntryRecord target_rec = records_.get(t->second.record);
+            if (target_rec.entry.type != EntryType::File) throw bad("hard link target is not a file: " + target);
+            if (target_rec.group == 0) {
+                target_rec.group = next_group_++;
+                records_.replace(t->second.record, target_rec);
+            }
             rec = target_rec;
             rec.entry.path = child_disk(parent, path);
             // A name for the copy of a parent's file is a file of this layer, not a parent link.
@@ -94,7 +99,7 @@ public:
                 c.tree.copy_in(from, to);
             });
         }
-        add_record(key, std::move(rec), false, false);
+        add_record(key, rec, false, false);
     }
 
     void remove(const std::string& path) override {
@@ -103,34 +108,34 @@ public:
         tombstones_.push_back(path);
     }
 
+    Sink* tar_split_sink() override { return &*meta_file_; }
+
     void commit(const CommitInfo& info) override {
         close_current();
         for (const char* top : {"Files", "Hives"})
             if (!nodes_.count(path_key(top))) make_dir(top);
-        LayerMeta meta;
-        meta.imported = true;
-        meta.diff_id = info.diff_id;
-        meta.size = info.size;
-        meta.tombstones = std::move(tombstones_);
         for (std::size_t i = 0; i < records_.size(); ++i) {
-            if (dead_[i]) continue;
-            const LayerEntry& e = records_[i].entry;
+            if (records_.removed(i)) continue;
+            const LayerEntry e = records_.get(i).entry;
             // Folder times last: creating their children changed them.
             if (is_folder(e))
                 disk([path = e.path, t = e.times](WriteQueue::Context& c) {
                     c.tree.set_times(path, filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
                 });
-            meta.entries.push_back(std::move(records_[i]));
         }
         io_->drain();
         io_.reset();
         nodes_.clear();
-        records_.clear();
-        Tree& tree = staging_.tree();
-        File f = tree.create(kMetaFileName);
-        write_meta_to(f, meta, info.tar_split);
-        f.close();
-        tree.sync();
+        LayerMeta meta;
+        meta.imported = true;
+        meta.diff_id = info.diff_id;
+        meta.size = info.size;
+        meta.tombstones = std::move(tombstones_);
+        if (!info.tar_split.empty())  // a record that was not streamed to tar_split_sink()
+            meta_file_->write(reinterpret_cast<const std::uint8_t*>(info.tar_split.data()), info.tar_split.size());
+        meta_file_->finish(meta, records_);
+        meta_file_.reset();
+        staging_.tree().sync();
         staging_.publish(&is_empty_created_layer);
         committed_ = true;
     }
@@ -138,6 +143,7 @@ public:
     void abort() noexcept override {
         if (committed_) return;
         io_.reset();
+        meta_file_.reset();  // closed first: Windows cannot remove a folder with an open file
         staging_.discard();
     }
 
@@ -146,7 +152,7 @@ private:
         bool dir = false;
         bool reparse = false;      // a symlink or junction placeholder
         std::size_t record = kNone;  // kNone: a folder implied by its children
-        std::string disk;          // path in the staging tree, as first spelled
+        std::string disk;          // path in the staging tree, as first spelled (kNone only)
     };
 
     static std::string name_of(const std::string& path) {
@@ -154,8 +160,12 @@ private:
         return slash == std::string::npos ? path : path.substr(slash + 1);
     }
 
-    static std::string child_disk(const Node& parent, const std::string& path) {
-        return parent.disk.empty() ? name_of(path) : parent.disk + "/" + name_of(path);
+    // A node's path in the staging tree: its record's, or (a folder without one) its own.
+    std::string disk_of(const Node& n) const { return n.record == kNone ? n.disk : records_.path(n.record); }
+
+    std::string child_disk(const Node& parent, const std::string& path) const {
+        std::string dir = disk_of(parent);
+        return dir.empty() ? name_of(path) : dir + "/" + name_of(path);
     }
 
     // The folder `path` goes into, created (without an entry) when the tar did not list it.
@@ -186,14 +196,12 @@ private:
             // The same folder again (or one implied earlier): new metadata, same contents.
             EntryRecord rec;
             rec.entry = entry;
-            rec.entry.path = it->second.disk;
+            rec.entry.path = disk_of(it->second);
             if (it->second.record == kNone) {
-                it->second.record = records_.size();
-                records_.push_back(std::move(rec));
-                dead_.push_back(false);
+                it->second.record = records_.add(rec);
             } else {
-                rec.streams = std::move(records_[it->second.record].streams);
-                records_[it->second.record] = std::move(rec);
+                rec.streams = records_.get(it->second.record).streams;
+                records_.replace(it->second.record, rec);
             }
             return;
         }
@@ -204,7 +212,7 @@ private:
         if (dir) make_dir(rec.entry.path);
         else open_file(rec.entry.path, entry.type == EntryType::File ? entry.size : 0, entry.times);
         if (entry.type != EntryType::File) rec.entry.size = 0;
-        add_record(key, std::move(rec), dir, reparse);
+        add_record(key, rec, dir, reparse);
     }
 
     void add_stream(const LayerEntry& entry) {
@@ -213,7 +221,7 @@ private:
         auto it = nodes_.find(path_key(file));
         if (it == nodes_.end() || it->second.record == kNone)
             throw bad("alternate data stream of a file that this layer does not hold: " + file);
-        EntryRecord& rec = records_[it->second.record];
+        EntryRecord rec = records_.get(it->second.record);
         if (!streams_dir_) {
             make_dir(kStreamsDirName);
             streams_dir_ = true;
@@ -228,17 +236,15 @@ private:
         StreamRecord s{stream, entry.size, next_blob_++};
         open_file(blob_path(s.blob), entry.size, rec.entry.times);
         rec.streams.push_back(std::move(s));
+        records_.replace(it->second.record, rec);
     }
 
     static std::string blob_path(std::uint32_t blob) {
         return std::string(kStreamsDirName) + "/" + std::to_string(blob);
     }
 
-    void add_record(const std::string& key, EntryRecord rec, bool dir, bool reparse) {
-        Node n{dir, reparse, records_.size(), rec.entry.path};
-        records_.push_back(std::move(rec));
-        dead_.push_back(false);
-        nodes_[key] = std::move(n);
+    void add_record(const std::string& key, const EntryRecord& rec, bool dir, bool reparse) {
+        nodes_[key] = Node{dir, reparse, records_.add(rec), {}};
     }
 
     // Removes what this layer holds at `key` (a whole subtree for a folder).
@@ -256,18 +262,18 @@ private:
                     ++c;
                 }
             }
-            disk([path = node.disk](WriteQueue::Context& c) { c.tree.remove_tree(path); });
+            disk([path = disk_of(node)](WriteQueue::Context& c) { c.tree.remove_tree(path); });
         } else {
-            remove_file(node.disk);
+            remove_file(disk_of(node));
         }
         forget(node.record);
         nodes_.erase(key);
     }
 
     void forget(std::size_t record) {
-        if (record == kNone || dead_[record]) return;
-        dead_[record] = true;
-        const EntryRecord& rec = records_[record];
+        if (record == kNone || records_.removed(record)) return;
+        records_.remove(record);
+        const EntryRecord rec = records_.get(record);
         if (rec.group != 0) return;  // the streams live on with the other names
         for (const auto& s : rec.streams) remove_file(blob_path(s.blob));
     }
@@ -312,9 +318,9 @@ private:
     LayerChain parents_;
     std::optional<ParentChain> chain_;
     Staging staging_;
+    std::optional<MetaFileWriter> meta_file_;  // after staging_: closed before the folder goes
     std::unordered_map<std::string, Node> nodes_;
-    std::vector<EntryRecord> records_;
-    std::vector<bool> dead_;
+    EntryTable records_;
     std::vector<std::string> tombstones_;
     std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes
     bool writing_ = false;

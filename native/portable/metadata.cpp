@@ -3,12 +3,13 @@
 //   header   "WLLAYER\n", u32 version, u32 section count (2),
 //            per section: u64 offset, u64 length, 32-byte SHA-256 of the section
 //   section 0: the layer (kind, entries, tombstones, ...), section 1: the tar-split record
+//   Sections may lie in either order after the header (an import writes section 1 first).
 // Integers little-endian; strings and byte strings are u32 length + bytes. Security
 // descriptors are stored once in a table and referenced by index: a layer has few.
 #include "metadata.hpp"
 
+#include <algorithm>
 #include <cstring>
-#include <map>
 
 #include "../core/error.hpp"
 #include "../core/sha256.hpp"
@@ -23,8 +24,12 @@ constexpr std::uint32_t kSections = 2;
 constexpr std::size_t kHeaderSize = 8 + 4 + 4 + kSections * (8 + 8 + 32);
 constexpr std::uint32_t kNoSd = 0xffffffffu;
 
+// Encoded bytes appended to `s`, or (given a file) written to it in pieces as they come,
+// hashed on the way, so that a large layer section is never held whole.
 class Out {
 public:
+    explicit Out(std::string& buffer) : s(buffer) {}
+    Out(std::string& buffer, File& file) : s(buffer), file_(&file) {}
     void u8(std::uint8_t v) { s.push_back(static_cast<char>(v)); }
     void u32(std::uint32_t v) {
         for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -36,7 +41,34 @@ public:
         u32(static_cast<std::uint32_t>(v.size()));
         s += v;
     }
-    std::string s;
+    void bytes(const char* p, std::size_t n) { s.append(p, n); }
+    // A point where the bytes so far may go to the file.
+    void checkpoint() {
+        if (file_ && s.size() >= kFlushBytes) flush();
+    }
+    // Writes what is left (file mode); the section's length and SHA-256.
+    std::pair<std::uint64_t, Sha256::Digest> finish() {
+        if (file_) {
+            flush();
+        } else {
+            hash_.update(s.data(), s.size());
+            written_ = s.size();
+        }
+        return {written_, hash_.digest()};
+    }
+    std::string& s;
+
+private:
+    static constexpr std::size_t kFlushBytes = 256 * 1024;
+    void flush() {
+        hash_.update(s.data(), s.size());
+        file_->write(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
+        written_ += s.size();
+        s.clear();
+    }
+    File* file_ = nullptr;
+    Sha256 hash_;
+    std::uint64_t written_ = 0;
 };
 
 class In {
@@ -83,15 +115,78 @@ private:
     const std::string& path_;
 };
 
-std::string encode_layer(const LayerMeta& m) {
-    Out o;
-    std::map<std::string, std::uint32_t> sd_index;
-    std::vector<const std::string*> sds;
-    for (const auto& r : m.entries) {
-        const std::string& sd = r.entry.security_descriptor;
-        if (!sd.empty() && sd_index.emplace(sd, static_cast<std::uint32_t>(sds.size())).second)
-            sds.push_back(&sd);
+void encode_entry(Out& o, const EntryRecord& r, std::uint32_t sd) {
+    const LayerEntry& e = r.entry;
+    o.str(e.path);
+    o.u8(static_cast<std::uint8_t>(e.type));
+    o.u32(e.attributes);
+    o.u64(static_cast<std::uint64_t>(e.times.creation));
+    o.u64(static_cast<std::uint64_t>(e.times.last_access));
+    o.u64(static_cast<std::uint64_t>(e.times.last_write));
+    o.u64(static_cast<std::uint64_t>(e.times.change));
+    o.u32(sd);
+    o.u32(static_cast<std::uint32_t>(e.extended_attributes.size()));
+    for (const auto& ea : e.extended_attributes) {
+        o.str(ea.first);
+        o.str(ea.second);
     }
+    o.str(e.reparse_data);
+    o.str(e.link_target);
+    o.u8((e.mount_point ? 1 : 0) | (r.parent_link ? 2 : 0));
+    o.u64(e.size);
+    o.u32(r.group);
+    o.u32(static_cast<std::uint32_t>(r.streams.size()));
+    for (const auto& st : r.streams) {
+        o.str(st.name);
+        o.u64(st.size);
+        o.u32(st.blob);
+    }
+}
+
+constexpr std::size_t kMinEntryBytes = 4 + 1 + 4 + 32 + 4 + 4 + 4 + 4 + 1 + 8 + 4 + 4;
+
+template <class Table>
+void decode_entry(In& in, const Table& sds, EntryRecord& r) {
+    LayerEntry& e = r.entry;
+    e.path = in.str();
+    std::uint8_t type = in.u8();
+    if (type != static_cast<std::uint8_t>(EntryType::Directory) &&
+        type != static_cast<std::uint8_t>(EntryType::File) &&
+        type != static_cast<std::uint8_t>(EntryType::Symlink))
+        in.fail("unknown entry type");
+    e.type = static_cast<EntryType>(type);
+    e.attributes = in.u32();
+    e.times.creation = static_cast<std::int64_t>(in.u64());
+    e.times.last_access = static_cast<std::int64_t>(in.u64());
+    e.times.last_write = static_cast<std::int64_t>(in.u64());
+    e.times.change = static_cast<std::int64_t>(in.u64());
+    std::uint32_t sd = in.u32();
+    if (sd != kNoSd) {
+        if (sd >= sds.size()) in.fail("security descriptor index out of range");
+        e.security_descriptor = sds[sd];
+    }
+    for (std::uint32_t i = 0, k = in.count(8); i < k; ++i) {
+        std::string name = in.str();
+        e.extended_attributes.emplace_back(std::move(name), in.str());
+    }
+    e.reparse_data = in.str();
+    e.link_target = in.str();
+    std::uint8_t flags = in.u8();
+    if (flags > 3) in.fail("unknown entry flags");
+    e.mount_point = (flags & 1) != 0;
+    r.parent_link = (flags & 2) != 0;
+    e.size = in.u64();
+    r.group = in.u32();
+    for (std::uint32_t i = 0, k = in.count(16); i < k; ++i) {
+        StreamRecord st;
+        st.name = in.str();
+        st.size = in.u64();
+        st.blob = in.u32();
+        r.streams.push_back(std::move(st));
+    }
+}
+
+void encode_layer(const LayerMeta& m, const EntryTable& entries, Out& o) {
     o.u8(static_cast<std::uint8_t>(m.kind));
     o.u8(m.imported ? 1 : 0);
     o.str(m.diff_id);
@@ -99,39 +194,27 @@ std::string encode_layer(const LayerMeta& m) {
     o.u64(m.size_limit);
     o.u32(static_cast<std::uint32_t>(m.parents.size()));
     for (const auto& p : m.parents) o.str(p);
+    const auto& sds = entries.security_descriptors();
     o.u32(static_cast<std::uint32_t>(sds.size()));
-    for (const auto* sd : sds) o.str(*sd);
-    o.u32(static_cast<std::uint32_t>(m.entries.size()));
-    for (const auto& r : m.entries) {
-        const LayerEntry& e = r.entry;
-        o.str(e.path);
-        o.u8(static_cast<std::uint8_t>(e.type));
-        o.u32(e.attributes);
-        o.u64(static_cast<std::uint64_t>(e.times.creation));
-        o.u64(static_cast<std::uint64_t>(e.times.last_access));
-        o.u64(static_cast<std::uint64_t>(e.times.last_write));
-        o.u64(static_cast<std::uint64_t>(e.times.change));
-        o.u32(e.security_descriptor.empty() ? kNoSd : sd_index.at(e.security_descriptor));
-        o.u32(static_cast<std::uint32_t>(e.extended_attributes.size()));
-        for (const auto& ea : e.extended_attributes) {
-            o.str(ea.first);
-            o.str(ea.second);
-        }
-        o.str(e.reparse_data);
-        o.str(e.link_target);
-        o.u8((e.mount_point ? 1 : 0) | (r.parent_link ? 2 : 0));
-        o.u64(e.size);
-        o.u32(r.group);
-        o.u32(static_cast<std::uint32_t>(r.streams.size()));
-        for (const auto& s : r.streams) {
-            o.str(s.name);
-            o.u64(s.size);
-            o.u32(s.blob);
-        }
+    for (const auto& sd : sds) o.str(sd);
+    o.u32(static_cast<std::uint32_t>(entries.live()));
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        if (entries.removed(i)) continue;
+        std::string_view b = entries.bytes(i);
+        o.bytes(b.data(), b.size());
+        o.checkpoint();
     }
     o.u32(static_cast<std::uint32_t>(m.tombstones.size()));
-    for (const auto& t : m.tombstones) o.str(t);
-    return o.s;
+    for (const auto& t : m.tombstones) {
+        o.str(t);
+        o.checkpoint();
+    }
+}
+
+EntryTable table_of(const LayerMeta& m) {
+    EntryTable t;
+    for (const auto& r : m.entries) t.add(r);
+    return t;
 }
 
 LayerMeta decode_layer(In& in) {
@@ -146,47 +229,9 @@ LayerMeta decode_layer(In& in) {
     for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) m.parents.push_back(in.str());
     std::vector<std::string> sds;
     for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) sds.push_back(in.str());
-    std::uint32_t n = in.count(4 + 1 + 4 + 32 + 4 + 4 + 4 + 4 + 1 + 8 + 4 + 4);
+    std::uint32_t n = in.count(kMinEntryBytes);
     m.entries.resize(n);
-    for (auto& r : m.entries) {
-        LayerEntry& e = r.entry;
-        e.path = in.str();
-        std::uint8_t type = in.u8();
-        if (type != static_cast<std::uint8_t>(EntryType::Directory) &&
-            type != static_cast<std::uint8_t>(EntryType::File) &&
-            type != static_cast<std::uint8_t>(EntryType::Symlink))
-            in.fail("unknown entry type");
-        e.type = static_cast<EntryType>(type);
-        e.attributes = in.u32();
-        e.times.creation = static_cast<std::int64_t>(in.u64());
-        e.times.last_access = static_cast<std::int64_t>(in.u64());
-        e.times.last_write = static_cast<std::int64_t>(in.u64());
-        e.times.change = static_cast<std::int64_t>(in.u64());
-        std::uint32_t sd = in.u32();
-        if (sd != kNoSd) {
-            if (sd >= sds.size()) in.fail("security descriptor index out of range");
-            e.security_descriptor = sds[sd];
-        }
-        for (std::uint32_t i = 0, k = in.count(8); i < k; ++i) {
-            std::string name = in.str();
-            e.extended_attributes.emplace_back(std::move(name), in.str());
-        }
-        e.reparse_data = in.str();
-        e.link_target = in.str();
-        std::uint8_t flags = in.u8();
-        if (flags > 3) in.fail("unknown entry flags");
-        e.mount_point = (flags & 1) != 0;
-        r.parent_link = (flags & 2) != 0;
-        e.size = in.u64();
-        r.group = in.u32();
-        for (std::uint32_t i = 0, k = in.count(16); i < k; ++i) {
-            StreamRecord s;
-            s.name = in.str();
-            s.size = in.u64();
-            s.blob = in.u32();
-            r.streams.push_back(std::move(s));
-        }
-    }
+    for (auto& r : m.entries) decode_entry(in, sds, r);
     for (std::uint32_t i = 0, k = in.count(4); i < k; ++i) m.tombstones.push_back(in.str());
     if (!in.done()) in.fail("unexpected bytes after the layer section");
     return m;
@@ -232,38 +277,119 @@ std::string meta_path(const std::string& layer_dir) { return join(layer_dir, kMe
 }  // namespace
 
 namespace {
-// The header for sections `parts`, which follow it in this order.
-std::string meta_header(const std::string* const (&parts)[kSections]) {
-    Out o;
+const std::string kTableName = "(an import's entry table)";
+}
+
+EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
+    constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
+    std::uint32_t sd = kNoSd;
+    if (const std::string& d = r.entry.security_descriptor; !d.empty()) {
+        auto it = sd_index_.find(d);
+        if (it == sd_index_.end()) {
+            sds_.push_back(d);
+            it = sd_index_.emplace(sds_.back(), static_cast<std::uint32_t>(sds_.size() - 1)).first;
+        }
+        sd = it->second;
+    }
+    scratch_.clear();
+    Out o(scratch_);
+    encode_entry(o, r, sd);
+    if (blocks_.empty() || blocks_.back().capacity() - blocks_.back().size() < scratch_.size()) {
+        blocks_.emplace_back();
+        blocks_.back().reserve(std::max(kBlockBytes, scratch_.size()));
+    }
+    std::string& block = blocks_.back();
+    Slot slot{static_cast<std::uint32_t>(blocks_.size() - 1), static_cast<std::uint32_t>(block.size()),
+              static_cast<std::uint32_t>(scratch_.size())};
+    block += scratch_;
+    return slot;
+}
+
+std::size_t EntryTable::add(const EntryRecord& r) {
+    slots_.push_back(encode(r));
+    ++live_;
+    return slots_.size() - 1;
+}
+
+void EntryTable::replace(std::size_t i, const EntryRecord& r) {
+    const bool was_removed = slots_[i].removed;
+    slots_[i] = encode(r);
+    slots_[i].removed = was_removed;
+}
+
+void EntryTable::remove(std::size_t i) {
+    if (slots_[i].removed) return;
+    slots_[i].removed = true;
+    --live_;
+}
+
+EntryRecord EntryTable::get(std::size_t i) const {
+    std::string_view b = bytes(i);
+    In in(b.data(), b.size(), kTableName);
+    EntryRecord r;
+    decode_entry(in, sds_, r);
+    return r;
+}
+
+std::string EntryTable::path(std::size_t i) const {
+    std::string_view b = bytes(i);
+    In in(b.data(), b.size(), kTableName);
+    return in.str();
+}
+
+namespace {
+struct SectionInfo {
+    std::uint64_t offset = 0, length = 0;
+    Sha256::Digest digest{};
+};
+
+std::string meta_header(const SectionInfo (&sections)[kSections]) {
+    std::string header;
+    Out o(header);
     o.s.append(kMagic, 8);
     o.u32(kMetaVersion);
     o.u32(kSections);
-    std::uint64_t off = kHeaderSize;
-    for (const auto* p : parts) {
-        o.u64(off);
-        o.u64(p->size());
-        auto d = digest_of(p->data(), p->size());
-        o.s.append(reinterpret_cast<const char*>(d.data()), d.size());
-        off += p->size();
+    for (const auto& sec : sections) {
+        o.u64(sec.offset);
+        o.u64(sec.length);
+        o.bytes(reinterpret_cast<const char*>(sec.digest.data()), sec.digest.size());
     }
-    return std::move(o.s);
+    return header;
 }
 }  // namespace
 
 std::string encode_meta(const LayerMeta& meta, const std::string& tar_split) {
-    const std::string layer = encode_layer(meta);
-    const std::string* const parts[kSections] = {&layer, &tar_split};
-    std::string out = meta_header(parts);
-    for (const auto* p : parts) out += *p;
-    return out;
+    std::string bytes;
+    Out layer(bytes);
+    encode_layer(meta, table_of(meta), layer);
+    const auto [length, digest] = layer.finish();
+    const SectionInfo sections[kSections] = {
+        {kHeaderSize, length, digest},
+        {kHeaderSize + length, tar_split.size(), digest_of(tar_split.data(), tar_split.size())}};
+    return meta_header(sections) + bytes + tar_split;
 }
 
-void write_meta_to(File& file, const LayerMeta& meta, const std::string& tar_split) {
-    const std::string layer = encode_layer(meta);
-    const std::string* const parts[kSections] = {&layer, &tar_split};
-    const std::string header = meta_header(parts);
-    for (const std::string* p : {&header, &layer, &tar_split})
-        file.write(reinterpret_cast<const std::uint8_t*>(p->data()), p->size());
+MetaFileWriter::MetaFileWriter(File file) : file_(std::move(file)) {
+    const std::string placeholder(kHeaderSize, '\0');  // the header is known at the end
+    file_.write(reinterpret_cast<const std::uint8_t*>(placeholder.data()), placeholder.size());
+}
+
+void MetaFileWriter::write(const std::uint8_t* data, std::size_t n) {
+    split_hash_.update(data, n);
+    split_size_ += n;
+    file_.write(data, n);
+}
+
+void MetaFileWriter::finish(const LayerMeta& meta, const EntryTable& entries) {
+    std::string buffer;
+    Out layer(buffer, file_);
+    encode_layer(meta, entries, layer);
+    const auto [length, digest] = layer.finish();
+    const SectionInfo sections[kSections] = {{kHeaderSize + split_size_, length, digest},
+                                             {kHeaderSize, split_size_, split_hash_.digest()}};
+    const std::string header = meta_header(sections);
+    file_.write_at(0, reinterpret_cast<const std::uint8_t*>(header.data()), header.size());
+    file_.close();
 }
 
 LayerMeta decode_meta(const std::string& bytes, const std::string& path) {

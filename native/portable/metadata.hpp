@@ -6,10 +6,15 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
+#include "../core/io.hpp"
 #include "../core/layer.hpp"
+#include "../core/sha256.hpp"
 #include "platform.hpp"
 
 namespace winlayer::portable {
@@ -48,6 +53,44 @@ struct LayerMeta {
     std::vector<std::string> tombstones;  // layer paths ("Files/...") deleted from the parents
 };
 
+// Entry records held encoded, as in the layer section, in blocks of an arena, with a
+// table of the distinct security descriptors: an import keeps a record in its encoded
+// size (about 100 bytes) instead of several hundred of structs and strings, and writes the
+// records out as they are. Replacing a record appends its new encoding; the old bytes
+// stay until destruction (replacements are rare: a folder listed twice, a stream added).
+class EntryTable {
+public:
+    std::size_t add(const EntryRecord& r);  // the record's number
+    void replace(std::size_t i, const EntryRecord& r);
+    void remove(std::size_t i);  // left out of the layer section
+    bool removed(std::size_t i) const { return slots_[i].removed; }
+    EntryRecord get(std::size_t i) const;
+    std::string path(std::size_t i) const;  // get(i).entry.path, without decoding the rest
+    std::size_t size() const { return slots_.size(); }
+    std::size_t live() const { return live_; }
+    const std::deque<std::string>& security_descriptors() const { return sds_; }
+    // The encoding of record i.
+    std::string_view bytes(std::size_t i) const {
+        const Slot& s = slots_[i];
+        return std::string_view(blocks_[s.block]).substr(s.offset, s.length);
+    }
+
+private:
+    struct Slot {
+        std::uint32_t block = 0;
+        std::uint32_t offset = 0;
+        std::uint32_t length = 0;
+        bool removed = false;
+    };
+    Slot encode(const EntryRecord& r);
+    std::vector<std::string> blocks_;  // filled up to their reserved capacity, never moved
+    std::string scratch_;
+    std::vector<Slot> slots_;
+    std::size_t live_ = 0;
+    std::deque<std::string> sds_;  // a deque: sd_index_'s keys point into it
+    std::unordered_map<std::string_view, std::uint32_t> sd_index_;
+};
+
 // FILETIME (100 ns ticks since 1601) <-> Unix nanoseconds.
 constexpr std::int64_t kFiletimeUnixEpoch = 116444736000000000;
 inline std::int64_t filetime_to_unix_ns(std::int64_t ft) { return (ft - kFiletimeUnixEpoch) * 100; }
@@ -58,8 +101,23 @@ inline std::int64_t unix_ns_to_filetime(std::int64_t ns) {
 
 // Serializes `meta` and `tar_split` into the file format.
 std::string encode_meta(const LayerMeta& meta, const std::string& tar_split);
-// The same, written to `file` piece by piece (no copy of the tar-split record).
-void write_meta_to(File& file, const LayerMeta& meta, const std::string& tar_split);
+
+// Writes a metadata file in one pass without holding either section whole: the tar-split
+// record streams in (as this Sink) while the layer is imported and becomes section 1 right
+// after the header; finish() appends section 0, the layer, then fills in the header.
+class MetaFileWriter : public Sink {
+public:
+    explicit MetaFileWriter(File file);
+    void write(const std::uint8_t* data, std::size_t n) override;  // tar-split bytes
+    // Writes the layer section (`meta` with the entries of `entries`, not meta.entries) and
+    // the header, then closes the file (not synced).
+    void finish(const LayerMeta& meta, const EntryTable& entries);
+
+private:
+    File file_;
+    Sha256 split_hash_;
+    std::uint64_t split_size_ = 0;
+};
 // Parses a metadata file's bytes; `path` names it in errors. Throws Error(StoreCorrupt).
 LayerMeta decode_meta(const std::string& bytes, const std::string& path);
 std::string decode_tar_split(const std::string& bytes, const std::string& path);

@@ -48,6 +48,8 @@ public:
     const std::string& path() const { return path_; }
     std::size_t read(std::uint8_t* buf, std::size_t n);  // 0 at end of file
     void write(const std::uint8_t* data, std::size_t n);  // all of it, or throws
+    // Writes all of it at `offset` (where write() goes next is then unspecified).
+    void write_at(std::uint64_t offset, const std::uint8_t* data, std::size_t n);
     void set_times(std::int64_t atime_ns, std::int64_t mtime_ns);
     void sync();
     NodeStat stat();

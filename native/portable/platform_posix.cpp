@@ -239,6 +239,19 @@ void File::write(const std::uint8_t* data, std::size_t n) {
     }
 }
 
+void File::write_at(std::uint64_t offset, const std::uint8_t* data, std::size_t n) {
+    while (n) {
+        ssize_t w = ::pwrite(fd_of(handle_), data, n, static_cast<off_t>(offset));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            throw Error::last_os("pwrite", path_);
+        }
+        data += w;
+        n -= static_cast<std::size_t>(w);
+        offset += static_cast<std::uint64_t>(w);
+    }
+}
+
 void File::set_times(std::int64_t atime_ns, std::int64_t mtime_ns) {
     struct timespec ts[2] = {ns_ts(atime_ns), ns_ts(mtime_ns)};
     if (::futimens(fd_of(handle_), ts) != 0) throw Error::last_os("futimens", path_);

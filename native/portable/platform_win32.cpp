@@ -122,6 +122,20 @@ void File::write(const std::uint8_t* data, std::size_t n) {
     }
 }
 
+void File::write_at(std::uint64_t offset, const std::uint8_t* data, std::size_t n) {
+    while (n) {
+        DWORD put = 0;
+        DWORD chunk = n > (1u << 30) ? (1u << 30) : static_cast<DWORD>(n);
+        OVERLAPPED at{};
+        at.Offset = static_cast<DWORD>(offset);
+        at.OffsetHigh = static_cast<DWORD>(offset >> 32);
+        if (!WriteFile(h_of(handle_), data, chunk, &put, &at)) fail("WriteFile", path_);
+        data += put;
+        n -= put;
+        offset += put;
+    }
+}
+
 void File::set_times(std::int64_t atime_ns, std::int64_t mtime_ns) {
     set_handle_times(h_of(handle_), atime_ns, mtime_ns, path_);
 }

@@ -1,5 +1,7 @@
 #include "write_queue.hpp"
 
+#include <algorithm>
+
 namespace winlayer::portable {
 
 namespace {
@@ -27,17 +29,28 @@ void WriteQueue::rethrow_locked() {
     if (error_) std::rethrow_exception(error_);
 }
 
-std::string WriteQueue::buffer() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (pool_.empty()) return {};
-    std::string b = std::move(pool_.back());
-    pool_.pop_back();
-    pooled_ -= b.capacity();
+std::string WriteQueue::buffer(std::size_t n) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        // The smallest idle buffer that holds n, unless it would waste most of itself.
+        auto best = pool_.end();
+        for (auto it = pool_.begin(); it != pool_.end(); ++it)
+            if (it->capacity() >= n && (best == pool_.end() || it->capacity() < best->capacity())) best = it;
+        if (best != pool_.end() && best->capacity() <= std::max(4 * n, kPoolBuffer)) {
+            std::string b = std::move(*best);
+            *best = std::move(pool_.back());
+            pool_.pop_back();
+            pooled_ -= b.capacity();
+            return b;
+        }
+    }
+    std::string b;
+    b.reserve(n);
     return b;
 }
 
 void WriteQueue::push(Op op, std::string data) {
-    const std::size_t bytes = data.size();
+    const std::size_t bytes = data.capacity();  // what it holds, not what it uses
     std::unique_lock<std::mutex> lock(mutex_);
     // One operation larger than the budget still goes through, alone.
     if (bytes_ != 0 && bytes_ + bytes > max_bytes_) {
@@ -87,7 +100,7 @@ void WriteQueue::run() {
                 failed = std::current_exception();
             }
             context_.data = nullptr;
-            done += item.data.size();
+            done += item.data.capacity();
             if (item.data.capacity() >= kPoolBuffer) {
                 item.data.clear();
                 spent.push_back(std::move(item.data));
@@ -112,9 +125,9 @@ void WriteQueue::run() {
 }
 
 void WriteQueue::recycle(std::vector<std::string>& spent) {
-    // Keep at most the queue's budget in idle buffers, so that memory stays bounded.
+    // Keep at most half the queue's budget in idle buffers, so that memory stays bounded.
     for (auto& b : spent) {
-        if (pool_.size() >= kPoolSize || pooled_ + b.capacity() > max_bytes_) continue;
+        if (pool_.size() >= kPoolSize || pooled_ + b.capacity() > max_bytes_ / 2) continue;
         pooled_ += b.capacity();
         pool_.push_back(std::move(b));
     }

@@ -1,7 +1,8 @@
 // The import's disk work on a thread of its own: the tar reader (parsing, hashing) and
 // the file system calls (create, write, close) then run on two cores instead of taking
-// turns on one. Operations run in the order they were pushed; the bytes held by queued
-// operations are bounded, so memory does not grow with the layer.
+// turns on one. Operations run in the order they were pushed; the memory held by queued
+// operations (their buffers' capacity) and by idle buffers is bounded, so it does not
+// grow with the layer.
 #pragma once
 
 #include <condition_variable>
@@ -35,11 +36,11 @@ public:
     WriteQueue& operator=(const WriteQueue&) = delete;
 
     // Queues `op` with `data` (Context::data while it runs), waiting while the queue holds
-    // too many bytes. Rethrows the error of an earlier operation (nothing more runs then).
+    // too much. Rethrows the error of an earlier operation (nothing more runs then).
     void push(Op op, std::string data = {});
-    // An empty buffer for push's data, recycled from earlier operations: no allocation
-    // (and no fresh pages to fault in) per chunk of file data.
-    std::string buffer();
+    // An empty buffer for `n` bytes of push's data, recycled from earlier operations when
+    // one fits: no allocation (and no fresh pages to fault in) per chunk of file data.
+    std::string buffer(std::size_t n);
     // Waits until every queued operation ran; rethrows the first error.
     void drain();
 
