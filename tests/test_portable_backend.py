@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.layerbuild import SD_BA, E, base_layer, d, f, layer_tar
+from tests.layerbuild import SD_BA, E, base_layer, d, f, layer_tar, link
 from winlayer import _hcs
-from winlayer.errors import InvalidLayer, StoreCorrupt
+from winlayer.errors import DigestMismatch, InvalidLayer, StoreCorrupt
 
 
 @pytest.fixture
@@ -131,6 +131,54 @@ def test_every_kind_of_entry_round_trips(backend: _hcs.Backend, info: _hcs.Drive
     ).stat().st_ino
     assert not (layer / "Files" / "dir" / "link.txt").is_symlink()
     assert (layer / "Files" / "junction").is_dir()
+
+
+def test_large_records_and_changed_records_round_trip(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """Records over several 1 MiB blocks of the import's entry table (large EAs), and
+    records changed after they were written: a file given streams, a file that becomes a
+    hard-link target."""
+    ea = {"MSWINDOWS.xattr.USER.BIG": base64.b64encode(random.randbytes(6000)).decode()}
+    entries = [d("Files"), d("Files/many")]
+    entries += [E(f"Files/many/f{i:04}.txt", data=b"%d" % i, pax=ea) for i in range(400)]
+    entries += [
+        f("Files/s.txt", b"main"),
+        E("Files/s.txt:one", "ads", b"first"),
+        E("Files/s.txt:two", "ads", b"second"),
+        link("Files/many/l.txt", "Files/many/f0001.txt"),
+        d("Hives"),
+    ]
+    tar = layer_tar(entries)
+    backend.import_layer(info, "big", [], io.BytesIO(tar))
+    assert _export(backend, info, "big", original=True) == tar
+    with tarfile.open(fileobj=io.BytesIO(_export(backend, info, "big"))) as t:
+        m = {x.name: x for x in t.getmembers()}
+        streams = {n: t.extractfile(x).read() for n, x in m.items() if ":" in n}  # type: ignore[union-attr]
+    assert len([n for n in m if n.startswith("Files/many/f")]) == 400
+    assert (
+        m["Files/many/f0399.txt"].pax_headers["MSWINDOWS.xattr.USER.BIG"]
+        == ea["MSWINDOWS.xattr.USER.BIG"]
+    )
+    assert streams == {"Files/s.txt:one": b"first", "Files/s.txt:two": b"second"}
+    assert m["Files/many/l.txt"].linkname == "Files/many/f0001.txt"
+    layer = Path(info.home, "big", "Files", "many")
+    assert (layer / "l.txt").stat().st_ino == (layer / "f0001.txt").stat().st_ino
+
+
+def test_original_export_checks_what_it_rebuilt(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """A stored payload changed on disk with its size kept: the rebuilt tar no longer
+    hashes to the diffID, and the export fails at its end instead of passing it on."""
+    tar = layer_tar([d("Files"), f("Files/big.bin", random.randbytes(5 << 20)), d("Hives")])
+    backend.import_layer(info, "l", [], io.BytesIO(tar))
+    stored = Path(info.home, "l", "Files", "big.bin")
+    data = bytearray(stored.read_bytes())
+    data[4 << 20] ^= 1
+    stored.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch):
+        _export(backend, info, "l", original=True)
 
 
 def test_entry_under_a_symlink_is_refused(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:

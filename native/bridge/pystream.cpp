@@ -115,11 +115,28 @@ struct StreamState {
     std::exception_ptr error;
 };
 
+// Small writes (a tar header, a piece of padding) are gathered into batches first: one
+// lock and one wake-up of the reader per batch, not per write.
 class RingSink : public Sink {
 public:
     explicit RingSink(StreamState& state) : s_(state) {}
 
     void write(const std::uint8_t* data, std::size_t n) override {
+        if (batch_.size() + n > kBatch) flush();
+        if (n >= kBatch) return put(data, n);
+        batch_.insert(batch_.end(), data, data + n);
+    }
+
+    void flush() {
+        if (batch_.empty()) return;
+        put(batch_.data(), batch_.size());
+        batch_.clear();
+    }
+
+private:
+    static constexpr std::size_t kBatch = 64 * 1024;
+
+    void put(const std::uint8_t* data, std::size_t n) {
         std::unique_lock<std::mutex> lock(s_.mutex);
         const std::size_t cap = s_.ring.size();
         while (n > 0) {
@@ -135,8 +152,8 @@ public:
         }
     }
 
-private:
     StreamState& s_;
+    std::vector<std::uint8_t> batch_;
 };
 
 class NativeStream {
@@ -148,8 +165,13 @@ public:
             std::exception_ptr error;
             try {
                 (*producer)(sink);
+                sink.flush();
             } catch (...) {
                 error = std::current_exception();
+                try {
+                    sink.flush();  // what came before the error is still read
+                } catch (...) {  // the reader closed the stream: nobody reads it
+                }
             }
             std::lock_guard<std::mutex> lock(state->mutex);
             state->error = std::move(error);

@@ -6,6 +6,7 @@
 
 #include "error.hpp"
 #include "layer_tar.hpp"
+#include "sha256_worker.hpp"
 
 namespace winlayer {
 
@@ -294,7 +295,7 @@ void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sin
     // A damaged record fails before the first byte is written.
     inspect_tar_split(tar_split);
     Parser parser(tar_split);
-    Sha256 hash;
+    Sha256Worker hash;  // the check of what was written, off this thread
     std::uint64_t total = 0;
     auto emit = [&](const std::uint8_t* data, std::size_t n) {
         hash.update(data, n);

@@ -61,15 +61,11 @@ private:
 class ItemReader : public LayerReader {
 public:
     explicit ItemReader(std::vector<ExportItem> items) : items_(std::move(items)) {
-        std::vector<std::pair<std::string, std::size_t>> order;
-        order.reserve(items_.size());
-        for (std::size_t i = 0; i < items_.size(); ++i) order.emplace_back(sort_key(items_[i]), i);
-        std::sort(order.begin(), order.end());
-        std::vector<ExportItem> sorted;
-        sorted.reserve(items_.size());
+        sort_items();
         std::unordered_map<std::uint32_t, std::string> leaders;  // group -> first name
         std::string skip_streams_of;
-        for (auto& [key, i] : order) {
+        std::size_t kept = 0;
+        for (std::size_t i = 0; i < items_.size(); ++i) {
             ExportItem& it = items_[i];
             if (it.entry.type == EntryType::AlternateStream) {
                 std::string file, stream;
@@ -88,9 +84,10 @@ public:
                     skip_streams_of = it.entry.path;
                 }
             }
-            sorted.push_back(std::move(it));
+            if (kept != i) items_[kept] = std::move(it);
+            ++kept;
         }
-        items_ = std::move(sorted);
+        items_.resize(kept);
     }
 
     bool next(LayerEntry& entry) override {
@@ -124,6 +121,32 @@ public:
     }
 
 private:
+    // Sorts items_ by sort_key, in place: the keys are made once, and the items are moved
+    // along the cycles of the permutation rather than into a second vector.
+    void sort_items() {
+        std::vector<std::pair<std::string, std::size_t>> order;
+        order.reserve(items_.size());
+        for (std::size_t i = 0; i < items_.size(); ++i) order.emplace_back(sort_key(items_[i]), i);
+        std::sort(order.begin(), order.end());
+        std::vector<std::size_t> from(order.size());
+        for (std::size_t k = 0; k < order.size(); ++k) from[k] = order[k].second;
+        order.clear();
+        order.shrink_to_fit();
+        for (std::size_t start = 0; start < from.size(); ++start) {
+            if (from[start] == start) continue;
+            ExportItem held = std::move(items_[start]);
+            std::size_t k = start;
+            while (from[k] != start) {
+                const std::size_t next = from[k];
+                items_[k] = std::move(items_[next]);
+                from[k] = k;
+                k = next;
+            }
+            items_[k] = std::move(held);
+            from[k] = k;
+        }
+    }
+
     std::vector<ExportItem> items_;
     std::size_t pos_ = 0;
     DataOpener opener_;
@@ -135,23 +158,28 @@ std::string blob_file(const std::string& layer_dir, std::uint32_t blob) {
     return join(join(layer_dir, kStreamsDirName), std::to_string(blob));
 }
 
-std::vector<ExportItem> layer_items(const std::string& layer_dir, const LayerMeta& meta) {
+// The export items of a stored layer; takes what it can from `meta` (its entries are
+// moved from).
+std::vector<ExportItem> layer_items(const std::string& layer_dir, LayerMeta& meta) {
     std::vector<ExportItem> items;
-    items.reserve(meta.entries.size() + meta.tombstones.size());
-    for (const auto& r : meta.entries) {
+    std::size_t count = meta.entries.size() + meta.tombstones.size();
+    for (const auto& r : meta.entries) count += r.streams.size();
+    items.reserve(count);
+    for (auto& r : meta.entries) {
         ExportItem it;
-        it.entry = r.entry;
+        it.entry = std::move(r.entry);
         if (r.parent_link) {
             it.entry.type = EntryType::HardLink;
             it.entry.size = 0;
-        } else if (r.entry.type == EntryType::File) {
-            it.data = join(layer_dir, r.entry.path);
+        } else if (it.entry.type == EntryType::File) {
+            it.data = join(layer_dir, it.entry.path);
             it.group = r.group;
         }
+        const std::string path = r.streams.empty() ? std::string() : it.entry.path;
         items.push_back(std::move(it));
         for (const auto& s : r.streams) {
             ExportItem st;
-            st.entry.path = r.entry.path + ":" + s.name;
+            st.entry.path = path + ":" + s.name;
             st.entry.type = EntryType::AlternateStream;
             st.entry.size = s.size;
             st.data = blob_file(layer_dir, s.blob);

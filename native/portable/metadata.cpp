@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "../core/error.hpp"
 #include "../core/sha256.hpp"
@@ -243,11 +244,14 @@ Sha256::Digest digest_of(const char* p, std::size_t n) {
     return h.digest();
 }
 
-// Checks the header and returns the [offset, length) of section `which`, verified.
-std::pair<std::size_t, std::size_t> section(const std::string& bytes, const std::string& path,
-                                            std::uint32_t which) {
-    In in(bytes.data(), bytes.size(), path);
-    if (bytes.size() < 8 || std::memcmp(bytes.data(), kMagic, 8) != 0)
+// Checks a metadata file's header (`header`: its first bytes) and returns the offset,
+// length and SHA-256 of section `which`, which must lie within the file's `file_size`.
+std::tuple<std::uint64_t, std::uint64_t, Sha256::Digest> section(const std::string& header,
+                                                                 std::uint64_t file_size,
+                                                                 const std::string& path,
+                                                                 std::uint32_t which) {
+    In in(header.data(), header.size(), path);
+    if (header.size() < 8 || std::memcmp(header.data(), kMagic, 8) != 0)
         throw Error(ErrorKind::StoreCorrupt, "not a winlayer layer metadata file").with_path(path);
     for (int i = 0; i < 8; ++i) in.u8();
     std::uint32_t version = in.u32();
@@ -264,10 +268,8 @@ std::pair<std::size_t, std::size_t> section(const std::string& bytes, const std:
         Sha256::Digest want;
         for (auto& b : want) b = in.u8();
         if (i != which) continue;
-        if (off < kHeaderSize || off > bytes.size() || len > bytes.size() - off)
-            in.fail("section out of range");
-        if (digest_of(bytes.data() + off, len) != want) in.fail("checksum mismatch");
-        return {static_cast<std::size_t>(off), static_cast<std::size_t>(len)};
+        if (off < kHeaderSize || off > file_size || len > file_size - off) in.fail("section out of range");
+        return {off, len, want};
     }
     in.fail("missing section");
 }
@@ -392,34 +394,42 @@ void MetaFileWriter::finish(const LayerMeta& meta, const EntryTable& entries) {
     file_.close();
 }
 
-LayerMeta decode_meta(const std::string& bytes, const std::string& path) {
-    auto [off, len] = section(bytes, path, 0);
-    In in(bytes.data() + off, len, path);
-    return decode_layer(in);
-}
-
-std::string decode_tar_split(const std::string& bytes, const std::string& path) {
-    auto [off, len] = section(bytes, path, 1);
-    return bytes.substr(off, len);
-}
-
 namespace {
-std::string read_meta_bytes(const std::string& layer_dir) {
-    std::string path = meta_path(layer_dir);
-    auto bytes = read_file_if_exists(path);
-    if (!bytes)
+// Section `which` of `<layer_dir>/winlayer.meta`, verified; only its bytes are read (an
+// imported layer's tar-split section is not needed to list its entries).
+std::string read_section(const std::string& layer_dir, std::uint32_t which) {
+    const std::string path = meta_path(layer_dir);
+    if (stat_path(path).kind != NodeKind::File)
         throw Error(ErrorKind::StoreCorrupt, "layer metadata file is missing").with_path(path);
-    return std::move(*bytes);
+    Tree dir(layer_dir);
+    File f = dir.open_read(kMetaFileName);
+    auto read_at = [&](std::uint64_t offset, std::size_t n) {
+        std::string bytes(n, '\0');
+        std::size_t got = 0;
+        while (got < n) {
+            std::size_t k = f.read_at(offset + got, reinterpret_cast<std::uint8_t*>(&bytes[got]), n - got);
+            if (k == 0) break;
+            got += k;
+        }
+        bytes.resize(got);
+        return bytes;
+    };
+    const std::uint64_t size = f.stat().size;
+    const auto [off, len, want] = section(read_at(0, kHeaderSize), size, path, which);
+    std::string bytes = read_at(off, static_cast<std::size_t>(len));
+    if (bytes.size() != len || digest_of(bytes.data(), bytes.size()) != want)
+        throw Error(ErrorKind::StoreCorrupt, "damaged layer metadata (checksum mismatch)").with_path(path);
+    return bytes;
 }
 }  // namespace
 
 LayerMeta read_meta(const std::string& layer_dir) {
-    return decode_meta(read_meta_bytes(layer_dir), meta_path(layer_dir));
+    const std::string bytes = read_section(layer_dir, 0);
+    In in(bytes.data(), bytes.size(), meta_path(layer_dir));
+    return decode_layer(in);
 }
 
-std::string read_tar_split(const std::string& layer_dir) {
-    return decode_tar_split(read_meta_bytes(layer_dir), meta_path(layer_dir));
-}
+std::string read_tar_split(const std::string& layer_dir) { return read_section(layer_dir, 1); }
 
 void write_meta(const std::string& layer_dir, const LayerMeta& meta, const std::string& tar_split) {
     write_file_atomic(meta_path(layer_dir), encode_meta(meta, tar_split));

@@ -118,13 +118,9 @@ private:
     Sha256 split_hash_;
     std::uint64_t split_size_ = 0;
 };
-// Parses a metadata file's bytes; `path` names it in errors. Throws Error(StoreCorrupt).
-LayerMeta decode_meta(const std::string& bytes, const std::string& path);
-std::string decode_tar_split(const std::string& bytes, const std::string& path);
-
 // Reads `<layer_dir>/winlayer.meta`. A missing file is StoreCorrupt too: every layer has one.
 LayerMeta read_meta(const std::string& layer_dir);
-std::string read_tar_split(const std::string& layer_dir);
+std::string read_tar_split(const std::string& layer_dir);  // StoreCorrupt likewise
 // Replaces `<layer_dir>/winlayer.meta` atomically (temporary file + rename, synced).
 void write_meta(const std::string& layer_dir, const LayerMeta& meta, const std::string& tar_split);
 

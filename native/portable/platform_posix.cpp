@@ -227,6 +227,14 @@ std::size_t File::read(std::uint8_t* buf, std::size_t n) {
     }
 }
 
+std::size_t File::read_at(std::uint64_t offset, std::uint8_t* buf, std::size_t n) {
+    for (;;) {
+        ssize_t r = ::pread(fd_of(handle_), buf, n, static_cast<off_t>(offset));
+        if (r >= 0) return static_cast<std::size_t>(r);
+        if (errno != EINTR) throw Error::last_os("pread", path_);
+    }
+}
+
 void File::write(const std::uint8_t* data, std::size_t n) {
     while (n) {
         ssize_t w = ::write(fd_of(handle_), data, n);

@@ -112,6 +112,19 @@ std::size_t File::read(std::uint8_t* buf, std::size_t n) {
     return got;
 }
 
+std::size_t File::read_at(std::uint64_t offset, std::uint8_t* buf, std::size_t n) {
+    DWORD got = 0;
+    DWORD want = n > (1u << 30) ? (1u << 30) : static_cast<DWORD>(n);
+    OVERLAPPED at{};
+    at.Offset = static_cast<DWORD>(offset);
+    at.OffsetHigh = static_cast<DWORD>(offset >> 32);
+    if (!ReadFile(h_of(handle_), buf, want, &got, &at)) {
+        if (GetLastError() == ERROR_HANDLE_EOF) return 0;
+        fail("ReadFile", path_);
+    }
+    return got;
+}
+
 void File::write(const std::uint8_t* data, std::size_t n) {
     while (n) {
         DWORD put = 0;

@@ -1,0 +1,67 @@
+#include "sha256_worker.hpp"
+
+#include <algorithm>
+
+namespace winlayer {
+
+Sha256Worker::Sha256Worker() : thread_([this] { run(); }) {
+    current_.reserve(kBlockBytes);
+    for (std::size_t i = 1; i < kBlocks; ++i) free_.emplace_back().reserve(kBlockBytes);
+}
+
+Sha256Worker::~Sha256Worker() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+}
+
+void Sha256Worker::update(const void* data, std::size_t n) {
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    while (n > 0) {
+        const std::size_t k = std::min(n, kBlockBytes - current_.size());
+        current_.insert(current_.end(), p, p + k);
+        p += k;
+        n -= k;
+        if (current_.size() == kBlockBytes) hand_over();
+    }
+}
+
+void Sha256Worker::hand_over() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    full_.push_back(std::move(current_));
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return !free_.empty(); });
+    current_ = std::move(free_.back());
+    free_.pop_back();
+    current_.clear();
+}
+
+std::string Sha256Worker::oci_digest() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return full_.empty() && !busy_; });
+    hash_.update(current_.data(), current_.size());
+    current_.clear();
+    return hash_.oci_digest();
+}
+
+void Sha256Worker::run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        changed_.wait(lock, [&] { return stop_ || !full_.empty(); });
+        if (stop_) return;
+        std::vector<std::uint8_t> block = std::move(full_.front());
+        full_.pop_front();
+        busy_ = true;
+        lock.unlock();
+        hash_.update(block.data(), block.size());
+        lock.lock();
+        busy_ = false;
+        free_.push_back(std::move(block));
+        changed_.notify_all();
+    }
+}
+
+}  // namespace winlayer
