@@ -22,6 +22,7 @@ sequential; exports <= 1.0x ``tar -cf``; peak RSS < 100 MiB whatever the layer s
 
     python benchmarks/bench_import.py                        # 300 MB, 20,000 entries
     python benchmarks/bench_import.py --size-mb 30 --entries 2000 --runs 1
+    python benchmarks/bench_import.py --workdir /mnt/quiet   # another file system
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="make_layer's seed")
     parser.add_argument("--settle", type=float, default=20, help="seconds to pause between rounds")
     parser.add_argument("--no-python", action="store_true", help="skip tarfile.extractall")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="the file system to write into (default: beside the layer, in benchmarks/data)",
+    )
     args = parser.parse_args()
 
     layer = cached_layer(args.size_mb * 1_000_000, args.entries, args.seed)
@@ -156,7 +163,7 @@ def main() -> None:
             while r.read(1 << 20):
                 pass
 
-    work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=layer.parent))
+    work = Path(tempfile.mkdtemp(prefix="bench-import-", dir=args.workdir or layer.parent))
     py = sys.executable
     sh = "mkdir -p {d} && {cmd} -C {d} && sync -f {d}"
 

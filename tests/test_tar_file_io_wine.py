@@ -97,6 +97,7 @@ def test_file_io_win32_long_unicode_paths(tmp_path: Path) -> None:
             "tar.cpp",
             "tar_split.cpp",
             "sha256.cpp",
+            "sha256_worker.cpp",
             "error.cpp",
             "encoding.cpp",
         )

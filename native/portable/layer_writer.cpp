@@ -15,6 +15,7 @@ namespace {
 
 constexpr std::size_t kNone = static_cast<std::size_t>(-1);
 constexpr std::uint32_t kAttrDirectory = 0x10;
+constexpr std::uint64_t kWritebackBytes = 256 * 1024;
 
 Error bad(const std::string& message) { return Error::invalid_layer(message, "", -1); }
 
@@ -298,6 +299,7 @@ private:
         disk([path](WriteQueue::Context& c) { c.file = c.tree.create(path); });
         writing_ = true;
         remaining_ = size;
+        current_size_ = size;
         current_times_ = times;
         current_path_ = path;
         if (size == 0) close_current();
@@ -309,8 +311,11 @@ private:
             throw Error(ErrorKind::Internal, "layer writer got less data than the entry's size")
                 .with_path(current_path_);
         writing_ = false;
-        disk([t = current_times_](WriteQueue::Context& c) {
+        disk([t = current_times_, large = current_size_ >= kWritebackBytes](WriteQueue::Context& c) {
             c.file.set_times(filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
+            // The commit syncs everything: its wait is shorter if large files are on
+            // their way to the disk already.
+            if (large) c.file.start_writeback();
             c.file.close();
         });
     }
@@ -325,6 +330,7 @@ private:
     std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes
     bool writing_ = false;
     std::uint64_t remaining_ = 0;
+    std::uint64_t current_size_ = 0;
     FileTimes current_times_;
     std::string current_path_;
     std::uint32_t next_blob_ = 1;

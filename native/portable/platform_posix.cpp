@@ -269,6 +269,13 @@ void File::sync() {
     if (::fsync(fd_of(handle_)) != 0) throw Error::last_os("fsync", path_);
 }
 
+void File::start_writeback() noexcept {
+#ifdef __linux__
+    // A hint: an error here is reported again by the sync that follows.
+    (void)::sync_file_range(fd_of(handle_), 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
+}
+
 NodeStat File::stat() {
     struct stat st;
     if (::fstat(fd_of(handle_), &st) != 0) throw Error::last_os("fstat", path_);

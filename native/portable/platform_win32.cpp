@@ -153,6 +153,8 @@ void File::set_times(std::int64_t atime_ns, std::int64_t mtime_ns) {
     set_handle_times(h_of(handle_), atime_ns, mtime_ns, path_);
 }
 
+void File::start_writeback() noexcept {}
+
 void File::sync() {
     if (!FlushFileBuffers(h_of(handle_))) fail("FlushFileBuffers", path_);
 }
