@@ -22,7 +22,11 @@ sequential; exports <= 1.0x ``tar -cf``; peak RSS < 100 MiB whatever the layer s
 
     python benchmarks/bench_import.py                        # 300 MB, 20,000 entries
     python benchmarks/bench_import.py --size-mb 30 --entries 2000 --runs 1
-    python benchmarks/bench_import.py --workdir /mnt/quiet   # another file system
+    python benchmarks/bench_import.py --workdir /mnt/winlayer-bench   # another file system
+
+A shared or throttled virtual disk can make the same run 20 times slower a minute later;
+``benchmarks/quiet_fs.sh up`` mounts a RAM-backed ext4 at /mnt/winlayer-bench that
+measures the file system's and the contenders' own work only.
 """
 
 from __future__ import annotations

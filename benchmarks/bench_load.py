@@ -12,6 +12,7 @@ archive is read once before the first timed run.
 
     python benchmarks/bench_load.py                      # the sizes
     python benchmarks/bench_load.py --size-mb 30 --entries 2000 --runs 1   # a quick check
+    python benchmarks/bench_load.py --workdir /mnt/winlayer-bench   # benchmarks/quiet_fs.sh up
 
 Needs root and containerd (``apt-get install containerd``) for the comparison; without
 them only winlayer and tar are measured.
