@@ -257,6 +257,54 @@ def test_sandbox_write_export_import_same_content(
     assert _tree(_mount(backend, info, "box2", chain2, mounted)) == expected
 
 
+def test_sandbox_symlinks_export_as_windows_symlinks(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    """POSIX symlinks made in a portable sandbox's view become the Windows symlinks a
+    container would see: targets with backslashes, absolute ones on C:, folder links
+    (0x410) when the target is a folder, file links (0x420) otherwise; a file replaced by
+    a link is exported too. The layer made from the diff holds them."""
+    if backend.name != "portable":
+        pytest.skip("POSIX symlinks are the portable backend's view; HCS views hold NTFS links")
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    root = Path(_mount(backend, info, "box", chain, mounted))
+    (root / "Windows" / "ini.lnk").symlink_to("win.ini")
+    (root / "sys32").symlink_to("Windows/System32")
+    (root / "Windows" / "abs").symlink_to("/Windows/System32/kernel32.dll")
+    (root / "Windows" / "dangling").symlink_to("../nowhere/x")
+    (root / "Windows" / "win.ini").unlink()
+    (root / "Windows" / "win.ini").symlink_to("System32/kernel32.dll")
+    os.mkfifo(root / "fifo")
+    backend.unprepare_layer(info, "box")
+    with pytest.raises(InvalidLayer, match="symbolic links") as exc:
+        _export(backend, info, "box", chain)
+    assert exc.value.entry == "Files/fifo"
+    backend.prepare_layer(info, "box", chain)
+    (root / "fifo").unlink()
+    backend.unprepare_layer(info, "box")
+    diff = _export(backend, info, "box", chain)
+    members = _names(diff)
+    links = {
+        name: (m.linkname, m.pax_headers["MSWINDOWS.fileattr"])
+        for name, m in members.items()
+        if m.issym()
+    }
+    assert links == {
+        "Files/Windows/ini.lnk": ("win.ini", "1056"),
+        "Files/sys32": ("Windows\\System32", "1040"),
+        "Files/Windows/abs": ("C:\\Windows\\System32\\kernel32.dll", "1056"),
+        "Files/Windows/dangling": ("..\\nowhere\\x", "1056"),
+        "Files/Windows/win.ini": ("System32\\kernel32.dll", "1056"),
+    }
+    _import(backend, info, "committed", diff, chain)
+    again = _names(_export(backend, info, "committed", chain))
+    assert {n for n, m in again.items() if m.issym()} == set(links)
+
+
 def test_prepared_sandbox_cannot_be_destroyed(
     backend: _hcs.Backend,
     info: _hcs.DriverInfo,

@@ -98,6 +98,7 @@ private:
 
 // Absolute-path operations.
 NodeStat stat_path(const std::string& path);  // does not follow a final symlink
+std::string read_link(const std::string& path);  // a symlink's target, as stored
 bool make_dir(const std::string& path);       // false if it already is a directory
 void make_dirs(const std::string& path);
 std::vector<DirEntry> list_dir(const std::string& path);  // empty if `path` is missing

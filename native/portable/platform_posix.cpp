@@ -411,6 +411,19 @@ NodeStat stat_path(const std::string& path) {
     return from_stat(st);
 }
 
+std::string read_link(const std::string& path) {
+    std::string target(256, '\0');
+    for (;;) {
+        ssize_t n = ::readlink(path.c_str(), &target[0], target.size());
+        if (n < 0) throw Error::last_os("readlink", path);
+        if (static_cast<std::size_t>(n) < target.size()) {
+            target.resize(static_cast<std::size_t>(n));
+            return target;
+        }
+        target.resize(target.size() * 2);
+    }
+}
+
 bool make_dir(const std::string& path) {
     if (::mkdir(path.c_str(), 0755) == 0) return true;
     int e = errno;

@@ -271,6 +271,12 @@ NodeStat stat_path(const std::string& path) {
     }
 }
 
+std::string read_link(const std::string& path) {
+    // Views made here are copies; a reparse point a user adds to one is not mapped.
+    throw Error::invalid_layer("a symbolic link in a portable sandbox view is exported on POSIX systems only",
+                               path, -1);
+}
+
 bool make_dir(const std::string& path) {
     if (CreateDirectoryW(long_path(path).c_str(), nullptr)) return true;
     DWORD e = GetLastError();

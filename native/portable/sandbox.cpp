@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "../core/backup_stream.hpp"
 #include "../core/error.hpp"
 #include "../core/security_descriptor.hpp"
 #include "chain.hpp"
@@ -204,8 +205,10 @@ LayerEntry default_entry(const std::string& path, bool dir, const NodeStat& st) 
 
 class DiffBuilder {
 public:
-    DiffBuilder(const ParentChain& chain, std::string layer_id)
-        : chain_(chain), id_(std::move(layer_id)) {
+    // `tree`: the sandbox's own folder that `changed` is given paths in (the copy, or the
+    // overlay's upper folder).
+    DiffBuilder(const ParentChain& chain, std::string layer_id, std::string tree)
+        : chain_(chain), id_(std::move(layer_id)), tree_(std::move(tree)) {
         walk_merged(chain_, [&](const MergedNode& n) {
             merged_.emplace(n.key, MergedNode{n.rel, n.key, n.kind, n.disk, n.layer, {}});
             order_.push_back(n.key);
@@ -220,10 +223,11 @@ public:
     }
     const std::vector<std::string>& merged_order() const { return order_; }
 
-    // An added or modified file or folder; `disk` holds its data.
+    // An added or modified file, folder or symlink; `disk` holds its data.
     void changed(const std::string& rel, NodeKind kind, const std::string& disk) {
-        if (kind != NodeKind::File && kind != NodeKind::Directory)
-            throw Error::invalid_layer("only files and folders of a sandbox can be exported", "Files/" + rel, -1);
+        if (kind != NodeKind::File && kind != NodeKind::Directory && kind != NodeKind::Symlink)
+            throw Error::invalid_layer("only files, folders and symbolic links of a sandbox can be exported",
+                                       "Files/" + rel, -1);
         const std::string path = "Files/" + rel;
         const std::string key = path_key(path);
         NodeStat st = stat_path(disk);
@@ -232,6 +236,10 @@ public:
         if (m && (m->kind == NodeKind::Directory) != (kind == NodeKind::Directory)) {
             deleted(rel);  // a file replaced by a folder or the other way round
             m = nullptr;
+        }
+        if (kind == NodeKind::Symlink) {
+            item.entry = symlink_entry(path, rel, disk);
+            return add(key, std::move(item));
         }
         auto found = m ? chain_.find(path) : std::nullopt;
         if (found && found->record) {
@@ -271,6 +279,58 @@ public:
     }
 
 private:
+    // A POSIX symlink made in the view, as the Windows symlink a container would see: '/'
+    // becomes a backslash, and an absolute target is on C:, the container's drive (the
+    // view's root). A directory symlink (0x410) when the target, resolved lexically in the
+    // sandbox, is a folder; a file symlink (0x420) otherwise, as for a dangling link.
+    LayerEntry symlink_entry(const std::string& path, const std::string& rel, const std::string& disk) const {
+        const std::string target = read_link(disk);
+        if (target.empty()) throw Error::invalid_layer("symbolic link with an empty target", path, -1);
+        std::vector<std::string> parts;
+        bool outside = false;
+        auto walk = [&](const std::string& p) {
+            for (std::size_t at = 0; at <= p.size();) {
+                std::size_t slash = p.find('/', at);
+                if (slash == std::string::npos) slash = p.size();
+                const std::string part = p.substr(at, slash - at);
+                if (part == "..") {
+                    if (parts.empty()) outside = true;
+                    else parts.pop_back();
+                } else if (!part.empty() && part != ".") {
+                    parts.push_back(part);
+                }
+                at = slash + 1;
+            }
+        };
+        if (target[0] != '/' && rel.find('/') != std::string::npos) walk(rel.substr(0, rel.rfind('/')));
+        walk(target);
+        const bool dir = !outside && is_folder(parts);
+        std::string win = target[0] == '/' ? "C:" + target : target;
+        std::replace(win.begin(), win.end(), '/', '\\');
+        LayerEntry e;
+        e.path = path;
+        e.type = EntryType::Symlink;
+        e.attributes = (dir ? 0x10 : 0x20) | 0x400;
+        e.security_descriptor = default_sd();
+        const std::int64_t t = unix_ns_to_filetime(stat_path(disk).mtime_ns);
+        e.times = FileTimes{t, t, t, t};
+        e.link_target = win;
+        e.reparse_data = encode_reparse_point(win, false);
+        return e;
+    }
+
+    // Whether `parts` (below Files/) name a folder of the sandbox: in its own tree, or
+    // else in the chain.
+    bool is_folder(const std::vector<std::string>& parts) const {
+        std::string rel;
+        for (const auto& p : parts) rel += (rel.empty() ? "" : "/") + p;
+        if (rel.empty()) return true;
+        const NodeStat st = stat_path(join(tree_, rel));
+        if (st.kind != NodeKind::Missing) return st.kind == NodeKind::Directory;
+        const MergedNode* m = merged(path_key("Files/" + rel));
+        return m && m->kind == NodeKind::Directory;
+    }
+
     void add(const std::string& key, ExportItem item) {
         if (!have_.insert(key).second) return;
         std::string path = item.entry.path;
@@ -313,6 +373,7 @@ private:
 
     const ParentChain& chain_;
     std::string id_;
+    std::string tree_;
     std::unordered_map<std::string, MergedNode> merged_;
     std::vector<std::string> order_;
     std::unordered_set<std::string> have_;
@@ -346,7 +407,8 @@ void diff_copy(const LayerRef& ref, DiffBuilder& diff) {
         present.insert(key);
         const std::string disk = join(view, rel);
         const MergedNode* m = diff.merged(key);
-        if (!m || (m->kind == NodeKind::Directory) != (kind == NodeKind::Directory)) {
+        // The copy holds the chain's symlinks as placeholders: a live one is the user's.
+        if (!m || kind == NodeKind::Symlink || (m->kind == NodeKind::Directory) != (kind == NodeKind::Directory)) {
             diff.changed(rel, kind, disk);
         } else if (kind == NodeKind::File) {
             NodeStat now = stat_path(disk), was = stat_path(m->disk);
@@ -441,8 +503,8 @@ void unprepare_sandbox(const LayerRef& ref) {
 std::unique_ptr<LayerReader> sandbox_diff_reader(const LayerRef& ref, const LayerChain& parents) {
     LayerMeta meta = read_meta(ref.dir);
     ParentChain chain(chain_of(ref, meta, parents));
-    DiffBuilder diff(chain, ref.id);
     std::string mode = recorded_mode(ref);
+    DiffBuilder diff(chain, ref.id, join(ref.dir, mode == "overlay" ? kUpperDir : kViewDir));
     if (mode == "copy") diff_copy(ref, diff);
     else if (mode == "overlay") diff_overlay(ref, diff);
     return make_item_reader(diff.finish(meta.size_limit));
