@@ -292,6 +292,10 @@ def main() -> None:
         if results["ctr images import"]:
             theirs = statistics.median(results["ctr images import"])
             print(f"ratio winlayer / containerd: {ours / theirs:.2f} (target <= 0.5)")
+            # Within a round both ran minutes apart at most: on a disk whose speed drifts
+            # (throttling), these are the fairer comparison.
+            rounds = zip(results["winlayer load"], results["ctr images import"], strict=True)
+            print("  per round: " + " ".join(f"{w / c:.2f}" for w, c in rounds))
         else:
             print("containerd not measured (needs root, containerd and ctr)")
         tar = statistics.median(results["tar -xf (bare layer)"])
