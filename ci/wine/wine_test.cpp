@@ -206,6 +206,9 @@ const std::string kBigData(300000, 'x');
 // BackupWrite, which Wine lacks).
 void write_layer(Backend& b, const Fixture& f, const std::string& id) {
     auto w = b.import_writer(f.info, id, {f.base_folder});
+    // The tar-split record streams in while the entries come, as an import sends it.
+    Sink* split = w->tar_split_sink();
+    split->write(reinterpret_cast<const std::uint8_t*>("tar-split-"), 10);
     w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
     w->add(entry("Files/" + kUnicodeName, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
     put(*w, entry("Files/" + kUnicodeName + "/hello.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "hello");
@@ -230,7 +233,8 @@ void write_layer(Backend& b, const Fixture& f, const std::string& id) {
     w->remove("Files/gone.txt");
     w->remove("Files/Windows/win.ini");
     w->add_link("Files/notepad-link.exe", "Files/Windows/notepad.exe");
-    w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, "tar-split-record"});
+    split->write(reinterpret_cast<const std::uint8_t*>("record"), 6);
+    w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, ""});
 }
 
 struct Exported {
@@ -421,6 +425,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         // Abandoned without commit: the staging folder goes too.
         {
             auto w = b.import_writer(f.info, "layer-abandoned", {f.base_folder});
+            w->tar_split_sink()->write(reinterpret_cast<const std::uint8_t*>("partial"), 7);
             w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
             put(*w, entry("Files/x.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "x");
         }

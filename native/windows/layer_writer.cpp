@@ -230,6 +230,18 @@ public:
         }
     }
 
+    // The tar-split record streams into a work folder of its own while the tar is read,
+    // so that it is never held whole in memory, and moves into the layer at commit.
+    Sink* tar_split_sink() override {
+        usable();
+        split_dir_.emplace(folder_, "import");
+        std::wstring p = join(split_dir_->path(), kTarSplitFile);
+        split_file_ = Handle(CreateFileW(p.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_NEW, FILE_ATTRIBUTE_NORMAL, nullptr));
+        if (!split_file_) throw_last("CreateFileW", p);
+        split_sink_.emplace(split_file_.get(), p);
+        return &*split_sink_;
+    }
+
     void commit(const CommitInfo& info) override {
         usable();
         try {
@@ -240,7 +252,7 @@ public:
             } else {
                 commit_staged();
             }
-            write_tar_split(info.tar_split);
+            store_tar_split(info.tar_split);
             done_ = true;
         } catch (...) {
             abort();
@@ -252,6 +264,9 @@ public:
         if (done_) return;
         done_ = true;
         { Current dead = std::move(cur_); }  // its handle closes last
+        split_sink_.reset();
+        split_file_.reset();
+        split_dir_.reset();
         staging_.reset();
         if (imported_) {
             try {
@@ -442,8 +457,20 @@ private:
         hcs::process_utility_image(narrow(join(dest_, "UtilityVM")));
     }
 
-    void write_tar_split(const std::string& record) {
+    // `record`: the tar-split when it did not stream to tar_split_sink().
+    void store_tar_split(const std::string& record) {
         std::wstring p = join(dest_, kTarSplitFile);
+        if (split_sink_) {
+            split_sink_->write(reinterpret_cast<const std::uint8_t*>(record.data()), record.size());
+            split_sink_->flush();
+            split_sink_.reset();
+            split_file_.reset();
+            std::wstring from = join(split_dir_->path(), kTarSplitFile);
+            if (!MoveFileExW(from.c_str(), p.c_str(), MOVEFILE_REPLACE_EXISTING)) throw_last("MoveFileExW", p);
+            split_dir_->remove();
+            split_dir_.reset();
+            return;
+        }
         Handle h(CreateFileW(p.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr));
         if (!h) throw_last("CreateFileW", p);
         HandleSink out(h.get(), p);
@@ -458,6 +485,9 @@ private:
     std::string folder_;
     std::wstring dest_;
     std::optional<StagingFolder> staging_;
+    std::optional<StagingFolder> split_dir_;  // before split_file_: removed after it closes
+    Handle split_file_;
+    std::optional<HandleSink> split_sink_;
     std::vector<std::wstring> parent_roots_;
     bool dest_created_ = false, imported_ = false, has_uvm_ = false, done_ = false;
     Current cur_;
