@@ -13,7 +13,9 @@ namespace winlayer::portable {
 
 namespace {
 
-constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+constexpr std::uint32_t kNone = 0xffffffffu;
+// The writer's entry records beyond the block being filled (EntryTable), removed at commit.
+constexpr const char* kRecordsFile = ".records";
 constexpr std::uint32_t kAttrDirectory = 0x10;
 constexpr std::uint64_t kWritebackBytes = 256 * 1024;
 
@@ -25,8 +27,10 @@ public:
         : parents_(parents),
           staging_(ref),
           meta_file_(std::in_place, staging_.tree().create(kMetaFileName)),
+          records_(staging_.tree().create(kRecordsFile)),
           io_(std::make_unique<WriteQueue>(staging_.tree())) {
-        nodes_.emplace("", Node{true, false, kNone, ""});
+        nodes_.emplace("", Node{kNone, true, false});
+        dirs_.emplace("", "");
     }
     ~PortableLayerWriter() override { abort(); }
 
@@ -58,11 +62,11 @@ public:
         const std::string key = path_key(path), tkey = path_key(target);
         if (key == tkey) throw bad("hard link to itself");
         EntryRecord rec;
-        const Node& parent = ensure_parent(path);
+        const std::string parent = ensure_parent(path);
         drop(key);  // first: `t` must not point into what it removes
         auto t = nodes_.find(tkey);
         if (t != nodes_.end()) {
-            if (t->second.dir || t->second.record == kNone) throw bad("hard link target is not a file: " + target);
+            if (t->second.dir) throw bad("hard link target is not a file: " + target);
             EntryRecord target_rec = records_.get(t->second.record);
             if (target_rec.entry.type != EntryType::File) throw bad("hard link target is not a file: " + target);
             if (target_rec.group == 0) {
@@ -115,18 +119,17 @@ public:
         close_current();
         for (const char* top : {"Files", "Hives"})
             if (!nodes_.count(path_key(top))) make_dir(top);
-        for (std::size_t i = 0; i < records_.size(); ++i) {
-            if (records_.removed(i)) continue;
-            const LayerEntry e = records_.get(i).entry;
+        records_.visit([&](const EntryRecord& r) {
             // Folder times last: creating their children changed them.
-            if (is_folder(e))
-                disk([path = e.path, t = e.times](WriteQueue::Context& c) {
+            if (is_folder(r.entry))
+                disk([path = r.entry.path, t = r.entry.times](WriteQueue::Context& c) {
                     c.tree.set_times(path, filetime_to_unix_ns(t.last_access), filetime_to_unix_ns(t.last_write));
                 });
-        }
+        });
         io_->drain();
         io_.reset();
         nodes_.clear();
+        dirs_.clear();
         LayerMeta meta;
         meta.imported = true;
         meta.diff_id = info.diff_id;
@@ -136,6 +139,8 @@ public:
             meta_file_->write(reinterpret_cast<const std::uint8_t*>(info.tar_split.data()), info.tar_split.size());
         meta_file_->finish(meta, records_);
         meta_file_.reset();
+        records_.close_spill();
+        staging_.tree().remove(kRecordsFile);
         staging_.tree().sync();
         staging_.publish(&is_empty_created_layer);
         committed_ = true;
@@ -145,15 +150,17 @@ public:
         if (committed_) return;
         io_.reset();
         meta_file_.reset();  // closed first: Windows cannot remove a folder with an open file
+        records_.close_spill();
         staging_.discard();
     }
 
 private:
+    // What the writer knows of a name; a folder's path on disk is in dirs_, a file's in its
+    // record (kept small: there is one per entry).
     struct Node {
+        std::uint32_t record = kNone;  // kNone: a folder implied by its children
         bool dir = false;
-        bool reparse = false;      // a symlink or junction placeholder
-        std::size_t record = kNone;  // kNone: a folder implied by its children
-        std::string disk;          // path in the staging tree, as first spelled (kNone only)
+        bool reparse = false;  // a symlink or junction placeholder
     };
 
     static std::string name_of(const std::string& path) {
@@ -161,45 +168,47 @@ private:
         return slash == std::string::npos ? path : path.substr(slash + 1);
     }
 
-    // A node's path in the staging tree: its record's, or (a folder without one) its own.
-    std::string disk_of(const Node& n) const { return n.record == kNone ? n.disk : records_.path(n.record); }
-
-    std::string child_disk(const Node& parent, const std::string& path) const {
-        std::string dir = disk_of(parent);
+    static std::string child_disk(const std::string& dir, const std::string& path) {
         return dir.empty() ? name_of(path) : dir + "/" + name_of(path);
     }
 
-    // The folder `path` goes into, created (without an entry) when the tar did not list it.
-    const Node& ensure_parent(const std::string& path) {
+    // The path in the staging tree of the node at `key`, as first spelled.
+    std::string disk_of(const std::string& key, const Node& n) const {
+        return n.dir ? dirs_.at(key) : records_.path(n.record);
+    }
+
+    // The staging path of the folder `path` goes into, created (without an entry) when the
+    // tar did not list it.
+    std::string ensure_parent(const std::string& path) {
         std::size_t slash = path.rfind('/');
         std::string parent = slash == std::string::npos ? "" : path.substr(0, slash);
         std::string key = path_key(parent);
         auto it = nodes_.find(key);
         if (it == nodes_.end()) {
-            const Node& grand = ensure_parent(parent);
-            Node n{true, false, kNone, child_disk(grand, parent)};
-            make_dir(n.disk);
-            it = nodes_.emplace(key, std::move(n)).first;
+            std::string disk = child_disk(ensure_parent(parent), parent);
+            make_dir(disk);
+            dirs_.emplace(key, disk);
+            it = nodes_.emplace(key, Node{kNone, true, false}).first;
         }
         if (!it->second.dir) throw bad("parent is not a folder: " + parent);
         if (it->second.reparse) throw bad("parent is a symbolic link or junction: " + parent);
-        return it->second;
+        return dirs_.at(key);
     }
 
     void add_node(const LayerEntry& entry) {
         const std::string key = path_key(entry.path);
         const bool reparse = entry.type == EntryType::Symlink;
         const bool dir = is_folder(entry);
-        const Node& parent = ensure_parent(entry.path);
+        const std::string parent = ensure_parent(entry.path);
         auto it = nodes_.find(key);
         if (it != nodes_.end() && it->second.dir && entry.type == EntryType::Directory &&
             !it->second.reparse) {
             // The same folder again (or one implied earlier): new metadata, same contents.
             EntryRecord rec;
             rec.entry = entry;
-            rec.entry.path = disk_of(it->second);
+            rec.entry.path = disk_of(key, it->second);
             if (it->second.record == kNone) {
-                it->second.record = records_.add(rec);
+                it->second.record = static_cast<std::uint32_t>(records_.add(rec));
             } else {
                 rec.streams = records_.get(it->second.record).streams;
                 records_.replace(it->second.record, rec);
@@ -245,33 +254,37 @@ private:
     }
 
     void add_record(const std::string& key, const EntryRecord& rec, bool dir, bool reparse) {
-        nodes_[key] = Node{dir, reparse, records_.add(rec), {}};
+        nodes_[key] = Node{static_cast<std::uint32_t>(records_.add(rec)), dir, reparse};
+        if (dir) dirs_[key] = rec.entry.path;
     }
 
     // Removes what this layer holds at `key` (a whole subtree for a folder).
     void drop(const std::string& key) {
         auto it = nodes_.find(key);
         if (it == nodes_.end() || key.empty()) return;
-        Node node = it->second;
+        const Node node = it->second;
+        const std::string path = disk_of(key, node);
         if (node.dir) {
             const std::string prefix = key + "/";
             for (auto c = nodes_.begin(); c != nodes_.end();) {
                 if (c->first.compare(0, prefix.size(), prefix) == 0) {
                     forget(c->second.record);
+                    if (c->second.dir) dirs_.erase(c->first);
                     c = nodes_.erase(c);
                 } else {
                     ++c;
                 }
             }
-            disk([path = disk_of(node)](WriteQueue::Context& c) { c.tree.remove_tree(path); });
+            disk([path](WriteQueue::Context& c) { c.tree.remove_tree(path); });
+            dirs_.erase(key);
         } else {
-            remove_file(disk_of(node));
+            remove_file(path);
         }
         forget(node.record);
         nodes_.erase(key);
     }
 
-    void forget(std::size_t record) {
+    void forget(std::uint32_t record) {
         if (record == kNone || records_.removed(record)) return;
         records_.remove(record);
         const EntryRecord rec = records_.get(record);
@@ -324,8 +337,9 @@ private:
     std::optional<ParentChain> chain_;
     Staging staging_;
     std::optional<MetaFileWriter> meta_file_;  // after staging_: closed before the folder goes
-    std::unordered_map<std::string, Node> nodes_;
-    EntryTable records_;
+    std::unordered_map<std::string, Node> nodes_;     // by NTFS key
+    std::unordered_map<std::string, std::string> dirs_;  // folder key -> staging path
+    EntryTable records_;  // after staging_: its file is closed before the folder goes
     std::vector<std::string> tombstones_;
     std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes
     bool writing_ = false;

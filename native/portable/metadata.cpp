@@ -199,12 +199,10 @@ void encode_layer(const LayerMeta& m, const EntryTable& entries, Out& o) {
     o.u32(static_cast<std::uint32_t>(sds.size()));
     for (const auto& sd : sds) o.str(sd);
     o.u32(static_cast<std::uint32_t>(entries.live()));
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-        if (entries.removed(i)) continue;
-        std::string_view b = entries.bytes(i);
+    entries.visit_encoded([&](std::string_view b) {
         o.bytes(b.data(), b.size());
         o.checkpoint();
-    }
+    });
     o.u32(static_cast<std::uint32_t>(m.tombstones.size()));
     for (const auto& t : m.tombstones) {
         o.str(t);
@@ -297,14 +295,51 @@ EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
     Out o(scratch_);
     encode_entry(o, r, sd);
     if (blocks_.empty() || blocks_.back().capacity() - blocks_.back().size() < scratch_.size()) {
-        blocks_.emplace_back();
-        blocks_.back().reserve(std::max(kBlockBytes, scratch_.size()));
+        std::string next;
+        if (spill_ && !blocks_.empty()) {  // the full block goes to the file; its buffer is reused
+            std::string& full = blocks_.back();
+            spill_->write_at(spill_size_, reinterpret_cast<const std::uint8_t*>(full.data()), full.size());
+            spilled_at_.resize(blocks_.size(), 0);
+            spilled_size_.resize(blocks_.size(), 0);
+            spilled_at_.back() = spill_size_;
+            spilled_size_.back() = static_cast<std::uint32_t>(full.size());
+            spill_size_ += full.size();
+            next.swap(full);
+            next.clear();
+        }
+        next.reserve(std::max(kBlockBytes, scratch_.size()));
+        blocks_.push_back(std::move(next));
     }
-    std::string& block = blocks_.back();
-    Slot slot{static_cast<std::uint32_t>(blocks_.size() - 1), static_cast<std::uint32_t>(block.size()),
+    std::string& current = blocks_.back();
+    Slot slot{static_cast<std::uint32_t>(blocks_.size() - 1), static_cast<std::uint32_t>(current.size()),
               static_cast<std::uint32_t>(scratch_.size())};
-    block += scratch_;
+    current += scratch_;
     return slot;
+}
+
+const std::string& EntryTable::block(std::uint32_t b) const {
+    if (b >= spilled_at_.size() || b + 1 == blocks_.size()) return blocks_[b];
+    if (cached_[0] == b) return cache_[0];
+    if (cached_[1] != b) {
+        cache_[1].resize(spilled_size_[b]);
+        std::size_t got = 0;
+        while (got < cache_[1].size()) {
+            const std::size_t k = spill_->read_at(spilled_at_[b] + got,
+                                                  reinterpret_cast<std::uint8_t*>(&cache_[1][got]),
+                                                  cache_[1].size() - got);
+            if (k == 0) throw Error(ErrorKind::Internal, "an import's entry table file is shorter than written");
+            got += k;
+        }
+        cached_[1] = b;
+    }
+    std::swap(cache_[0], cache_[1]);
+    std::swap(cached_[0], cached_[1]);
+    return cache_[0];
+}
+
+std::string_view EntryTable::bytes(std::size_t i) const {
+    const Slot& s = slots_[i];
+    return std::string_view(block(s.block)).substr(s.offset, s.length);
 }
 
 std::size_t EntryTable::add(const EntryRecord& r) {
@@ -337,6 +372,20 @@ std::string EntryTable::path(std::size_t i) const {
     std::string_view b = bytes(i);
     In in(b.data(), b.size(), kTableName);
     return in.str();
+}
+
+void EntryTable::visit_encoded(const std::function<void(std::string_view)>& visit) const {
+    for (std::size_t i = 0; i < slots_.size(); ++i)
+        if (!slots_[i].removed) visit(bytes(i));
+}
+
+void EntryTable::visit(const std::function<void(const EntryRecord&)>& visit) const {
+    visit_encoded([&](std::string_view b) {
+        In in(b.data(), b.size(), kTableName);
+        EntryRecord r;
+        decode_entry(in, sds_, r);
+        visit(r);
+    });
 }
 
 namespace {

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -53,13 +55,16 @@ struct LayerMeta {
     std::vector<std::string> tombstones;  // layer paths ("Files/...") deleted from the parents
 };
 
-// Entry records held encoded, as in the layer section, in blocks of an arena, with a
-// table of the distinct security descriptors: an import keeps a record in its encoded
-// size (about 100 bytes) instead of several hundred of structs and strings, and writes the
-// records out as they are. Replacing a record appends its new encoding; the old bytes
-// stay until destruction (replacements are rare: a folder listed twice, a stream added).
+// Entry records held encoded, as in the layer section, in 1 MiB blocks, with a table of
+// the distinct security descriptors: an import keeps a record in its encoded size (about
+// 150 bytes) instead of several hundred of structs and strings, and writes the records out
+// as they are. Given a spill file, full blocks go there and only the block being filled
+// (and a couple read back) stay in memory. Replacing a record appends its new encoding;
+// the old bytes stay (replacements are rare: a folder listed twice, a stream added).
 class EntryTable {
 public:
+    EntryTable() = default;
+    explicit EntryTable(File spill) : spill_(std::move(spill)) {}
     std::size_t add(const EntryRecord& r);  // the record's number
     void replace(std::size_t i, const EntryRecord& r);
     void remove(std::size_t i);  // left out of the layer section
@@ -69,11 +74,11 @@ public:
     std::size_t size() const { return slots_.size(); }
     std::size_t live() const { return live_; }
     const std::deque<std::string>& security_descriptors() const { return sds_; }
-    // The encoding of record i.
-    std::string_view bytes(std::size_t i) const {
-        const Slot& s = slots_[i];
-        return std::string_view(blocks_[s.block]).substr(s.offset, s.length);
-    }
+    // The encodings of the live records, in record order.
+    void visit_encoded(const std::function<void(std::string_view)>& visit) const;
+    void visit(const std::function<void(const EntryRecord&)>& visit) const;
+    // Closes the spill file (its folder may then be removed, on Windows too).
+    void close_spill() { spill_.reset(); }
 
 private:
     struct Slot {
@@ -83,7 +88,19 @@ private:
         bool removed = false;
     };
     Slot encode(const EntryRecord& r);
-    std::vector<std::string> blocks_;  // filled up to their reserved capacity, never moved
+    std::string_view bytes(std::size_t i) const;  // the encoding of record i
+    const std::string& block(std::uint32_t b) const;
+
+    std::vector<std::string> blocks_;  // a spilled block is empty here
+    std::vector<std::uint64_t> spilled_at_;  // offset in the spill file, per spilled block
+    std::vector<std::uint32_t> spilled_size_;
+    mutable std::optional<File> spill_;
+    std::uint64_t spill_size_ = 0;
+    // Spilled blocks read back, most recent first: a record and its replacement lie in
+    // neighbouring blocks, so two are enough for a pass in record order.
+    mutable std::string cache_[2];
+    mutable std::uint32_t cached_[2] = {kNoBlock, kNoBlock};
+    static constexpr std::uint32_t kNoBlock = 0xffffffffu;
     std::string scratch_;
     std::vector<Slot> slots_;
     std::size_t live_ = 0;

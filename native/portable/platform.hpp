@@ -75,7 +75,7 @@ public:
     const std::string& root() const { return root_; }
     std::string full(const std::string& rel) const;
 
-    File create(const std::string& rel);  // a new file; fails if anything is there
+    File create(const std::string& rel);  // a new file, read-write; fails if anything is there
     File open_read(const std::string& rel);
     bool make_dir(const std::string& rel);  // false if a directory is already there
     void hard_link(const std::string& existing_rel, const std::string& new_rel);

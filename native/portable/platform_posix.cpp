@@ -304,7 +304,7 @@ Tree::~Tree() {
 std::string Tree::full(const std::string& rel) const { return rel.empty() ? root_ : root_ + "/" + rel; }
 
 File Tree::create(const std::string& rel) {
-    int fd = open_beneath(fd_of(handle_), rel, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open_beneath(fd_of(handle_), rel, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) throw Error::last_os("create", full(rel));
     return File(fd, full(rel));
 }
