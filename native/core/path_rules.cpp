@@ -169,12 +169,12 @@ std::string ntfs_fold(const std::string& path) {
     return out;
 }
 
-LayerNames::Key LayerNames::key(const std::string& path) {
+NameKey name_key(const std::string& path) {
     Sha256 h;
     std::string folded = ntfs_fold(path);
     h.update(folded.data(), folded.size());
     Sha256::Digest d = h.digest();
-    Key k{0, 0};
+    NameKey k;
     for (int i = 0; i < 8; ++i) {
         k.hi = (k.hi << 8) | d[static_cast<std::size_t>(i)];
         k.lo = (k.lo << 8) | d[static_cast<std::size_t>(i + 8)];
@@ -183,13 +183,13 @@ LayerNames::Key LayerNames::key(const std::string& path) {
 }
 
 bool LayerNames::add(const std::string& path, Kind kind, Kind* previous) {
-    auto [it, inserted] = names_.emplace(key(path), kind);
+    auto [it, inserted] = names_.emplace(name_key(path), kind);
     if (!inserted && previous) *previous = it->second;
     return inserted;
 }
 
 const LayerNames::Kind* LayerNames::find(const std::string& path) const {
-    auto it = names_.find(key(path));
+    auto it = names_.find(name_key(path));
     return it == names_.end() ? nullptr : &it->second;
 }
 

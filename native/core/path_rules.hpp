@@ -44,6 +44,18 @@ char32_t ntfs_upcase(char32_t c);
 // `path` with every character passed through ntfs_upcase (path must be valid UTF-8).
 std::string ntfs_fold(const std::string& path);
 
+// A 128-bit digest (truncated SHA-256) of a name folded with ntfs_fold: the compact key of
+// name indexes, which then cost the same whatever the names' length. Finding two names
+// with one key takes about 2^64 work, so a key stands for its name.
+struct NameKey {
+    std::uint64_t hi = 0, lo = 0;
+    bool operator==(const NameKey& o) const { return hi == o.hi && lo == o.lo; }
+};
+struct NameKeyHash {
+    std::size_t operator()(const NameKey& k) const { return static_cast<std::size_t>(k.lo); }
+};
+NameKey name_key(const std::string& path);  // of ntfs_fold(path)
+
 // The names one layer defines, compared as NTFS compares them. A name costs about 50
 // bytes whatever its length (a 128-bit digest of the folded name in a hash table, not
 // the name): a million entries take about 50 MB.
@@ -59,16 +71,7 @@ public:
     std::size_t size() const { return names_.size(); }
 
 private:
-    struct Key {
-        std::uint64_t hi, lo;
-        bool operator==(const Key& o) const { return hi == o.hi && lo == o.lo; }
-    };
-    struct KeyHash {
-        std::size_t operator()(const Key& k) const { return static_cast<std::size_t>(k.lo); }
-    };
-    static Key key(const std::string& path);
-
-    std::unordered_map<Key, Kind, KeyHash> names_;
+    std::unordered_map<NameKey, Kind, NameKeyHash> names_;
 };
 
 const char* layer_name_kind(LayerNames::Kind kind);

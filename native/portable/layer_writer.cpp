@@ -29,8 +29,8 @@ public:
           meta_file_(std::in_place, staging_.tree().create(kMetaFileName)),
           records_(staging_.tree().create(kRecordsFile)),
           io_(std::make_unique<WriteQueue>(staging_.tree())) {
-        nodes_.emplace("", Node{kNone, true, false});
-        dirs_.emplace("", "");
+        nodes_.emplace(name_key(""), Node{kNone, true, false});
+        dirs_.emplace(name_key(""), "");
     }
     ~PortableLayerWriter() override { abort(); }
 
@@ -59,12 +59,11 @@ public:
 
     void add_link(const std::string& path, const std::string& target) override {
         close_current();
-        const std::string key = path_key(path), tkey = path_key(target);
-        if (key == tkey) throw bad("hard link to itself");
+        if (name_key(path) == name_key(target)) throw bad("hard link to itself");
         EntryRecord rec;
         const std::string parent = ensure_parent(path);
-        drop(key);  // first: `t` must not point into what it removes
-        auto t = nodes_.find(tkey);
+        drop(path);  // first: `t` must not point into what it removes
+        auto t = nodes_.find(name_key(target));
         if (t != nodes_.end()) {
             if (t->second.dir) throw bad("hard link target is not a file: " + target);
             EntryRecord target_rec = records_.get(t->second.record);
@@ -104,12 +103,12 @@ public:
                 c.tree.copy_in(from, to);
             });
         }
-        add_record(key, rec, false, false);
+        add_record(path, rec, false, false);
     }
 
     void remove(const std::string& path) override {
         close_current();
-        drop(path_key(path));
+        drop(path);
         tombstones_.push_back(path);
     }
 
@@ -118,7 +117,7 @@ public:
     void commit(const CommitInfo& info) override {
         close_current();
         for (const char* top : {"Files", "Hives"})
-            if (!nodes_.count(path_key(top))) make_dir(top);
+            if (!nodes_.count(name_key(top))) make_dir(top);
         records_.visit([&](const EntryRecord& r) {
             // Folder times last: creating their children changed them.
             if (is_folder(r.entry))
@@ -173,7 +172,7 @@ private:
     }
 
     // The path in the staging tree of the node at `key`, as first spelled.
-    std::string disk_of(const std::string& key, const Node& n) const {
+    std::string disk_of(const NameKey& key, const Node& n) const {
         return n.dir ? dirs_.at(key) : records_.path(n.record);
     }
 
@@ -182,7 +181,7 @@ private:
     std::string ensure_parent(const std::string& path) {
         std::size_t slash = path.rfind('/');
         std::string parent = slash == std::string::npos ? "" : path.substr(0, slash);
-        std::string key = path_key(parent);
+        const NameKey key = name_key(parent);
         auto it = nodes_.find(key);
         if (it == nodes_.end()) {
             std::string disk = child_disk(ensure_parent(parent), parent);
@@ -196,7 +195,7 @@ private:
     }
 
     void add_node(const LayerEntry& entry) {
-        const std::string key = path_key(entry.path);
+        const NameKey key = name_key(entry.path);
         const bool reparse = entry.type == EntryType::Symlink;
         const bool dir = is_folder(entry);
         const std::string parent = ensure_parent(entry.path);
@@ -215,20 +214,20 @@ private:
             }
             return;
         }
-        drop(key);
+        drop(entry.path);
         EntryRecord rec;
         rec.entry = entry;
         rec.entry.path = child_disk(parent, entry.path);
         if (dir) make_dir(rec.entry.path);
         else open_file(rec.entry.path, entry.type == EntryType::File ? entry.size : 0, entry.times);
         if (entry.type != EntryType::File) rec.entry.size = 0;
-        add_record(key, rec, dir, reparse);
+        add_record(entry.path, rec, dir, reparse);
     }
 
     void add_stream(const LayerEntry& entry) {
         std::string file, stream;
         if (!split_stream_path(entry.path, file, stream)) throw bad("not an alternate stream name");
-        auto it = nodes_.find(path_key(file));
+        auto it = nodes_.find(name_key(file));
         if (it == nodes_.end() || it->second.record == kNone)
             throw bad("alternate data stream of a file that this layer does not hold: " + file);
         EntryRecord rec = records_.get(it->second.record);
@@ -253,32 +252,46 @@ private:
         return std::string(kStreamsDirName) + "/" + std::to_string(blob);
     }
 
-    void add_record(const std::string& key, const EntryRecord& rec, bool dir, bool reparse) {
+    void add_record(const std::string& path, const EntryRecord& rec, bool dir, bool reparse) {
+        const NameKey key = name_key(path);
         nodes_[key] = Node{static_cast<std::uint32_t>(records_.add(rec)), dir, reparse};
         if (dir) dirs_[key] = rec.entry.path;
     }
 
-    // Removes what this layer holds at `key` (a whole subtree for a folder).
-    void drop(const std::string& key) {
+    // Removes what this layer holds at `path` (a whole subtree for a folder).
+    void drop(const std::string& path) {
+        const NameKey key = name_key(path);
         auto it = nodes_.find(key);
-        if (it == nodes_.end() || key.empty()) return;
+        if (it == nodes_.end() || path.empty()) return;
         const Node node = it->second;
-        const std::string path = disk_of(key, node);
+        const std::string disk_path = disk_of(key, node);
         if (node.dir) {
-            const std::string prefix = key + "/";
-            for (auto c = nodes_.begin(); c != nodes_.end();) {
-                if (c->first.compare(0, prefix.size(), prefix) == 0) {
-                    forget(c->second.record);
-                    if (c->second.dir) dirs_.erase(c->first);
-                    c = nodes_.erase(c);
+            // Names are keyed by digest: the subtree is found by the paths of the records
+            // and of the folders without one (rare: a folder replaced or deleted again).
+            const std::string prefix = path_key(path) + "/";
+            auto below = [&](const std::string& p) { return path_key(p).compare(0, prefix.size(), prefix) == 0; };
+            for (std::size_t i = 0; i < records_.size(); ++i) {
+                if (records_.removed(i)) continue;
+                const std::string p = records_.path(i);
+                if (!below(p)) continue;
+                const NameKey k = name_key(p);
+                auto n = nodes_.find(k);
+                if (n != nodes_.end() && n->second.record == i) nodes_.erase(n);
+                dirs_.erase(k);
+                forget(static_cast<std::uint32_t>(i));
+            }
+            for (auto d = dirs_.begin(); d != dirs_.end();) {
+                if (below(d->second)) {
+                    nodes_.erase(d->first);
+                    d = dirs_.erase(d);
                 } else {
-                    ++c;
+                    ++d;
                 }
             }
-            disk([path](WriteQueue::Context& c) { c.tree.remove_tree(path); });
+            disk([disk_path](WriteQueue::Context& c) { c.tree.remove_tree(disk_path); });
             dirs_.erase(key);
         } else {
-            remove_file(path);
+            remove_file(disk_path);
         }
         forget(node.record);
         nodes_.erase(key);
@@ -337,8 +350,8 @@ private:
     std::optional<ParentChain> chain_;
     Staging staging_;
     std::optional<MetaFileWriter> meta_file_;  // after staging_: closed before the folder goes
-    std::unordered_map<std::string, Node> nodes_;     // by NTFS key
-    std::unordered_map<std::string, std::string> dirs_;  // folder key -> staging path
+    std::unordered_map<NameKey, Node, NameKeyHash> nodes_;
+    std::unordered_map<NameKey, std::string, NameKeyHash> dirs_;  // a folder's staging path
     EntryTable records_;  // after staging_: its file is closed before the folder goes
     std::vector<std::string> tombstones_;
     std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes

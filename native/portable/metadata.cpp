@@ -197,7 +197,10 @@ void encode_layer(const LayerMeta& m, const EntryTable& entries, Out& o) {
     for (const auto& p : m.parents) o.str(p);
     const auto& sds = entries.security_descriptors();
     o.u32(static_cast<std::uint32_t>(sds.size()));
-    for (const auto& sd : sds) o.str(sd);
+    for (const auto& sd : sds) {
+        o.str(sd);
+        o.checkpoint();
+    }
     o.u32(static_cast<std::uint32_t>(entries.live()));
     entries.visit_encoded([&](std::string_view b) {
         o.bytes(b.data(), b.size());
