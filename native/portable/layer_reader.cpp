@@ -58,42 +58,121 @@ private:
     std::optional<Tree> tree_;
 };
 
+// The items of an export, in any order; ItemReader puts them in canonical order.
+class ItemSource {
+public:
+    virtual ~ItemSource() = default;
+    virtual std::size_t size() const = 0;
+    virtual ExportItem item(std::size_t i) const = 0;
+};
+
+class VectorItems : public ItemSource {
+public:
+    explicit VectorItems(std::vector<ExportItem> items) : items_(std::move(items)) {}
+    std::size_t size() const override { return items_.size(); }
+    ExportItem item(std::size_t i) const override { return items_[i]; }
+
+private:
+    std::vector<ExportItem> items_;
+};
+
+std::string blob_file(const std::string& layer_dir, std::uint32_t blob) {
+    return join(join(layer_dir, kStreamsDirName), std::to_string(blob));
+}
+
+// The items of a stored layer, made from its records when asked for: a record, each of
+// its alternate streams, each tombstone.
+class StoredItems : public ItemSource {
+public:
+    explicit StoredItems(const std::string& layer_dir)
+        : dir_(layer_dir), entries_(layer_dir, [this](const EntryRecord& r) {
+              const auto record = static_cast<std::uint32_t>(refs_.empty() ? 0 : refs_.back().record + 1);
+              refs_.push_back({record, kMain});
+              for (std::size_t s = 0; s < r.streams.size(); ++s)
+                  refs_.push_back({record, static_cast<std::int32_t>(s)});
+          }) {
+        for (std::size_t t = 0; t < entries_.tombstones().size(); ++t)
+            refs_.push_back({static_cast<std::uint32_t>(t), kTombstone});
+    }
+
+    std::size_t size() const override { return refs_.size(); }
+
+    ExportItem item(std::size_t i) const override {
+        const Ref ref = refs_[i];
+        ExportItem it;
+        if (ref.sub == kTombstone) {
+            it.entry.path = entries_.tombstones()[ref.record];
+            it.entry.type = EntryType::Whiteout;
+            return it;
+        }
+        EntryRecord r = entries_.get(ref.record);
+        if (ref.sub >= 0) {
+            const StreamRecord& s = r.streams[static_cast<std::size_t>(ref.sub)];
+            it.entry.path = r.entry.path + ":" + s.name;
+            it.entry.type = EntryType::AlternateStream;
+            it.entry.size = s.size;
+            it.data = blob_file(dir_, s.blob);
+            return it;
+        }
+        it.entry = std::move(r.entry);
+        if (r.parent_link) {
+            it.entry.type = EntryType::HardLink;
+            it.entry.size = 0;
+        } else if (it.entry.type == EntryType::File) {
+            it.data = join(dir_, it.entry.path);
+            it.group = r.group;
+        }
+        return it;
+    }
+
+private:
+    static constexpr std::int32_t kMain = -1, kTombstone = -2;
+    struct Ref {
+        std::uint32_t record;  // or tombstone number
+        std::int32_t sub;      // kMain, kTombstone or a stream's index
+    };
+    std::string dir_;
+    std::vector<Ref> refs_;  // before entries_: filled while it is read
+    StoredEntries entries_;
+};
+
+// Yields a source's items in canonical order. Only the order (4 bytes an item) is kept
+// after sorting; each item is made again when its turn comes.
 class ItemReader : public LayerReader {
 public:
-    explicit ItemReader(std::vector<ExportItem> items) : items_(std::move(items)) {
-        sort_items();
-        std::unordered_map<std::uint32_t, std::string> leaders;  // group -> first name
-        std::string skip_streams_of;
-        std::size_t kept = 0;
-        for (std::size_t i = 0; i < items_.size(); ++i) {
-            ExportItem& it = items_[i];
-            if (it.entry.type == EntryType::AlternateStream) {
-                std::string file, stream;
-                split_stream_path(it.entry.path, file, stream);
-                if (file == skip_streams_of) continue;  // a link's streams are the file's
-            } else {
-                skip_streams_of.clear();
-            }
-            if (it.group != 0 && it.entry.type == EntryType::File) {
-                auto [leader, first] = leaders.emplace(it.group, it.entry.path);
-                if (!first) {
-                    it.entry.type = EntryType::HardLink;
-                    it.entry.link_target = leader->second;
-                    it.entry.size = 0;
-                    it.data.clear();
-                    skip_streams_of = it.entry.path;
-                }
-            }
-            if (kept != i) items_[kept] = std::move(it);
-            ++kept;
-        }
-        items_.resize(kept);
+    explicit ItemReader(std::unique_ptr<ItemSource> source) : source_(std::move(source)) {
+        std::vector<std::pair<std::string, std::uint32_t>> keyed;
+        keyed.reserve(source_->size());
+        for (std::size_t i = 0; i < source_->size(); ++i)
+            keyed.emplace_back(sort_key(source_->item(i)), static_cast<std::uint32_t>(i));
+        std::sort(keyed.begin(), keyed.end());
+        order_.reserve(keyed.size());
+        for (const auto& k : keyed) order_.push_back(k.second);
     }
 
     bool next(LayerEntry& entry) override {
         current_ = File();
-        if (pos_ >= items_.size()) return false;
-        const ExportItem& it = items_[pos_++];
+        ExportItem it;
+        for (;;) {
+            if (pos_ >= order_.size()) return false;
+            it = source_->item(order_[pos_++]);
+            if (it.entry.type != EntryType::AlternateStream) break;
+            std::string file, stream;
+            split_stream_path(it.entry.path, file, stream);
+            if (file != skip_streams_of_) break;  // a link's streams are the file's
+        }
+        if (it.entry.type != EntryType::AlternateStream) skip_streams_of_.clear();
+        // The first name of a hard-link group carries the data; the others link to it.
+        if (it.group != 0 && it.entry.type == EntryType::File) {
+            auto [leader, first] = leaders_.emplace(it.group, it.entry.path);
+            if (!first) {
+                it.entry.type = EntryType::HardLink;
+                it.entry.link_target = leader->second;
+                it.entry.size = 0;
+                it.data.clear();
+                skip_streams_of_ = it.entry.path;
+            }
+        }
         entry = it.entry;
         remaining_ = 0;
         if (!it.data.empty() &&
@@ -121,94 +200,30 @@ public:
     }
 
 private:
-    // Sorts items_ by sort_key, in place: the keys are made once, and the items are moved
-    // along the cycles of the permutation rather than into a second vector.
-    void sort_items() {
-        std::vector<std::pair<std::string, std::size_t>> order;
-        order.reserve(items_.size());
-        for (std::size_t i = 0; i < items_.size(); ++i) order.emplace_back(sort_key(items_[i]), i);
-        std::sort(order.begin(), order.end());
-        std::vector<std::size_t> from(order.size());
-        for (std::size_t k = 0; k < order.size(); ++k) from[k] = order[k].second;
-        order.clear();
-        order.shrink_to_fit();
-        for (std::size_t start = 0; start < from.size(); ++start) {
-            if (from[start] == start) continue;
-            ExportItem held = std::move(items_[start]);
-            std::size_t k = start;
-            while (from[k] != start) {
-                const std::size_t next = from[k];
-                items_[k] = std::move(items_[next]);
-                from[k] = k;
-                k = next;
-            }
-            items_[k] = std::move(held);
-            from[k] = k;
-        }
-    }
-
-    std::vector<ExportItem> items_;
+    std::unique_ptr<ItemSource> source_;
+    std::vector<std::uint32_t> order_;
     std::size_t pos_ = 0;
+    std::unordered_map<std::uint32_t, std::string> leaders_;  // group -> first name
+    std::string skip_streams_of_;
     DataOpener opener_;
     File current_;
     std::uint64_t remaining_ = 0;
 };
 
-std::string blob_file(const std::string& layer_dir, std::uint32_t blob) {
-    return join(join(layer_dir, kStreamsDirName), std::to_string(blob));
-}
-
-// The export items of a stored layer; takes what it can from `meta` (its entries are
-// moved from).
-std::vector<ExportItem> layer_items(const std::string& layer_dir, LayerMeta& meta) {
-    std::vector<ExportItem> items;
-    std::size_t count = meta.entries.size() + meta.tombstones.size();
-    for (const auto& r : meta.entries) count += r.streams.size();
-    items.reserve(count);
-    for (auto& r : meta.entries) {
-        ExportItem it;
-        it.entry = std::move(r.entry);
-        if (r.parent_link) {
-            it.entry.type = EntryType::HardLink;
-            it.entry.size = 0;
-        } else if (it.entry.type == EntryType::File) {
-            it.data = join(layer_dir, it.entry.path);
-            it.group = r.group;
-        }
-        const std::string path = r.streams.empty() ? std::string() : it.entry.path;
-        items.push_back(std::move(it));
-        for (const auto& s : r.streams) {
-            ExportItem st;
-            st.entry.path = path + ":" + s.name;
-            st.entry.type = EntryType::AlternateStream;
-            st.entry.size = s.size;
-            st.data = blob_file(layer_dir, s.blob);
-            items.push_back(std::move(st));
-        }
-    }
-    for (const auto& t : meta.tombstones) {
-        ExportItem it;
-        it.entry.path = t;
-        it.entry.type = EntryType::Whiteout;
-        items.push_back(std::move(it));
-    }
-    return items;
-}
-
 class StoredPayloads : public PayloadStore {
 public:
-    explicit StoredPayloads(std::string layer_dir) : dir_(std::move(layer_dir)), meta_(read_meta(dir_)) {
-        for (std::size_t i = 0; i < meta_.entries.size(); ++i)
-            index_.emplace(path_key(meta_.entries[i].entry.path), i);
-    }
+    explicit StoredPayloads(std::string layer_dir)
+        : dir_(std::move(layer_dir)), entries_(dir_, [this](const EntryRecord& r) {
+              index_.emplace(name_key(r.entry.path), static_cast<std::uint32_t>(index_.size()));
+          }) {}
 
     std::unique_ptr<Source> open(const std::string& entry_name, std::uint64_t size) override {
         std::string file = entry_name, stream;
         bool is_stream = split_stream_path(entry_name, file, stream);
-        auto it = index_.find(path_key(file));
+        auto it = index_.find(name_key(file));
         std::string data;
         if (it != index_.end()) {
-            const EntryRecord& r = meta_.entries[it->second];
+            const EntryRecord r = entries_.get(it->second);
             if (!is_stream) {
                 data = join(dir_, r.entry.path);
             } else {
@@ -229,20 +244,19 @@ public:
 
 private:
     std::string dir_;
-    LayerMeta meta_;
-    std::unordered_map<std::string, std::size_t> index_;
+    std::unordered_map<NameKey, std::uint32_t, NameKeyHash> index_;  // before entries_
+    StoredEntries entries_;
     DataOpener opener_;
 };
 
 }  // namespace
 
 std::unique_ptr<LayerReader> make_item_reader(std::vector<ExportItem> items) {
-    return std::make_unique<ItemReader>(std::move(items));
+    return std::make_unique<ItemReader>(std::make_unique<VectorItems>(std::move(items)));
 }
 
 std::unique_ptr<LayerReader> make_layer_reader(const std::string& layer_dir) {
-    LayerMeta meta = read_meta(layer_dir);
-    return make_item_reader(layer_items(layer_dir, meta));
+    return std::make_unique<ItemReader>(std::make_unique<StoredItems>(layer_dir));
 }
 
 std::unique_ptr<PayloadStore> make_payload_store(const std::string& layer_dir) {

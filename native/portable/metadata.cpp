@@ -88,11 +88,13 @@ public:
         for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<std::uint8_t>(b[i]);
         return v;
     }
-    std::string str() {
+    std::string str() { return std::string(view()); }
+    std::string_view view() {
         std::uint32_t n = u32();
         const char* b = take(n);
-        return std::string(b, n);
+        return std::string_view(b, n);
     }
+    const char* position() const { return p_; }
     // A count of items, each at least `min_item` bytes: bounded by what is left.
     std::uint32_t count(std::size_t min_item) {
         std::uint32_t n = u32();
@@ -219,8 +221,8 @@ EntryTable table_of(const LayerMeta& m) {
     return t;
 }
 
-LayerMeta decode_layer(In& in) {
-    LayerMeta m;
+// The layer section's fields before its security-descriptor table.
+void decode_head(In& in, LayerMeta& m) {
     std::uint8_t kind = in.u8();
     if (kind > 1) in.fail("unknown layer kind");
     m.kind = static_cast<LayerKind>(kind);
@@ -229,6 +231,11 @@ LayerMeta decode_layer(In& in) {
     m.size = in.u64();
     m.size_limit = in.u64();
     for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) m.parents.push_back(in.str());
+}
+
+LayerMeta decode_layer(In& in) {
+    LayerMeta m;
+    decode_head(in, m);
     std::vector<std::string> sds;
     for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) sds.push_back(in.str());
     std::uint32_t n = in.count(kMinEntryBytes);
@@ -482,6 +489,39 @@ LayerMeta read_meta(const std::string& layer_dir) {
 }
 
 std::string read_tar_split(const std::string& layer_dir) { return read_section(layer_dir, 1); }
+
+LayerMeta read_meta_head(const std::string& layer_dir) {
+    const std::string bytes = read_section(layer_dir, 0);
+    In in(bytes.data(), bytes.size(), meta_path(layer_dir));
+    LayerMeta m;
+    decode_head(in, m);
+    return m;
+}
+
+StoredEntries::StoredEntries(const std::string& layer_dir, const std::function<void(const EntryRecord&)>& each)
+    : bytes_(read_section(layer_dir, 0)), path_(meta_path(layer_dir)) {
+    In in(bytes_.data(), bytes_.size(), path_);
+    LayerMeta head;
+    decode_head(in, head);
+    for (std::uint32_t i = 0, n = in.count(4); i < n; ++i) sds_.push_back(in.view());
+    const std::uint32_t n = in.count(kMinEntryBytes);
+    offsets_.reserve(n);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        offsets_.push_back(static_cast<std::uint64_t>(in.position() - bytes_.data()));
+        EntryRecord r;
+        decode_entry(in, sds_, r);  // every record is checked now, not when its turn comes
+        if (each) each(r);
+    }
+    for (std::uint32_t i = 0, k = in.count(4); i < k; ++i) tombstones_.push_back(in.str());
+    if (!in.done()) in.fail("unexpected bytes after the layer section");
+}
+
+EntryRecord StoredEntries::get(std::size_t i) const {
+    In in(bytes_.data() + offsets_[i], bytes_.size() - offsets_[i], path_);
+    EntryRecord r;
+    decode_entry(in, sds_, r);
+    return r;
+}
 
 void write_meta(const std::string& layer_dir, const LayerMeta& meta, const std::string& tar_split) {
     write_file_atomic(meta_path(layer_dir), encode_meta(meta, tar_split));

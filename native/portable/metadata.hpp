@@ -138,6 +138,30 @@ private:
 // Reads `<layer_dir>/winlayer.meta`. A missing file is StoreCorrupt too: every layer has one.
 LayerMeta read_meta(const std::string& layer_dir);
 std::string read_tar_split(const std::string& layer_dir);  // StoreCorrupt likewise
+// read_meta without the entries and tombstones (not decoded; the section is still checked).
+LayerMeta read_meta_head(const std::string& layer_dir);
+// The entries of `<layer_dir>/winlayer.meta` kept as stored and decoded one at a time: an
+// export holds the layer section's bytes (a record in about 150 bytes, each security
+// descriptor once) instead of every record decoded. All of it is checked on reading, and
+// `each` sees every record then. Throws Error(StoreCorrupt) as read_meta does.
+class StoredEntries {
+public:
+    explicit StoredEntries(const std::string& layer_dir,
+                           const std::function<void(const EntryRecord&)>& each = nullptr);
+    StoredEntries(const StoredEntries&) = delete;  // sds_ points into bytes_
+    StoredEntries& operator=(const StoredEntries&) = delete;
+    std::size_t size() const { return offsets_.size(); }
+    EntryRecord get(std::size_t i) const;
+    const std::vector<std::string>& tombstones() const { return tombstones_; }
+
+private:
+    std::string bytes_;
+    std::string path_;
+    std::vector<std::string_view> sds_;  // into bytes_
+    std::vector<std::uint64_t> offsets_;
+    std::vector<std::string> tombstones_;
+};
+
 // Replaces `<layer_dir>/winlayer.meta` atomically (temporary file + rename, synced).
 void write_meta(const std::string& layer_dir, const LayerMeta& meta, const std::string& tar_split);
 

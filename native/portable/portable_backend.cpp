@@ -96,7 +96,7 @@ public:
 
     void prepare_layer(const DriverInfo& info, const std::string& id, const LayerChain& parents) override {
         LayerRef ref = existing(info, id);
-        LayerMeta meta = read_meta(ref.dir);
+        LayerMeta meta = read_meta_head(ref.dir);
         PreparedState state{"folder", parents};
         if (meta.kind == LayerKind::Sandbox) {
             prepare_sandbox(ref, parents);
@@ -109,7 +109,7 @@ public:
         LayerRef ref = existing(info, id);
         // No early return when the prepared file is missing: a process killed inside
         // prepare_layer may have mounted the view before it wrote that file.
-        if (read_meta(ref.dir).kind == LayerKind::Sandbox) unprepare_sandbox(ref);
+        if (read_meta_head(ref.dir).kind == LayerKind::Sandbox) unprepare_sandbox(ref);
         remove_tree(join(ref.dir, kPreparedFile));
     }
 
@@ -146,13 +146,13 @@ public:
     std::unique_ptr<LayerReader> export_reader(const DriverInfo& info, const std::string& id,
                                                const LayerChain& parents) override {
         LayerRef ref = existing(info, id);
-        if (read_meta(ref.dir).kind == LayerKind::Sandbox) return sandbox_diff_reader(ref, parents);
+        if (read_meta_head(ref.dir).kind == LayerKind::Sandbox) return sandbox_diff_reader(ref, parents);
         return make_layer_reader(ref.dir);
     }
 
     std::string tar_split(const DriverInfo& info, const std::string& id) override {
         LayerRef ref = existing(info, id);
-        if (!read_meta(ref.dir).imported)
+        if (!read_meta_head(ref.dir).imported)
             throw Error(ErrorKind::InvalidArgument,
                         "layer was not imported, so there is no original tar to give back; export it canonically")
                 .with_path(ref.id);
