@@ -260,6 +260,31 @@ def test_damaged_metadata_is_store_corrupt(backend: _hcs.Backend, info: _hcs.Dri
         _export(backend, info, "base")
 
 
+def test_damaged_tar_split_section_fails_the_original_export(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """The tar-split section is streamed, not read whole: its checksum is checked at its
+    end, and the record is checked whole before the first byte of the export."""
+    backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
+    meta = Path(info.home, "base", "winlayer.meta")
+    good = meta.read_bytes()
+    split_at = int.from_bytes(good[16 + 48 : 24 + 48], "little")  # section 1's offset
+    split_len = int.from_bytes(good[24 + 48 : 32 + 48], "little")
+    at = split_at + split_len // 2
+    meta.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1 :])
+    with (
+        backend.export_layer(info, "base", [], True) as stream,
+        pytest.raises(StoreCorrupt, match="checksum") as exc,
+    ):
+        stream.read(1)
+    assert exc.value.path == str(meta)
+    meta.write_bytes(good[: split_at + split_len - 1])  # shorter than its header says
+    with pytest.raises(StoreCorrupt):
+        _export(backend, info, "base", original=True)
+    meta.write_bytes(good)
+    assert _export(backend, info, "base", original=True) == base_layer()
+
+
 def test_size_limit_is_enforced_on_export(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
     backend.import_layer(info, "base", [], io.BytesIO(base_layer()))
     chain = [os.path.join(info.home, "base")]

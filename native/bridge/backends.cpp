@@ -59,13 +59,13 @@ py::object export_layer(const BackendPtr& backend, const DriverInfo& info, const
     // first read; the tar is produced on the stream's own thread.
     std::function<void(Sink&)> producer;
     if (original) {
-        auto [split, payloads] = nogil([&] {
-            std::string record = backend->tar_split(info, id);
-            return std::make_pair(std::make_shared<std::string>(std::move(record)),
+        auto [open_record, payloads] = nogil([&] {
+            Backend::RecordOpener opener = backend->tar_split(info, id);  // first: it fails fastest
+            return std::make_pair(std::move(opener),
                                   std::shared_ptr<PayloadStore>(backend->payloads(info, id, parents)));
         });
-        producer = [backend, split = split, payloads = payloads](Sink& out) {
-            rebuild_layer_tar(*split, *payloads, out);
+        producer = [backend, open_record = open_record, payloads = payloads](Sink& out) {
+            rebuild_layer_tar(open_record, *payloads, out);
         };
     } else {
         std::shared_ptr<LayerReader> reader = nogil([&] { return backend->export_reader(info, id, parents); });

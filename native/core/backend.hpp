@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,7 +54,10 @@ public:
     virtual std::unique_ptr<LayerReader> export_reader(const DriverInfo& info, const std::string& id,
                                                        const LayerChain& parents) = 0;
     // The imported tar's tar-split record and payloads, for an original (byte-exact) export.
-    virtual std::string tar_split(const DriverInfo& info, const std::string& id) = 0;
+    // tar_split returns an opener: each call reads the record again from its start (an
+    // export reads it twice); a layer without a record fails here, not in the opener.
+    using RecordOpener = std::function<std::unique_ptr<Source>()>;
+    virtual RecordOpener tar_split(const DriverInfo& info, const std::string& id) = 0;
     virtual std::unique_ptr<PayloadStore> payloads(const DriverInfo& info, const std::string& id,
                                                    const LayerChain& parents) = 0;
 

@@ -60,5 +60,9 @@ void export_layer_tar(LayerReader& reader, Sink& out);
 
 // Writes the original tar, byte for byte, from its tar-split record and payloads.
 void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sink& out);
+// The same with the record read from the start by each call of `open_record` (twice: a
+// check of the whole record, then the rebuild), never held whole.
+void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_record, PayloadStore& payloads,
+                       Sink& out);
 
 }  // namespace winlayer

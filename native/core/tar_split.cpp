@@ -6,6 +6,7 @@
 
 #include "error.hpp"
 #include "layer_tar.hpp"
+#include "memory_io.hpp"
 #include "sha256_worker.hpp"
 
 namespace winlayer {
@@ -51,28 +52,32 @@ struct Record {
     std::uint64_t distance = 0;             // MATCH (count = length)
 };
 
+// Reads a record from a Source through a buffer of its own: a record is never held
+// whole, only the one being decoded (a literal is at most kMaxLiteral bytes).
 class Parser {
 public:
-    explicit Parser(const std::string& rec) : rec_(rec) {
-        if (rec.size() < 5 || rec.compare(0, 4, kMagic) != 0) corrupt("bad magic", 0);
-        version_ = static_cast<std::uint8_t>(rec[4]);
+    explicit Parser(Source& src) : src_(src) {
+        if (!have(5) || std::memcmp(buf_.data() + pos_, kMagic, 4) != 0) corrupt("bad magic", 0);
+        version_ = static_cast<std::uint8_t>(buf_[pos_ + 4]);
         if (version_ != 1 && version_ != kTarSplitVersion)
             corrupt("unknown version " + std::to_string(version_), 4);
-        pos_ = 5;
+        skip(5);
     }
 
-    // Decodes the next record; false once END has been returned.
+    // Decodes the next record; false once END has been returned. Pointers in `r` stay
+    // valid until the next call.
     bool next(Record& r) {
         if (ended_) return false;
-        if (pos_ >= rec_.size()) corrupt("missing END record", pos_);
-        const std::size_t at = pos_;
-        r.tag = static_cast<std::uint8_t>(rec_[pos_++]);
+        if (!have(1)) corrupt("missing END record", offset());
+        const std::uint64_t at = offset();
+        r.tag = static_cast<std::uint8_t>(buf_[pos_]);
+        skip(1);
         switch (r.tag) {
         case kLiteral:
             r.count = varint();
-            if (r.count == 0 || r.count > rec_.size() - pos_) corrupt("bad literal length", at);
-            r.literal = rec_.data() + pos_;
-            pos_ += static_cast<std::size_t>(r.count);
+            if (r.count == 0 || r.count > kMaxLiteral || !have(r.count)) corrupt("bad literal length", at);
+            r.literal = buf_.data() + pos_;
+            skip(r.count);
             history_ += r.count;
             break;
         case kMatch:
@@ -94,10 +99,10 @@ public:
             r.payload.entry_index = any_payload_ ? last_index_ + delta : delta;
             const std::uint64_t shared = varint();
             const std::uint64_t suffix = varint();
-            if (shared > last_name_.size() || suffix > rec_.size() - pos_) corrupt("bad payload name", at);
+            if (shared > last_name_.size() || suffix > kMaxLiteral || !have(suffix)) corrupt("bad payload name", at);
             r.payload.name = last_name_.substr(0, static_cast<std::size_t>(shared));
-            r.payload.name.append(rec_, pos_, static_cast<std::size_t>(suffix));
-            pos_ += static_cast<std::size_t>(suffix);
+            r.payload.name.append(buf_.data() + pos_, static_cast<std::size_t>(suffix));
+            skip(suffix);
             r.payload.size = varint();
             r.count = r.payload.size;
             last_name_ = r.payload.name;
@@ -107,10 +112,12 @@ public:
         }
         case kEnd:
             r.count = varint();
-            if (rec_.size() - pos_ != 32) corrupt("bad END record", at);
+            if (!have(32)) corrupt("bad END record", at);
+            std::memcpy(end_digest_, buf_.data() + pos_, 32);  // have() below may move buf_
+            r.digest = end_digest_;
+            skip(32);
+            if (have(1)) corrupt("bad END record", at);  // nothing may follow it
             if (r.count != total_) corrupt("sizes do not add up to the recorded total", at);
-            r.digest = reinterpret_cast<const std::uint8_t*>(rec_.data() + pos_);
-            pos_ += 32;
             ended_ = true;
             break;
         default:
@@ -124,20 +131,53 @@ public:
     }
 
 private:
+    // Longer literals and payload names are damage: the writer records one entry's
+    // headers (at most a few MiB) between two payloads.
+    static constexpr std::uint64_t kMaxLiteral = std::uint64_t(64) << 20;
+    static constexpr std::size_t kRead = 256 * 1024;
+
+    // Whether `n` bytes are there at pos_, reading more (and moving what is left to the
+    // front) as needed.
+    bool have(std::uint64_t n) {
+        if (end_ - pos_ >= n) return true;
+        if (eof_) return false;
+        if (pos_ > 0) {
+            std::memmove(buf_.data(), buf_.data() + pos_, end_ - pos_);
+            consumed_ += pos_;
+            end_ -= pos_;
+            pos_ = 0;
+        }
+        while (end_ < n && !eof_) {
+            if (buf_.size() < std::max<std::size_t>(static_cast<std::size_t>(n), end_ + kRead))
+                buf_.resize(std::max<std::size_t>(static_cast<std::size_t>(n), end_ + kRead));
+            const std::size_t got =
+                src_.read(reinterpret_cast<std::uint8_t*>(buf_.data() + end_), buf_.size() - end_);
+            if (got == 0) eof_ = true;
+            end_ += got;
+        }
+        return end_ >= n;
+    }
+    void skip(std::uint64_t n) { pos_ += static_cast<std::size_t>(n); }
+    std::uint64_t offset() const { return consumed_ + pos_; }
+
     std::uint64_t varint() {
         std::uint64_t v = 0;
         for (int shift = 0; shift < 64; shift += 7) {
-            if (pos_ >= rec_.size()) corrupt("truncated number", pos_);
-            const auto byte = static_cast<std::uint8_t>(rec_[pos_++]);
+            if (!have(1)) corrupt("truncated number", offset());
+            const auto byte = static_cast<std::uint8_t>(buf_[pos_]);
+            skip(1);
             if (shift == 63 && byte > 1) break;
             v |= std::uint64_t(byte & 0x7f) << shift;
             if (!(byte & 0x80)) return v;
         }
-        corrupt("number too large", pos_);
+        corrupt("number too large", offset());
     }
 
-    const std::string& rec_;
-    std::size_t pos_ = 0;
+    Source& src_;
+    std::string buf_;
+    std::size_t pos_ = 0, end_ = 0;  // the unread bytes are buf_[pos_, end_)
+    std::uint64_t consumed_ = 0;     // record bytes before buf_[0]
+    bool eof_ = false;
     std::uint8_t version_ = 0;
     std::uint64_t history_ = 0;  // bytes LITERAL and MATCH records produced so far
     std::uint64_t total_ = 0;    // bytes all records produced so far
@@ -145,6 +185,7 @@ private:
     bool any_payload_ = false;
     std::uint64_t last_index_ = 0;
     std::string last_name_;
+    std::uint8_t end_digest_[32] = {};
 };
 
 }  // namespace
@@ -278,8 +319,9 @@ std::string TarSplitWriter::take() {
 }
 
 TarSplitSummary inspect_tar_split(const std::string& record) {
+    MemorySource src(reinterpret_cast<const std::uint8_t*>(record.data()), record.size());
     TarSplitSummary summary;
-    Parser parser(record);
+    Parser parser(src);
     Record r;
     while (parser.next(r)) {
         if (r.tag == kPayload) summary.payloads.push_back(r.payload);
@@ -292,15 +334,26 @@ TarSplitSummary inspect_tar_split(const std::string& record) {
 }
 
 void rebuild_layer_tar(const std::string& tar_split, PayloadStore& payloads, Sink& out) {
-    // A damaged record fails before the first byte is written (the records are parsed,
-    // not collected: a summary would hold every payload's name).
+    auto open = [&] {
+        return std::make_unique<MemorySource>(reinterpret_cast<const std::uint8_t*>(tar_split.data()),
+                                              tar_split.size());
+    };
+    rebuild_layer_tar(open, payloads, out);
+}
+
+void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_record, PayloadStore& payloads,
+                       Sink& out) {
+    // A damaged record fails before the first byte is written (it is read twice: the
+    // check parses, keeping nothing).
     {
-        Parser check(tar_split);
+        std::unique_ptr<Source> src = open_record();
+        Parser check(*src);
         Record r;
         while (check.next(r)) {
         }
     }
-    Parser parser(tar_split);
+    std::unique_ptr<Source> src = open_record();
+    Parser parser(*src);
     Sha256Worker hash;  // the check of what was written, off this thread
     std::uint64_t total = 0;
     auto emit = [&](const std::uint8_t* data, std::size_t n) {

@@ -454,33 +454,84 @@ void MetaFileWriter::finish(const LayerMeta& meta, const EntryTable& entries) {
 }
 
 namespace {
-// Section `which` of `<layer_dir>/winlayer.meta`, verified; only its bytes are read (an
-// imported layer's tar-split section is not needed to list its entries).
-std::string read_section(const std::string& layer_dir, std::uint32_t which) {
+// winlayer.meta opened, its header checked: where section `which` lies and its SHA-256.
+struct OpenSection {
+    File file;
+    std::uint64_t offset = 0, length = 0;
+    Sha256::Digest digest{};
+};
+
+std::size_t read_fully(File& f, std::uint64_t offset, std::uint8_t* buf, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+        const std::size_t k = f.read_at(offset + got, buf + got, n - got);
+        if (k == 0) break;
+        got += k;
+    }
+    return got;
+}
+
+OpenSection open_section(const std::string& layer_dir, std::uint32_t which) {
     const std::string path = meta_path(layer_dir);
     if (stat_path(path).kind != NodeKind::File)
         throw Error(ErrorKind::StoreCorrupt, "layer metadata file is missing").with_path(path);
     Tree dir(layer_dir);
-    File f = dir.open_read(kMetaFileName);
-    auto read_at = [&](std::uint64_t offset, std::size_t n) {
-        std::string bytes(n, '\0');
-        std::size_t got = 0;
-        while (got < n) {
-            std::size_t k = f.read_at(offset + got, reinterpret_cast<std::uint8_t*>(&bytes[got]), n - got);
-            if (k == 0) break;
-            got += k;
-        }
-        bytes.resize(got);
-        return bytes;
-    };
-    const std::uint64_t size = f.stat().size;
-    const auto [off, len, want] = section(read_at(0, kHeaderSize), size, path, which);
-    std::string bytes = read_at(off, static_cast<std::size_t>(len));
-    if (bytes.size() != len || digest_of(bytes.data(), bytes.size()) != want)
-        throw Error(ErrorKind::StoreCorrupt, "damaged layer metadata (checksum mismatch)").with_path(path);
+    OpenSection s{dir.open_read(kMetaFileName)};
+    std::string header(kHeaderSize, '\0');
+    header.resize(read_fully(s.file, 0, reinterpret_cast<std::uint8_t*>(&header[0]), header.size()));
+    std::tie(s.offset, s.length, s.digest) = section(header, s.file.stat().size, path, which);
+    return s;
+}
+
+[[noreturn]] void checksum_mismatch(const std::string& path) {
+    throw Error(ErrorKind::StoreCorrupt, "damaged layer metadata (checksum mismatch)").with_path(path);
+}
+
+// Section `which`, read whole and verified; only its bytes are read (an imported layer's
+// tar-split section is not needed to list its entries).
+std::string read_section(const std::string& layer_dir, std::uint32_t which) {
+    OpenSection s = open_section(layer_dir, which);
+    std::string bytes(static_cast<std::size_t>(s.length), '\0');
+    bytes.resize(read_fully(s.file, s.offset, reinterpret_cast<std::uint8_t*>(&bytes[0]), bytes.size()));
+    if (bytes.size() != s.length || digest_of(bytes.data(), bytes.size()) != s.digest)
+        checksum_mismatch(meta_path(layer_dir));
     return bytes;
 }
+
+// Bytes of a layer section that hold its head (a chain of thousands of parents at most).
+constexpr std::size_t kHeadBytes = std::size_t(1) << 20;
+
+// A section as a stream, hashed as it is read and checked at its end.
+class SectionSource : public Source {
+public:
+    SectionSource(OpenSection s, std::string path) : s_(std::move(s)), path_(std::move(path)) {}
+    std::size_t read(std::uint8_t* buf, std::size_t n) override {
+        const std::uint64_t left = s_.length - done_;
+        if (left == 0) {
+            if (!checked_ && hash_.digest() != s_.digest) checksum_mismatch(path_);
+            checked_ = true;
+            return 0;
+        }
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, left));
+        const std::size_t got = s_.file.read_at(s_.offset + done_, buf, want);
+        if (got == 0) checksum_mismatch(path_);  // shorter than its header says
+        hash_.update(buf, got);
+        done_ += got;
+        return got;
+    }
+
+private:
+    OpenSection s_;
+    std::string path_;
+    Sha256 hash_;
+    std::uint64_t done_ = 0;
+    bool checked_ = false;
+};
 }  // namespace
+
+std::unique_ptr<Source> open_tar_split(const std::string& layer_dir) {
+    return std::make_unique<SectionSource>(open_section(layer_dir, 1), meta_path(layer_dir));
+}
 
 LayerMeta read_meta(const std::string& layer_dir) {
     const std::string bytes = read_section(layer_dir, 0);
@@ -488,11 +539,23 @@ LayerMeta read_meta(const std::string& layer_dir) {
     return decode_layer(in);
 }
 
-std::string read_tar_split(const std::string& layer_dir) { return read_section(layer_dir, 1); }
-
 LayerMeta read_meta_head(const std::string& layer_dir) {
-    const std::string bytes = read_section(layer_dir, 0);
-    In in(bytes.data(), bytes.size(), meta_path(layer_dir));
+    // The head is decoded from the section's first bytes; the rest is only read through
+    // for the checksum (a large layer's section is not held for a look at its kind).
+    const std::string path = meta_path(layer_dir);
+    SectionSource src(open_section(layer_dir, 0), path);
+    std::string first(kHeadBytes, '\0');
+    std::size_t got = 0;
+    while (got < first.size()) {
+        const std::size_t k = src.read(reinterpret_cast<std::uint8_t*>(&first[got]), first.size() - got);
+        if (k == 0) break;
+        got += k;
+    }
+    first.resize(got);
+    std::uint8_t rest[64 * 1024];
+    while (src.read(rest, sizeof rest) != 0) {
+    }
+    In in(first.data(), first.size(), path);
     LayerMeta m;
     decode_head(in, m);
     return m;

@@ -137,7 +137,9 @@ private:
 };
 // Reads `<layer_dir>/winlayer.meta`. A missing file is StoreCorrupt too: every layer has one.
 LayerMeta read_meta(const std::string& layer_dir);
-std::string read_tar_split(const std::string& layer_dir);  // StoreCorrupt likewise
+// The tar-split section as a stream (StoreCorrupt likewise): its checksum is checked when
+// its end is read.
+std::unique_ptr<Source> open_tar_split(const std::string& layer_dir);
 // read_meta without the entries and tombstones (not decoded; the section is still checked).
 LayerMeta read_meta_head(const std::string& layer_dir);
 // The entries of `<layer_dir>/winlayer.meta` kept as stored and decoded one at a time: an

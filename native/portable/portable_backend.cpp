@@ -150,13 +150,13 @@ public:
         return make_layer_reader(ref.dir);
     }
 
-    std::string tar_split(const DriverInfo& info, const std::string& id) override {
+    RecordOpener tar_split(const DriverInfo& info, const std::string& id) override {
         LayerRef ref = existing(info, id);
         if (!read_meta_head(ref.dir).imported)
             throw Error(ErrorKind::InvalidArgument,
                         "layer was not imported, so there is no original tar to give back; export it canonically")
                 .with_path(ref.id);
-        return read_tar_split(ref.dir);
+        return [dir = ref.dir] { return open_tar_split(dir); };
     }
 
     std::unique_ptr<PayloadStore> payloads(const DriverInfo& info, const std::string& id,

@@ -109,16 +109,14 @@ public:
         return win::make_layer_reader(info, id, parents);
     }
 
-    std::string tar_split(const DriverInfo& info, const std::string& id) override {
+    RecordOpener tar_split(const DriverInfo& info, const std::string& id) override {
         std::wstring path = win::join(win::long_path(hcs::layer_folder(info, id)), win::kTarSplitFile);
         if (!win::exists(path))
             throw Error(ErrorKind::LayerNotFound, "the layer has no tar-split record (it was not imported by winlayer)")
                 .with_path(win::narrow(path));
-        win::HandleSource in(win::open_file(path, GENERIC_READ, OPEN_EXISTING), path);
-        std::string record;
-        std::uint8_t buf[1 << 16];
-        for (std::size_t n; (n = in.read(buf, sizeof buf)) != 0;) record.append(reinterpret_cast<char*>(buf), n);
-        return record;
+        return [path]() -> std::unique_ptr<Source> {
+            return std::make_unique<win::HandleSource>(win::open_file(path, GENERIC_READ, OPEN_EXISTING), path);
+        };
     }
 
     std::unique_ptr<PayloadStore> payloads(const DriverInfo& info, const std::string& id,
