@@ -148,8 +148,8 @@ private:
             pos_ = 0;
         }
         while (end_ < n && !eof_) {
-            if (buf_.size() < std::max<std::size_t>(static_cast<std::size_t>(n), end_ + kRead))
-                buf_.resize(std::max<std::size_t>(static_cast<std::size_t>(n), end_ + kRead));
+            // Grown as bytes arrive, not to what a (maybe damaged) length claims.
+            if (buf_.size() - end_ < kRead) buf_.resize(std::max(2 * buf_.size(), end_ + kRead));
             const std::size_t got =
                 src_.read(reinterpret_cast<std::uint8_t*>(buf_.data() + end_), buf_.size() - end_);
             if (got == 0) eof_ = true;
