@@ -115,6 +115,18 @@ def _mount(
     return backend.get_layer_mount_path(info, id)
 
 
+def _mounted_sandbox(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    held: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> tuple[list[str], Path]:
+    """A sandbox "box" over an imported base layer, prepared: its chain and mount path."""
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    backend.create_sandbox_layer(info, "box", chain[0], chain)
+    return chain, Path(_mount(backend, info, "box", chain, held))
+
+
 def test_create_exists_destroy(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
     assert not backend.layer_exists(info, "one")
     backend.create_layer(info, "one", "")
@@ -234,10 +246,7 @@ def test_sandbox_write_export_import_same_content(
     info: _hcs.DriverInfo,
     mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
 ) -> None:
-    _import(backend, info, "base", base_layer(), [])
-    chain = [_path(info, "base")]
-    backend.create_sandbox_layer(info, "box", chain[0], chain)
-    root = Path(_mount(backend, info, "box", chain, mounted))
+    chain, root = _mounted_sandbox(backend, info, mounted)
     (root / "Windows" / "added.txt").write_bytes(b"added")
     (root / "Windows" / "win.ini").write_bytes(b"[changed]\r\n")
     (root / "Windows" / "System32" / "kernel32.dll").unlink()
@@ -268,10 +277,7 @@ def test_sandbox_symlinks_export_as_windows_symlinks(
     a link is exported too. The layer made from the diff holds them."""
     if backend.name != "portable":
         pytest.skip("POSIX symlinks are the portable backend's view; HCS views hold NTFS links")
-    _import(backend, info, "base", base_layer(), [])
-    chain = [_path(info, "base")]
-    backend.create_sandbox_layer(info, "box", chain[0], chain)
-    root = Path(_mount(backend, info, "box", chain, mounted))
+    chain, root = _mounted_sandbox(backend, info, mounted)
     (root / "Windows" / "ini.lnk").symlink_to("win.ini")
     (root / "sys32").symlink_to("Windows/System32")
     (root / "Windows" / "abs").symlink_to("/Windows/System32/kernel32.dll")
@@ -310,10 +316,7 @@ def test_prepared_sandbox_cannot_be_destroyed(
     info: _hcs.DriverInfo,
     mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
 ) -> None:
-    _import(backend, info, "base", base_layer(), [])
-    chain = [_path(info, "base")]
-    backend.create_sandbox_layer(info, "box", chain[0], chain)
-    _mount(backend, info, "box", chain, mounted)
+    _mounted_sandbox(backend, info, mounted)
     with pytest.raises(LayerInUse):
         backend.destroy_layer(info, "box")
     assert backend.layer_exists(info, "box")
