@@ -16,16 +16,15 @@ namespace {
 
 // Component-wise byte order: '/' becomes NUL, which sorts before every name byte. A
 // folder's whiteouts get a NUL before their name, a file's streams two.
-std::string sort_key(const ExportItem& item) {
-    const LayerEntry& e = item.entry;
-    std::string path = e.path, stream;
-    if (e.type == EntryType::AlternateStream) split_stream_path(e.path, path, stream);
+std::string canonical_key(const std::string& entry_path, EntryType type) {
+    std::string path = entry_path, stream;
+    if (type == EntryType::AlternateStream) split_stream_path(entry_path, path, stream);
     std::string key = path;
     std::replace(key.begin(), key.end(), '/', '\0');
-    if (e.type == EntryType::Whiteout) {
+    if (type == EntryType::Whiteout) {
         std::size_t cut = key.rfind('\0');
         key.insert(cut == std::string::npos ? 0 : cut + 1, 1, '\0');
-    } else if (e.type == EntryType::AlternateStream) {
+    } else if (type == EntryType::AlternateStream) {
         key.append(3, '\0');
         key += stream;
     }
@@ -64,6 +63,11 @@ public:
     virtual ~ItemSource() = default;
     virtual std::size_t size() const = 0;
     virtual ExportItem item(std::size_t i) const = 0;
+    // Item i's place in canonical order (what canonical_key gives for it).
+    virtual std::string sort_key(std::size_t i) const {
+        const ExportItem it = item(i);
+        return canonical_key(it.entry.path, it.entry.type);
+    }
 };
 
 class VectorItems : public ItemSource {
@@ -96,6 +100,12 @@ public:
     }
 
     std::size_t size() const override { return refs_.size(); }
+
+    std::string sort_key(std::size_t i) const override {
+        // A record's own item sorts by its path alone: no need to decode the rest.
+        if (refs_[i].sub == kMain) return canonical_key(entries_.path(refs_[i].record), EntryType::File);
+        return ItemSource::sort_key(i);
+    }
 
     ExportItem item(std::size_t i) const override {
         const Ref ref = refs_[i];
@@ -144,7 +154,7 @@ public:
         std::vector<std::pair<std::string, std::uint32_t>> keyed;
         keyed.reserve(source_->size());
         for (std::size_t i = 0; i < source_->size(); ++i)
-            keyed.emplace_back(sort_key(source_->item(i)), static_cast<std::uint32_t>(i));
+            keyed.emplace_back(source_->sort_key(i), static_cast<std::uint32_t>(i));
         std::sort(keyed.begin(), keyed.end());
         order_.reserve(keyed.size());
         for (const auto& k : keyed) order_.push_back(k.second);

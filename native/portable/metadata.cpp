@@ -579,6 +579,11 @@ StoredEntries::StoredEntries(const std::string& layer_dir, const std::function<v
     if (!in.done()) in.fail("unexpected bytes after the layer section");
 }
 
+std::string StoredEntries::path(std::size_t i) const {
+    In in(bytes_.data() + offsets_[i], bytes_.size() - offsets_[i], path_);
+    return in.str();
+}
+
 EntryRecord StoredEntries::get(std::size_t i) const {
     In in(bytes_.data() + offsets_[i], bytes_.size() - offsets_[i], path_);
     EntryRecord r;

@@ -154,6 +154,7 @@ public:
     StoredEntries& operator=(const StoredEntries&) = delete;
     std::size_t size() const { return offsets_.size(); }
     EntryRecord get(std::size_t i) const;
+    std::string path(std::size_t i) const;  // get(i).entry.path, without decoding the rest
     const std::vector<std::string>& tombstones() const { return tombstones_; }
 
 private:
