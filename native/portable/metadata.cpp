@@ -291,7 +291,7 @@ const std::string kTableName = "(an import's entry table)";
 }
 
 EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
-    constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
+    constexpr std::size_t kBlockBytes = std::size_t(256) << 10;
     std::uint32_t sd = kNoSd;
     if (const std::string& d = r.entry.security_descriptor; !d.empty()) {
         auto it = sd_index_.find(d);

@@ -55,7 +55,7 @@ struct LayerMeta {
     std::vector<std::string> tombstones;  // layer paths ("Files/...") deleted from the parents
 };
 
-// Entry records held encoded, as in the layer section, in 1 MiB blocks, with a table of
+// Entry records held encoded, as in the layer section, in 256 KiB blocks, with a table of
 // the distinct security descriptors: an import keeps a record in its encoded size (about
 // 150 bytes) instead of several hundred of structs and strings, and writes the records out
 // as they are. Given a spill file, full blocks go there and only the block being filled
