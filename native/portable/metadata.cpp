@@ -197,10 +197,9 @@ void encode_layer(const LayerMeta& m, const EntryTable& entries, Out& o) {
     o.u64(m.size_limit);
     o.u32(static_cast<std::uint32_t>(m.parents.size()));
     for (const auto& p : m.parents) o.str(p);
-    const auto& sds = entries.security_descriptors();
-    o.u32(static_cast<std::uint32_t>(sds.size()));
-    for (const auto& sd : sds) {
-        o.str(sd);
+    o.u32(entries.security_descriptor_count());
+    for (std::uint32_t n = 0; n < entries.security_descriptor_count(); ++n) {
+        o.str(entries.security_descriptor(n));
         o.checkpoint();
     }
     o.u32(static_cast<std::uint32_t>(entries.live()));
@@ -290,21 +289,23 @@ namespace {
 const std::string kTableName = "(an import's entry table)";
 }
 
-EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
-    constexpr std::size_t kBlockBytes = std::size_t(256) << 10;
-    std::uint32_t sd = kNoSd;
-    if (const std::string& d = r.entry.security_descriptor; !d.empty()) {
-        auto it = sd_index_.find(d);
-        if (it == sd_index_.end()) {
-            sds_.push_back(d);
-            it = sd_index_.emplace(sds_.back(), static_cast<std::uint32_t>(sds_.size() - 1)).first;
-        }
-        sd = it->second;
+namespace {
+// A 128-bit digest of a security descriptor: the key of EntryTable's table of distinct
+// ones (as for names, a key stands for its bytes).
+NameKey sd_key(const std::string& sd) {
+    const Sha256::Digest d = digest_of(sd.data(), sd.size());
+    NameKey k;
+    for (int i = 0; i < 8; ++i) {
+        k.hi = (k.hi << 8) | d[static_cast<std::size_t>(i)];
+        k.lo = (k.lo << 8) | d[static_cast<std::size_t>(i + 8)];
     }
-    scratch_.clear();
-    Out o(scratch_);
-    encode_entry(o, r, sd);
-    if (blocks_.empty() || blocks_.back().capacity() - blocks_.back().size() < scratch_.size()) {
+    return k;
+}
+}  // namespace
+
+EntryTable::Slot EntryTable::append(const std::string& bytes) {
+    constexpr std::size_t kBlockBytes = std::size_t(256) << 10;
+    if (blocks_.empty() || blocks_.back().capacity() - blocks_.back().size() < bytes.size()) {
         std::string next;
         if (spill_ && !blocks_.empty()) {  // the full block goes to the file; its buffer is reused
             std::string& full = blocks_.back();
@@ -317,15 +318,40 @@ EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
             next.swap(full);
             next.clear();
         }
-        next.reserve(std::max(kBlockBytes, scratch_.size()));
+        next.reserve(std::max(kBlockBytes, bytes.size()));
         blocks_.push_back(std::move(next));
     }
     std::string& current = blocks_.back();
     Slot slot{static_cast<std::uint32_t>(blocks_.size() - 1), static_cast<std::uint32_t>(current.size()),
-              static_cast<std::uint32_t>(scratch_.size())};
-    current += scratch_;
+              static_cast<std::uint32_t>(bytes.size())};
+    current += bytes;
     return slot;
 }
+
+EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
+    std::uint32_t sd = kNoSd;
+    if (const std::string& d = r.entry.security_descriptor; !d.empty()) {
+        auto [it, added] = sd_index_.emplace(sd_key(d), static_cast<std::uint32_t>(sd_slots_.size()));
+        if (added) sd_slots_.push_back(append(d));  // stored once, in the blocks like a record
+        sd = it->second;
+    }
+    scratch_.clear();
+    Out o(scratch_);
+    encode_entry(o, r, sd);
+    return append(scratch_);
+}
+
+std::string EntryTable::security_descriptor(std::uint32_t n) const {
+    const Slot& s = sd_slots_[n];
+    return std::string(std::string_view(block(s.block)).substr(s.offset, s.length));
+}
+
+// EntryTable's security descriptors as decode_entry looks them up.
+struct EntryTable::SdTable {
+    const EntryTable& t;
+    std::size_t size() const { return t.sd_slots_.size(); }
+    std::string operator[](std::size_t n) const { return t.security_descriptor(static_cast<std::uint32_t>(n)); }
+};
 
 const std::string& EntryTable::block(std::uint32_t b) const {
     if (b >= spilled_at_.size() || b + 1 == blocks_.size()) return blocks_[b];
@@ -370,13 +396,15 @@ void EntryTable::remove(std::size_t i) {
     --live_;
 }
 
-EntryRecord EntryTable::get(std::size_t i) const {
-    std::string_view b = bytes(i);
-    In in(b.data(), b.size(), kTableName);
+EntryRecord EntryTable::decode(std::string_view b) const {
+    const std::string copy(b);  // reading the security descriptor may replace b's block
+    In in(copy.data(), copy.size(), kTableName);
     EntryRecord r;
-    decode_entry(in, sds_, r);
+    decode_entry(in, SdTable{*this}, r);
     return r;
 }
+
+EntryRecord EntryTable::get(std::size_t i) const { return decode(bytes(i)); }
 
 std::string EntryTable::path(std::size_t i) const {
     std::string_view b = bytes(i);
@@ -390,12 +418,7 @@ void EntryTable::visit_encoded(const std::function<void(std::string_view)>& visi
 }
 
 void EntryTable::visit(const std::function<void(const EntryRecord&)>& visit) const {
-    visit_encoded([&](std::string_view b) {
-        In in(b.data(), b.size(), kTableName);
-        EntryRecord r;
-        decode_entry(in, sds_, r);
-        visit(r);
-    });
+    visit_encoded([&](std::string_view b) { visit(decode(b)); });
 }
 
 namespace {

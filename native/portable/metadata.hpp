@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <optional>
 #include <string>
@@ -16,6 +15,7 @@
 
 #include "../core/io.hpp"
 #include "../core/layer.hpp"
+#include "../core/path_rules.hpp"
 #include "../core/sha256.hpp"
 #include "platform.hpp"
 
@@ -55,10 +55,10 @@ struct LayerMeta {
     std::vector<std::string> tombstones;  // layer paths ("Files/...") deleted from the parents
 };
 
-// Entry records held encoded, as in the layer section, in 256 KiB blocks, with a table of
-// the distinct security descriptors: an import keeps a record in its encoded size (about
-// 150 bytes) instead of several hundred of structs and strings, and writes the records out
-// as they are. Given a spill file, full blocks go there and only the block being filled
+// Entry records held encoded, as in the layer section, in 256 KiB blocks, with the
+// distinct security descriptors stored once in the same blocks (indexed by a 128-bit
+// digest): an import keeps a record in its encoded size (about 150 bytes) instead of
+// several hundred of structs and strings, and writes the records out as they are. Given a spill file, full blocks go there and only the block being filled
 // (and a couple read back) stay in memory. Replacing a record appends its new encoding;
 // the old bytes stay (replacements are rare: a folder listed twice, a stream added).
 class EntryTable {
@@ -73,7 +73,9 @@ public:
     std::string path(std::size_t i) const;  // get(i).entry.path, without decoding the rest
     std::size_t size() const { return slots_.size(); }
     std::size_t live() const { return live_; }
-    const std::deque<std::string>& security_descriptors() const { return sds_; }
+    // The distinct security descriptors, numbered in order of first use.
+    std::uint32_t security_descriptor_count() const { return static_cast<std::uint32_t>(sd_slots_.size()); }
+    std::string security_descriptor(std::uint32_t n) const;
     // The encodings of the live records, in record order.
     void visit_encoded(const std::function<void(std::string_view)>& visit) const;
     void visit(const std::function<void(const EntryRecord&)>& visit) const;
@@ -87,7 +89,10 @@ private:
         std::uint32_t length = 0;
         bool removed = false;
     };
+    struct SdTable;
+    Slot append(const std::string& bytes);  // into the block being filled
     Slot encode(const EntryRecord& r);
+    EntryRecord decode(std::string_view encoded) const;
     std::string_view bytes(std::size_t i) const;  // the encoding of record i
     const std::string& block(std::uint32_t b) const;
 
@@ -104,8 +109,8 @@ private:
     std::string scratch_;
     std::vector<Slot> slots_;
     std::size_t live_ = 0;
-    std::deque<std::string> sds_;  // a deque: sd_index_'s keys point into it
-    std::unordered_map<std::string_view, std::uint32_t> sd_index_;
+    std::vector<Slot> sd_slots_;  // where each distinct security descriptor is stored
+    std::unordered_map<NameKey, std::uint32_t, NameKeyHash> sd_index_;  // by sd_key
 };
 
 // FILETIME (100 ns ticks since 1601) <-> Unix nanoseconds.
