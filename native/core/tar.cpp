@@ -615,12 +615,14 @@ void put_string(std::uint8_t* block, Field f, const std::string& s) {
     std::memcpy(block + f.at, s.data(), std::min(s.size(), f.len));
 }
 
+// `digits` octal digits of `value`, zero padded (callers keep value within them).
+void put_octal_digits(std::uint8_t* out, std::size_t digits, std::uint64_t value) {
+    for (std::size_t i = digits; i-- > 0; value >>= 3) out[i] = static_cast<std::uint8_t>('0' + (value & 7));
+}
+
 void put_octal(std::uint8_t* block, Field f, std::uint64_t value) {
     // f.len - 1 digits, zero padded, NUL terminated.
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%0*llo", static_cast<int>(f.len - 1),
-                  static_cast<unsigned long long>(value));
-    std::memcpy(block + f.at, buf, f.len - 1);
+    put_octal_digits(block + f.at, f.len - 1, value);
     block[f.at + f.len - 1] = 0;
 }
 
@@ -637,9 +639,7 @@ void put_checksum(std::uint8_t* block) {
     std::memset(block + kChecksum.at, ' ', kChecksum.len);
     unsigned sum = 0;
     for (std::size_t i = 0; i < kTarBlockSize; ++i) sum += block[i];
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "%06o", sum);
-    std::memcpy(block + kChecksum.at, buf, 6);
+    put_octal_digits(block + kChecksum.at, 6, sum);
     block[kChecksum.at + 6] = 0;
     block[kChecksum.at + 7] = ' ';
 }
