@@ -169,10 +169,11 @@ std::string ntfs_fold(const std::string& path) {
     return out;
 }
 
-NameKey name_key(const std::string& path) {
+NameKey name_key(const std::string& path) { return bytes_key(ntfs_fold(path)); }
+
+NameKey bytes_key(const std::string& bytes) {
     Sha256 h;
-    std::string folded = ntfs_fold(path);
-    h.update(folded.data(), folded.size());
+    h.update(bytes.data(), bytes.size());
     Sha256::Digest d = h.digest();
     NameKey k;
     for (int i = 0; i < 8; ++i) {

@@ -55,6 +55,7 @@ struct NameKeyHash {
     std::size_t operator()(const NameKey& k) const { return static_cast<std::size_t>(k.lo); }
 };
 NameKey name_key(const std::string& path);  // of ntfs_fold(path)
+NameKey bytes_key(const std::string& bytes);  // of the bytes as they are
 
 // The names one layer defines, compared as NTFS compares them. A name costs about 50
 // bytes whatever its length (a 128-bit digest of the folded name in a hash table, not

@@ -89,8 +89,8 @@ std::string blob_file(const std::string& layer_dir, std::uint32_t blob) {
 class StoredItems : public ItemSource {
 public:
     explicit StoredItems(const std::string& layer_dir)
-        : dir_(layer_dir), entries_(layer_dir, [this](const EntryRecord& r) {
-              const auto record = static_cast<std::uint32_t>(refs_.empty() ? 0 : refs_.back().record + 1);
+        : dir_(layer_dir), entries_(layer_dir, [this](std::size_t i, const EntryRecord& r) {
+              const auto record = static_cast<std::uint32_t>(i);
               refs_.push_back({record, kMain});
               for (std::size_t s = 0; s < r.streams.size(); ++s)
                   refs_.push_back({record, static_cast<std::int32_t>(s)});
@@ -223,8 +223,8 @@ private:
 class StoredPayloads : public PayloadStore {
 public:
     explicit StoredPayloads(std::string layer_dir)
-        : dir_(std::move(layer_dir)), entries_(dir_, [this](const EntryRecord& r) {
-              index_.emplace(name_key(r.entry.path), static_cast<std::uint32_t>(index_.size()));
+        : dir_(std::move(layer_dir)), entries_(dir_, [this](std::size_t i, const EntryRecord& r) {
+              index_.emplace(name_key(r.entry.path), static_cast<std::uint32_t>(i));
           }) {}
 
     std::unique_ptr<Source> open(const std::string& entry_name, std::uint64_t size) override {

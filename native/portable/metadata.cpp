@@ -287,19 +287,15 @@ std::string meta_path(const std::string& layer_dir) { return join(layer_dir, kMe
 
 namespace {
 const std::string kTableName = "(an import's entry table)";
-}
 
-namespace {
-// A 128-bit digest of a security descriptor: the key of EntryTable's table of distinct
-// ones (as for names, a key stands for its bytes).
-NameKey sd_key(const std::string& sd) {
-    const Sha256::Digest d = digest_of(sd.data(), sd.size());
-    NameKey k;
-    for (int i = 0; i < 8; ++i) {
-        k.hi = (k.hi << 8) | d[static_cast<std::size_t>(i)];
-        k.lo = (k.lo << 8) | d[static_cast<std::size_t>(i + 8)];
+std::size_t read_fully(File& f, std::uint64_t offset, std::uint8_t* buf, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+        const std::size_t k = f.read_at(offset + got, buf + got, n - got);
+        if (k == 0) break;
+        got += k;
     }
-    return k;
+    return got;
 }
 }  // namespace
 
@@ -310,10 +306,7 @@ EntryTable::Slot EntryTable::append(const std::string& bytes) {
         if (spill_ && !blocks_.empty()) {  // the full block goes to the file; its buffer is reused
             std::string& full = blocks_.back();
             spill_->write_at(spill_size_, reinterpret_cast<const std::uint8_t*>(full.data()), full.size());
-            spilled_at_.resize(blocks_.size(), 0);
-            spilled_size_.resize(blocks_.size(), 0);
-            spilled_at_.back() = spill_size_;
-            spilled_size_.back() = static_cast<std::uint32_t>(full.size());
+            spilled_.push_back({spill_size_, static_cast<std::uint32_t>(full.size())});
             spill_size_ += full.size();
             next.swap(full);
             next.clear();
@@ -331,7 +324,8 @@ EntryTable::Slot EntryTable::append(const std::string& bytes) {
 EntryTable::Slot EntryTable::encode(const EntryRecord& r) {
     std::uint32_t sd = kNoSd;
     if (const std::string& d = r.entry.security_descriptor; !d.empty()) {
-        auto [it, added] = sd_index_.emplace(sd_key(d), static_cast<std::uint32_t>(sd_slots_.size()));
+        // Keyed by digest, as names are: a key stands for its bytes.
+        auto [it, added] = sd_index_.emplace(bytes_key(d), static_cast<std::uint32_t>(sd_slots_.size()));
         if (added) sd_slots_.push_back(append(d));  // stored once, in the blocks like a record
         sd = it->second;
     }
@@ -354,18 +348,13 @@ struct EntryTable::SdTable {
 };
 
 const std::string& EntryTable::block(std::uint32_t b) const {
-    if (b >= spilled_at_.size() || b + 1 == blocks_.size()) return blocks_[b];
+    if (b >= spilled_.size()) return blocks_[b];  // not spilled (blocks spill in order)
     if (cached_[0] == b) return cache_[0];
     if (cached_[1] != b) {
-        cache_[1].resize(spilled_size_[b]);
-        std::size_t got = 0;
-        while (got < cache_[1].size()) {
-            const std::size_t k = spill_->read_at(spilled_at_[b] + got,
-                                                  reinterpret_cast<std::uint8_t*>(&cache_[1][got]),
-                                                  cache_[1].size() - got);
-            if (k == 0) throw Error(ErrorKind::Internal, "an import's entry table file is shorter than written");
-            got += k;
-        }
+        cache_[1].resize(spilled_[b].size);
+        if (read_fully(*spill_, spilled_[b].offset, reinterpret_cast<std::uint8_t*>(&cache_[1][0]),
+                       cache_[1].size()) != cache_[1].size())
+            throw Error(ErrorKind::Internal, "an import's entry table file is shorter than written");
         cached_[1] = b;
     }
     std::swap(cache_[0], cache_[1]);
@@ -484,16 +473,6 @@ struct OpenSection {
     Sha256::Digest digest{};
 };
 
-std::size_t read_fully(File& f, std::uint64_t offset, std::uint8_t* buf, std::size_t n) {
-    std::size_t got = 0;
-    while (got < n) {
-        const std::size_t k = f.read_at(offset + got, buf + got, n - got);
-        if (k == 0) break;
-        got += k;
-    }
-    return got;
-}
-
 OpenSection open_section(const std::string& layer_dir, std::uint32_t which) {
     const std::string path = meta_path(layer_dir);
     if (stat_path(path).kind != NodeKind::File)
@@ -584,7 +563,8 @@ LayerMeta read_meta_head(const std::string& layer_dir) {
     return m;
 }
 
-StoredEntries::StoredEntries(const std::string& layer_dir, const std::function<void(const EntryRecord&)>& each)
+StoredEntries::StoredEntries(const std::string& layer_dir,
+                             const std::function<void(std::size_t, const EntryRecord&)>& each)
     : bytes_(read_section(layer_dir, 0)), path_(meta_path(layer_dir)) {
     In in(bytes_.data(), bytes_.size(), path_);
     LayerMeta head;
@@ -596,7 +576,7 @@ StoredEntries::StoredEntries(const std::string& layer_dir, const std::function<v
         offsets_.push_back(static_cast<std::uint64_t>(in.position() - bytes_.data()));
         EntryRecord r;
         decode_entry(in, sds_, r);  // every record is checked now, not when its turn comes
-        if (each) each(r);
+        if (each) each(i, r);
     }
     for (std::uint32_t i = 0, k = in.count(4); i < k; ++i) tombstones_.push_back(in.str());
     if (!in.done()) in.fail("unexpected bytes after the layer section");

@@ -97,8 +97,11 @@ private:
     const std::string& block(std::uint32_t b) const;
 
     std::vector<std::string> blocks_;  // a spilled block is empty here
-    std::vector<std::uint64_t> spilled_at_;  // offset in the spill file, per spilled block
-    std::vector<std::uint32_t> spilled_size_;
+    struct Spilled {
+        std::uint64_t offset;  // in the spill file
+        std::uint32_t size;
+    };
+    std::vector<Spilled> spilled_;  // per spilled block: blocks_[0, spilled_.size())
     mutable std::optional<File> spill_;
     std::uint64_t spill_size_ = 0;
     // Spilled blocks read back, most recent first: a record and its replacement lie in
@@ -150,11 +153,11 @@ LayerMeta read_meta_head(const std::string& layer_dir);
 // The entries of `<layer_dir>/winlayer.meta` kept as stored and decoded one at a time: an
 // export holds the layer section's bytes (a record in about 150 bytes, each security
 // descriptor once) instead of every record decoded. All of it is checked on reading, and
-// `each` sees every record then. Throws Error(StoreCorrupt) as read_meta does.
+// `each` sees every record (with its number) then. Throws Error(StoreCorrupt) as read_meta does.
 class StoredEntries {
 public:
     explicit StoredEntries(const std::string& layer_dir,
-                           const std::function<void(const EntryRecord&)>& each = nullptr);
+                           const std::function<void(std::size_t, const EntryRecord&)>& each = nullptr);
     StoredEntries(const StoredEntries&) = delete;  // sds_ points into bytes_
     StoredEntries& operator=(const StoredEntries&) = delete;
     std::size_t size() const { return offsets_.size(); }

@@ -1,4 +1,4 @@
-// Path-string helpers of platform.hpp shared by the POSIX and Win32 implementations.
+// The parts of platform.hpp shared by the POSIX and Win32 implementations.
 #include "../core/error.hpp"
 #include "platform.hpp"
 
@@ -34,6 +34,13 @@ std::string dir_name(const std::string& path) {
     while (end > 0 && !is_sep(path[end - 1])) --end;
     while (end > 1 && is_sep(path[end - 1])) --end;
     return path.substr(0, end);
+}
+
+std::string File::read_rest() {
+    std::string out;
+    std::uint8_t buf[65536];
+    while (std::size_t n = read(buf, sizeof buf)) out.append(reinterpret_cast<char*>(buf), n);
+    return out;
 }
 
 std::string read_file(const std::string& path) {

@@ -47,6 +47,7 @@ public:
     std::intptr_t native_handle() const { return handle_; }
     const std::string& path() const { return path_; }
     std::size_t read(std::uint8_t* buf, std::size_t n);  // 0 at end of file
+    std::string read_rest();  // from where read() is to the end
     std::size_t read_at(std::uint64_t offset, std::uint8_t* buf, std::size_t n);  // likewise
     void write(const std::uint8_t* data, std::size_t n);  // all of it, or throws
     // Writes all of it at `offset` (where write() goes next is then unspecified).

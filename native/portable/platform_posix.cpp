@@ -466,11 +466,7 @@ std::optional<std::string> read_file_if_exists(const std::string& path) {
         if (errno == ENOENT) return std::nullopt;
         throw Error::last_os("open", path);
     }
-    File f(fd, path);
-    std::string out;
-    std::uint8_t buf[65536];
-    while (std::size_t n = f.read(buf, sizeof buf)) out.append(reinterpret_cast<char*>(buf), n);
-    return out;
+    return File(fd, path).read_rest();
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {

@@ -342,11 +342,7 @@ std::optional<std::string> read_file_if_exists(const std::string& path) {
         if (e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND) return std::nullopt;
         throw Error::win32(e, "CreateFileW", path);
     }
-    File f(reinterpret_cast<std::intptr_t>(h), path);
-    std::string out;
-    std::uint8_t buf[65536];
-    while (std::size_t n = f.read(buf, sizeof buf)) out.append(reinterpret_cast<char*>(buf), n);
-    return out;
+    return File(reinterpret_cast<std::intptr_t>(h), path).read_rest();
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {
