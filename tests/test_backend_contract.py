@@ -311,6 +311,30 @@ def test_sandbox_symlinks_export_as_windows_symlinks(
     assert {n for n, m in again.items() if m.issym()} == set(links)
 
 
+def test_sandbox_symlink_windows_cannot_hold_is_refused(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    """A view's symlink whose target is not UTF-8 has no Windows form: InvalidLayer naming
+    it. A target with a name too long to look up is still exported (as a file link)."""
+    if backend.name != "portable":
+        pytest.skip("POSIX symlinks are the portable backend's view; HCS views hold NTFS links")
+    chain, root = _mounted_sandbox(backend, info, mounted)
+    os.symlink("y" * 300, root / "long")
+    os.symlink(b"\xff\xfe", bytes(root / "bad"))
+    backend.unprepare_layer(info, "box")
+    with pytest.raises(InvalidLayer, match="not UTF-8") as exc:
+        _export(backend, info, "box", chain)
+    assert exc.value.entry == "Files/bad"
+    backend.prepare_layer(info, "box", chain)
+    (root / "bad").unlink()
+    backend.unprepare_layer(info, "box")
+    members = _names(_export(backend, info, "box", chain))
+    assert members["Files/long"].linkname == "y" * 300
+    assert members["Files/long"].pax_headers["MSWINDOWS.fileattr"] == "1056"
+
+
 def test_prepared_sandbox_cannot_be_destroyed(
     backend: _hcs.Backend,
     info: _hcs.DriverInfo,

@@ -315,7 +315,11 @@ private:
         const std::int64_t t = unix_ns_to_filetime(stat_path(disk).mtime_ns);
         e.times = FileTimes{t, t, t, t};
         e.link_target = win;
-        e.reparse_data = encode_reparse_point(win, false);
+        try {
+            e.reparse_data = encode_reparse_point(win, false);
+        } catch (const Error& bad_target) {  // e.g. too long for a reparse point
+            throw Error::invalid_layer(bad_target.message, path, -1);
+        }
         return e;
     }
 
@@ -325,7 +329,12 @@ private:
         std::string rel;
         for (const auto& p : parts) rel += (rel.empty() ? "" : "/") + p;
         if (rel.empty()) return true;
-        const NodeStat st = stat_path(join(tree_, rel));
+        NodeStat st;
+        try {
+            st = stat_path(join(tree_, rel));
+        } catch (const Error&) {  // e.g. a name too long: not a folder here
+            return false;
+        }
         if (st.kind != NodeKind::Missing) return st.kind == NodeKind::Directory;
         const MergedNode* m = merged(path_key("Files/" + rel));
         return m && m->kind == NodeKind::Directory;
