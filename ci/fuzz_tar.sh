@@ -13,7 +13,7 @@ seconds="${1:-20}"
 target="${2:-tar}"
 build="${FUZZ_BUILD_DIR:-build/$target-fuzz}"
 cxx="${CXX_FUZZ:-clang++}"
-command -v "$cxx" >/dev/null || { echo "fuzz_tar: $cxx not found (apt-get install clang)" >&2; exit 2; }
+command -v "$cxx" >/dev/null || { echo "fuzz_tar: $cxx not found (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
 
 mkdir -p "$build/corpus" "$build/artifacts"
 "$cxx" -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \

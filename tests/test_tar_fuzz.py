@@ -43,7 +43,10 @@ def test_corpus_input_reads_or_fails_cleanly(path: Path) -> None:
 
 @pytest.mark.parametrize("target", ["tar", "layer_tar"])
 def test_fuzz_for_15_seconds(tmp_path: Path, target: str) -> None:
-    require_tools(["clang++"] if shutil.which("clang++") is None else [], "apt-get install clang")
+    require_tools(
+        ["clang++"] if shutil.which("clang++") is None else [],
+        "apt-get install clang libclang-rt-dev",
+    )
     env = {**os.environ, "FUZZ_BUILD_DIR": str(tmp_path)}
     proc = subprocess.run(
         [str(REPO / "ci" / "fuzz_tar.sh"), "15", target],
