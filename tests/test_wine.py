@@ -77,3 +77,66 @@ def test_windows_backend_under_wine() -> None:
     assert failed == 0, tail
     # The program runs well over 20 checks; far fewer means tests stopped being reached.
     assert passed >= 20, f"only {passed} Wine tests ran:\n{tail}"
+
+
+def _run_sh_with_stub_tools(tmp_path: Path, env: dict[str, str]) -> str:
+    """Runs a copy of ci/wine/run.sh in a tree of empty sources, with a compiler, dlltool and
+    Wine that only make their outputs; returns the WINEPREFIX that Wine was given."""
+    tree = tmp_path / "tree"
+    for source in (
+        "native/core/a.cpp",
+        "native/portable/a.cpp",
+        "native/windows/a.cpp",
+        "native/windows/vmcompute.def",
+        "native/hcs_emulator/a.cpp",
+        "ci/wine/wine_test.cpp",
+    ):
+        (tree / source).parent.mkdir(parents=True, exist_ok=True)
+        (tree / source).touch()
+    shutil.copy(RUN, tree / "ci" / "wine" / "run.sh")
+    stubs = {
+        "cxx": 'while [ $# -gt 0 ]; do [ "$1" = -o ] && touch "$2"; shift; done',
+        "dlltool": 'while [ $# -gt 0 ]; do [ "$1" = -y ] && touch "$2"; shift; done',
+        "wine": 'echo "$WINEPREFIX" > "$(dirname "$0")/prefix"',
+    }
+    for name, body in stubs.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(tree / "ci" / "wine" / "run.sh")],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MINGW_CXX": str(tmp_path / "cxx"),
+            "MINGW_DLLTOOL": str(tmp_path / "dlltool"),
+            "WINE": str(tmp_path / "wine"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tree.rglob("prefix")), "the Wine prefix must stay out of the source tree"
+    return (tmp_path / "prefix").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HOME": "{tmp}/home"}, "{tmp}/home/.cache/winlayer/wine-prefix"),
+        (
+            {"HOME": "{tmp}/home", "XDG_CACHE_HOME": "{tmp}/cache"},
+            "{tmp}/cache/winlayer/wine-prefix",
+        ),
+        ({"HOME": "{tmp}/home", "WINLAYER_WINE_BUILD": "{tmp}/out"}, "{tmp}/out/prefix"),
+    ],
+    ids=["home-cache", "xdg-cache", "wine-build-dir"],
+)
+def test_wine_prefix_is_kept_out_of_the_source_tree(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    prefix = _run_sh_with_stub_tools(tmp_path, env)
+    assert prefix == expected.format(tmp=tmp_path)
+    assert Path(prefix).parent.is_dir()  # Wine makes the prefix itself, not its parents

@@ -5,12 +5,16 @@
 # build or any test fails; the last line of the test output is "N passed, M failed".
 #
 # Incremental: objects live in build/wine/obj and are rebuilt when their source or any
-# header under native/ is newer. The Wine prefix is build/wine/prefix (created on the
-# first run, ~5 s).
+# header under native/ is newer. The Wine prefix (created on the first run, ~5 s, then
+# reused) is ${XDG_CACHE_HOME:-~/.cache}/winlayer/wine-prefix, outside the source tree: its
+# dosdevices/z: links to /, which a walk of the tree would follow. With WINLAYER_WINE_BUILD
+# set, everything, the prefix too, goes under that folder.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${WINLAYER_WINE_BUILD:-$root/build/wine}
+prefix=${WINLAYER_WINE_BUILD:+$WINLAYER_WINE_BUILD/prefix}
+prefix=${prefix:-${XDG_CACHE_HOME:-$HOME/.cache}/winlayer/wine-prefix}
 cxx=${MINGW_CXX:-x86_64-w64-mingw32-g++-posix}
 dlltool=${MINGW_DLLTOOL:-x86_64-w64-mingw32-dlltool}
 wine=${WINE:-$(command -v wine64 || command -v wine || echo /usr/lib/wine/wine64)}
@@ -72,7 +76,8 @@ work="$out/work"
 rm -rf "$work"
 mkdir -p "$work"
 
-export WINEPREFIX="$out/prefix" WINEDEBUG=-all
+mkdir -p "$(dirname "$prefix")"
+export WINEPREFIX="$prefix" WINEDEBUG=-all
 # The emulator's portable backend makes prepared sandboxes as copies (overlayfs is Linux's).
 export WINLAYER_PORTABLE_MOUNT=copy
 winpath() { echo "Z:${1//\//\\}"; }
