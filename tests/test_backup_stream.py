@@ -268,6 +268,48 @@ def test_sparse_stream_is_made_dense() -> None:
         ]
 
 
+# The four forms BackupRead gives a sparse file (go-winio backuptar/tar.go lists them):
+# empty; no allocated range (a DATA header of size 0, then one terminating block); one
+# allocated range (the data inline in the DATA header, no blocks); several ranges (a DATA
+# header of size 0, a block per range, then the terminator).
+@pytest.mark.parametrize(
+    ("stream", "want"),
+    [
+        (record(1, b"", attributes=8), ("data", "", None, 0, b"")),
+        (record(1, b"", attributes=8) + sparse_block(6, b""), ("data", "", None, 6, b"\0" * 6)),
+        (record(1, b"inline", attributes=8), ("data", "", 6, 6, b"inline")),
+        (
+            record(1, b"", attributes=8)
+            + sparse_block(1, b"a")
+            + sparse_block(4, b"b")
+            + sparse_block(6, b""),
+            ("data", "", None, 6, b"\0a\0\0b\0"),
+        ),
+    ],
+    ids=["empty", "no-range", "one-range", "ranges"],
+)
+def test_every_sparse_representation_keeps_the_data(
+    stream: bytes, want: tuple[object, ...]
+) -> None:
+    for chunk in (0, 1, 7):
+        got = h.decode_backup_stream(stream + record(4, b"z", ":s:$DATA"), chunk, sparse_limit=6)
+        assert got == [want, ("data", "s", 1, 1, b"z")]
+
+
+def test_sparse_alternate_stream_with_its_data_inline() -> None:
+    data = record(4, b"abc", ":s:$DATA", attributes=8)
+    assert h.decode_backup_stream(data) == [("data", "s", 3, 3, b"abc")]
+
+
+def test_sparse_blocks_after_inline_data_are_refused() -> None:
+    # go-winio refuses them too ("unknown stream ID 9 after data"): the data would be
+    # read as the inline bytes by one reader and as the blocks by another.
+    data = record(1, b"inline", attributes=8) + sparse_block(6, b"x")
+    with pytest.raises(InvalidLayer, match="sparse block without an open sparse stream") as info:
+        h.decode_backup_stream(data)
+    assert info.value.offset == 26
+
+
 def test_sparse_stream_without_terminator_ends_at_last_block() -> None:
     data = record(1, b"", attributes=8) + sparse_block(4, b"xy")
     assert h.decode_backup_stream(data) == [("data", "", None, 6, b"\0\0\0\0xy")]

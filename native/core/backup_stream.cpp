@@ -324,9 +324,10 @@ void BackupStreamDecoder::start_record() {
         } else if (!name.empty()) {
             fail("data stream with a name", record_at_ + 20);
         }
-        if (attributes_ & backup_attr::kSparse) {
-            // The dense length is known only when the blocks end; whatever payload the
-            // header itself carries is not file data.
+        if ((attributes_ & backup_attr::kSparse) && size_ == 0) {
+            // The ranges follow as SPARSE_BLOCK records (none for an empty file): the
+            // dense length is known only when they end. A sparse file with one allocated
+            // range carries its data inline instead, like a dense one (the else branch).
             handler_.begin_data(stream, BackupStreamHandler::kUnknownSize);
             sparse_open_ = true;
             sparse_pos_ = 0;

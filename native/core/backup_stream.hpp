@@ -149,9 +149,12 @@ public:
 
 // Parses BackupRead output fed in chunks of any size. Memory: one header, plus one
 // metadata payload (at most kMaxBackupMetadata). LINK, PROPERTY, OBJECT_ID and TXFS
-// records are skipped (the layer format has no place for them). Sparse streams: a DATA
-// or ALTERNATE_DATA header with kSparse, then SPARSE_BLOCK records (i64 offset + data,
-// offsets increasing; a block of size 8 whose offset is the stream's size ends it).
+// records are skipped (the layer format has no place for them). Sparse streams (a DATA
+// or ALTERNATE_DATA header with kSparse) come in BackupRead's four forms: size 0 and
+// nothing after it (an empty file); size 0, then SPARSE_BLOCK records (i64 offset + data,
+// offsets increasing; a block of size 8 whose offset is the stream's size ends it: the
+// only block of a file without allocated ranges); or, for one allocated range, the data
+// inline in the header like a dense stream, and then no blocks (a block there is an error).
 // Malformed input throws InvalidLayer with `label` as the entry and the byte offset
 // inside the backup stream.
 class BackupStreamDecoder {
