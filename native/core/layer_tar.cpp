@@ -20,7 +20,7 @@
 //   times before 1601, malformed values of the records above.
 // Export writes the canonical form: the same records, PAX keys sorted (TarWriter), times
 // exact to the 100 ns tick, whiteouts and alternate streams and hard links as bare ustar
-// entries.
+// entries, directory names without a trailing '/' (hcsshim's form).
 #include "layer_tar.hpp"
 
 #include <algorithm>
@@ -524,7 +524,9 @@ private:
         switch (e.type) {
         case EntryType::Directory:
             check(e.path);
-            h.name = e.path + "/";
+            // No trailing '/', as hcsshim writes it: go-winio's importer attaches a stream
+            // only when its name starts with the header's name plus ':'.
+            h.name = e.path;
             h.type = tar_type::kDirectory;
             h.mode = 040000;
             times(e, h);
