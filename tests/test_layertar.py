@@ -297,20 +297,15 @@ def test_whiteouts() -> None:
         ({"pax": [("MSWINDOWS.sd", "O:BAS:(AU;;FA;;;WD)")]}, "SACLs (S:) are not supported"),
         ({"pax": [("MSWINDOWS.sd", "O:DA")]}, "names a domain account"),
         ({"pax": [("MSWINDOWS.xattr.N", "%%%%")]}, "MSWINDOWS.xattr.N is not valid base64"),
-        ({"pax": [("MSWINDOWS.xattr.", "AA==")]}, "bad extended attribute name"),
+        ({"pax": [("MSWINDOWS.xattr." + "N" * 256, "AA==")]}, "name longer than 255 bytes"),
+        ({"pax": [("MSWINDOWS.xattr.N", base64.b64encode(bytes(65536)).decode())]}, "65535"),
         (
             {"pax": [("LIBARCHIVE.creationtime", "yesterday")]},
-            "LIBARCHIVE.creationtime is not a time",
+            "LIBARCHIVE.creationtime is not a PAX time",
         ),
-        (
-            {"pax": [("LIBARCHIVE.creationtime", "-11644473601")]},
-            "LIBARCHIVE.creationtime is not a time",
-        ),
-        (
-            {"pax": [("MSWINDOWS.mountpoint", "1")]},
-            "MSWINDOWS.mountpoint on an entry that is not a symlink",
-        ),
-        ({"mtime": -11644473601}, "mtime before 1601"),
+        ({"pax": [("LIBARCHIVE.creationtime", ".5")]}, "LIBARCHIVE.creationtime is not a PAX"),
+        ({"pax": [("LIBARCHIVE.creationtime", "+-5")]}, "LIBARCHIVE.creationtime is not a PAX"),
+        ({"pax": [("MSWINDOWS.fileattr", "+32")]}, "MSWINDOWS.fileattr is not a 32-bit decimal"),
         (
             {"type": "5", "pax": [("MSWINDOWS.fileattr", "32")]},
             "a directory without FILE_ATTRIBUTE_DIRECTORY",
@@ -338,10 +333,8 @@ def test_bad_records_name_the_entry_and_its_offset(entry: dict[str, Any], messag
     assert err.offset == 1024
 
 
-def test_whiteout_with_data_or_of_wrong_type() -> None:
+def test_whiteout_with_data() -> None:
     assert "carries data" in error(build(FILES, {"name": "Files/.wh.x", "data": b"1"})).reason
-    err = error(build(FILES, {"name": "Files/.wh.x", "type": "5"}))
-    assert "must be a regular file" in err.reason
 
 
 # -- the import driver: abort, commit, digest -------------------------------------------

@@ -46,6 +46,13 @@ std::string base64_encode(const std::string& data) {
 }
 
 bool base64_decode(const std::string& text, std::string& out) {
+    if (text.find_first_of("\r\n") != std::string::npos) {
+        std::string joined;
+        joined.reserve(text.size());
+        for (char c : text)
+            if (c != '\r' && c != '\n') joined += c;
+        return base64_decode(joined, out);
+    }
     out.clear();
     if (text.size() % 4 != 0) return false;
     out.reserve(text.size() / 4 * 3);
@@ -69,9 +76,6 @@ bool base64_decode(const std::string& text, std::string& out) {
         out += static_cast<char>((bits >> 16) & 0xff);
         if (pad < 2) out += static_cast<char>((bits >> 8) & 0xff);
         if (pad < 1) out += static_cast<char>(bits & 0xff);
-        // Non-canonical encodings (stray low bits under the padding) are rejected so
-        // that one value has exactly one spelling.
-        if ((pad == 1 && (bits & 0xff) != 0) || (pad == 2 && (bits & 0xffff) != 0)) return false;
     }
     return true;
 }

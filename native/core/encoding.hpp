@@ -1,7 +1,7 @@
 // Byte encodings the Windows layer formats need, in portable code: standard base64
 // (MSWINDOWS.rawsd and MSWINDOWS.xattr.* values) and UTF-8 <-> UTF-16LE (backup-stream
-// names, reparse-point paths). Decoders are strict: they return false (or throw where
-// noted) instead of guessing, so that a hostile value can never be half-accepted.
+// names, reparse-point paths). Decoders return false (or throw where noted) instead of
+// guessing, so that a hostile value can never be half-accepted.
 #pragma once
 
 #include <cstddef>
@@ -13,8 +13,10 @@ namespace winlayer {
 
 // RFC 4648 standard alphabet, padded.
 std::string base64_encode(const std::string& data);
-// Accepts only canonical padded base64 (length a multiple of 4, '=' only at the end,
-// unused bits zero). Returns false on anything else; `out` is then unspecified.
+// Reads what Go's base64.StdEncoding.DecodeString reads (go-winio decodes the records
+// with it): padded base64 (a multiple of 4 characters, '=' only at the end), CR and LF
+// anywhere skipped, bits under the padding ignored. Returns false on anything else; `out`
+// is then unspecified.
 bool base64_decode(const std::string& text, std::string& out);
 
 // Whether `s` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).

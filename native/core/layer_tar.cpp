@@ -5,19 +5,23 @@
 //   turned into '\\'; MSWINDOWS.mountpoint makes it a junction), 1 -> add_link (the
 //   target passes the same path rules; in this layer it must be a file, else the writer
 //   looks in the parents, or it is an error when allow_parent_links is off),
-//   "<dir>/.wh.<name>" -> remove("<dir>/<name>"), "<file>:<stream>" -> AlternateStream
-//   (only right after its file or directory).
-//   PAX records: MSWINDOWS.fileattr (decimal), MSWINDOWS.rawsd (base64, validated),
-//   MSWINDOWS.sd (SDDL subset, used when there is no rawsd), MSWINDOWS.xattr.<name>
-//   (base64), LIBARCHIVE.creationtime, mtime/atime/ctime; other records are ignored.
+//   "<dir>/.wh.<name>" of any type -> remove("<dir>/<name>") (".wh..wh..opq" too: a
+//   tombstone of ".wh..opq"; a repeated whiteout is dropped), "<file>:<stream>" ->
+//   AlternateStream (only right after its file or directory).
+//   PAX records: MSWINDOWS.fileattr (decimal), MSWINDOWS.rawsd (base64, validated; empty:
+//   none), MSWINDOWS.sd (SDDL subset, used when there is no rawsd), MSWINDOWS.xattr.<name>
+//   (base64; an empty name is dropped), LIBARCHIVE.creationtime, mtime/atime/ctime
+//   (clamped to FILETIME's range); MSWINDOWS.mountpoint off a symlink and other records
+//   are ignored. Values are read as go-winio reads them (Go's base64, ParseUint,
+//   parsePAXTime) and exported in canonical form.
 //   Defaults when a record is missing: attributes 16 (directory), 32 (file), 0x420 (file
 //   symlink) or 0x410 (junction); creation, access and change times = mtime; no
 //   security descriptor (the backend's default applies).
 //   Consistency: a directory's attributes must have FILE_ATTRIBUTE_DIRECTORY, a file's
 //   must not; a symlink always gets FILE_ATTRIBUTE_REPARSE_POINT.
-//   Rejected: opaque-directory whiteouts, whiteouts with data, a name that collides
-//   case-insensitively with an earlier one (including a path both whited out and added),
-//   times before 1601, malformed values of the records above.
+//   Rejected: whiteouts with data, a name that collides case-insensitively with an
+//   earlier one (including a path both whited out and added), malformed values of the
+//   records above (docs/ARCHITECTURE.md lists every refusal and why).
 // Export writes the canonical form: the same records, PAX keys sorted (TarWriter), times
 // exact to the 100 ns tick, whiteouts and alternate streams and hard links as bare ustar
 // entries, directory names without a trailing '/' (hcsshim's form).
@@ -50,15 +54,16 @@ constexpr std::int64_t kEpochDeltaSeconds = 11644473600;  // 1601-01-01 -> 1970-
 constexpr std::uint64_t kProgressEvery = std::uint64_t(8) << 20;
 
 const std::string kWhiteoutPrefix = ".wh.";
-const std::string kOpaqueWhiteout = ".wh..wh..opq";
 const std::string kXattrPrefix = "MSWINDOWS.xattr.";
 
-// TarTime -> FILETIME ticks; false when the time is before 1601 or past the int64 range.
-bool to_filetime(const TarTime& t, std::int64_t& ticks) {
+// TarTime -> FILETIME ticks, clamped to what a FILETIME holds: 0 (1601-01-01) for earlier
+// times, INT64_MAX (year 30828) for later ones. hcsshim's conversion (through Go's
+// UnixNano) wraps around outside 1678-2262, so there is no other reading to keep.
+std::int64_t to_filetime(const TarTime& t) {
     constexpr std::int64_t max_sec = std::numeric_limits<std::int64_t>::max() / kTicksPerSecond - kEpochDeltaSeconds - 1;
-    if (t.sec < -kEpochDeltaSeconds || t.sec > max_sec) return false;
-    ticks = (t.sec + kEpochDeltaSeconds) * kTicksPerSecond + static_cast<std::int64_t>(t.nsec / 100);
-    return true;
+    if (t.sec < -kEpochDeltaSeconds) return 0;
+    if (t.sec > max_sec) return std::numeric_limits<std::int64_t>::max();
+    return (t.sec + kEpochDeltaSeconds) * kTicksPerSecond + static_cast<std::int64_t>(t.nsec / 100);
 }
 
 TarTime from_filetime(std::int64_t ticks) {
@@ -71,8 +76,12 @@ TarTime from_filetime(std::int64_t ticks) {
     return TarTime{sec - kEpochDeltaSeconds, static_cast<std::uint32_t>(rem * 100)};
 }
 
+// Decimal as Go's strconv.ParseUint(v, 10, 32) reads it: digits only, leading zeros
+// allowed.
 bool parse_u32(const std::string& v, std::uint32_t& out) {
-    if (v.empty() || v.size() > 10) return false;
+    if (v.empty()) return false;
+    std::size_t significant = v.size() - std::min(v.find_first_not_of('0'), v.size() - 1);
+    if (significant > 10) return false;
     std::uint64_t x = 0;
     for (char c : v) {
         if (c < '0' || c > '9') return false;
@@ -154,11 +163,14 @@ struct LayerTarImporter::State {
         }
     }
 
-    void add_name(const std::string& path, LayerNames::Kind kind) {
+    // Records `path`; false when it repeats an earlier whiteout (a whiteout again: the same
+    // tombstone, as hcsshim writes it twice). Any other repeat is an error.
+    bool add_name(const std::string& path, LayerNames::Kind kind) {
         LayerNames::Kind previous;
-        if (!names.add(path, kind, &previous))
-            invalid(std::string("name collides with an earlier ") + layer_name_kind(previous) +
-                    " of this layer (Windows names are case-insensitive)");
+        if (names.add(path, kind, &previous)) return true;
+        if (kind == LayerNames::Kind::Whiteout && previous == LayerNames::Kind::Whiteout) return false;
+        invalid(std::string("name collides with an earlier ") + layer_name_kind(previous) +
+                " of this layer (Windows names are case-insensitive)");
     }
 
     void check_path(const std::string& path, const std::string& what) const {
@@ -251,14 +263,17 @@ void LayerTarImporter::State::handle() {
     if (entry.type == EntryType::File) pump();
 }
 
+// As hcsshim's importer: the name alone makes a whiteout (the entry type is ignored), and
+// it deletes the name with ".wh." stripped. An opaque whiteout, "<dir>/.wh..wh..opq", is
+// thus a tombstone of "<dir>/.wh..opq", a name no layer tar can add: it hides nothing,
+// since Windows importers do not implement opaque directories, and exports as it came.
 void LayerTarImporter::State::whiteout(const std::string& dir, const std::string& base) {
-    if (base == kOpaqueWhiteout) invalid("opaque-directory whiteouts are not part of the Windows layer format");
-    if (header.type != tar_type::kFile) invalid("a whiteout must be a regular file entry");
+    // Its data would have no place in the layer, which the original export is rebuilt from.
     if (header.size != 0) invalid("a whiteout carries data");
     if (dir.empty()) invalid("whiteout of a top-level folder");
     std::string target = dir + "/" + base.substr(kWhiteoutPrefix.size());
     check_path(target, "invalid whiteout target");
-    add_name(target, LayerNames::Kind::Whiteout);
+    if (!add_name(target, LayerNames::Kind::Whiteout)) return;
     try {
         writer.remove(target);
     } catch (Error& e) {
@@ -310,6 +325,7 @@ void LayerTarImporter::State::hard_link() {
 void LayerTarImporter::State::metadata() {
     bool have_attributes = false;
     bool have_creation = false;
+    bool have_rawsd = false;
     bool mount_point = false;
     const std::string* sddl = nullptr;
     for (const PaxRecord& r : header.pax) {
@@ -319,6 +335,11 @@ void LayerTarImporter::State::metadata() {
             if (!parse_u32(r.value, entry.attributes)) invalid("MSWINDOWS.fileattr is not a 32-bit decimal number");
             have_attributes = true;
         } else if (k == "MSWINDOWS.rawsd") {
+            have_rawsd = true;
+            if (r.value.empty()) {  // go-winio decodes it to no descriptor
+                entry.security_descriptor.clear();
+                continue;
+            }
             // Entries of a layer share a few descriptors: a small direct-mapped cache
             // decodes and checks each value once (and costs little when they all differ).
             RawsdSlot& slot = rawsd_cache[std::hash<std::string>{}(r.value) % rawsd_cache.size()];
@@ -336,10 +357,12 @@ void LayerTarImporter::State::metadata() {
             mount_point = true;
         } else if (k.compare(0, kXattrPrefix.size(), kXattrPrefix) == 0) {
             std::string ea_name = k.substr(kXattrPrefix.size());
-            if (ea_name.empty() || ea_name.size() > 255) invalid("bad extended attribute name in '" + k + "'");
+            if (ea_name.size() > 255) invalid("extended attribute name longer than 255 bytes in '" + k + "'");
             std::string value;
             if (!base64_decode(r.value, value)) invalid(k + " is not valid base64");
             if (value.size() > 0xffff) invalid(k + " is longer than 65535 bytes");
+            // No file can hold an EA without a name (NTFS refuses to set one): dropped.
+            if (ea_name.empty()) continue;
             auto& eas = entry.extended_attributes;
             auto it = std::find_if(eas.begin(), eas.end(), [&](const auto& ea) { return ea.first == ea_name; });
             if (it != eas.end()) {
@@ -349,20 +372,18 @@ void LayerTarImporter::State::metadata() {
             }
         } else if (k == "LIBARCHIVE.creationtime") {
             TarTime t;
-            if (!parse_pax_time(r.value, t) || !to_filetime(t, entry.times.creation))
-                invalid("LIBARCHIVE.creationtime is not a time after 1601");
+            if (!parse_pax_time(r.value, t)) invalid("LIBARCHIVE.creationtime is not a PAX time ([+-]sec[.fraction])");
+            entry.times.creation = to_filetime(t);
             have_creation = true;
         }
     }
-    if (sddl && entry.security_descriptor.empty())
+    if (sddl && !have_rawsd)
         entry.security_descriptor = decode("MSWINDOWS.sd", [&] { return sddl_to_security_descriptor(*sddl); });
 
-    if (!to_filetime(header.mtime, entry.times.last_write)) invalid("mtime before 1601");
+    entry.times.last_write = to_filetime(header.mtime);
     if (!have_creation) entry.times.creation = entry.times.last_write;
-    entry.times.last_access = entry.times.last_write;
-    entry.times.change = entry.times.last_write;
-    if (header.atime && !to_filetime(*header.atime, entry.times.last_access)) invalid("atime before 1601");
-    if (header.ctime && !to_filetime(*header.ctime, entry.times.change)) invalid("ctime before 1601");
+    entry.times.last_access = header.atime ? to_filetime(*header.atime) : entry.times.last_write;
+    entry.times.change = header.ctime ? to_filetime(*header.ctime) : entry.times.last_write;
 
     if (entry.type == EntryType::Symlink) {
         entry.link_target = header.linkname;
@@ -378,7 +399,7 @@ void LayerTarImporter::State::metadata() {
         if (!have_attributes) entry.attributes = mount_point ? kAttrDirectory : kAttrArchive;
         entry.attributes |= kAttrReparsePoint;
     } else {
-        if (mount_point) invalid("MSWINDOWS.mountpoint on an entry that is not a symlink");
+        // MSWINDOWS.mountpoint is ignored here: go-winio reads it only for symlinks.
         if (!have_attributes) entry.attributes = entry.type == EntryType::Directory ? kAttrDirectory : kAttrArchive;
     }
     std::string problem = attributes_problem(entry);

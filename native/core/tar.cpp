@@ -129,19 +129,18 @@ bool parse_decimal(const std::string& v, std::int64_t& out) {
 
 }  // namespace
 
-// "[-]sec[.fraction]"; digits of the fraction past nanoseconds are dropped (the exact
-// text stays in the PAX records).
+// "[+-]sec[.fraction]", as Go's parsePAXTime reads it ("+5" and "5." are 5); digits of
+// the fraction past nanoseconds are dropped (the exact text stays in the PAX records).
 bool parse_pax_time(const std::string& v, TarTime& out) {
     std::size_t i = 0;
     const bool negative = !v.empty() && v[0] == '-';
-    if (negative) ++i;
+    if (negative || (!v.empty() && v[0] == '+')) ++i;
     const std::size_t dot = v.find('.', i);
     std::int64_t whole;
     if (!parse_decimal(v.substr(i, dot == std::string::npos ? std::string::npos : dot - i), whole))
         return false;
     std::uint32_t nsec = 0;
     if (dot != std::string::npos) {
-        if (dot + 1 == v.size()) return false;
         std::uint32_t scale = 100000000;
         for (std::size_t k = dot + 1; k < v.size(); ++k) {
             if (v[k] < '0' || v[k] > '9') return false;

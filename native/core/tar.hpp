@@ -91,8 +91,8 @@ struct TarTime {
 
 // Formats a time as a PAX value: "sec" or "sec.fraction" with trailing zeros trimmed.
 std::string format_pax_time(const TarTime& t);
-// Parses a PAX time value, "[-]sec[.fraction]" (fraction digits past nanoseconds are
-// dropped); false when it is malformed or out of range.
+// Parses a PAX time value, "[+-]sec[.fraction]" (an empty fraction is 0, fraction digits
+// past nanoseconds are dropped); false when it is malformed or out of range.
 bool parse_pax_time(const std::string& value, TarTime& out);
 
 struct TarHeader {

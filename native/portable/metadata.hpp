@@ -118,7 +118,14 @@ private:
 
 // FILETIME (100 ns ticks since 1601) <-> Unix nanoseconds.
 constexpr std::int64_t kFiletimeUnixEpoch = 116444736000000000;
-inline std::int64_t filetime_to_unix_ns(std::int64_t ft) { return (ft - kFiletimeUnixEpoch) * 100; }
+// Unix nanoseconds hold only 1677-2262: other times saturate (they are what the disk shows;
+// winlayer.meta keeps the exact FILETIME).
+inline std::int64_t filetime_to_unix_ns(std::int64_t ft) {
+    constexpr std::int64_t kMaxTicks = INT64_MAX / 100;
+    if (ft < kFiletimeUnixEpoch - kMaxTicks) return -kMaxTicks * 100;
+    if (ft > kFiletimeUnixEpoch + kMaxTicks) return kMaxTicks * 100;
+    return (ft - kFiletimeUnixEpoch) * 100;
+}
 inline std::int64_t unix_ns_to_filetime(std::int64_t ns) {
     std::int64_t ticks = ns / 100 - (ns % 100 < 0 ? 1 : 0);
     return ticks + kFiletimeUnixEpoch;
