@@ -3,14 +3,22 @@ rules as an import applies them (entry names, hard-link targets, whiteouts, stre
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import re
 import tarfile
+import unicodedata
+from types import ModuleType
 
 import pytest
 
 from winlayer import InvalidLayer
 from winlayer import _hcs as h
 from winlayer.layertar import list_layer_tar
+
+from .conftest import REPO
+
+GENERATOR = REPO / "native" / "core" / "gen_ntfs_upcase.py"
 
 VALID = [
     "Files",
@@ -113,6 +121,16 @@ def test_stream_names(name: str, problem: str) -> None:
         ("ѡҋӂӑ", "ѠҊӁӐ"),
         ("աբգ", "ԱԲԳ"),
         ("\uff41\uff42\uff5a", "\uff21\uff22\uff3a"),  # fullwidth a b z
+        ("liệu", "LIỆU"),  # Latin Extended Additional
+        ("ⓐⓩ", "ⒶⓏ"),  # circled letters
+        ("ⅰⅻ", "ⅠⅫ"),  # Roman numerals
+        ("ǆǉǌǳ", "ǄǇǊǱ"),  # digraphs
+        ("ɓɗɛɠɨ", "ƁƊƐƓƗ"),  # African Latin letters
+        ("ⰰⲁꙁꜳ", "ⰀⲀꙀꜲ"),  # Glagolitic, Coptic, Cyrillic Extended-B, Latin Extended-D
+        ("ⴀ", "Ⴀ"),  # Georgian Nuskhuri / Asomtavruli
+        ("ა", "Ა"),  # Georgian Mkhedruli / Mtavruli (Unicode 11)
+        ("ꭰᏸ", "ᎠᏰ"),  # Cherokee (Unicode 8)
+        ("ᾀῃ", "ᾈῌ"),  # Greek with iota subscript: their simple uppercase is the titlecase
     ],
 )
 def test_ntfs_fold_equates_cases(a: str, b: str) -> None:
@@ -120,11 +138,62 @@ def test_ntfs_fold_equates_cases(a: str, b: str) -> None:
     assert h.ntfs_fold(b) == b.upper() or not b.isascii()
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ßŉǰΐﬀ",  # no single-code-point uppercase
+        "ıſµǅǈǋǲ",  # share an uppercase letter but are no case pair (dotless i, long s, ...)
+        "ϐϑϕϖϰϱϵ\u0345\u1fbeẛᲀ",  # Greek symbol forms, iota subscripts, Cyrillic variants
+        "ẞ",  # capital sharp s: ß has no uppercase, so the two stay apart
+        "\U00010428\U0001e922",  # supplementary (Deseret, Adlam): two UTF-16 units each
+        "\u00d7\u00f7日本",
+    ],
+)
+def test_ntfs_fold_keeps_what_ntfs_does_not_upcase(name: str) -> None:
+    assert h.ntfs_fold(name) == name
+
+
 def test_ntfs_fold_keeps_distinct_names_distinct() -> None:
     assert h.ntfs_fold("a") != h.ntfs_fold("b")
-    assert h.ntfs_fold("ß") == "ß"  # no single-character upper case: kept as is
-    assert h.ntfs_fold("\u00d7\u00f7") == "\u00d7\u00f7"  # multiplication, division signs
-    assert h.ntfs_fold("日本") == "日本"
+    # final sigma: no case pair of capital sigma, but Windows folds it too
+    assert h.ntfs_fold("\u03c2") == h.ntfs_fold("\u03c3") == "\u03a3"
+    assert h.ntfs_fold("ß") != h.ntfs_fold("ẞ")
+    assert h.ntfs_fold("\u0131") != h.ntfs_fold("i")  # dotless i
+
+
+def _upcase_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_ntfs_upcase", GENERATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_upcase_table_is_the_generators_output() -> None:
+    gen = _upcase_generator()
+    table: dict[int, int] = gen.upcase_map()
+    committed = gen.TABLE.read_text()
+    made_from = re.search(r"the Unicode (\S+) database", committed)
+    assert made_from is not None
+    same_unicode = made_from.group(1) == unicodedata.unidata_version
+    if same_unicode:
+        assert gen.render(table) == committed
+    for c in range(0x10000):
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        got = ord(h.ntfs_fold(chr(c)))
+        if same_unicode:
+            assert got == table.get(c, c), hex(c)
+        else:  # a later Unicode only adds case pairs
+            assert got in (c, table.get(c, c)), hex(c)
+
+
+@pytest.mark.parametrize(("a", "b"), [("Files/liệu", "Files/LIỆU"), ("Files/ⓐ", "Files/Ⓐ")])
+def test_names_ntfs_upcases_to_one_collide(a: str, b: str) -> None:
+    err = listing_error(("Files/", "5", ""), (a, "0", ""), (b, "0", ""))
+    assert err.entry == b
+    assert "collides with an earlier file" in err.reason
 
 
 # -- the rules inside an import ---------------------------------------------------------

@@ -1,9 +1,11 @@
 #include "path_rules.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 
 #include "encoding.hpp"
+#include "ntfs_upcase_table.hpp"
 #include "sha256.hpp"
 
 namespace winlayer {
@@ -114,38 +116,13 @@ bool split_stream_path(const std::string& path, std::string& file, std::string& 
 
 char32_t ntfs_upcase(char32_t c) {
     if (c < 0x80) return (c >= 'a' && c <= 'z') ? c - 32 : c;
-    if (c < 0x100) {
-        if (c >= 0xe0 && c <= 0xfe && c != 0xf7) return c - 32;
-        if (c == 0xff) return 0x178;
-        return c;
-    }
-    if (c < 0x180) {  // Latin Extended-A: alternating upper/lower pairs
-        if ((c >= 0x100 && c <= 0x12f) || (c >= 0x132 && c <= 0x137) || (c >= 0x14a && c <= 0x177))
-            return (c & 1) ? c - 1 : c;
-        if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) return (c & 1) ? c : c - 1;
-        return c;
-    }
-    if (c >= 0x370 && c < 0x400) {  // Greek
-        if (c == 0x3ac) return 0x386;
-        if (c >= 0x3ad && c <= 0x3af) return c - 37;
-        if (c == 0x3c2) return 0x3a3;  // final sigma
-        if (c >= 0x3b1 && c <= 0x3cb) return c - 32;
-        if (c == 0x3cc) return 0x38c;
-        if (c == 0x3cd || c == 0x3ce) return c - 63;
-        return c;
-    }
-    if (c >= 0x400 && c < 0x530) {  // Cyrillic and Cyrillic Supplement
-        if (c >= 0x430 && c <= 0x44f) return c - 32;
-        if (c >= 0x450 && c <= 0x45f) return c - 80;
-        if ((c >= 0x460 && c <= 0x481) || (c >= 0x48a && c <= 0x4bf) || (c >= 0x4d0 && c <= 0x52f))
-            return (c & 1) ? c - 1 : c;
-        if (c >= 0x4c1 && c <= 0x4ce) return (c & 1) ? c : c - 1;
-        if (c == 0x4cf) return 0x4c0;
-        return c;
-    }
-    if (c >= 0x561 && c <= 0x586) return c - 48;        // Armenian
-    if (c >= 0xff41 && c <= 0xff5a) return c - 32;      // fullwidth Latin
-    return c;
+    if (c > 0xffff) return c;  // two code units, surrogates: NTFS maps each to itself
+    const UpcaseRun* run = std::upper_bound(kUpcaseRuns, kUpcaseRuns + kUpcaseRunCount, c,
+                                            [](char32_t v, const UpcaseRun& r) { return v < r.first; });
+    if (run == kUpcaseRuns) return c;
+    --run;
+    if (c > run->last || (c - run->first) % run->stride != 0) return c;
+    return static_cast<char32_t>(static_cast<std::int32_t>(c) + run->delta);
 }
 
 std::string ntfs_fold(const std::string& path) {
