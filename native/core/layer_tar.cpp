@@ -126,6 +126,8 @@ struct LayerTarImporter::State {
     State(Source& tar, LayerWriter& w, const ImportOptions& o)
         : reader(tar, o.record_tar_split ? &split : nullptr), writer(w), options(o) {
         if (o.record_tar_split) split.stream_to(w.tar_split_sink());
+        // commit() checks the digest: a stream that ends after an entry is then the layer.
+        if (!o.expected_digest.empty()) reader.accept_missing_end();
     }
 
     TarSplitWriter split;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "encoding.hpp"
@@ -311,6 +312,138 @@ void TarReader::parse_pax(const std::string& data, std::uint64_t data_at,
     }
 }
 
+// Names other readers could take.
+
+namespace {
+
+bool is_separator(char c) { return c == '/' || c == '\\'; }
+
+// Absolute for some platform's reader: rooted ('/', '\\', so UNC too) or with a drive letter.
+bool is_absolute_name(std::string_view name) {
+    if (!name.empty() && is_separator(name[0])) return true;
+    return name.size() >= 2 && name[1] == ':' &&
+           ((name[0] >= 'A' && name[0] <= 'Z') || (name[0] >= 'a' && name[0] <= 'z'));
+}
+
+// Calls visit(component) for each component, split at '/' and '\\' (as Windows splits).
+template <typename F>
+void for_each_component(std::string_view name, F&& visit) {
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= name.size(); ++i) {
+        if (i == name.size() || is_separator(name[i])) {
+            visit(name.substr(start, i - start));
+            start = i + 1;
+        }
+    }
+}
+
+// A name no reader can resolve outside the folder it extracts into.
+bool is_contained_name(std::string_view name) {
+    if (is_absolute_name(name)) return false;
+    bool dotdot = false;
+    for_each_component(name, [&](std::string_view c) { dotdot = dotdot || c == ".."; });
+    return !dotdot;
+}
+
+// Where a symlink at `entry` pointing to `target` leads, resolved lexically from the
+// entry's folder: absolute, outside the archive's root, or inside it.
+enum class LinkReach { Inside, Outside, Absolute };
+
+LinkReach link_reach(std::string_view entry, std::string_view target) {
+    if (is_absolute_name(target)) return LinkReach::Absolute;
+    long depth = 0;
+    bool outside = false;
+    auto step = [&](std::string_view c) {
+        if (c == "..") outside = outside || --depth < 0;
+        else if (!c.empty() && c != ".") ++depth;
+    };
+    std::size_t cut = entry.find_last_of("/\\");
+    if (cut != std::string_view::npos) for_each_component(entry.substr(0, cut), step);
+    for_each_component(target, step);
+    return outside ? LinkReach::Outside : LinkReach::Inside;
+}
+
+constexpr const char* kUstarLinkField = "ustar link name field";
+
+// Whether `field` is `value` as a writer puts it in an ASCII ustar field beside the real
+// value: cut short, its non-ASCII bytes kept (GNU tar), or each non-ASCII character made
+// '?' (Python), each such byte '_' (TarWriter), or dropped (Go).
+bool is_ascii_rendering(const std::string& field, const std::string& value) {
+    for (int policy = 0; policy < 4; ++policy) {
+        std::string out;
+        for (std::size_t i = 0; i < value.size() && out.size() < field.size(); ++i) {
+            const auto c = static_cast<unsigned char>(value[i]);
+            if (c < 0x80 || policy == 0) out += static_cast<char>(c);
+            else if (policy == 1 && c >= 0xc0) out += '?';  // one per lead byte
+            else if (policy == 2) out += '_';
+        }
+        if (out == field) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+// One header can name an entry (and its link target) several ways: the ustar name field
+// (all that a v7 reader sees), prefix/name (ustar), a GNU long name, PAX path records.
+// Readers differ in which wins (Go prefers GNU names over PAX ones, Python the header read
+// last), so a name winlayer does not use still matters: the original export gives the
+// same bytes to them. Writers put a truncated or placeholder ustar name beside a long
+// one; that is fine, but an alternative that would escape the extraction folder where the
+// name used here does not is refused (tar.hpp).
+void TarReader::check_alternative_names(const std::uint8_t* block, bool posix,
+                                        const Pending& pending, const TarHeader& h) {
+    auto refuse = [&](const std::string& alternative, const char* source, const char* what,
+                      const std::string& used) {
+        fail("ambiguous entry: the " + std::string(source) + " '" + alternative + "' " + what +
+                 ", unlike '" + used + "' which is used here; another tar reader may take it",
+             h.name, h.offset);
+    };
+    auto check_name = [&](const std::string& alternative, const char* source) {
+        if (alternative != h.name && !is_contained_name(alternative))
+            refuse(alternative, source, "is absolute or has a '..' component", h.name);
+    };
+    const std::string ustar_name = field_string(block, kName);
+    check_name(ustar_name, "ustar name field");
+    if (posix) {
+        const std::string prefix = field_string(block, kPrefix);
+        if (!prefix.empty()) check_name(prefix + "/" + ustar_name, "ustar prefix and name");
+    }
+    if (pending.has_long_name) check_name(pending.long_name, "GNU long name");
+    for (const auto& r : h.pax)
+        if (r.key == "path" && !r.value.empty()) check_name(r.value, "PAX path");
+
+    if (h.type != tar_type::kHardLink && h.type != tar_type::kSymlink) return;
+    // A hard link names an entry of the archive: the rule for names. A symlink's target may
+    // be relative with '..' or absolute: an alternative must agree with the used one in
+    // that, and may lead outside the archive's root only if the used one does. The ustar
+    // field may hold the ASCII rendering writers make of the target (Go's, which drops
+    // non-ASCII characters, can make a relative target absolute): that is the target
+    // itself, which winlayer would take as it is.
+    const LinkReach used = link_reach(h.name, h.linkname);
+    auto check_link = [&](const std::string& alternative, const char* source) {
+        if (alternative.empty() || alternative == h.linkname) return;
+        if (h.type == tar_type::kHardLink) {
+            if (!is_contained_name(alternative))
+                refuse(alternative, source, "is absolute or has a '..' component", h.linkname);
+            return;
+        }
+        if (source == kUstarLinkField && is_ascii_rendering(alternative, h.linkname)) return;
+        const LinkReach reach = link_reach(h.name, alternative);
+        if ((reach == LinkReach::Absolute) != (used == LinkReach::Absolute))
+            refuse(alternative, source,
+                   reach == LinkReach::Absolute ? "is an absolute symlink target"
+                                                : "is a relative symlink target",
+                   h.linkname);
+        if (reach == LinkReach::Outside && used == LinkReach::Inside)
+            refuse(alternative, source, "leads outside the archive's root", h.linkname);
+    };
+    check_link(field_string(block, kLinkname), kUstarLinkField);
+    if (pending.has_long_link) check_link(pending.long_link, "GNU long link name");
+    for (const auto& r : h.pax)
+        if (r.key == "linkpath") check_link(r.value, "PAX linkpath");
+}
+
 std::string TarReader::peek_name() {
     if (!fill(kTarBlockSize) || is_zero_block(buffer_.get() + pos_)) return {};
     return field_string(buffer_.get() + pos_, kName);
@@ -419,8 +552,14 @@ bool TarReader::next(TarHeader& h) {
         for (const auto& r : pending.pax)
             if (r.key == "path" && !r.value.empty()) guess = r.value;
         if (!fill(kTarBlockSize)) {
+            if (missing_end_ok_ && available() == 0 && !pending.any) {
+                current_name_.clear();
+                finish_stream();
+                return false;
+            }
             const char* what = available() == 0 && !pending.any
-                                   ? "truncated archive: missing end-of-archive block"
+                                   ? "truncated archive: missing end-of-archive block (a layer "
+                                     "without one is accepted only with its expected digest)"
                                    : "truncated header";
             if (guess.empty()) {
                 const char* p = reinterpret_cast<const char*>(buffer_.get() + pos_);
@@ -592,6 +731,7 @@ void TarReader::build_header(const std::uint8_t* block, std::uint64_t header_at,
     if (h.name.empty()) fail("entry has an empty name", guess, header_at);
     if ((type == tar_type::kHardLink || type == tar_type::kSymlink) && h.linkname.empty())
         fail("link entry has an empty link target", h.name, header_at);
+    check_alternative_names(block, posix, pending, h);
 
     h.size = type == tar_type::kFile ? static_cast<std::uint64_t>(size) : 0;
     h.data_offset = offset_;

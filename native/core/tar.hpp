@@ -13,6 +13,22 @@
 //     path, linkpath or size is rejected (it would rename or resize every later entry);
 //   - GNU long name 'L' and long link name 'K'; several extension headers before one
 //     entry are merged (PAX wins over GNU, GNU over ustar name/prefix);
+//   - names other readers could take: a header names its entry by the ustar name field
+//     (all that a v7 reader sees), prefix/name (ustar magic only), a GNU 'L' name and PAX
+//     path records (every one of them, not only the last), and a link by the ustar link
+//     field, a GNU 'K' name and PAX linkpath records. Readers differ in which wins (Go
+//     takes GNU names over PAX, Python the extension header read last), and an original
+//     export hands them the same bytes, so an entry is refused when an alternative that
+//     differs from the name used is "unsafe": absolute ('/', '\\', so UNC too, or a drive
+//     letter "C:") or with a '..' component ('/' and '\\' both separate). That rule holds
+//     for names and hard-link targets. Writers put truncated or placeholder names beside
+//     long ones (Go, GNU tar, Python); those are prefixes of a safe name, hence safe. A
+//     symlink's target may be relative with '..' or absolute: an alternative must agree
+//     with the used target in being absolute or relative, and may lead outside the
+//     archive's root (resolved lexically from the entry's folder) only if the used one
+//     does. Its ustar field may also hold the used target as writers render it in ASCII
+//     (cut short, non-ASCII characters as '?' or '_' or dropped: Go makes "/x" of a
+//     relative target whose first folder's name is all non-ASCII): that is no other target than the one used, which may itself be absolute.
 //   - entry types: '0' and '\0' (regular file, reported as '0'), '7' (contiguous file,
 //     reported as '0' like GNU tar and Go do), '1' hard link, '2' symlink, '5' directory.
 //     Everything else is rejected: devices '3'/'4', FIFO '6', GNU sparse 'S' and PAX
@@ -20,7 +36,8 @@
 //     has no use for them and a hostile one would be extracted wrongly.
 //   - The archive ends with a zero block (the second zero block may be missing, as GNU tar
 //     and Go accept). Any bytes after it are consumed (hashed and recorded), not parsed.
-//     A stream that ends before the end-of-archive block is an error (truncated layer).
+//     A stream that ends before the end-of-archive block is an error (truncated layer),
+//     unless accept_missing_end() was called and it ends right after an entry.
 //     With a TarSplitWriter, more than kMaxTrailingData non-zero trailing bytes are refused.
 // Types '1', '2', '5' carry no payload whatever their size field says (as in Go and
 // Python's tarfile); their TarHeader::size is 0.
@@ -131,6 +148,12 @@ public:
     TarReader(const TarReader&) = delete;
     TarReader& operator=(const TarReader&) = delete;
 
+    // Lets the stream end right after an entry (at a header boundary) without the
+    // end-of-archive block, as Go's reader allows and some writers (umoci) do. Such a stream
+    // cannot be told from one cut short at an entry boundary: only for a caller that checks
+    // diff_id() against a digest it trusts before using what it read.
+    void accept_missing_end() { missing_end_ok_ = true; }
+
     // Skips what is left of the current payload and reads the next entry into `header`.
     // Returns false at the end of the archive, after consuming the rest of the stream
     // (diff_id() is then final and the tar-split record complete).
@@ -168,6 +191,8 @@ private:
                    std::vector<PaxRecord>& out);
     void build_header(const std::uint8_t* block, std::uint64_t header_at,
                       const std::string& guess, Pending& pending, TarHeader& h);
+    void check_alternative_names(const std::uint8_t* block, bool posix, const Pending& pending,
+                                 const TarHeader& h);
     std::string peek_name();
     void set_global(PaxRecord r, const std::string& entry, std::uint64_t header_at);
     void finish_stream();
@@ -184,6 +209,7 @@ private:
     std::uint64_t padding_ = 0;    // padding after the current payload
     std::uint64_t entry_index_ = 0;
     bool done_ = false;
+    bool missing_end_ok_ = false;
     std::string current_name_;
     std::vector<PaxRecord> globals_;
     std::uint64_t globals_bytes_ = 0;
