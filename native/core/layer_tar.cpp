@@ -175,6 +175,12 @@ struct LayerTarImporter::State {
                 " of this layer (Windows names are case-insensitive)");
     }
 
+    // First of all: every later step costs more with the length of the path.
+    void check_length(const std::string& path, const std::string& what) const {
+        std::string problem = path_length_problem(path);
+        if (!problem.empty()) invalid(what + ": " + problem);
+    }
+
     void check_path(const std::string& path, const std::string& what) const {
         std::string problem = layer_path_problem(path);
         if (!problem.empty()) invalid(what + ": " + problem);
@@ -215,6 +221,7 @@ void LayerTarImporter::State::handle() {
     std::string path = header.name;
     if (header.type == tar_type::kDirectory && !path.empty() && path.back() == '/') path.pop_back();
     if (path.empty()) invalid("empty name");
+    check_length(path, "invalid path");
 
     std::string base = base_name(path);
     if (base.compare(0, kWhiteoutPrefix.size(), kWhiteoutPrefix) == 0) {
@@ -307,6 +314,7 @@ void LayerTarImporter::State::stream(const std::string& file, const std::string&
 
 void LayerTarImporter::State::hard_link() {
     const std::string& target = header.linkname;
+    check_length(target, "invalid hard link target");
     check_path(target, "invalid hard link target '" + target + "'");
     const LayerNames::Kind* kind = names.find(target);
     if (kind) {
@@ -495,6 +503,7 @@ public:
             entry_ = &e;
             TarHeader h;
             convert(e, h);
+            check_length(h);
             writer_.add(h);
             if (h.type == tar_type::kFile && h.size > 0) copy_data(e);
         }
@@ -509,6 +518,13 @@ private:
 
     void check(const std::string& path) const {
         std::string problem = layer_path_problem(path);
+        if (!problem.empty()) invalid(problem);
+    }
+
+    // The import's first check: the tar name (a folder's without its '/'), a hard link's target.
+    void check_length(const TarHeader& h) const {
+        std::string problem = path_length_problem(h.type == tar_type::kDirectory ? entry_->path : h.name);
+        if (problem.empty() && h.type == tar_type::kHardLink) problem = path_length_problem(h.linkname);
         if (!problem.empty()) invalid(problem);
     }
 

@@ -90,6 +90,17 @@ std::string layer_path_problem(const std::string& path) {
     return {};
 }
 
+std::string path_length_problem(const std::string& path) {
+    if (path.size() <= kMaxPathUnits) return {};  // a unit takes at least one byte
+    std::size_t units = 0;
+    for (unsigned char b : path) {
+        if ((b & 0xc0) != 0x80) ++units;  // every byte that starts a character
+        if (b >= 0xf0) ++units;           // four-byte characters are surrogate pairs
+    }
+    if (units <= kMaxPathUnits) return {};
+    return "path of " + std::to_string(units) + " UTF-16 units is longer than Windows allows (32,767)";
+}
+
 std::string stream_name_problem(const std::string& name) {
     if (name.empty()) return "empty alternate stream name";
     std::size_t i = 0;

@@ -38,6 +38,8 @@ bool ParentChain::hidden(const std::string& key, std::size_t below) const {
 }
 
 std::optional<std::string> resolve_on_disk(const std::string& root, const std::string& path) {
+    // Spelled as on disk all along (the usual case): one look instead of one per folder.
+    if (stat_path(join(root, path)).kind != NodeKind::Missing) return path;
     std::string disk;
     std::size_t pos = 0;
     while (pos <= path.size()) {

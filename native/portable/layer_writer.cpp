@@ -29,8 +29,8 @@ public:
           meta_file_(std::in_place, staging_.tree().create(kMetaFileName)),
           records_(staging_.tree().create(kRecordsFile)),
           io_(std::make_unique<WriteQueue>(staging_.tree())) {
-        nodes_.emplace(name_key(""), Node{kNone, true, false});
-        dirs_.emplace(name_key(""), "");
+        nodes_.emplace(root_, Node{kNone, true, false});
+        dirs_.emplace(root_, Folder{root_, ""});
     }
     ~PortableLayerWriter() override { abort(); }
 
@@ -61,7 +61,7 @@ public:
         close_current();
         if (name_key(path) == name_key(target)) throw bad("hard link to itself");
         EntryRecord rec;
-        const std::string parent = ensure_parent(path);
+        const std::string parent = ensure_parent(path).disk;
         drop(path);  // first: `t` must not point into what it removes
         auto t = nodes_.find(name_key(target));
         if (t != nodes_.end()) {
@@ -103,7 +103,7 @@ public:
                 c.tree.copy_in(from, to);
             });
         }
-        add_record(path, rec, false, false);
+        add_record(path, rec, {}, false, false);
     }
 
     void remove(const std::string& path) override {
@@ -161,6 +161,16 @@ private:
         bool dir = false;
         bool reparse = false;  // a symlink or junction placeholder
     };
+    // A folder as its parent and its own name on disk, not its whole path: the folders a
+    // deep path implies then cost the length of the path, not its square.
+    struct Folder {
+        NameKey parent;
+        std::string name;
+    };
+    struct Parent {
+        NameKey key;
+        std::string disk;
+    };
 
     static std::string name_of(const std::string& path) {
         std::size_t slash = path.rfind('/');
@@ -173,32 +183,67 @@ private:
 
     // The path in the staging tree of the node at `key`, as first spelled.
     std::string disk_of(const NameKey& key, const Node& n) const {
-        return n.dir ? dirs_.at(key) : records_.path(n.record);
+        return n.dir ? folder_disk(key) : records_.path(n.record);
     }
 
-    // The staging path of the folder `path` goes into, created (without an entry) when the
-    // tar did not list it.
-    std::string ensure_parent(const std::string& path) {
-        std::size_t slash = path.rfind('/');
-        std::string parent = slash == std::string::npos ? "" : path.substr(0, slash);
-        const NameKey key = name_key(parent);
-        auto it = nodes_.find(key);
-        if (it == nodes_.end()) {
-            std::string disk = child_disk(ensure_parent(parent), parent);
-            make_dir(disk);
-            dirs_.emplace(key, disk);
-            it = nodes_.emplace(key, Node{kNone, true, false}).first;
+    std::string folder_disk(NameKey key) const {
+        std::vector<const std::string*> names;
+        for (; !(key == root_); key = dirs_.at(key).parent) names.push_back(&dirs_.at(key).name);
+        std::string disk;
+        for (auto it = names.rbegin(); it != names.rend(); ++it) disk += (disk.empty() ? "" : "/") + **it;
+        return disk;
+    }
+
+    // Whether the folder `key` is below the folder `ancestor`.
+    bool folder_below(NameKey key, const NameKey& ancestor) const {
+        while (!(key == root_)) {
+            key = dirs_.at(key).parent;
+            if (key == ancestor) return true;
         }
-        if (!it->second.dir) throw bad("parent is not a folder: " + parent);
-        if (it->second.reparse) throw bad("parent is a symbolic link or junction: " + parent);
-        return dirs_.at(key);
+        return false;
+    }
+
+    // The folder `path` goes into and its staging path. The folders the tar did not list
+    // are made (without an entry), with one disk operation for them all.
+    Parent ensure_parent(const std::string& path) {
+        std::size_t end = path.rfind('/');
+        if (end == std::string::npos) return {root_, ""};
+        if (parent_.key == name_key(path.substr(0, end)) && !parent_.disk.empty()) return parent_;
+        // The ends of the missing folders, nearest first, up to the nearest known one.
+        std::vector<std::pair<std::size_t, NameKey>> missing;
+        NameKey key = name_key(path.substr(0, end));
+        auto it = nodes_.find(key);
+        while (it == nodes_.end()) {
+            missing.emplace_back(end, key);
+            const std::size_t up = path.rfind('/', end - 1);
+            end = up == std::string::npos ? 0 : up;
+            key = name_key(path.substr(0, end));
+            it = nodes_.find(key);
+        }
+        if (!it->second.dir) throw bad("parent is not a folder: " + path.substr(0, end));
+        if (it->second.reparse) throw bad("parent is a symbolic link or junction: " + path.substr(0, end));
+        std::string staging = folder_disk(key);
+        const std::size_t known = staging.size();
+        for (auto m = missing.rbegin(); m != missing.rend(); ++m) {
+            const std::size_t start = end == 0 ? 0 : end + 1;
+            std::string name = path.substr(start, m->first - start);
+            staging += (staging.empty() ? "" : "/") + name;
+            dirs_.emplace(m->second, Folder{key, std::move(name)});
+            nodes_.emplace(m->second, Node{kNone, true, false});
+            key = m->second;
+            end = m->first;
+        }
+        if (!missing.empty())
+            disk([staging, known](WriteQueue::Context& c) { c.tree.make_dirs(staging, known); });
+        parent_ = {key, std::move(staging)};
+        return parent_;
     }
 
     void add_node(const LayerEntry& entry) {
         const NameKey key = name_key(entry.path);
         const bool reparse = entry.type == EntryType::Symlink;
         const bool dir = is_folder(entry);
-        const std::string parent = ensure_parent(entry.path);
+        const Parent parent = ensure_parent(entry.path);
         auto it = nodes_.find(key);
         if (it != nodes_.end() && it->second.dir && entry.type == EntryType::Directory &&
             !it->second.reparse) {
@@ -217,11 +262,11 @@ private:
         drop(entry.path);
         EntryRecord rec;
         rec.entry = entry;
-        rec.entry.path = child_disk(parent, entry.path);
+        rec.entry.path = child_disk(parent.disk, entry.path);
         if (dir) make_dir(rec.entry.path);
         else open_file(rec.entry.path, entry.type == EntryType::File ? entry.size : 0, entry.times);
         if (entry.type != EntryType::File) rec.entry.size = 0;
-        add_record(entry.path, rec, dir, reparse);
+        add_record(entry.path, rec, parent.key, dir, reparse);
     }
 
     void add_stream(const LayerEntry& entry) {
@@ -252,10 +297,11 @@ private:
         return std::string(kStreamsDirName) + "/" + std::to_string(blob);
     }
 
-    void add_record(const std::string& path, const EntryRecord& rec, bool dir, bool reparse) {
+    void add_record(const std::string& path, const EntryRecord& rec, const NameKey& parent, bool dir,
+                    bool reparse) {
         const NameKey key = name_key(path);
         nodes_[key] = Node{static_cast<std::uint32_t>(records_.add(rec)), dir, reparse};
-        if (dir) dirs_[key] = rec.entry.path;
+        if (dir) dirs_[key] = Folder{parent, name_of(rec.entry.path)};
     }
 
     // Removes what this layer holds at `path` (a whole subtree for a folder).
@@ -267,26 +313,23 @@ private:
         const std::string disk_path = disk_of(key, node);
         if (node.dir) {
             // Names are keyed by digest: the subtree is found by the paths of the records
-            // and of the folders without one (rare: a folder replaced or deleted again).
+            // and by the parents of the folders (rare: a folder replaced or deleted again).
+            parent_ = {};
             const std::string prefix = path_key(path) + "/";
-            auto below = [&](const std::string& p) { return path_key(p).compare(0, prefix.size(), prefix) == 0; };
+            std::vector<NameKey> gone;
+            for (const auto& [k, folder] : dirs_)
+                if (folder_below(k, key)) gone.push_back(k);
             for (std::size_t i = 0; i < records_.size(); ++i) {
                 if (records_.removed(i)) continue;
                 const std::string p = records_.path(i);
-                if (!below(p)) continue;
-                const NameKey k = name_key(p);
-                auto n = nodes_.find(k);
+                if (path_key(p).compare(0, prefix.size(), prefix) != 0) continue;
+                auto n = nodes_.find(name_key(p));
                 if (n != nodes_.end() && n->second.record == i) nodes_.erase(n);
-                dirs_.erase(k);
                 forget(static_cast<std::uint32_t>(i));
             }
-            for (auto d = dirs_.begin(); d != dirs_.end();) {
-                if (below(d->second)) {
-                    nodes_.erase(d->first);
-                    d = dirs_.erase(d);
-                } else {
-                    ++d;
-                }
+            for (const NameKey& k : gone) {
+                nodes_.erase(k);
+                dirs_.erase(k);
             }
             disk([disk_path](WriteQueue::Context& c) { c.tree.remove_tree(disk_path); });
             dirs_.erase(key);
@@ -351,7 +394,9 @@ private:
     Staging staging_;
     std::optional<MetaFileWriter> meta_file_;  // after staging_: closed before the folder goes
     std::unordered_map<NameKey, Node, NameKeyHash> nodes_;
-    std::unordered_map<NameKey, std::string, NameKeyHash> dirs_;  // a folder's staging path
+    const NameKey root_ = name_key("");
+    std::unordered_map<NameKey, Folder, NameKeyHash> dirs_;
+    Parent parent_;  // the last ensure_parent's answer: entries come folder by folder
     EntryTable records_;  // after staging_: its file is closed before the folder goes
     std::vector<std::string> tombstones_;
     std::unique_ptr<WriteQueue> io_;  // after staging_: stopped before the folder goes

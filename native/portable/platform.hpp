@@ -79,6 +79,10 @@ public:
     File create(const std::string& rel);  // a new file, read-write; fails if anything is there
     File open_read(const std::string& rel);
     bool make_dir(const std::string& rel);  // false if a directory is already there
+    // Makes every folder of `rel` past its first `from` bytes (rel[0, from) is a folder of
+    // the tree, "" its root; rel[from] is a '/' unless from is 0), one below the other:
+    // the work grows with the length of `rel`, not with its square.
+    void make_dirs(const std::string& rel, std::size_t from);
     void hard_link(const std::string& existing_rel, const std::string& new_rel);
     void remove(const std::string& rel);  // a file or an empty directory
     void remove_tree(const std::string& rel);  // anything, recursively; absent is fine

@@ -1,6 +1,8 @@
 // POSIX implementation of platform.hpp (Linux and macOS). Relative operations go through
 // the tree's directory fd (openat and friends) with O_NOFOLLOW / AT_SYMLINK_NOFOLLOW; on
 // Linux, opens use openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) when the kernel has it.
+// A path of PATH_MAX bytes or more, which no single call takes (relative or not), is
+// walked in pieces (with_short_path): a layer path may be 32,767 characters long.
 #ifndef _WIN32
 
 #include <dirent.h>
@@ -11,6 +13,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -89,7 +93,7 @@ NodeKind dirent_kind(const struct dirent* d) {
 #endif
 }
 
-int open_beneath(int dirfd, const std::string& rel, int flags, mode_t mode) {
+int open_beneath(int dirfd, const char* rel, int flags, mode_t mode) {
 #if defined(__linux__) && defined(SYS_openat2)
     static bool have_openat2 = true;
     if (have_openat2) {
@@ -97,12 +101,51 @@ int open_beneath(int dirfd, const std::string& rel, int flags, mode_t mode) {
             std::uint64_t flags, mode, resolve;
         } how{static_cast<std::uint64_t>(flags), static_cast<std::uint64_t>(mode),
               0x08 /*RESOLVE_BENEATH*/ | 0x04 /*RESOLVE_NO_SYMLINKS*/};
-        long fd = syscall(SYS_openat2, dirfd, rel.c_str(), &how, sizeof how);
+        long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
         if (fd >= 0 || (errno != ENOSYS && errno != EPERM)) return static_cast<int>(fd);
         have_openat2 = false;  // old kernel or seccomp filter: fall back
     }
 #endif
-    return ::openat(dirfd, rel.c_str(), flags | O_NOFOLLOW, mode);
+    return ::openat(dirfd, rel, flags | O_NOFOLLOW, mode);
+}
+
+void close_keeping_errno(int fd) {
+    int e = errno;
+    ::close(fd);
+    errno = e;
+}
+
+// Runs call(folder fd, path) for `path` below `dirfd` (or absolute), returning what the
+// call returns: an *at() system call, -1 with errno on failure. A path the kernel would
+// refuse as too long is walked first: pieces cut at a '/', each shorter than PATH_MAX,
+// opened in turn as folders (`beneath`: as Tree opens, no symlink and nothing above
+// `dirfd`; otherwise as the kernel resolves a path); the call gets the last piece.
+template <typename Call>
+auto with_short_path(int dirfd, const std::string& path, bool beneath, Call&& call)
+    -> decltype(call(dirfd, "")) {
+    if (path.size() < PATH_MAX) return call(dirfd, path.c_str());
+#ifdef O_PATH
+    constexpr int kWalk = O_PATH | O_DIRECTORY | O_CLOEXEC;  // no read right needed
+#else
+    constexpr int kWalk = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+#endif
+    int fd = dirfd;
+    std::size_t at = 0;
+    while (path.size() - at >= PATH_MAX) {
+        const std::size_t cut = path.rfind('/', at + PATH_MAX - 1);
+        if (cut == std::string::npos || cut <= at) break;  // a name too long: the call says so
+        const std::string piece = path.substr(at, cut - at);
+        const int next = beneath ? open_beneath(fd, piece.c_str(), kWalk, 0)
+                                 : ::openat(fd, piece.c_str(), kWalk);
+        if (fd != dirfd) close_keeping_errno(fd);
+        if (next < 0) return -1;
+        fd = next;
+        at = cut + 1;
+        while (at < path.size() && path[at] == '/') ++at;  // the rest must stay relative
+    }
+    auto result = call(fd, path.c_str() + at);
+    if (fd != dirfd) close_keeping_errno(fd);
+    return result;
 }
 
 std::vector<DirEntry> list_fd(int fd, const std::string& where) {
@@ -112,6 +155,7 @@ std::vector<DirEntry> list_fd(int fd, const std::string& where) {
         ::close(fd);
         throw Error::os(e, "opendir", where);
     }
+    ::rewinddir(d);  // from the first entry, whatever a dup of the fd read before
     std::vector<DirEntry> out;
     errno = 0;
     while (struct dirent* ent = ::readdir(d)) {
@@ -139,31 +183,86 @@ std::vector<DirEntry> list_fd(int fd, const std::string& where) {
     return out;
 }
 
-void remove_tree_at(int dirfd, const std::string& rel, const std::string& where) {
-    if (::unlinkat(dirfd, rel.c_str(), 0) == 0 || errno == ENOENT) return;
-    if (errno != EISDIR && errno != EPERM) throw Error::last_os("unlink", where);
-    int fd = ::openat(dirfd, rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return;
-        throw Error::last_os("open", where);
-    }
+// Folders open at once while a tree is removed, whatever its depth.
+constexpr int kMaxRemoveDepth = 64;
+
+std::size_t remove_entry(int top, int dirfd, const std::string& name, int depth,
+                         const std::string& where);
+
+// Removes what the folder `fd` (`depth` folders below `top`) holds but the folders moved
+// up into `top`, and closes fd. Returns how many were moved.
+std::size_t remove_contents(int top, int fd, int depth, const std::string& where) {
     int keep = ::dup(fd);
-    std::vector<DirEntry> entries;
-    try {
-        entries = list_fd(fd, where);  // closes fd
-    } catch (...) {
-        ::close(keep);
-        throw;
+    if (keep < 0) {
+        int e = errno;
+        ::close(fd);
+        throw Error::os(e, "dup", where);
     }
+    std::size_t moved = 0;
     try {
-        for (const auto& e : entries) remove_tree_at(keep, e.name, where + "/" + e.name);
+        for (const auto& e : list_fd(fd, where))  // closes fd
+            moved += remove_entry(top, keep, e.name, depth, where + "/" + e.name);
     } catch (...) {
         ::close(keep);
         throw;
     }
     ::close(keep);
-    if (::unlinkat(dirfd, rel.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    return moved;
+}
+
+// Removes `name` in the folder `dirfd`, or moves it up into `top` when it is a folder too
+// deep to open (returning 1 then).
+std::size_t remove_entry(int top, int dirfd, const std::string& name, int depth,
+                         const std::string& where) {
+    if (::unlinkat(dirfd, name.c_str(), 0) == 0 || errno == ENOENT) return 0;
+    if (errno != EISDIR && errno != EPERM) throw Error::last_os("unlink", where);
+    if (depth >= kMaxRemoveDepth) {
+        // Everything in `top` goes, so a name taken there can be replaced; one taken by a
+        // folder with contents (or a file) is retried with another.
+        for (;;) {
+            if (::renameat(dirfd, name.c_str(), top, (".removing-" + random_token()).c_str()) == 0) return 1;
+            if (errno != ENOTEMPTY && errno != EEXIST && errno != ENOTDIR)
+                throw Error::last_os("rename", where);
+        }
+    }
+    int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return 0;
+        throw Error::last_os("open", where);
+    }
+    std::size_t moved = remove_contents(top, fd, depth + 1, where);
+    if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
         throw Error::last_os("rmdir", where);
+    return moved;
+}
+
+void remove_tree_at(int dirfd, const std::string& rel, bool beneath, const std::string& where) {
+    auto unlink = [&](int flags) {
+        return with_short_path(dirfd, rel, beneath, [&](int d, const char* p) { return ::unlinkat(d, p, flags); });
+    };
+    if (unlink(0) == 0 || errno == ENOENT) return;
+    if (errno != EISDIR && errno != EPERM) throw Error::last_os("unlink", where);
+    const int top = with_short_path(dirfd, rel, beneath, [](int d, const char* p) {
+        return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    });
+    if (top < 0) {
+        if (errno == ENOENT) return;
+        throw Error::last_os("open", where);
+    }
+    try {
+        // Each round removes what is at most kMaxRemoveDepth deep and moves the folders
+        // below up into `top`, for the next round.
+        for (;;) {
+            int fd = ::dup(top);
+            if (fd < 0) throw Error::last_os("dup", where);
+            if (remove_contents(top, fd, 1, where) == 0) break;
+        }
+    } catch (...) {
+        ::close(top);
+        throw;
+    }
+    ::close(top);
+    if (unlink(AT_REMOVEDIR) != 0 && errno != ENOENT) throw Error::last_os("rmdir", where);
 }
 
 void copy_fd(int in, int out, const std::string& src, const std::string& dst) {
@@ -292,7 +391,9 @@ void File::close() {
 // ---- Tree ---------------------------------------------------------------------------
 
 Tree::Tree(std::string root) : root_(std::move(root)) {
-    int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = with_short_path(AT_FDCWD, root_, false, [](int d, const char* p) {
+        return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    });
     if (fd < 0) throw Error::last_os("open", root_);
     handle_ = fd;
 }
@@ -304,42 +405,71 @@ Tree::~Tree() {
 std::string Tree::full(const std::string& rel) const { return rel.empty() ? root_ : root_ + "/" + rel; }
 
 File Tree::create(const std::string& rel) {
-    int fd = open_beneath(fd_of(handle_), rel, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = with_short_path(fd_of(handle_), rel, true, [](int d, const char* p) {
+        return open_beneath(d, p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    });
     if (fd < 0) throw Error::last_os("create", full(rel));
     return File(fd, full(rel));
 }
 
 File Tree::open_read(const std::string& rel) {
-    int fd = open_beneath(fd_of(handle_), rel, O_RDONLY | O_CLOEXEC, 0);
+    int fd = with_short_path(fd_of(handle_), rel, true,
+                             [](int d, const char* p) { return open_beneath(d, p, O_RDONLY | O_CLOEXEC, 0); });
     if (fd < 0) throw Error::last_os("open", full(rel));
     return File(fd, full(rel));
 }
 
 bool Tree::make_dir(const std::string& rel) {
-    if (::mkdirat(fd_of(handle_), rel.c_str(), 0755) == 0) return true;
+    if (with_short_path(fd_of(handle_), rel, true, [](int d, const char* p) { return ::mkdirat(d, p, 0755); }) == 0)
+        return true;
     int e = errno;
     if (e == EEXIST && stat(rel).kind == NodeKind::Directory) return false;
     throw Error::os(e, "mkdir", full(rel));
 }
 
+void Tree::make_dirs(const std::string& rel, std::size_t from) {
+    int fd = from == 0 ? ::dup(fd_of(handle_)) : with_short_path(fd_of(handle_), rel.substr(0, from), true, [](int d, const char* p) {
+        return open_beneath(d, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    });
+    if (fd < 0) throw Error::last_os("open", full(rel.substr(0, from)));
+    for (std::size_t at = from == 0 ? 0 : from + 1; at < rel.size();) {
+        std::size_t end = std::min(rel.find('/', at), rel.size());
+        const std::string name = rel.substr(at, end - at);
+        int e = ::mkdirat(fd, name.c_str(), 0755) == 0 ? 0 : errno;
+        int next = open_beneath(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+        if (next < 0 && e == 0) e = errno;
+        ::close(fd);
+        if (next < 0) throw Error::os(e, "mkdir", full(rel.substr(0, end)));  // EEXIST: not a folder
+        fd = next;
+        at = end + 1;
+    }
+    ::close(fd);
+}
+
 void Tree::hard_link(const std::string& existing_rel, const std::string& new_rel) {
-    if (::linkat(fd_of(handle_), existing_rel.c_str(), fd_of(handle_), new_rel.c_str(), 0) != 0)
-        throw Error::last_os("link", full(new_rel));
+    const int fd = fd_of(handle_);
+    int r = with_short_path(fd, existing_rel, true, [&](int from_dir, const char* from) {
+        return with_short_path(fd, new_rel, true,
+                               [&](int to_dir, const char* to) { return ::linkat(from_dir, from, to_dir, to, 0); });
+    });
+    if (r != 0) throw Error::last_os("link", full(new_rel));
 }
 
 void Tree::remove(const std::string& rel) {
-    if (::unlinkat(fd_of(handle_), rel.c_str(), 0) == 0) return;
-    if (errno == EISDIR || errno == EPERM) {
-        if (::unlinkat(fd_of(handle_), rel.c_str(), AT_REMOVEDIR) == 0) return;
-    }
-    throw Error::last_os("remove", full(rel));
+    int r = with_short_path(fd_of(handle_), rel, true, [](int d, const char* p) {
+        if (::unlinkat(d, p, 0) == 0) return 0;
+        return errno == EISDIR || errno == EPERM ? ::unlinkat(d, p, AT_REMOVEDIR) : -1;
+    });
+    if (r != 0) throw Error::last_os("remove", full(rel));
 }
 
-void Tree::remove_tree(const std::string& rel) { remove_tree_at(fd_of(handle_), rel, full(rel)); }
+void Tree::remove_tree(const std::string& rel) { remove_tree_at(fd_of(handle_), rel, true, full(rel)); }
 
 NodeStat Tree::stat(const std::string& rel) {
     struct stat st;
-    if (::fstatat(fd_of(handle_), rel.empty() ? "." : rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (with_short_path(fd_of(handle_), rel.empty() ? "." : rel, true, [&](int d, const char* p) {
+            return ::fstatat(d, p, &st, AT_SYMLINK_NOFOLLOW);
+        }) != 0) {
         if (errno == ENOENT || errno == ENOTDIR) return NodeStat{};
         throw Error::last_os("stat", full(rel));
     }
@@ -348,19 +478,23 @@ NodeStat Tree::stat(const std::string& rel) {
 
 void Tree::set_times(const std::string& rel, std::int64_t atime_ns, std::int64_t mtime_ns) {
     struct timespec ts[2] = {ns_ts(atime_ns), ns_ts(mtime_ns)};
-    if (::utimensat(fd_of(handle_), rel.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0)
+    if (with_short_path(fd_of(handle_), rel, true,
+                        [&](int d, const char* p) { return ::utimensat(d, p, ts, AT_SYMLINK_NOFOLLOW); }) != 0)
         throw Error::last_os("utimensat", full(rel));
 }
 
 std::vector<DirEntry> Tree::list(const std::string& rel) {
     int fd = rel.empty() ? ::openat(fd_of(handle_), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                         : open_beneath(fd_of(handle_), rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+                         : with_short_path(fd_of(handle_), rel, true, [](int d, const char* p) {
+                               return open_beneath(d, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+                           });
     if (fd < 0) throw Error::last_os("opendir", full(rel));
     return list_fd(fd, full(rel));
 }
 
 void Tree::copy_in(const std::string& src, const std::string& rel) {
-    int in = ::open(src.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int in = with_short_path(AT_FDCWD, src, false,
+                             [](int d, const char* p) { return ::openat(d, p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC); });
     if (in < 0) throw Error::last_os("open", src);
     File out;
     try {
@@ -404,7 +538,8 @@ void Tree::sync() {
 
 NodeStat stat_path(const std::string& path) {
     struct stat st;
-    if (::lstat(path.c_str(), &st) != 0) {
+    if (with_short_path(AT_FDCWD, path, false,
+                        [&](int d, const char* p) { return ::fstatat(d, p, &st, AT_SYMLINK_NOFOLLOW); }) != 0) {
         if (errno == ENOENT || errno == ENOTDIR) return NodeStat{};
         throw Error::last_os("stat", path);
     }
@@ -414,7 +549,8 @@ NodeStat stat_path(const std::string& path) {
 std::string read_link(const std::string& path) {
     std::string target(256, '\0');
     for (;;) {
-        ssize_t n = ::readlink(path.c_str(), &target[0], target.size());
+        ssize_t n = with_short_path(AT_FDCWD, path, false,
+                                    [&](int d, const char* p) { return ::readlinkat(d, p, &target[0], target.size()); });
         if (n < 0) throw Error::last_os("readlink", path);
         if (static_cast<std::size_t>(n) < target.size()) {
             target.resize(static_cast<std::size_t>(n));
@@ -425,21 +561,29 @@ std::string read_link(const std::string& path) {
 }
 
 bool make_dir(const std::string& path) {
-    if (::mkdir(path.c_str(), 0755) == 0) return true;
+    if (with_short_path(AT_FDCWD, path, false, [](int d, const char* p) { return ::mkdirat(d, p, 0755); }) == 0)
+        return true;
     int e = errno;
     if (e == EEXIST && stat_path(path).kind == NodeKind::Directory) return false;
     throw Error::os(e, "mkdir", path);
 }
 
 void make_dirs(const std::string& path) {
-    if (stat_path(path).kind == NodeKind::Directory) return;
-    std::string parent = dir_name(path);
-    if (!parent.empty() && parent != path) make_dirs(parent);
-    make_dir(path);
+    // The ends of the missing folders, deepest first, then each made top down.
+    std::vector<std::size_t> missing;
+    for (std::size_t end = path.size(); end > 0 && stat_path(path.substr(0, end)).kind != NodeKind::Directory;) {
+        missing.push_back(end);
+        const std::size_t slash = path.rfind('/', end - 1);
+        if (slash == std::string::npos) break;
+        const std::size_t last = path.find_last_not_of('/', slash);
+        end = last == std::string::npos ? 0 : last + 1;
+    }
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) make_dir(path.substr(0, *it));
 }
 
 std::vector<DirEntry> list_dir(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = with_short_path(AT_FDCWD, path, false,
+                             [](int d, const char* p) { return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
     if (fd < 0) {
         if (errno == ENOENT) return {};
         throw Error::last_os("opendir", path);
@@ -458,7 +602,7 @@ void rename_noreplace(const std::string& from, const std::string& to) {
     if (::rename(from.c_str(), to.c_str()) != 0) throw Error::last_os("rename", to);
 }
 
-void remove_tree(const std::string& path) { remove_tree_at(AT_FDCWD, path, path); }
+void remove_tree(const std::string& path) { remove_tree_at(AT_FDCWD, path, false, path); }
 
 std::optional<std::string> read_file_if_exists(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -586,17 +730,23 @@ bool is_mount_point(const std::string& path) {
 }
 
 void make_whiteout(const std::string& path) {
-    if (::mknod(path.c_str(), S_IFCHR | 0000, makedev(0, 0)) != 0)
+    if (with_short_path(AT_FDCWD, path, false,
+                        [](int d, const char* p) { return ::mknodat(d, p, S_IFCHR | 0000, makedev(0, 0)); }) != 0)
         throw Error::last_os("mknod whiteout", path);
 }
 
 bool is_opaque_dir(const std::string& dir) {
+    // Opened (no l*xattr call takes a folder fd) so that a long path works too.
+    int fd = with_short_path(AT_FDCWD, dir, false, [](int d, const char* p) {
+        return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    });
+    if (fd < 0) return false;
+    bool opaque = false;
     char v[4];
-    for (const char* name : {"trusted.overlay.opaque", "user.overlay.opaque"}) {
-        ssize_t n = ::lgetxattr(dir.c_str(), name, v, sizeof v);
-        if (n == 1 && v[0] == 'y') return true;
-    }
-    return false;
+    for (const char* name : {"trusted.overlay.opaque", "user.overlay.opaque"})
+        opaque = opaque || (::fgetxattr(fd, name, v, sizeof v) == 1 && v[0] == 'y');
+    ::close(fd);
+    return opaque;
 }
 
 #else

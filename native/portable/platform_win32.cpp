@@ -194,6 +194,14 @@ File Tree::open_read(const std::string& rel) {
 
 bool Tree::make_dir(const std::string& rel) { return portable::make_dir(full(rel)); }
 
+void Tree::make_dirs(const std::string& rel, std::size_t from) {
+    // \\?\ paths take the whole length; each folder is made by its full path.
+    for (std::size_t end = rel.find('/', from + 1); ; end = rel.find('/', end + 1)) {
+        make_dir(rel.substr(0, end));
+        if (end == std::string::npos) break;
+    }
+}
+
 void Tree::hard_link(const std::string& existing_rel, const std::string& new_rel) {
     if (!CreateHardLinkW(long_path(full(new_rel)).c_str(), long_path(full(existing_rel)).c_str(), nullptr))
         fail("CreateHardLinkW", full(new_rel));
