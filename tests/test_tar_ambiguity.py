@@ -262,3 +262,21 @@ def test_tarfile_long_names_are_accepted(driver: Driver, fmt: int) -> None:
     with driver.diff("ok") as stream:
         canonical = stream.read()
     driver.apply_diff("again", "base", io.BytesIO(canonical))
+
+
+def test_a_cut_that_leaves_dotdot(driver: Driver) -> None:
+    # The first 100 bytes of this safe name end in "/..": as a ustar name alone it would
+    # be the parent folder. Such a field is refused; winlayer's writer cuts shorter.
+    name = "Files/" + "a" * 91 + "/..bcd"
+    assert name[:100].endswith("/..")
+    cut = FILES + pax_header(record("path", name)) + ustar_block(name[:100].encode()) + END
+    assert_refused(driver, cut, name, 512, name[:100])
+    placeholder = FILES + pax_header(record("path", name)) + ustar_block(b"Files/x") + END
+    driver.apply_diff("ok", "base", io.BytesIO(placeholder))
+    with driver.diff("ok") as stream:
+        canonical = stream.read()
+    with tarfile.open(fileobj=io.BytesIO(canonical)) as tf:
+        member = tf.getmember(name)
+    header = canonical[member.offset_data - 512 : member.offset_data]
+    assert header[:100].rstrip(b"\0") == name[:99].encode()
+    driver.apply_diff("again", "base", io.BytesIO(canonical))

@@ -399,8 +399,10 @@ void TarReader::check_alternative_names(const std::uint8_t* block, bool posix,
                  ", unlike '" + used + "' which is used here; another tar reader may take it",
              h.name, h.offset);
     };
+    // A used name that is unsafe itself is the path rules' to refuse, not a disagreement.
+    const bool name_contained = is_contained_name(h.name);
     auto check_name = [&](const std::string& alternative, const char* source) {
-        if (alternative != h.name && !is_contained_name(alternative))
+        if (name_contained && alternative != h.name && !is_contained_name(alternative))
             refuse(alternative, source, "is absolute or has a '..' component", h.name);
     };
     const std::string ustar_name = field_string(block, kName);
@@ -424,7 +426,7 @@ void TarReader::check_alternative_names(const std::uint8_t* block, bool posix,
     auto check_link = [&](const std::string& alternative, const char* source) {
         if (alternative.empty() || alternative == h.linkname) return;
         if (h.type == tar_type::kHardLink) {
-            if (!is_contained_name(alternative))
+            if (is_contained_name(h.linkname) && !is_contained_name(alternative))
                 refuse(alternative, source, "is absolute or has a '..' component", h.linkname);
             return;
         }
@@ -790,13 +792,18 @@ bool fits_ustar_string(const std::string& s, std::size_t width) {
     return true;
 }
 
-// What the ustar field shows when PAX holds the real value: ASCII, cut to the width.
+// What the ustar field shows when PAX holds the real value: ASCII, cut to the width. A cut
+// that leaves ".." as the last name would lead a reader of the field alone to the parent
+// (the reader refuses such an entry): it is cut one character shorter.
 std::string ascii_fallback(const std::string& s, std::size_t width) {
     std::string out;
     for (unsigned char c : s) {
         if (out.size() == width) break;
         out += c < 0x80 ? static_cast<char>(c) : '_';
     }
+    const bool dotdot_end = out.size() >= 2 && out.compare(out.size() - 2, 2, "..") == 0 &&
+                            (out.size() == 2 || is_separator(out[out.size() - 3]));
+    if (out.size() < s.size() && dotdot_end) out.pop_back();
     return out;
 }
 

@@ -18,11 +18,13 @@
 //     path records (every one of them, not only the last), and a link by the ustar link
 //     field, a GNU 'K' name and PAX linkpath records. Readers differ in which wins (Go
 //     takes GNU names over PAX, Python the extension header read last), and an original
-//     export hands them the same bytes, so an entry is refused when an alternative that
-//     differs from the name used is "unsafe": absolute ('/', '\\', so UNC too, or a drive
-//     letter "C:") or with a '..' component ('/' and '\\' both separate). That rule holds
-//     for names and hard-link targets. Writers put truncated or placeholder names beside
-//     long ones (Go, GNU tar, Python); those are prefixes of a safe name, hence safe. A
+//     export hands them the same bytes, so an entry is refused when the name used is safe
+//     and an alternative is "unsafe": absolute ('/', '\\', so UNC too, or a drive letter
+//     "C:") or with a '..' component ('/' and '\\' both separate). (An unsafe name used is
+//     the path rules' to refuse.) That rule holds for names and hard-link targets. Writers put truncated or placeholder names beside
+//     long ones (Go, GNU tar, Python); those are prefixes of a safe name, hence safe
+//     (unless the cut leaves ".." as the last name, which a reader of that field alone
+//     would take as the parent: refused too; TarWriter cuts one character shorter). A
 //     symlink's target may be relative with '..' or absolute: an alternative must agree
 //     with the used target in being absolute or relative, and may lead outside the
 //     archive's root (resolved lexically from the entry's folder) only if the used one
