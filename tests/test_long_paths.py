@@ -88,7 +88,8 @@ def test_over_long_path_is_refused_quickly_with_bounded_memory(tmp_path: Path, k
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["length"] > 40_000
-    assert out["error"] is not None and "32,767" in out["error"], out
+    assert out["error"] is not None, out
+    assert "32,767" in out["error"], out
     assert out["entry_is_name"]
     assert out["offset"] == 512  # the PAX header, after one folder entry
     assert out["seconds"] < 5, out
@@ -192,7 +193,8 @@ def driver(tmp_path: Path) -> Iterator[Driver]:
     try:  # the store removes its own deep trees (sandboxes first)
         for layer in sorted(driver.layers(), key=lambda info: -len(driver.parents(info.id))):
             driver.remove(layer.id)
-        assert sorted(p.name for p in driver.home.iterdir()) == [".winlayer", ".winlayer-store.lock"]
+        left = sorted(p.name for p in driver.home.iterdir())
+        assert left == [".winlayer", ".winlayer-store.lock"]
     finally:
         remove_deep(tmp_path)
 
@@ -237,9 +239,7 @@ def check_sandbox(driver: Driver) -> None:
     assert (DEEP + "/new.txt", "file") in changed
 
 
-def test_sandbox_on_a_deep_layer_copy_view(
-    driver: Driver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sandbox_on_a_deep_layer_copy_view(driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "copy")
     check_sandbox(driver)
 

@@ -27,9 +27,7 @@ FILES = ustar_block(b"Files/", type=b"5")  # the top-level folder, 512 bytes
 def gnu_long(type: bytes, value: bytes) -> bytes:
     """A GNU long name ('L') or long link name ('K') header with its data."""
     data = value + b"\0"
-    return ustar_block(b"././@LongLink", type=type, size=len(data), magic=b"ustar  \0") + pad(
-        data
-    )
+    return ustar_block(b"././@LongLink", type=type, size=len(data), magic=b"ustar  \0") + pad(data)
 
 
 def tarfile_names(raw: bytes) -> list[tuple[str, str]]:
@@ -134,7 +132,7 @@ def test_unsafe_ustar_name_without_its_prefix(driver: Driver) -> None:
 def test_unsafe_gnu_name_with_safe_ustar_name(driver: Driver) -> None:
     # No PAX: the GNU name is used, and it is the unsafe one: the path rules refuse it.
     raw = FILES + gnu_long(b"L", b"Files/../../x") + ustar_block(b"Files/x") + END
-    with pytest.raises(InvalidLayer, match="'..' path component") as info:
+    with pytest.raises(InvalidLayer, match=r"'\.\.' path component") as info:
         driver.apply_diff("evil", "base", io.BytesIO(raw))
     assert info.value.offset == 512
 
@@ -150,13 +148,7 @@ def test_an_earlier_unsafe_pax_path_record(driver: Driver) -> None:
 
 def test_hard_link_unsafe_ustar_linkname_with_safe_pax_linkpath(driver: Driver) -> None:
     link = ustar_block(b"Files/h", type=b"1", linkname=b"../../etc/passwd")
-    raw = (
-        FILES
-        + ustar_block(b"Files/a")
-        + pax_header(record("linkpath", "Files/a"))
-        + link
-        + END
-    )
+    raw = FILES + ustar_block(b"Files/a") + pax_header(record("linkpath", "Files/a")) + link + END
     assert tarfile_names(raw)[2] == ("Files/h", "Files/a")
     assert ustar_alone(raw, len(raw) - len(END) - 512).linkname == "../../etc/passwd"
     assert_refused(driver, raw, "Files/h", 1024, "../../etc/passwd")
@@ -227,25 +219,25 @@ LONG_DIR = "Files/" + "/".join(["\u30c7\u30a3\u30ec\u30af\u30c8\u30ea-" + "d" * 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
 def test_tarfile_long_names_are_accepted(driver: Driver, fmt: int) -> None:
-    names = [
+    folders = ["Files", "Files/" + "b" * 200, LONG_DIR]  # the last: non-ASCII, 300+ long
+    files = [
         "Files/" + "a" * 120,  # over the 100-byte name field
         "Files/" + "b" * 200 + "/" + "c" * 60,  # over 255 characters
-        LONG_DIR,  # non-ASCII, over 300 characters
         LONG_DIR + "/\u00fcber-\u0444\u0430\u0439\u043b.txt",
     ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8") as tf:
-        for name in ["Files", "Files/" + "b" * 200, *[n for n in names[2:3]]]:
+        for name in folders:
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE
             tf.addfile(info)
-        for name in [names[0], names[1], names[3]]:
+        for name in files:
             info = tarfile.TarInfo(name)
             info.size = 3
             tf.addfile(info, io.BytesIO(b"abc"))
         hard = tarfile.TarInfo(LONG_DIR + "/hard-" + "h" * 100)
         hard.type = tarfile.LNKTYPE
-        hard.linkname = names[3]
+        hard.linkname = files[2]
         tf.addfile(hard)
         for i, target in enumerate(
             ["../" * 5 + "\u00e9" * 80, "C:\\\u30c7\u30fc\u30bf\\" + "x" * 150, "\u00e9/" * 70]
