@@ -208,10 +208,10 @@ private:
     Parent ensure_parent(const std::string& path) {
         std::size_t end = path.rfind('/');
         if (end == std::string::npos) return {root_, ""};
-        if (parent_.key == name_key(path.substr(0, end)) && !parent_.disk.empty()) return parent_;
+        NameKey key = name_key(path.substr(0, end));
+        if (!parent_.disk.empty() && parent_.key == key) return parent_;
         // The ends of the missing folders, nearest first, up to the nearest known one.
         std::vector<std::pair<std::size_t, NameKey>> missing;
-        NameKey key = name_key(path.substr(0, end));
         auto it = nodes_.find(key);
         while (it == nodes_.end()) {
             missing.emplace_back(end, key);

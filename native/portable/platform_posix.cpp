@@ -14,9 +14,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <climits>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <random>
 #include <utility>
@@ -736,16 +736,20 @@ void make_whiteout(const std::string& path) {
 }
 
 bool is_opaque_dir(const std::string& dir) {
-    // Opened (no l*xattr call takes a folder fd) so that a long path works too.
-    int fd = with_short_path(AT_FDCWD, dir, false, [](int d, const char* p) {
-        return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    });
-    if (fd < 0) return false;
+    int fd = -1;
+    if (dir.size() >= PATH_MAX) {  // no l*xattr call takes a folder fd: open the folder
+        fd = with_short_path(AT_FDCWD, dir, false, [](int d, const char* p) {
+            return ::openat(d, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        });
+        if (fd < 0) return false;
+    }
     bool opaque = false;
     char v[4];
-    for (const char* name : {"trusted.overlay.opaque", "user.overlay.opaque"})
-        opaque = opaque || (::fgetxattr(fd, name, v, sizeof v) == 1 && v[0] == 'y');
-    ::close(fd);
+    for (const char* name : {"trusted.overlay.opaque", "user.overlay.opaque"}) {
+        ssize_t n = fd < 0 ? ::lgetxattr(dir.c_str(), name, v, sizeof v) : ::fgetxattr(fd, name, v, sizeof v);
+        opaque = opaque || (n == 1 && v[0] == 'y');
+    }
+    if (fd >= 0) ::close(fd);
     return opaque;
 }
 
