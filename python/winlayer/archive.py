@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ._output import output_file
 from ._stream import detect, open_layer
 from .errors import DigestMismatch, LayerInUse, WinlayerError
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
@@ -926,22 +927,15 @@ def save(
 
     The layer blobs are the original layer tars (``driver.diff(id, original=True)``), so
     every digest matches what was loaded: ``load(save(x))`` gives the same image id,
-    diffIDs and chain IDs. A path is written atomically (a temporary file renamed at the
-    end); a stream is written sequentially.
+    diffIDs and chain IDs. A path is written as :mod:`winlayer._output` says (a regular
+    file is replaced once complete, a device or FIFO written in place); a stream is
+    written sequentially.
     """
     refs = [image_refs] if isinstance(image_refs, str) else list(image_refs)
     entries = [_save_entry(store, ref) for ref in refs]
     if isinstance(out, (str, os.PathLike)):
-        target = Path(out)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                _write_archive(driver, store, entries, f, progress)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with output_file(out) as f:
+            _write_archive(driver, store, entries, f, progress)
     else:
         _write_archive(driver, store, entries, out, progress)
 

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from . import __version__, backend
@@ -156,7 +155,9 @@ def _source_total(path: str) -> int | None:
 
 @contextlib.contextmanager
 def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[bytes]]:
-    """The binary stream a command writes its tar to: a file, or stdout for ``-``."""
+    """The binary stream a command writes its tar to: a file (see winlayer._output: a
+    device or FIFO is written in place, anything else replaced once complete), or stdout
+    for ``-``."""
     if path is None or path == "-":
         if args.json:
             raise UsageError("--json cannot be used when the tar goes to stdout; use -o FILE")
@@ -165,13 +166,10 @@ def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[byt
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    tmp = Path(f"{path}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from ._output import output_file
+
+    with output_file(path) as f:
+        yield f
 
 
 # -- layer commands ------------------------------------------------------------------
@@ -207,8 +205,8 @@ def _import(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     with (
+        driver.diff(args.id, original=args.original) as tar,  # a missing layer: nothing written
         output_stream(args, args.output) as out,
-        driver.diff(args.id, original=args.original) as tar,
         progress_bar(f"exporting {args.id}", None) as progress,
     ):
         written = 0
@@ -493,13 +491,14 @@ def _load(args: argparse.Namespace) -> None:
 def _save(args: argparse.Namespace) -> None:
     from .images import save
 
-    with (
-        _image_store(args) as (driver, store),
-        output_stream(args, args.output) as out,
-        progress_bar("saving", None) as progress,
-    ):
-        save(driver, store, args.images, out, progress=_pair_progress(progress))
-    if args.output not in (None, "-"):
+    to_file = args.output not in (None, "-")
+    with _image_store(args) as (driver, store), progress_bar("saving", None) as progress:
+        if to_file:  # save opens the file once the images are found
+            save(driver, store, args.images, args.output, progress=_pair_progress(progress))
+        else:
+            with output_stream(args, args.output) as out:
+                save(driver, store, args.images, out, progress=_pair_progress(progress))
+    if to_file:
         emit(args, {"images": args.images, "output": args.output}, "")
 
 

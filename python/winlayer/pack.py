@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import _hcs
+from ._output import output_path
 from .layertar import list_layer_tar
 
 # Self-relative security descriptor O:BAG:BA, base64 (MSWINDOWS.rawsd).
@@ -36,28 +37,24 @@ _CHUNK = 1 << 20
 def pack_directory(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> str:
     """Write the layer tar of directory `source` to `output`; return its diffID.
 
-    `output` is replaced only once the whole tar is written and validated.
+    `output` gets the tar only once it is whole and validated: a regular file is replaced
+    then, a device or FIFO written then (see :mod:`winlayer._output`).
     """
     root = Path(source)
     if not root.is_dir():
         raise NotADirectoryError(20, "not a directory", str(root))
-    out = Path(output)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        writer = _hcs.TarWriter(str(partial))
+    with output_path(output) as partial:
+        writer = _hcs.TarWriter(partial)
         _add_dir(writer, "Files", root.stat().st_mtime_ns)
         seen_inodes: dict[tuple[int, int], str] = {}
         for name, path, st in _walk(root):
             _add(writer, "Files/" + name, path, st, seen_inodes)
         _add_dir(writer, "Hives", root.stat().st_mtime_ns)
         writer.finish()
-        with list_layer_tar(str(partial)) as listing:
+        with list_layer_tar(partial) as listing:
             for _entry in listing:
                 pass
             diff_id = listing.diff_id
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     assert diff_id is not None
     return diff_id
 
