@@ -67,6 +67,22 @@ def test_import_ls_inspect_export_rm(cli: Cli, tmp_path: Path) -> None:
     assert cli.json("ls") == []
 
 
+def test_reimport_under_the_same_id(cli: Cli, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar.gz"
+    a.write_bytes(base_layer())
+    b.write_bytes(gzip.compress(base_layer(f("Files/b.txt", b"b"))))
+    assert cli("import", "x", str(a)).returncode == 0
+    assert cli.json("import", "x", str(a))["diff_id"] == _sha(a.read_bytes())  # type: ignore[index]
+    other = cli("import", "x", str(b))
+    assert other.returncode == 1
+    b_id = _sha(gzip.decompress(b.read_bytes()))
+    assert other.stderr.decode().splitlines() == [
+        f"winlayer: error: layer already holds diffID {_sha(a.read_bytes())}, "
+        f"the new content has {b_id}: 'x'"
+    ]
+    assert cli.json("inspect", "x")["diff_id"] == _sha(a.read_bytes())  # type: ignore[index]
+
+
 def test_mount_outlives_the_command(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "base.tar"
     src.write_bytes(base_layer())

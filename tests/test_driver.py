@@ -182,6 +182,34 @@ def test_digest_mismatch_leaves_nothing(driver: Driver) -> None:
     assert not driver.exists("base")
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_reimport_of_other_content_is_layer_exists(driver: Driver, compression: str) -> None:
+    import gzip
+
+    first, second = base_layer(), base_layer(f("Files/extra.txt", b"x"))
+    driver.apply_diff("base", None, io.BytesIO(first))
+    before = snapshot(driver.home)
+    blob = gzip.compress(second) if compression == "gzip" else second
+    with pytest.raises(LayerExists) as exc:  # hashed without --digest: never imported
+        driver.apply_diff("base", None, io.BytesIO(blob))
+    assert str(exc.value) == (
+        f"layer already holds diffID {_sha(first)}, the new content has {_sha(second)}: 'base'"
+    )
+    with pytest.raises(LayerExists, match=f"holds diffID {_sha(first)}.*has {_sha(second)}"):
+        driver.apply_diff("base", None, io.BytesIO(b"unread"), digest=_sha(second))
+    assert snapshot(driver.home) == before
+    assert driver.info("base").diff_id == _sha(first)
+
+
+def test_reimport_of_the_same_content_is_idempotent(driver: Driver) -> None:
+    tar = base_layer()
+    size = driver.apply_diff("base", None, io.BytesIO(tar))
+    before = snapshot(driver.home)
+    assert driver.apply_diff("base", None, io.BytesIO(tar)) == size
+    assert driver.apply_diff("base", None, io.BytesIO(b"never read"), digest=_sha(tar)) == size
+    assert snapshot(driver.home) == before
+
+
 def test_bad_tar_leaves_nothing(driver: Driver) -> None:
     tar = layer_tar([d("Files"), f("Files/../../escape", b"x")])
     with pytest.raises(InvalidLayer, match="escape"):

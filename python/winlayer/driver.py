@@ -382,7 +382,9 @@ class Driver:
 
         `digest` (``sha256:<hex>``) is the diffID the uncompressed tar must have; a
         mismatch leaves nothing behind. If `id` already holds imported data (another
-        thread or process imported it first), nothing is unpacked again.
+        thread or process imported it first), nothing is unpacked again: the same content
+        (`digest`, or without it the source's diffID, hashed) returns the stored size,
+        other content is :class:`LayerExists` naming both diffIDs.
         """
         from ._stream import open_layer
 
@@ -392,7 +394,7 @@ class Driver:
         with self._locked(id, rpid):
             if rpid and not self._backend.layer_exists(*self._ref(rpid)):
                 raise LayerNotFound(parent or rpid, "parent layer not found")
-            existing = self._already_imported(id, digest)
+            existing = self._already_imported(id, source, digest)
             if existing is not None:
                 return existing
             layer_chain = self._chain_below(rpid, include_parent=True)
@@ -523,16 +525,21 @@ class Driver:
                 log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
         self._state.save(rid, state)
 
-    def _already_imported(self, id: str, digest: str | None) -> int | None:
-        """Size of `id` if it already holds imported data; None if it must be imported
-        (an empty read-only layer made by :meth:`create` is replaced)."""
+    def _already_imported(self, id: str, source: Source, digest: str | None) -> int | None:
+        """Size of `id` if it already holds this content (`digest`, else the diffID of
+        `source`, hashed without importing it); None if it must be imported (an empty
+        read-only layer made by :meth:`create` is replaced). Other content is LayerExists."""
         folder = self._home_dir(id)
         if not folder.exists():
             return None
         record = self._read_record(id)
         if "diff_id" in record:
-            if digest and digest != record["diff_id"]:
-                raise DigestMismatch(digest, record["diff_id"])
+            stored = record["diff_id"]
+            new = digest or self._diff_id_of(source)
+            if new != stored:
+                raise LayerExists(
+                    id, f"layer already holds diffID {stored}, the new content has {new}"
+                )
             log.info("layer %s was imported already; not unpacking it again", id)
             return int(record.get("size", 0))
         if not record or record.get("read_write"):
@@ -540,6 +547,17 @@ class Driver:
             raise LayerExists(id, "layer already exists and holds data")
         self._backend.destroy_layer(self._info, id)
         return None
+
+    def _diff_id_of(self, source: Source) -> str:
+        """The diffID of a layer tar (path or stream; plain, gzip or zstd), not imported."""
+        from ._stream import open_layer
+
+        tar, _compression = open_layer(source, max_uncompressed=self.max_layer_size)
+        try:
+            return str(_hcs.tar_digest(tar))
+        finally:
+            if tar is not source and hasattr(tar, "close"):
+                tar.close()
 
     def _chain_below(self, rpid: str, *, include_parent: bool) -> list[str]:
         """The parent chain of a new layer on `rpid`."""
