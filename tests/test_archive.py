@@ -412,6 +412,47 @@ def test_corrupt_compressed_layer_names_the_blob(
     assert_pristine(driver, store)
 
 
+ZEROS = layer_tar([d("Files"), f("Files/zeros.bin", bytes(16 << 20))])  # 16 MiB tar
+LIMIT = 4 << 20
+
+
+@pytest.fixture
+def limited(tmp_path: Path, backend_name: str) -> Driver:
+    """A driver whose layers may expand to 4 MiB."""
+    home, base = tmp_path / "home", tmp_path / "base"
+    return Driver(home, backend=backend_name, base_images=base, max_layer_size="4MiB")
+
+
+@pytest.mark.parametrize("outer", ["none", "gzip"])
+@pytest.mark.parametrize("how", ["gzip", "zstd"])
+def test_a_compressed_layer_in_an_archive_obeys_the_size_limit(
+    limited: Driver, tmp_path: Path, how: str, outer: str
+) -> None:
+    data, _ = docker_save([L1, ZEROS], compression=["none", how], layout="blobs")
+    blob = compress(ZEROS, how)
+    assert len(blob) < LIMIT // 100
+    with ImageStore(limited.home) as store:
+        with pytest.raises(InvalidLayer, match=f"{how} data expands past the limit of {LIMIT}"):
+            load(limited, store, write(tmp_path, compress(data, outer)))
+        assert_pristine(limited, store)
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_a_member_of_a_compressed_archive_obeys_the_size_limit(
+    limited: Driver, tmp_path: Path, source: str
+) -> None:
+    # A plain layer in a gzip archive is expanded by the archive's decompression.
+    data, _ = docker_save([L1, ZEROS], layout="blobs")
+    packed = gzip.compress(data)
+    archive: Any = write(tmp_path, packed) if source == "file" else Pipe(packed)
+    with ImageStore(limited.home) as store:
+        expected = f"more than a layer may expand to \\({LIMIT} bytes"
+        with pytest.raises(InvalidArchive, match=expected) as caught:
+            load(limited, store, archive)
+        assert caught.value.member == f"blobs/sha256/{sha(ZEROS)[7:]}"
+        assert_pristine(limited, store)
+
+
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [

@@ -90,3 +90,19 @@ def test_load_of_a_broken_archive_is_one_line(cli: Cli, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert cli.json("images", "ls") == []
+
+
+def test_load_obeys_the_layer_size_limit(cli: Cli, tmp_path: Path) -> None:
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(base_layer(f("Files/zeros", bytes(8 << 20))))
+    archive = tmp_path / "bomb.tar"
+    archive.write_bytes(_docker_save(bomb))
+    cli.env["WINLAYER_MAX_LAYER_SIZE"] = "1MiB"
+    result = cli("load", str(archive))
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert f"zstd data expands past the limit of {1 << 20} uncompressed bytes" in line
+    assert "entry 'l1/layer.tar'" in line
+    assert cli.json("images", "ls") == []
+    assert cli.json("ls") == []

@@ -34,7 +34,7 @@ from winlayer.images import (
 )
 from winlayer.imagestore import IMAGE_DB, MIGRATIONS, SCHEMA_VERSION
 
-from .layerbuild import base_layer, d, layer_tar, link
+from .layerbuild import base_layer, d, f, layer_tar, link
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -480,6 +480,16 @@ def test_install_base_image_then_restore(
         install_base_image(
             portable, "ServerCore", "10.0.1", io.BytesIO(layer), base_images=tmp_path / "base"
         )
+
+
+def test_base_install_obeys_the_layer_size_limit(tmp_path: Path) -> None:
+    import zstandard
+
+    driver = Driver(tmp_path / "home", backend="portable", max_layer_size="1MiB")
+    bomb = zstandard.ZstdCompressor().compress(base_layer(f("Files/zeros", bytes(8 << 20))))
+    with pytest.raises(InvalidLayer, match=f"zstd data expands past the limit of {1 << 20}"):
+        install_base_image(driver, "core", "1", io.BytesIO(bomb), base_images=tmp_path / "base")
+    assert [p.name for p in (tmp_path / "base").iterdir() if not p.name.startswith(".")] == []
 
 
 def test_failed_base_install_leaves_nothing(portable: Driver, tmp_path: Path) -> None:

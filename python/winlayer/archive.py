@@ -308,14 +308,21 @@ def _seekable(f: IO[bytes]) -> bool:
 
 
 def _stream_tar(
-    f: IO[bytes], compression: str
+    f: IO[bytes], compression: str, max_member: int
 ) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
     """The members of a (compressed) tar read as a stream, each with a reader of its data
-    valid until the next member is fetched."""
+    valid until the next member is fetched. A member of a compressed tar may be at most
+    `max_member` bytes (the layer size limit: no blob is larger than its layer's tar)."""
     plain: Any = open_layer(f)[0] if compression != "none" else f
     try:
         with tarfile.open(fileobj=plain, mode="r|") as tar:
             for info in tar:
+                if compression != "none" and info.isreg() and info.size > max_member:
+                    raise InvalidArchive(
+                        f"member of {info.size} bytes in a {compression} archive: more than "
+                        f"a layer may expand to ({max_member} bytes, max_layer_size)",
+                        _clean(info.name),
+                    )
                 yield info, (tar.extractfile(info) if info.isreg() else None)
     except tarfile.TarError as exc:
         raise InvalidArchive(f"not a valid tar archive ({exc})") from None
@@ -659,6 +666,7 @@ class _Loader:
             blob_digest=layer.blob_digest,
             blob_size=layer.blob_size,
             trust_diff_id=layer.blob_digest == layer.diff_id,
+            max_uncompressed=self.driver.max_layer_size,
             on_bytes=self._advance,
         )
 
@@ -819,10 +827,11 @@ def _load_streamed(
 ) -> list[_ImagePlan]:
     archive = _StreamedArchive()
     spilled: dict[str, Path] = {}
+    limit = loader.driver.max_layer_size
     if not seekable:
         # A pipe is read once: small members are kept in memory, the rest in staging
         # files; then the layers are imported from those.
-        for info, data in _stream_tar(f, compression):
+        for info, data in _stream_tar(f, compression, limit):
             cached = archive.note(info, data)
             if data is not None and not cached:
                 spilled[_clean(info.name)] = _spill(data, staging)
@@ -832,7 +841,7 @@ def _load_streamed(
         return plans
     # A first pass for the metadata, so that the second can stream layers straight in.
     start = f.tell()
-    for info, data in _stream_tar(f, compression):
+    for info, data in _stream_tar(f, compression, limit):
         archive.note(info, data)
     plans = _plan(archive)
     _check_single(plans, tag)
@@ -840,7 +849,7 @@ def _load_streamed(
     todo = loader.pending(plans)
     uses = Counter(layer.blob.name for layer in todo)
     position = 0  # the next layer of `todo` to import
-    for info, data in _stream_tar(f, compression):
+    for info, data in _stream_tar(f, compression, limit):
         name = _clean(info.name)
         if data is None or name not in uses or name in spilled:
             continue

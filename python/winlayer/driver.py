@@ -95,7 +95,8 @@ class Driver:
     flavour: a layer tar is extracted straight into the layer's folder). `backend` is
     ``"portable"``, ``"hcs"``, a backend object, or None for :data:`winlayer.backend`.
     `max_layer_size` (default ``$WINLAYER_MAX_LAYER_SIZE`` or 1 TiB) caps what one
-    compressed layer may expand to.
+    compressed layer may expand to, wherever one is decompressed (apply_diff, load,
+    install_base_image).
     The driver is safe to share between threads; several processes may share a home.
     """
 

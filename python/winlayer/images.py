@@ -193,7 +193,7 @@ def install_base_image(
         raise LayerExists(str(path), "base image already installed")
     root.mkdir(parents=True, exist_ok=True)
     info = _hcs.DriverInfo(FLAVOURS[driver.flavour], str(root))
-    stream, _ = open_layer(source)
+    stream, _ = open_layer(source, max_uncompressed=driver.max_layer_size)
     try:
         result = driver._backend.import_layer(info, folder, [], stream, None, progress)
         when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from ._stream import open_layer
+from ._stream import DEFAULT_MAX_UNCOMPRESSED, open_layer
 from .errors import DigestMismatch, InvalidLayer
 
 CHUNK = 1 << 20
@@ -90,8 +90,9 @@ class LayerFeed(io.RawIOBase):
 
     `open_blob` opens the blob; `blob_digest` (``sha256:...``) and `blob_size`, when
     given, are checked. `trust_diff_id` skips hashing a blob that turns out uncompressed:
-    its digest is then the diffID, which the importer verifies itself. `on_bytes` is
-    called (on the feed's thread) with the count of each chunk of blob bytes read.
+    its digest is then the diffID, which the importer verifies itself. A compressed blob
+    may expand to `max_uncompressed` bytes (the driver's ``max_layer_size``). `on_bytes`
+    is called (on the feed's thread) with the count of each chunk of blob bytes read.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class LayerFeed(io.RawIOBase):
         blob_digest: str | None = None,
         blob_size: int | None = None,
         trust_diff_id: bool = False,
+        max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
         on_bytes: Callable[[int], None] | None = None,
         buffer_bytes: int = DEFAULT_BUFFER,
     ) -> None:
@@ -111,6 +113,7 @@ class LayerFeed(io.RawIOBase):
         self._blob_digest = blob_digest
         self._blob_size = blob_size
         self._trust_diff_id = trust_diff_id
+        self._max_uncompressed = max_uncompressed
         self._on_bytes = on_bytes or (lambda _n: None)
         self._limit = buffer_bytes
         self._cond = threading.Condition()
@@ -186,7 +189,7 @@ class LayerFeed(io.RawIOBase):
         counter = _Counter(raw, self._blob_digest is not None, self._on_bytes)
         try:
             plain: Any
-            plain, compression = open_layer(counter)
+            plain, compression = open_layer(counter, max_uncompressed=self._max_uncompressed)
             if compression == "none" and self._trust_diff_id:
                 counter.stop_hashing()
             while data := plain.read(CHUNK):
