@@ -412,6 +412,9 @@ def test_corrupt_compressed_layer_names_the_blob(
     assert_pristine(driver, store)
 
 
+MT_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ZEROS = layer_tar([d("Files"), f("Files/zeros.bin", bytes(16 << 20))])  # 16 MiB tar
 LIMIT = 4 << 20
 
@@ -451,6 +454,45 @@ def test_a_member_of_a_compressed_archive_obeys_the_size_limit(
             load(limited, store, archive)
         assert caught.value.member == f"blobs/sha256/{sha(ZEROS)[7:]}"
         assert_pristine(limited, store)
+
+
+@pytest.mark.parametrize("count", [126, 10_000])
+@pytest.mark.parametrize("layout", ["docker", "oci"])
+def test_an_image_deeper_than_125_layers_is_refused_before_importing(
+    driver: Driver, store: ImageStore, tmp_path: Path, count: int, layout: str
+) -> None:
+    # One small layer listed `count` times: each copy is a layer of its own in the chain.
+    blob = f"blobs/sha256/{sha(L1)[7:]}"
+    config = config_for([L1] * count)
+    config_path = f"blobs/sha256/{sha(config)[7:]}"
+    members: list[tuple[str, Any]] = [(blob, L1), (config_path, config)]
+    if layout == "docker":
+        manifest = [{"Config": config_path, "Layers": [blob] * count}]
+        members.append(("manifest.json", json.dumps(manifest).encode()))
+    else:
+        oci = {
+            "schemaVersion": 2,
+            "config": {"mediaType": MT_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": MT_LAYER, "digest": sha(L1), "size": len(L1)}] * count,
+        }
+        oci_bytes = json.dumps(oci).encode()
+        index = {
+            "manifests": [
+                {"mediaType": MT_MANIFEST, "digest": sha(oci_bytes), "size": len(oci_bytes)}
+            ]
+        }
+        members += [
+            (f"blobs/sha256/{sha(oci_bytes)[7:]}", oci_bytes),
+            ("index.json", json.dumps(index).encode()),
+        ]
+    data = make_tar(members)
+    with pytest.raises(InvalidArchive) as caught:
+        load(driver, store, write(tmp_path, data))
+    assert caught.value.reason == (
+        f"image {sha(config)[7:]} has {count} layers; a layer chain holds at most 125"
+    )
+    assert caught.value.member == f"blobs/sha256/{sha(config)[7:]}"
+    assert_pristine(driver, store)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ def test_install_restore_ls(cli: Cli, tmp_path: Path) -> None:
     assert text[1].startswith("servercore:10.0.20348.1")
 
 
-def _docker_save(layer: bytes) -> bytes:
+def _docker_save(layer: bytes, depth: int = 1) -> bytes:
+    """A docker save archive of image hello:1, `layer` stacked `depth` times."""
     import hashlib
 
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
@@ -46,12 +47,12 @@ def _docker_save(layer: bytes) -> bytes:
         {
             "architecture": "amd64",
             "os": "windows",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id] * depth},
         }
     ).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps(
-        [{"Config": config_name, "RepoTags": ["hello:1"], "Layers": ["l1/layer.tar"]}]
+        [{"Config": config_name, "RepoTags": ["hello:1"], "Layers": ["l1/layer.tar"] * depth}]
     ).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -105,4 +106,14 @@ def test_load_obeys_the_layer_size_limit(cli: Cli, tmp_path: Path) -> None:
     assert f"zstd data expands past the limit of {1 << 20} uncompressed bytes" in line
     assert "entry 'l1/layer.tar'" in line
     assert cli.json("images", "ls") == []
+    assert cli.json("ls") == []
+
+
+def test_load_refuses_an_image_deeper_than_125_layers(cli: Cli, tmp_path: Path) -> None:
+    archive = tmp_path / "deep.tar"
+    archive.write_bytes(_docker_save(base_layer(), depth=10_000))
+    result = cli("load", str(archive))
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert "has 10000 layers; a layer chain holds at most 125" in line
     assert cli.json("ls") == []

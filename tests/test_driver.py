@@ -22,6 +22,7 @@ from winlayer import (
     WinlayerError,
 )
 from winlayer.backend import load
+from winlayer.chain import MAX_DEPTH
 
 from .layerbuild import base_layer, d, f, layer_tar, link, snapshot, wh
 
@@ -148,6 +149,28 @@ def test_create_twice_is_layer_exists(driver: Driver) -> None:
     driver.create("a")
     with pytest.raises(LayerExists):
         driver.create("a")
+
+
+def test_chains_are_at_most_125_read_only_layers_deep(driver: Driver) -> None:
+    parent = None
+    for n in range(1, MAX_DEPTH + 1):
+        driver.apply_diff(f"l{n}", parent, io.BytesIO(layer_tar([f(f"Files/{n}", b"x")])))
+        parent = f"l{n}"
+    assert len(driver.parents("l125")) == 124
+    before = snapshot(driver.home)
+    refused = "a read-only layer on 'l125' would be 126 layers deep; a chain holds at most 125"
+    with pytest.raises(ValueError, match=refused):
+        driver.apply_diff("l126", "l125", io.BytesIO(b"never read"))
+    with pytest.raises(ValueError, match=refused):
+        driver.create("l126", "l125")
+    assert snapshot(driver.home) == before
+    # Docker's init and container layers on a full stack: read/write, one level above it.
+    driver.create("ctr-init", "l125", read_write=True)
+    driver.create("ctr", "ctr-init")
+    assert len(driver.parents("ctr")) == 125
+    with pytest.raises(ValueError, match="a read/write layer on 'ctr' would be 127 layers deep"):
+        driver.create("nested", "ctr", read_write=True)
+    assert not driver.exists("nested")
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", ".hidden", "x-removing"])

@@ -55,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._output import output_file
 from ._stream import detect, open_layer
+from .chain import MAX_DEPTH
 from .errors import DigestMismatch, LayerInUse, WinlayerError
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
 from .layerfeed import CHUNK, BlobOpener, LayerFeed
@@ -418,6 +419,12 @@ def _image_plan(
     config: bytes, config_name: str, blobs: list[tuple[_Member, str | None, int | None]]
 ) -> _ImagePlan:
     """Checks a config against the layer blobs it is loaded with."""
+    if len(blobs) > MAX_DEPTH:
+        raise InvalidArchive(
+            f"image {hashlib.sha256(config).hexdigest()} has {len(blobs)} layers; a layer "
+            f"chain holds at most {MAX_DEPTH}",
+            config_name,
+        )
     doc = _json(config, config_name)
     if not isinstance(doc, dict):
         raise InvalidArchive("image config is not a JSON object", config_name)

@@ -9,6 +9,8 @@ another winlayer version or by the other backend is read back:
 - the alternate-ID file: the name of the folder that holds the layer's data. The seed
   wrote it as ``layerId`` and read it as ``layerID``; it is read here whatever its case
   and written as ``layerId``.
+
+A chain is at most :data:`MAX_DEPTH` read-only layers deep.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from .errors import StoreCorrupt
 
 CHAIN_FILE = "layerchain.json"
 ALT_ID_FILE = "layerId"
+#: Most read-only layers one chain may stack, a layer and its parents (Docker's
+#: maxLayerDepth); a read/write layer may sit on a full stack. Every layer stores its whole
+#: chain, so a store of n stacked layers holds n * (n - 1) / 2 parent paths.
+MAX_DEPTH = 125
 
 _GO_ESCAPES = {
     "<": "\\u003c",

@@ -221,6 +221,7 @@ class Driver:
             layer_chain = self._chain_below(rpid, include_parent=not rpid.endswith("-init"))
             if sandbox and not layer_chain:
                 raise ValueError(f"cannot create a read/write layer without a parent layer: {id!r}")
+            _check_depth(layer_chain, parent, read_write=sandbox)
             self._state.mark_pending(id)
             try:
                 if sandbox:
@@ -395,10 +396,11 @@ class Driver:
         with self._locked(id, rpid):
             if rpid and not self._backend.layer_exists(*self._ref(rpid)):
                 raise LayerNotFound(parent or rpid, "parent layer not found")
+            layer_chain = self._chain_below(rpid, include_parent=True)
+            _check_depth(layer_chain, parent, read_write=False)
             existing = self._already_imported(id, source, digest)
             if existing is not None:
                 return existing
-            layer_chain = self._chain_below(rpid, include_parent=True)
             self._state.mark_pending(id)
             try:
                 stream, _compression = open_layer(source, max_uncompressed=limit)
@@ -777,6 +779,18 @@ def _check_id(id: str) -> None:
         or id.endswith(REMOVING_SUFFIX)
     ):
         raise ValueError(f"invalid layer id {id!r}")
+
+
+def _check_depth(layer_chain: list[str], parent: str | None, *, read_write: bool) -> None:
+    """Refuse a new layer whose chain would pass :data:`chain.MAX_DEPTH` read-only layers
+    (a read/write layer may top a full stack, as Docker's init and container layers do)."""
+    depth = len(layer_chain) + 1
+    if depth > chain.MAX_DEPTH + (1 if read_write else 0):
+        kind = "read/write" if read_write else "read-only"
+        raise ValueError(
+            f"a {kind} layer on {parent!r} would be {depth} layers deep; a chain holds at "
+            f"most {chain.MAX_DEPTH} read-only layers"
+        )
 
 
 def _exists_in_chain(path: str, parents: list[str]) -> bool:
