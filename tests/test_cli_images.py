@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import sqlite3
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from .conftest import Cli
 from .layerbuild import base_layer, d, f
@@ -117,3 +122,44 @@ def test_load_refuses_an_image_deeper_than_125_layers(cli: Cli, tmp_path: Path) 
     (line,) = result.stderr.decode().splitlines()
     assert "has 10000 layers; a layer chain holds at most 125" in line
     assert cli.json("ls") == []
+
+
+def _damage(db: Path, how: str) -> None:
+    if how == "page":  # overwrite the middle third: the pages of tags and layers
+        size = db.stat().st_size
+        with open(db, "r+b") as f:
+            f.seek(size // 3)
+            f.write(b"\xff" * (size // 3))
+    elif how == "dropped-table":
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("DROP TABLE tags")
+            conn.commit()
+    else:
+        os.truncate(db, db.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("command", ["images ls", "load", "save"])
+@pytest.mark.parametrize("how", ["page", "dropped-table", "truncated"])
+def test_a_damaged_image_store_is_one_line_naming_it(
+    cli: Cli, tmp_path: Path, how: str, command: str
+) -> None:
+    archive = tmp_path / "hello.tar"
+    archive.write_bytes(_docker_save(base_layer()))
+    assert cli("load", str(archive)).returncode == 0
+    db = cli.home / ".winlayer" / "images.db"
+    _damage(db, how)
+    layers = cli.json("ls")
+    other = tmp_path / "other.tar"  # new layers: a failed load must take them out again
+    other.write_bytes(_docker_save(base_layer(f("Files/new.txt", b"new"))))
+    args = {
+        "images ls": ["images", "ls"],
+        "load": ["load", str(other)],
+        "save": ["save", "hello:1", "-o", str(tmp_path / "out.tar")],
+    }[command]
+    result = cli(*args)
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("winlayer: error: unreadable image store (")
+    assert line.endswith(f": '{db}'")
+    assert cli.json("ls") == layers
+    assert not (tmp_path / "out.tar").exists()

@@ -405,6 +405,39 @@ def test_garbage_database_is_store_corrupt(tmp_path: Path) -> None:
     assert caught.value.path == str(path)
 
 
+def test_damage_found_after_opening_is_store_corrupt(tmp_path: Path) -> None:
+    with ImageStore(tmp_path) as store:
+        store.register(image(1))
+        with contextlib.closing(sqlite3.connect(tmp_path / IMAGE_DB)) as other:
+            other.execute("DROP TABLE tags")
+            other.commit()
+        for call in (store.images, lambda: store.tag("app", "1", image(1).id)):
+            with pytest.raises(
+                StoreCorrupt, match=r"unreadable image store \(no such table: tags\)"
+            ) as caught:
+                call()
+            assert caught.value.path == str(tmp_path / IMAGE_DB)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3 error codes need Python 3.11")
+def test_a_store_locked_past_the_busy_timeout_is_a_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import winlayer.imagestore
+
+    monkeypatch.setattr(winlayer.imagestore, "BUSY_TIMEOUT_S", 0.1)
+    with (
+        ImageStore(tmp_path) as store,
+        contextlib.closing(sqlite3.connect(tmp_path / IMAGE_DB, isolation_level=None)) as other,
+    ):
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(TimeoutError, match="image store stayed locked") as caught:
+            store.register(image(1))
+        assert caught.value.filename == str(tmp_path / IMAGE_DB)
+        other.execute("ROLLBACK")
+        store.register(image(1))  # the store itself is fine
+
+
 _WRITER = textwrap.dedent(
     """
     import hashlib, json, sys

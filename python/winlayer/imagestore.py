@@ -11,7 +11,9 @@
   bytes of file data and the byte size of the uncompressed layer tar.
 
 Several processes may share a store: the database runs in WAL mode with a busy timeout,
-and every change is one ``BEGIN IMMEDIATE`` transaction. The schema is versioned with
+and every change is one ``BEGIN IMMEDIATE`` transaction. Any SQLite error is
+:class:`~winlayer.StoreCorrupt` naming the database file (a lock held past the busy
+timeout: ``TimeoutError``). The schema is versioned with
 ``PRAGMA user_version``; opening a store runs the migration steps it has not seen yet, in
 order, inside one transaction, and refuses a store written by a newer winlayer.
 """
@@ -19,6 +21,7 @@ order, inside one transaction, and refuses a store written by a newer winlayer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -47,6 +50,7 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
 _NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _LAYER_COLUMNS = "chain_id, layer_id, diff_id, parent, size, tar_size"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes
 
 
 class ImageNotFound(WinlayerError, LookupError):
@@ -194,21 +198,17 @@ class ImageStore:
         self.path = Path(home).absolute() / IMAGE_DB
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        try:
+        with _errors_named(self.path):
             self._db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-        except sqlite3.Error as exc:
-            raise StoreCorrupt(f"cannot open the image store ({exc})", str(self.path)) from None
         try:
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreCorrupt(f"unreadable image store ({exc})", str(self.path)) from None
+            with self._sqlite() as db:
+                db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+                db.execute("PRAGMA foreign_keys = ON")
+                self._migrate()
         except BaseException:
             self._db.close()
             raise
@@ -233,8 +233,16 @@ class ImageStore:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._sqlite() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _sqlite(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held under the store's lock: every use of the database goes
+        through here, so that any SQLite error (a damaged page, a dropped table, a
+        truncated file) comes out as one error naming the database file."""
+        with self._lock, _errors_named(self.path):
+            yield self._db
 
     def _migrate(self) -> None:
         with self.transaction() as db:
@@ -254,18 +262,18 @@ class ImageStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: it waits for other writers, so a
         read inside it cannot be made stale by another process before the commit)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._sqlite() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+        with self._sqlite() as db:
+            return list(db.execute(sql, args).fetchall())
 
     # -- Recorder -------------------------------------------------------------------
 
@@ -384,8 +392,8 @@ class ImageStore:
         raise ImageNotFound(ref)
 
     def layer(self, chain_id: str) -> StoredLayer | None:
-        with self._lock:
-            return self._layer_row(self._db, chain_id)
+        with self._sqlite() as db:
+            return self._layer_row(db, chain_id)
 
     def layers(self) -> list[StoredLayer]:
         rows = self._query(f"SELECT {_LAYER_COLUMNS} FROM layers ORDER BY chain_id")
@@ -449,6 +457,21 @@ class ImageStore:
             layers=tuple(stack),
             tags=tags,
         )
+
+
+@contextlib.contextmanager
+def _errors_named(path: Path) -> Iterator[None]:
+    """Re-raise a SQLite error as what it means for the store at `path`: it stayed locked
+    past the busy timeout (TimeoutError), else it is damaged (StoreCorrupt). Python before
+    3.11 does not tell the two apart."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            message = f"image store stayed locked ({exc})"
+            raise TimeoutError(errno.ETIMEDOUT, message, str(path)) from None
+        raise StoreCorrupt(f"unreadable image store ({exc})", str(path)) from None
 
 
 def _stored_layer(row: tuple[object, ...]) -> StoredLayer:
