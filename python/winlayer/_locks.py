@@ -46,16 +46,29 @@ else:
 
 
 class FileLock:
-    """Exclusive lock on `path` (created on first use); a context manager."""
+    """Exclusive lock on `path` (created on first use); a context manager.
 
-    def __init__(self, path: Path) -> None:
+    On a store this process may only read (`read_only`), the lock file is opened for
+    reading and never created: a reader then still waits for a writer working through
+    another mount of the store, and a lock file that is missing or unreadable (nobody
+    ever locked it, or it belongs to another user) is no lock at all.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; with ``blocking=False`` return False at once if it is held."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if self.read_only:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return True
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             taken = _lock(fd, blocking)
         except BaseException:

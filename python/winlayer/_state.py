@@ -15,6 +15,7 @@ sharing a home sees it:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -51,13 +52,19 @@ class MountState:
 
 
 class StateStore:
-    def __init__(self, home: Path) -> None:
+    """The state of the store in `home`. A store this process may only read
+    (`read_only`) is read as it is: nothing is created in it, its locks are taken
+    read-only (see :class:`FileLock`)."""
+
+    def __init__(self, home: Path, *, read_only: bool = False) -> None:
         self.root = home / STATE_DIR
-        for sub in ("locks", "mounts", "pending"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            for sub in ("locks", "mounts", "pending"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def lock(self, layer_id: str) -> FileLock:
-        return FileLock(self.root / "locks" / f"{layer_id}.lock")
+        return FileLock(self.root / "locks" / f"{layer_id}.lock", read_only=self.read_only)
 
     def load(self, layer_id: str) -> MountState:
         path = self.root / "mounts" / f"{layer_id}.json"
@@ -115,6 +122,16 @@ def named_holder(name: str) -> str:
 def _holder_alive(holder: str) -> bool:
     kind, _, value = holder.partition(":")
     return kind != "pid" or pid_alive(int(value))
+
+
+def write_denied(folder: Path) -> int:
+    """0 if this process may write in `folder`, else the errno a write would fail with
+    (EROFS on a read-only mount, EACCES without permission)."""
+    if os.access(folder, os.W_OK):
+        return 0
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    return errno.EACCES
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

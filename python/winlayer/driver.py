@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _hcs, chain
-from ._state import StateStore, named_holder, process_holder
+from ._state import StateStore, named_holder, process_holder, write_denied
 from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
@@ -124,11 +124,16 @@ class Driver:
             self._backend = backend
         self.home = Path(home if home is not None else default_home(flavour)).absolute()
         self.home.mkdir(parents=True, exist_ok=True)
+        #: Why this process may not change the store (an errno: EROFS for a read-only
+        #: mount, EACCES without write permission), or 0. A read-only store can be read
+        #: (ls, info, diff, verify, changes); what would change it raises PermissionError.
+        self.write_denied = write_denied(self.home)
         self._info = _hcs.DriverInfo(FLAVOURS[flavour], str(self.home))
         # Layers outside the home (host base images) are named by their full path.
         self._path_info = _hcs.DriverInfo(FLAVOURS[flavour], "")
-        self._state = StateStore(self.home)
-        self._sweep(stale_mounts=False)
+        self._state = StateStore(self.home, read_only=bool(self.write_denied))
+        if not self.write_denied:
+            self._sweep(stale_mounts=False)
 
     # -- identity -------------------------------------------------------------------
 
@@ -207,6 +212,7 @@ class Driver:
         init layer's own parents; ``read_write=True`` asks for one on `parent` itself.
         `size` (bytes or e.g. ``"20GB"``) limits a sandbox.
         """
+        self._check_writable()
         _check_id(id)
         limit = parse_size(size) if size is not None else None
         rpid = self._require(parent) if parent else ""
@@ -242,6 +248,7 @@ class Driver:
         """Destroy a layer. Refused (:class:`LayerInUse`) while it is mounted, being
         exported, or the parent of another layer; nothing is lost then. For a restored
         host base image only its alias goes: the image belongs to the host."""
+        self._check_writable()
         rid = self._require(id)
         if self._dir(rid).parent != self.home:
             if rid == id:
@@ -275,11 +282,13 @@ class Driver:
         """Sweep what crashed operations left: ``*-removing`` folders, half-done creates
         and imports, staging folders, and mounts whose holders are all gone. Returns
         what was swept, one description each."""
+        self._check_writable()
         return self._sweep(stale_mounts=True)
 
     def restore_custom_images(self, tagger: Tagger, recorder: Recorder) -> list[str]:
         """Register the backend's base images as images; see
         :func:`winlayer.images.restore_custom_images`."""
+        self._check_writable()
         from .images import restore_custom_images
 
         return restore_custom_images(self, tagger, recorder)
@@ -294,6 +303,7 @@ class Driver:
         The reference belongs to this process (released if it dies) unless `holder`
         names a holder that keeps it until ``put(id, holder=...)``.
         """
+        self._check_writable()
         owner = named_holder(holder) if holder else process_holder()
         with self._layer_locked(id) as rid:
             state = self._state.load(rid)
@@ -334,6 +344,7 @@ class Driver:
         If the backend fails, the count stays true: a layer still prepared stays counted
         as mounted (``put`` may be retried); an unprepared one is no longer counted.
         """
+        self._check_writable()
         owner = named_holder(holder) if holder else process_holder()
         with self._layer_locked(id) as rid:
             state = self._state.load(rid)
@@ -388,6 +399,7 @@ class Driver:
         (`digest`, or without it the source's diffID, hashed) returns the stored size,
         other content is :class:`LayerExists` naming both diffIDs.
         """
+        self._check_writable()
         from ._stream import open_layer
 
         _check_id(id)
@@ -430,17 +442,24 @@ class Driver:
         tar byte for byte. Closing the stream does not touch the layer's mount count.
         """
         pid = os.getpid()
+        counted = not self.write_denied  # a read-only store cannot be changed meanwhile
         with self._layer_locked(id) as rid:
             parents = self._check_parent(rid, parent)
-            state = self._state.load(rid)
-            state.exports[pid] = state.exports.get(pid, 0) + 1
-            self._state.save(rid, state)
+            if counted:
+                state = self._state.load(rid)
+                state.exports[pid] = state.exports.get(pid, 0) + 1
+                self._state.save(rid, state)
+
+        def end() -> None:
+            if counted:
+                self._end_export(rid)
+
         try:
             native = self._backend.export_layer(*self._ref(rid), parents, original)
         except BaseException:
-            self._end_export(rid)
+            end()
             raise
-        return DiffStream(native, lambda: self._end_export(rid))
+        return DiffStream(native, end)
 
     def verify(self, id: str) -> str:
         """Re-hash the stored layer (its original tar, rebuilt) against the diffID it was
@@ -469,6 +488,12 @@ class Driver:
         )
 
     # -- internals --------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.write_denied:
+            raise PermissionError(
+                self.write_denied, "the layer store is read-only here", str(self.home)
+            )
 
     def _changes_with_sizes(self, id: str, parent: str | None) -> list[tuple[Change, int]]:
         from .layertar import list_layer_tar

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._state import write_denied
 from .errors import StoreCorrupt, WinlayerError
 
 IMAGE_DB = Path(".winlayer") / "images.db"
@@ -50,7 +51,7 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
 _NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _LAYER_COLUMNS = "chain_id, layer_id, diff_id, parent, size, tar_size"
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8  # primary result codes
 
 
 class ImageNotFound(WinlayerError, LookupError):
@@ -191,27 +192,50 @@ class ImageStore:
     :class:`winlayer.images.Recorder`.
 
     ``ImageStore(home)`` opens (and creates or migrates) ``<home>/.winlayer/images.db``.
-    Safe to share between threads; several processes may open the same store.
+    Safe to share between threads; several processes may open the same store. Where this
+    process may not write (a read-only mount, no permission) the database is opened
+    read-only: queries work, changes raise PermissionError naming it.
     """
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.path = Path(home).absolute() / IMAGE_DB
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        #: Why this process may not change the store (an errno), or 0.
+        self.write_denied = write_denied(self.path.parent) if self.path.parent.is_dir() else 0
+        if not self.write_denied:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            message = "no image store here, and it cannot be made: the store is read-only"
+            raise PermissionError(self.write_denied, message, str(self.path))
         with _errors_named(self.path):
             self._db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                self._uri(),
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
             )
         try:
             with self._sqlite() as db:
                 db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                db.execute("PRAGMA journal_mode = WAL")
+                if not self.write_denied:
+                    db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = FULL")
                 db.execute("PRAGMA foreign_keys = ON")
                 self._migrate()
         except BaseException:
             self._db.close()
             raise
+
+    def _uri(self) -> str:
+        """The database's URI: read-only where this process may not write. Without a
+        ``-wal`` file every change is in the database file, which is then opened
+        ``immutable`` (a WAL database cannot be read without creating its ``-shm`` file)."""
+        uri = self.path.as_uri()
+        if not self.write_denied:
+            return uri
+        wal = self.path.with_name(self.path.name + "-wal")
+        return uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
 
     def close(self) -> None:
         with self._lock:
@@ -241,22 +265,35 @@ class ImageStore:
         """The connection, held under the store's lock: every use of the database goes
         through here, so that any SQLite error (a damaged page, a dropped table, a
         truncated file) comes out as one error naming the database file."""
-        with self._lock, _errors_named(self.path):
+        with self._lock, _errors_named(self.path, self.write_denied or errno.EACCES):
             yield self._db
 
     def _migrate(self) -> None:
+        if self.write_denied:
+            self._check_version(self.schema_version)
+            return
         with self.transaction() as db:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StoreCorrupt(
-                    f"image store has schema version {version}, newer than this winlayer "
-                    f"understands ({SCHEMA_VERSION}); upgrade winlayer",
-                    str(self.path),
-                )
+            self._check_version(version)
             for step in MIGRATIONS[version:]:
                 step(db)
             if version != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"image store has schema version {version}, newer than this winlayer "
+                f"understands ({SCHEMA_VERSION}); upgrade winlayer",
+                str(self.path),
+            )
+        if version < SCHEMA_VERSION and self.write_denied:
+            raise PermissionError(
+                self.write_denied,
+                f"image store has schema version {version} and must be upgraded to "
+                f"{SCHEMA_VERSION}, but it is read-only here",
+                str(self.path),
+            )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -460,14 +497,18 @@ class ImageStore:
 
 
 @contextlib.contextmanager
-def _errors_named(path: Path) -> Iterator[None]:
-    """Re-raise a SQLite error as what it means for the store at `path`: it stayed locked
-    past the busy timeout (TimeoutError), else it is damaged (StoreCorrupt). Python before
-    3.11 does not tell the two apart."""
+def _errors_named(path: Path, read_only_errno: int = errno.EACCES) -> Iterator[None]:
+    """Re-raise a SQLite error as what it means for the store at `path`: it is read-only
+    (PermissionError with `read_only_errno`), it stayed locked past the busy timeout
+    (TimeoutError), else it is damaged (StoreCorrupt). Python before 3.11 has no result
+    codes: every error is StoreCorrupt there."""
     try:
         yield
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code == _SQLITE_READONLY:
+            message = f"image store is read-only here ({exc})"
+            raise PermissionError(read_only_errno, message, str(path)) from None
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
             message = f"image store stayed locked ({exc})"
             raise TimeoutError(errno.ETIMEDOUT, message, str(path)) from None
