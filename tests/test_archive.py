@@ -343,6 +343,7 @@ def test_diff_id_mismatch_leaves_nothing(driver: Driver, store: ImageStore, tmp_
         load(driver, store, write(tmp_path, data))
     assert caught.value.expected == sha(L3)
     assert caught.value.actual == sha(L2)
+    assert caught.value.subject == f"the layer in '{sha(L2)[7:]}.tar'"  # the member itself
     assert_pristine(driver, store)
 
 
@@ -359,6 +360,8 @@ def test_blob_digest_mismatch_leaves_nothing(
         load(driver, store, write(tmp_path, compress(data, outer)))
     assert caught.value.expected == wrong
     assert caught.value.actual == sha(blob2)
+    assert caught.value.subject == f"blob 'blobs/sha256/{wrong[7:]}'"
+    assert str(caught.value).startswith(f"digest mismatch of blob 'blobs/sha256/{wrong[7:]}'")
     assert_pristine(driver, store)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -81,6 +82,45 @@ def test_reimport_under_the_same_id(cli: Cli, tmp_path: Path) -> None:
         f"the new content has {b_id}: 'x'"
     ]
     assert cli.json("inspect", "x")["diff_id"] == _sha(a.read_bytes())  # type: ignore[index]
+
+
+def test_verify_checks_each_layer_and_names_the_damaged_ones(cli: Cli, tmp_path: Path) -> None:
+    tars = {n: layer_tar([d("Files"), f(f"Files/{n}.txt", n.encode() * 10)]) for n in "abc"}
+    for name, tar in tars.items():
+        (tmp_path / f"{name}.tar").write_bytes(tar)
+        assert cli("import", name, str(tmp_path / f"{name}.tar")).returncode == 0
+    (cli.home / "b" / "Files" / "b.txt").write_bytes(b"X" * 10)  # same size, other bytes
+    damaged = f"winlayer: error: digest mismatch of layer 'b': expected {_sha(tars['b'])}, got "
+    result = cli("verify", "a", "b", "nope", "c")
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == [
+        f"a  {_sha(tars['a'])}  ok",
+        f"c  {_sha(tars['c'])}  ok",
+    ]
+    errors = result.stderr.decode().splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith(damaged)
+    assert errors[1] == "winlayer: error: layer not found: 'nope'"
+    as_json = cli("--json", "verify", "a", "b", "c")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout) == {"a": _sha(tars["a"]), "c": _sha(tars["c"])}
+    out = tmp_path / "b-out.tar"
+    exported = cli("export", "b", "--original", "-o", str(out))
+    assert exported.returncode == 1
+    assert exported.stderr.decode().startswith(damaged)
+    assert not out.exists()
+
+
+def test_import_with_a_wrong_digest_names_the_layer(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "base.tar"
+    src.write_bytes(base_layer())
+    wrong = "sha256:" + "0" * 64
+    result = cli("import", "base", str(src), "--digest", wrong)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        f"winlayer: error: digest mismatch of layer 'base': expected {wrong}, "
+        f"got {_sha(src.read_bytes())}"
+    ]
 
 
 def test_mount_outlives_the_command(cli: Cli, tmp_path: Path) -> None:

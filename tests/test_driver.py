@@ -199,10 +199,30 @@ def test_apply_diff_into_created_empty_layer(driver: Driver) -> None:
 
 def test_digest_mismatch_leaves_nothing(driver: Driver) -> None:
     before = snapshot(driver.home)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch) as caught:
         driver.apply_diff("base", None, io.BytesIO(base_layer()), digest="sha256:" + "0" * 64)
+    assert caught.value.subject == "layer 'base'"
+    assert str(caught.value).startswith("digest mismatch of layer 'base': expected sha256:000")
     assert snapshot(driver.home) == before
     assert not driver.exists("base")
+
+
+def test_a_damaged_stored_layer_is_named_by_verify_and_diff(driver: Driver) -> None:
+    tar = base_layer()
+    driver.apply_diff("base", None, io.BytesIO(tar))
+    if driver.backend != "portable":
+        pytest.skip("damages the portable backend's files")
+    ini = driver.home / "base" / "Files" / "Windows" / "win.ini"
+    ini.write_bytes(b"X" + ini.read_bytes()[1:])  # same size: found by the final hash
+    with pytest.raises(DigestMismatch) as caught:
+        driver.verify("base")
+    assert caught.value.subject == "layer 'base'"
+    assert caught.value.expected == _sha(tar)
+    with (
+        pytest.raises(DigestMismatch, match=r"^digest mismatch of layer 'base': "),
+        driver.diff("base", original=True) as stream,
+    ):
+        stream.read()
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])

@@ -72,6 +72,15 @@ def test_digest_mismatch_fields() -> None:
     assert (info.value.expected, info.value.actual) == ("sha256:aa", "sha256:bb")
 
 
+def test_digest_mismatch_names_its_subject_once() -> None:
+    native = errors.DigestMismatch("sha256:aa", "sha256:bb")
+    assert str(native) == "digest mismatch: expected sha256:aa, got sha256:bb"
+    named = native.about("layer 'x'")
+    assert str(named) == "digest mismatch of layer 'x': expected sha256:aa, got sha256:bb"
+    assert (named.subject, named.expected, named.actual) == ("layer 'x'", "sha256:aa", "sha256:bb")
+    assert named.about("blob 'y'") is named  # the code nearest the content named it first
+
+
 def test_layer_not_found() -> None:
     with pytest.raises(errors.LayerNotFound) as info:
         _hcs._raise_error("layer_not_found", 0, "", "abc")

@@ -696,7 +696,14 @@ class _Loader:
         parent = self.layers[layer.parent].layer_id if layer.parent else None
         try:
             reader = io.BufferedReader(feed, CHUNK)
-            size = self.driver.apply_diff(layer_id, parent, reader, digest=layer.diff_id)
+            try:
+                size = self.driver.apply_diff(layer_id, parent, reader, digest=layer.diff_id)
+            except DigestMismatch as exc:
+                if exc.expected != layer.diff_id:
+                    raise  # the blob's own digest: the feed named the blob
+                raise DigestMismatch(
+                    exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
+                ) from None
             if feed.started_reading:
                 self.created.append(layer_id)
                 feed.finish()
@@ -719,7 +726,7 @@ class _Loader:
                 size += len(chunk)
         actual = "sha256:" + digest.hexdigest()
         if actual != diff_id:
-            raise DigestMismatch(diff_id, actual)
+            raise DigestMismatch(diff_id, actual, f"layer {layer_id!r}")
         return size
 
     def _advance(self, n: int) -> None:

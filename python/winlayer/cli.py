@@ -2,7 +2,8 @@
 
 Results go to stdout (aligned text, or one JSON document with ``--json``); progress bars
 and errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error. Every failure
-is one line naming what failed and where; ``-v`` adds the traceback.
+is one line naming what failed and where (``verify`` of several layers: one per bad
+layer); ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 CLI_HOLDER = "cli"  # mounts made by `winlayer mount` outlive the command
+#: The failures a command reports in one line (anything else is a bug: a traceback).
+FAILURES = (WinlayerError, OSError, ValueError)
 
 Handler = Callable[[argparse.Namespace], None]
 
 
 class UsageError(Exception):
     """A command line that parses but asks for something impossible (exit code 2)."""
+
+
+class Reported(Exception):
+    """The command failed and has already said why, one line per failure (exit code 1)."""
 
 
 class Arg:
@@ -311,11 +318,24 @@ def _du(args: argparse.Namespace) -> None:
     emit(args, {"id": args.id, "size": size}, f"{size}\t{args.id}")
 
 
-@command("verify", "re-hash a stored layer against its diffID", Arg("ids", nargs="+", metavar="ID"))
+@command(
+    "verify",
+    "re-hash stored layers against their diffIDs (each is checked; failures go to stderr)",
+    Arg("ids", nargs="+", metavar="ID"),
+)
 def _verify(args: argparse.Namespace) -> None:
     driver = open_driver(args)
-    verified = {layer_id: driver.verify(layer_id) for layer_id in args.ids}
+    verified = {}
+    failed = False
+    for layer_id in args.ids:
+        try:
+            verified[layer_id] = driver.verify(layer_id)
+        except FAILURES as exc:
+            report(args, exc)
+            failed = True
     emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
+    if failed:
+        raise Reported
 
 
 @command(
@@ -533,12 +553,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
-    except (WinlayerError, OSError, ValueError) as exc:
-        if args.verbose:
-            logging.exception("%s failed", args.command_name)
-        sys.stderr.write(f"winlayer: error: {exc}\n")
+    except Reported:
+        return EXIT_FAILURE
+    except FAILURES as exc:
+        report(args, exc)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def report(args: argparse.Namespace, exc: BaseException) -> None:
+    """One line on stderr saying what failed; with -v the traceback too (call it from the
+    ``except`` clause that caught `exc`)."""
+    if args.verbose:
+        logging.exception("%s failed", args.command_name)
+    sys.stderr.write(f"winlayer: error: {exc}\n")
 
 
 __all__ = ["Arg", "command", "emit", "main", "open_driver", "progress_bar", "table"]

@@ -420,6 +420,8 @@ class Driver:
                     result = self._backend.import_layer(
                         self._info, id, layer_chain, stream, digest, progress
                     )
+                except DigestMismatch as exc:
+                    raise exc.about(f"layer {id!r}") from None
                 finally:
                     if hasattr(stream, "close") and stream is not source:
                         stream.close()
@@ -459,7 +461,7 @@ class Driver:
         except BaseException:
             end()
             raise
-        return DiffStream(native, end)
+        return DiffStream(native, end, rid)
 
     def verify(self, id: str) -> str:
         """Re-hash the stored layer (its original tar, rebuilt) against the diffID it was
@@ -474,7 +476,7 @@ class Driver:
                 digest.update(chunk)
         actual = "sha256:" + digest.hexdigest()
         if actual != expected:
-            raise DigestMismatch(expected, actual)
+            raise DigestMismatch(expected, actual, f"layer {id!r}")
         return actual
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
@@ -767,19 +769,24 @@ class Driver:
 
 
 class DiffStream(io.RawIOBase):
-    """A layer's tar, streamed from the backend; a readable binary file."""
+    """Layer `layer_id`'s tar, streamed from the backend; a readable binary file. A stored
+    layer that no longer matches its record fails a read with DigestMismatch naming it."""
 
-    def __init__(self, native: Any, on_close: Callable[[], None]) -> None:
+    def __init__(self, native: Any, on_close: Callable[[], None], layer_id: str) -> None:
         super().__init__()
         self._native = native
         self._on_close: Callable[[], None] | None = on_close
         self._lock = threading.Lock()
+        self.layer_id = layer_id
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        return int(self._native.readinto(buffer))
+        try:
+            return int(self._native.readinto(buffer))
+        except DigestMismatch as exc:
+            raise exc.about(f"layer {self.layer_id!r}") from None
 
     def close(self) -> None:
         with self._lock:

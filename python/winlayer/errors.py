@@ -74,12 +74,22 @@ class InvalidLayer(WinlayerError, ValueError):
 
 
 class DigestMismatch(WinlayerError):
-    """The content's digest is not the one that was expected."""
+    """The content's digest is not the one that was expected.
 
-    def __init__(self, expected: str, actual: str) -> None:
-        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+    ``subject`` says whose digest it is (``"layer 'x'"``, ``"blob 'blobs/sha256/...'"``),
+    or is empty where the code that found the mismatch does not know (the native layer).
+    """
+
+    def __init__(self, expected: str, actual: str, subject: str = "") -> None:
+        about = f" of {subject}" if subject else ""
+        super().__init__(f"digest mismatch{about}: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+        self.subject = subject
+
+    def about(self, subject: str) -> DigestMismatch:
+        """This mismatch naming `subject`, unless it names one already."""
+        return self if self.subject else DigestMismatch(self.expected, self.actual, subject)
 
 
 class StoreCorrupt(WinlayerError):

@@ -213,7 +213,7 @@ class LayerFeed(io.RawIOBase):
             )
         actual = counter.digest()
         if self._blob_digest is not None and actual is not None and actual != self._blob_digest:
-            raise DigestMismatch(self._blob_digest, actual)
+            raise DigestMismatch(self._blob_digest, actual, f"blob {self.name!r}")
 
     def _put(self, data: bytes) -> None:
         with self._cond:
