@@ -809,3 +809,108 @@ def test_symlink_loop_in_the_archive(driver: Driver, store: ImageStore, tmp_path
     with pytest.raises(InvalidArchive, match="too many links"):
         load(driver, store, write(tmp_path, data))
     assert_pristine(driver, store)
+
+
+# -- members named twice ---------------------------------------------------------------------
+
+L2_OTHER = L2.replace(b"@echo hi", b"@echo HI")  # same size, other bytes
+# The members of a docker save archive of [L1, L2], tagged app:1.
+ARCHIVE = {
+    "l1.tar": L1,
+    "l2.tar": L2,
+    "config.json": config_for([L1, L2]),
+    "manifest.json": json.dumps(
+        [{"Config": "config.json", "RepoTags": ["app:1"], "Layers": ["l1.tar", "l2.tar"]}]
+    ).encode(),
+}
+
+
+def archive_naming_twice(member: str, first: bytes, second: bytes) -> bytes:
+    """ARCHIVE with `member` in it twice: `first` in its place, `second` at the end."""
+    ordered: list[tuple[str, Any]] = [
+        (name, first if name == member else data) for name, data in ARCHIVE.items()
+    ]
+    return make_tar([*ordered, (member, second)])
+
+
+def open_archive(tmp_path: Path, data: bytes, source: str) -> Any:
+    if source == "file":
+        return write(tmp_path, data)
+    packed = gzip.compress(data)
+    return write(tmp_path, packed) if source == "gzip-file" else Pipe(packed)
+
+
+SOURCES = ["file", "gzip-file", "gzip-pipe"]
+
+
+@pytest.fixture(params=["cached", "large"])
+def member_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """ "large": layer members are too large to be held in memory while an archive is
+    scanned, so their copies are compared by hashing or in staging files."""
+    if request.param == "large":
+        monkeypatch.setattr("winlayer.archive.METADATA_LIMIT", 4096)
+        assert min(len(L1), len(L2)) > 4096
+    return str(request.param)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("order", ["right-first", "right-last"])
+@pytest.mark.parametrize(
+    ("member", "wrong"),
+    [
+        ("l2.tar", L2_OTHER),
+        ("l2.tar", L3),  # another size
+        ("manifest.json", b'[{"Config": "config.json", "Layers": ["l1.tar"]}]'),
+    ],
+    ids=["layer-same-size", "layer-other-size", "manifest"],
+)
+def test_a_member_named_twice_with_different_contents_is_refused(
+    driver: Driver,
+    store: ImageStore,
+    tmp_path: Path,
+    member_size: str,
+    source: str,
+    order: str,
+    member: str,
+    wrong: bytes,
+) -> None:
+    right = ARCHIVE[member]
+    copies = (right, wrong) if order == "right-first" else (wrong, right)
+    data = archive_naming_twice(member, *copies)
+    with pytest.raises(InvalidArchive) as caught:
+        load(driver, store, open_archive(tmp_path, data, source))
+    assert caught.value.member == member
+    assert caught.value.reason == "the archive holds two different members of this name"
+    assert_pristine(driver, store)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("member", ["l1.tar", "l2.tar", "manifest.json"])
+def test_a_member_named_twice_with_the_same_contents_loads(
+    driver: Driver, store: ImageStore, tmp_path: Path, member_size: str, source: str, member: str
+) -> None:
+    data = archive_naming_twice(member, ARCHIVE[member], ARCHIVE[member])
+    (image,) = load(driver, store, open_archive(tmp_path, data, source))
+    check_loaded(driver, store, [L1, L2], config_for([L1, L2]))
+    assert image.tags == ("app:1",)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_link_named_twice_must_name_the_same_target(
+    driver: Driver, store: ImageStore, tmp_path: Path, source: str
+) -> None:
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["x/layer.tar"]}]).encode()
+    data = make_tar(
+        [
+            ("a.tar", L1),
+            ("b.tar", L2),
+            ("x/layer.tar", ("symlink", "../a.tar")),
+            ("c.json", config_for([L1])),
+            ("manifest.json", manifest),
+            ("x/layer.tar", ("symlink", "../b.tar")),
+        ]
+    )
+    with pytest.raises(InvalidArchive) as caught:
+        load(driver, store, open_archive(tmp_path, data, source))
+    assert caught.value.member == "x/layer.tar"
+    assert_pristine(driver, store)

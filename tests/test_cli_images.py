@@ -163,3 +163,31 @@ def test_a_damaged_image_store_is_one_line_naming_it(
     assert line.endswith(f": '{db}'")
     assert cli.json("ls") == layers
     assert not (tmp_path / "out.tar").exists()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_load_refuses_a_layer_member_named_twice(
+    cli: Cli, tmp_path: Path, compressed: bool
+) -> None:
+    import gzip
+
+    archive = _docker_save(base_layer())
+    other = base_layer(f("Files/other.txt", b"other"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        kept = [(m, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in kept:
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("l1/layer.tar")
+        info.size = len(other)
+        tar.addfile(info, io.BytesIO(other))
+    path = tmp_path / "twice.tar"
+    path.write_bytes(gzip.compress(buf.getvalue()) if compressed else buf.getvalue())
+    result = cli("load", str(path))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        "winlayer: error: the archive holds two different members of this name "
+        "(member 'l1/layer.tar')"
+    ]
+    assert cli.json("images", "ls") == []

@@ -13,7 +13,8 @@ Reading an archive
     - a stream that cannot be read twice (a pipe) has its layer blobs held in staging files.
 
     Before any layer is imported, every manifest and config is parsed and its digest
-    checked, every referenced blob is located, and every tag is validated.
+    checked, every referenced blob is located, and every tag is validated. A member name
+    that appears twice must name the same member both times (see :class:`_Index`).
 
 Importing layers
     Layers are stacked by chain ID (``ChainID(L1) = DiffID(L1)``, ``ChainID(Ln) =
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import filecmp
 import hashlib
 import io
 import json
@@ -132,7 +134,8 @@ class _Member:
     name: str
     size: int
     offset: int  # of the data in the uncompressed outer tar
-    target: str  # for links: the archive path linked to; "" otherwise
+    target: str = ""  # for links: the archive path linked to
+    link: bool = False
 
 
 def _clean(name: str) -> str:
@@ -141,24 +144,45 @@ def _clean(name: str) -> str:
     return path.lstrip("/")
 
 
+def _two_copies(name: str) -> InvalidArchive:
+    return InvalidArchive("the archive holds two different members of this name", name)
+
+
 class _Index:
-    """The regular files and links of an archive, by canonical name (last one wins, as
-    an extraction would)."""
+    """The regular files and links of an archive, by canonical name.
+
+    A name may appear more than once only for the same member: an extraction would keep
+    the last copy, a stream reader the first, so copies that differ are refused. A link
+    must name the same target; a file must have the same size (:meth:`add`) and the same
+    bytes, which the archive compares (`repeats`). The first copy is the one used.
+    """
 
     def __init__(self) -> None:
         self.members: dict[str, _Member] = {}
-        self.order: list[str] = []  # regular files in archive order
+        self.repeats: dict[str, list[_Member]] = {}  # later copies of a file, to compare
 
-    def add(self, info: tarfile.TarInfo) -> None:
+    def add(self, info: tarfile.TarInfo) -> bool:
+        """Index a member; True if it repeats a file of the same name and size, whose
+        bytes the caller must compare with the first copy's."""
         name = _clean(info.name)
         if info.isreg():
-            self.members[name] = _Member(name, info.size, info.offset_data, "")
-            self.order.append(name)
+            member = _Member(name, info.size, info.offset_data)
         elif info.issym():
             target = _clean(posixpath.join(posixpath.dirname(name), info.linkname))
-            self.members[name] = _Member(name, 0, 0, target)
+            member = _Member(name, 0, 0, target, link=True)
         elif info.islnk():
-            self.members[name] = _Member(name, 0, 0, _clean(info.linkname))
+            member = _Member(name, 0, 0, _clean(info.linkname), link=True)
+        else:
+            return False
+        first = self.members.setdefault(name, member)
+        if first is member:
+            return False
+        if (first.link, first.target, first.size) != (member.link, member.target, member.size):
+            raise _two_copies(name)
+        if member.link:
+            return False  # the same link again
+        self.repeats.setdefault(name, []).append(member)
+        return True
 
     def resolve(self, name: str, referrer: str) -> _Member:
         """The regular file `name` is (following links inside the archive)."""
@@ -171,7 +195,7 @@ class _Index:
                 raise InvalidArchive(
                     f"{referrer} names {name!r}, which is not in the archive", referrer
                 )
-            if not member.target:
+            if not member.link:
                 return member
             path = member.target
         raise InvalidArchive(f"too many links resolving {name!r}", referrer)
@@ -216,13 +240,24 @@ class _SeekableArchive(_Archive):
             with tarfile.open(fileobj=self._file, mode="r:") as tar:
                 for info in tar:
                     self.index.add(info)
+            for name, copies in self.index.repeats.items():
+                first = self._digest(self.index.members[name])
+                if any(self._digest(copy) != first for copy in copies):
+                    raise _two_copies(name)
         except tarfile.TarError as exc:
             self.close()
             raise InvalidArchive(f"not a valid tar archive ({exc})") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _read_small(self, member: _Member) -> bytes:
         with self._section(member) as f:
             return f.read()
+
+    def _digest(self, member: _Member) -> str:
+        with self._section(member) as f:
+            return _sha256(f)
 
     def opener(self, member: _Member) -> BlobOpener:
         return lambda: self._section(member)
@@ -341,15 +376,28 @@ class _StreamedArchive(_Archive):
 
     def note(self, info: tarfile.TarInfo, data: IO[bytes] | None) -> bool:
         """Index a member and cache its data if it is small; False if it was not cached
-        (call before anything else reads the data)."""
-        self.index.add(info)
+        (call before anything else reads the data). A repeat of a cached file is
+        compared with it here; the caller compares the others (:meth:`uncompared`)."""
+        repeat = self.index.add(info)
         if data is None:
+            return True
+        name = _clean(info.name)
+        if repeat:
+            if name not in self.cache:
+                return False
+            if data.read() != self.cache[name]:
+                raise _two_copies(name)
+            self.index.repeats[name].pop()
             return True
         if info.size > METADATA_LIMIT or self._cached + info.size > _CACHE_LIMIT:
             return False
-        self.cache[_clean(info.name)] = data.read()
+        self.cache[name] = data.read()
         self._cached += info.size
         return True
+
+    def uncompared(self) -> set[str]:
+        """Names of repeated files whose copies :meth:`note` could not compare."""
+        return {name for name, copies in self.index.repeats.items() if copies}
 
     def _read_small(self, member: _Member) -> bytes:
         try:
@@ -848,7 +896,14 @@ def _load_streamed(
         for info, data in _stream_tar(f, compression, limit):
             cached = archive.note(info, data)
             if data is not None and not cached:
-                spilled[_clean(info.name)] = _spill(data, staging)
+                name = _clean(info.name)
+                path = _spill(data, staging)
+                if name in spilled:  # a repeat: the first copy stays, if this is the same
+                    if not filecmp.cmp(spilled[name], path, shallow=False):
+                        raise _two_copies(name)
+                    path.unlink()
+                else:
+                    spilled[name] = path
         plans = _plan(archive)
         _check_single(plans, tag)
         loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
@@ -857,16 +912,21 @@ def _load_streamed(
     start = f.tell()
     for info, data in _stream_tar(f, compression, limit):
         archive.note(info, data)
+    if uncompared := archive.uncompared():  # large files named twice: one more pass
+        f.seek(start)
+        _compare_copies(_stream_tar(f, compression, limit), uncompared)
     plans = _plan(archive)
     _check_single(plans, tag)
     f.seek(start)
     todo = loader.pending(plans)
     uses = Counter(layer.blob.name for layer in todo)
     position = 0  # the next layer of `todo` to import
+    seen: set[str] = set()  # only the first copy of a repeated member is used
     for info, data in _stream_tar(f, compression, limit):
         name = _clean(info.name)
-        if data is None or name not in uses or name in spilled:
+        if data is None or name not in uses or name in seen:
             continue
+        seen.add(name)
         if todo[position].blob.name == name and uses[name] == 1:
             feed = loader.feed(todo[position], _borrow(data))
             loader.import_layer(todo[position], feed)
@@ -880,6 +940,26 @@ def _load_streamed(
     if position < len(todo):
         raise InvalidArchive("the archive changed while it was read", todo[position].blob.name)
     return plans
+
+
+def _compare_copies(
+    members: Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]], names: set[str]
+) -> None:
+    """Refuse the archive if the copies of a file named in `names` differ."""
+    digests: dict[str, str] = {}
+    for info, data in members:
+        name = _clean(info.name)
+        if data is not None and name in names:
+            digest = _sha256(data)
+            if digests.setdefault(name, digest) != digest:
+                raise _two_copies(name)
+
+
+def _sha256(f: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _held(archive: _StreamedArchive, spilled: dict[str, Path], name: str) -> BlobOpener:
