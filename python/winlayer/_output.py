@@ -37,6 +37,9 @@ if sys.platform == "win32":
     def _try_lock(fd: int) -> bool:
         return True
 
+    def _remove_if_abandoned(path: Path) -> None:
+        path.unlink()
+
 else:
     import fcntl
 
@@ -46,6 +49,16 @@ else:
         except BlockingIOError:
             return False
         return True
+
+    def _remove_if_abandoned(path: Path) -> None:
+        # Removed under the lock: a writer that locks a new partial checks afterwards
+        # that it still has its name.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if _try_lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(path)):
+                path.unlink()
+        finally:
+            os.close(fd)
 
 
 def _writes_in_place(path: Path) -> bool:
@@ -99,18 +112,8 @@ def _sweep(folder: Path) -> None:
     except OSError:
         return
     for name in names:
-        path = folder / name
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue
-        try:
-            if _try_lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(path)):
-                path.unlink()
-        except OSError:
-            pass  # another output swept it first, or Windows: still open
-        finally:
-            os.close(fd)
+        with contextlib.suppress(OSError):  # alive, or another output swept it first
+            _remove_if_abandoned(folder / name)
 
 
 class _Partial:
