@@ -98,6 +98,8 @@ class Driver:
     compressed layer may expand to, wherever one is decompressed (apply_diff, load,
     install_base_image).
     The driver is safe to share between threads; several processes may share a home.
+    A home this process may not write (a read-only mount, no permission) can still be
+    read; see :attr:`write_denied`.
     """
 
     def __init__(
