@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from . import errors
 from ._version import __version__
-from .backend import selected_name as _selected_backend
 from .errors import (
     BackendUnavailable,
     DigestMismatch,
@@ -35,12 +34,14 @@ if _hcs.__version__ != __version__:  # pragma: no cover - depends on the install
         "(or `pip install -e .` in a checkout)"
     )
 
+# The modules below import the native module: it is checked first, for a clear message.
+from .backend import selected_name as _selected_backend
+from .driver import Change, DiffStream, Driver, LayerInfo
+from .images import Image, ImageNotFound, ImageStore, InvalidArchive
+from .layertar import LayerTarEntry, LayerTarListing, list_layer_tar
+
 #: The name of the backend in use: "hcs" or "portable" (see :mod:`winlayer.backend`).
 backend: str = _selected_backend()
-
-from .driver import Change, DiffStream, Driver, LayerInfo  # noqa: E402  (needs _hcs loaded)
-from .images import Image, ImageNotFound, ImageStore, InvalidArchive  # noqa: E402
-from .layertar import LayerTarEntry, LayerTarListing, list_layer_tar  # noqa: E402
 
 __all__ = [
     "BackendUnavailable",

@@ -8,6 +8,9 @@ sharing a home sees it:
   holder is a process (``pid:<n>``: it stops counting when it dies, its entries are
   dropped when the state is next read) or a name (``name:<s>``: it holds until released
   by that name, as ``winlayer mount`` from the command line does).
+- ``staging/load-<pid>-<n>/``: files held during one operation (an archive load's
+  blobs that arrive before their turn), on the layers' volume; removed by the operation,
+  or by the next one once its process has died.
 - ``pending/<id>``: an intent marker written before a create or an import and removed
   when it is complete; a marker whose layer lock is free names an operation that died
   half-way, and its layer is destroyed by the sweep.
@@ -18,13 +21,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._common import atomic_write
 from ._locks import FileLock, pid_alive
 from .errors import StoreCorrupt
 
 STATE_DIR = ".winlayer"
+_STAGING_PREFIX = "load-"
 
 
 @dataclass
@@ -96,19 +103,35 @@ class StateStore:
             "prepared": state.prepared,
             "path": state.path,
         }
-        _atomic_write(path, json.dumps(data, sort_keys=True).encode())
+        # Mount state is about live processes: atomic, not synced (see atomic_write).
+        atomic_write(path, json.dumps(data, sort_keys=True).encode(), durable=False, mode=0o666)
 
     def mounted_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "mounts").glob("*.json"))
 
     def mark_pending(self, layer_id: str) -> None:
-        _atomic_write(self.root / "pending" / layer_id, str(os.getpid()).encode())
+        atomic_write(self.root / "pending" / layer_id, str(os.getpid()).encode(), mode=0o666)
 
     def clear_pending(self, layer_id: str) -> None:
         (self.root / "pending" / layer_id).unlink(missing_ok=True)
 
     def pending_ids(self) -> list[str]:
         return sorted(p.name for p in (self.root / "pending").iterdir())
+
+    def new_staging_dir(self) -> Path:
+        """A new folder name under ``staging/`` for this process (not created); the
+        folders of processes that died are removed first."""
+        root = self.root / "staging"
+        if root.is_dir():
+            for entry in root.iterdir():
+                pid = entry.name.removeprefix(_STAGING_PREFIX).split("-", 1)[0]
+                if (
+                    entry.name.startswith(_STAGING_PREFIX)
+                    and pid.isdigit()
+                    and not pid_alive(int(pid))
+                ):
+                    shutil.rmtree(entry, ignore_errors=True)
+        return root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def process_holder() -> str:
@@ -132,10 +155,3 @@ def write_denied(folder: Path) -> int:
     if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
         return errno.EROFS
     return errno.EACCES
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

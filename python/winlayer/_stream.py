@@ -270,7 +270,7 @@ class _ZstdReader(_Decompressing):
 
     def __init__(self, raw: Any, limit: int, close_raw: bool) -> None:
         super().__init__(raw, limit, close_raw)
-        import zstandard
+        import zstandard  # here, not at the top: only zstd layers pay for its import
 
         self._zstd = zstandard
         self._dctx = zstandard.ZstdDecompressor()

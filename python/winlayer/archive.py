@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ._common import host_architecture
 from ._output import output_file
 from ._stream import detect, open_layer
 from .chain import MAX_DEPTH
@@ -77,7 +78,6 @@ _CACHE_LIMIT = 256 << 20  # small members held in memory while a stream is scann
 _MAX_LINK_HOPS = 16
 _BLOB_PATH = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_STAGING_PREFIX = "load-"
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -619,8 +619,6 @@ def _pick_platform(
     archive: _Archive, digest: str, size: int, desc: dict[str, Any]
 ) -> tuple[str, str, int, dict[str, Any]]:
     """The Windows manifest of a multi-platform index (the host architecture's first)."""
-    from .images import host_architecture
-
     data, member = _read_blob(archive, digest, size, "index.json")
     nested = _json(data, member)
     candidates = []
@@ -841,7 +839,7 @@ def load(
     """
     extra = parse_reference(tag) if tag is not None else None
     loader = _Loader(driver, store, progress)
-    staging = _staging_dir(driver)
+    staging = driver.new_staging_dir()
     f, compression, seekable = _open_outer(archive)
     owned = isinstance(archive, (str, os.PathLike))
     try:
@@ -998,21 +996,6 @@ def _spill(data: IO[bytes], staging: Path) -> Path:
     with open(path, "wb") as out:
         shutil.copyfileobj(data, out, CHUNK)
     return path
-
-
-def _staging_dir(driver: Driver) -> Path:
-    """A private folder for blobs held during a load, beside the layers (same volume);
-    folders of loads whose process died are removed here."""
-    from ._locks import pid_alive
-    from ._state import STATE_DIR
-
-    root = driver.home / STATE_DIR / "staging"
-    if root.is_dir():
-        for entry in root.iterdir():
-            pid = entry.name.removeprefix(_STAGING_PREFIX).split("-", 1)[0]
-            if entry.name.startswith(_STAGING_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
-    return root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 # -- save ---------------------------------------------------------------------------------

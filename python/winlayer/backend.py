@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _hcs
+from ._common import data_root
 from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -54,15 +56,11 @@ def check_available(name: str) -> None:
 def default_base_images() -> str:
     """The portable backend's base-image directory: ``$WINLAYER_BASE_IMAGES`` or a
     per-user folder beside the default layer store."""
-    from .driver import data_root
-
     return os.environ.get("WINLAYER_BASE_IMAGES") or str(data_root() / "base-images")
 
 
 def load(name: str | None = None, base_images: str | None = None) -> Backend:
     """The backend object for `name` (see :func:`selected_name`)."""
-    from . import _hcs
-
     chosen = selected_name(name)
     check_available(chosen)
     if chosen == "hcs":

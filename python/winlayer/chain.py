@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from ._common import atomic_write
 from .errors import StoreCorrupt
 
 CHAIN_FILE = "layerchain.json"
@@ -71,7 +72,7 @@ def read_chain(layer_dir: Path) -> list[str]:
 
 def write_chain(layer_dir: Path, chain: list[str]) -> None:
     """Write ``layerchain.json`` atomically (a reader never sees half a file)."""
-    _write_private(layer_dir / CHAIN_FILE, encode_chain(chain))
+    atomic_write(layer_dir / CHAIN_FILE, encode_chain(chain))
 
 
 def read_alt_id(layer_dir: Path) -> str | None:
@@ -104,18 +105,4 @@ def _decode_alt_id(data: bytes, path: Path) -> str:
 
 
 def write_alt_id(layer_dir: Path, folder_name: str) -> None:
-    _write_private(layer_dir / ALT_ID_FILE, folder_name.encode("utf-8"))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(layer_dir / ALT_ID_FILE, folder_name.encode("utf-8"))

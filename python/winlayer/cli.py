@@ -18,8 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from . import __version__, backend
+from ._output import output_file
+from ._stream import detect
 from ._units import format_size, parse_size
+from .driver import Driver
 from .errors import WinlayerError
+from .images import ImageStore, install_base_image, load, save
+from .layertar import list_layer_tar
+from .pack import pack_directory
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -116,8 +122,6 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def open_driver(args: argparse.Namespace) -> Any:
-    from .driver import Driver
-
     return Driver(args.home, backend=args.backend)
 
 
@@ -128,6 +132,8 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     if not sys.stderr.isatty():
         yield None
         return
+    # Imported here, not at the top: rich takes a while to import, and only a terminal
+    # needs it.
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -153,8 +159,6 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 def _source_total(path: str) -> int | None:
     if path == "-":
         return None
-    from ._stream import detect
-
     with open(path, "rb") as f:
         compressed = detect(f.read(4)) != "none"
     return None if compressed else os.path.getsize(path)
@@ -173,8 +177,6 @@ def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[byt
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    from ._output import output_file
-
     with output_file(path) as f:
         yield f
 
@@ -345,8 +347,6 @@ def _verify(args: argparse.Namespace) -> None:
     Arg("-o", "--output", metavar="FILE", required=True, help="the layer tar to write"),
 )
 def _pack(args: argparse.Namespace) -> None:
-    from .pack import pack_directory
-
     diff_id = pack_directory(args.dir, args.output)
     emit(args, {"output": args.output, "diff_id": diff_id}, f"{args.output}  {diff_id}")
 
@@ -370,8 +370,6 @@ def _gc(args: argparse.Namespace) -> None:
 def _tar_ls(args: argparse.Namespace) -> None:
     # Entries are printed as they are read (a layer can hold millions): on failure the
     # output stops where the problem is and stderr says why.
-    from .layertar import list_layer_tar
-
     source: Any = sys.stdin.buffer if args.file == "-" else args.file
     out = sys.stdout
     with list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
@@ -432,8 +430,6 @@ def _image_rows(images: list[Any]) -> str:
 
 @contextlib.contextmanager
 def _image_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    from .images import ImageStore
-
     driver = open_driver(args)
     with ImageStore(driver.home) as store:
         yield driver, store
@@ -461,8 +457,6 @@ def _images_restore(args: argparse.Namespace) -> None:
     Arg("file", help="the base layer tar (plain, gzip or zstd; - for stdin)"),
 )
 def _images_install_base(args: argparse.Namespace) -> None:
-    from .images import install_base_image
-
     driver = open_driver(args)
     source: Any = sys.stdin.buffer if args.file == "-" else args.file
     with progress_bar(f"installing {args.name}", _source_total(args.file)) as progress:
@@ -489,8 +483,6 @@ def _pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int
     Arg("--tag", metavar="NAME:TAG", help="also tag the loaded image"),
 )
 def _load(args: argparse.Namespace) -> None:
-    from .images import load
-
     source: Any = sys.stdin.buffer if args.archive == "-" else args.archive
     total = None if args.archive == "-" else os.path.getsize(args.archive)
     with _image_store(args) as (driver, store), progress_bar("loading", total) as progress:
@@ -509,8 +501,6 @@ def _load(args: argparse.Namespace) -> None:
     Arg("-o", "--output", metavar="FILE", help="where to write (default: stdout)"),
 )
 def _save(args: argparse.Namespace) -> None:
-    from .images import save
-
     to_file = args.output not in (None, "-")
     with _image_store(args) as (driver, store), progress_bar("saving", None) as progress:
         if to_file:  # save opens the file once the images are found

@@ -18,15 +18,18 @@ import json
 import logging
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-from . import _hcs, chain
+from . import _baseimages, _hcs, chain
+from ._baseimages import Recorder, Tagger
+from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, data_root
 from ._state import StateStore, named_holder, process_holder, write_denied
+from ._stream import open_layer
 from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
@@ -37,31 +40,15 @@ from .errors import (
     StoreCorrupt,
     WinlayerError,
 )
-
-if TYPE_CHECKING:
-    from .images import Recorder, Tagger
+from .layertar import list_layer_tar
 
 log = logging.getLogger(__name__)
 
-FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
 RECORD_FILE = "winlayer.json"  # the driver's per-layer record: diff_id, size, read_write
 REMOVING_SUFFIX = "-removing"
 DEFAULT_MAX_LAYER_SIZE = 1 << 40
 # Files the driver (or Docker's driver) keeps in a layer folder beside the backend's data.
 _DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE.lower(), RECORD_FILE}  # lower case
-
-ProgressCallback = Callable[[int], None]
-Source = str | os.PathLike[str] | IO[bytes]
-
-
-def data_root() -> Path:
-    """The per-user data folder (``C:\\ProgramData\\winlayer`` on Windows)."""
-    if sys.platform == "win32":
-        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "winlayer"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "winlayer"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
 
 
 def default_home(flavour: str = "windowsfilter") -> Path:
@@ -288,12 +275,41 @@ class Driver:
         return self._sweep(stale_mounts=True)
 
     def restore_custom_images(self, tagger: Tagger, recorder: Recorder) -> list[str]:
-        """Register the backend's base images as images; see
-        :func:`winlayer.images.restore_custom_images`."""
+        """Register the backend's base images as images; return the ids newly registered.
+        See :func:`winlayer.images.restore_custom_images`."""
         self._check_writable()
-        from .images import restore_custom_images
+        return _baseimages.register(self._backend.get_base_images(), self.home, tagger, recorder)
 
-        return restore_custom_images(self, tagger, recorder)
+    def install_base_image(
+        self,
+        name: str,
+        version: str,
+        source: Source,
+        *,
+        base_images: str | os.PathLike[str] | None = None,
+        created: datetime | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Install a base layer tar as a base image of the portable backend; return its
+        folder. See :func:`winlayer.images.install_base_image`."""
+        root = Path(base_images if base_images is not None else default_base_images())
+        return _baseimages.install(
+            self._backend,
+            self.flavour,
+            root.absolute(),
+            name,
+            version,
+            source,
+            max_uncompressed=self.max_layer_size,
+            created=created,
+            progress=progress,
+        )
+
+    def new_staging_dir(self) -> Path:
+        """A new private folder (not yet created) beside the layers, on their volume, for
+        files an operation holds for a while; the caller removes it. Folders left by
+        processes that died are removed here."""
+        return self._state.new_staging_dir()
 
     # -- mount ----------------------------------------------------------------------
 
@@ -402,8 +418,6 @@ class Driver:
         other content is :class:`LayerExists` naming both diffIDs.
         """
         self._check_writable()
-        from ._stream import open_layer
-
         _check_id(id)
         limit = self.max_layer_size
         rpid = self._require(parent) if parent else ""
@@ -500,8 +514,6 @@ class Driver:
             )
 
     def _changes_with_sizes(self, id: str, parent: str | None) -> list[tuple[Change, int]]:
-        from .layertar import list_layer_tar
-
         rid = self._require(id)
         parents = self._check_parent(rid, parent)
         sizes: dict[str, tuple[str, int]] = {}
@@ -582,8 +594,6 @@ class Driver:
 
     def _diff_id_of(self, source: Source) -> str:
         """The diffID of a layer tar (path or stream; plain, gzip or zstd), not imported."""
-        from ._stream import open_layer
-
         tar, _compression = open_layer(source, max_uncompressed=self.max_layer_size)
         try:
             return str(_hcs.tar_digest(tar))
@@ -761,9 +771,7 @@ class Driver:
 
     def _write_record(self, rid: str, record: dict[str, Any]) -> None:
         merged = {**self._read_record(rid), **record}
-        chain._write_private(
-            self._dir(rid) / RECORD_FILE, json.dumps(merged, sort_keys=True).encode()
-        )
+        atomic_write(self._dir(rid) / RECORD_FILE, json.dumps(merged, sort_keys=True).encode())
 
     @staticmethod
     def _is_internal_name(name: str) -> bool:

@@ -1,0 +1,85 @@
+"""Small names shared by every layer of the package; this module imports nothing of it.
+
+The package is layered (docs/ARCHITECTURE.md, "Module layering"); a module imports only
+modules below it. Names several layers need live here rather than in the highest module
+that happened to need them first.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+#: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
+FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
+
+#: ``progress(n)``: bytes of layer data imported so far.
+ProgressCallback = Callable[[int], None]
+
+#: A layer tar or archive as a user gives it: a path or a readable binary stream.
+Source = str | os.PathLike[str] | IO[bytes]
+
+#: The size of one read of layer or blob data.
+CHUNK = 1 << 20
+
+_GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "386",
+    "i686": "386",
+    "x86": "386",
+}
+
+
+def data_root() -> Path:
+    """The per-user data folder (``C:\\ProgramData\\winlayer`` on Windows)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "winlayer"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "winlayer"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
+
+
+def host_architecture() -> str:
+    """This machine's architecture, named as Go's GOARCH (``amd64``, ``arm64``...)."""
+    machine = platform.machine().lower()
+    return _GOARCH.get(machine, machine)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that a reader, or the store after a crash, sees the
+    old file or the new one, never a part.
+
+    The data goes to a temporary file beside `path` that is renamed over it. `durable`
+    (what the store's own files need: layer records, chains, alternate IDs, intent
+    markers, base-image metadata) also syncs the file before the rename and the folder
+    after it, so that a file reported written survives a power loss. Mount state is
+    written with ``durable=False``: it describes live processes, which a machine crash
+    ends, so it needs atomicity only. `mode` is the new file's mode (before the umask).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable and sys.platform != "win32":  # Windows commits a rename with its file
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -1,0 +1,140 @@
+"""The package's module layering (docs/ARCHITECTURE.md, "Module layering"): every import
+of one module of the package by another, at the top or inside a function, read with ast."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "python" / "winlayer"
+NATIVE = "_hcs"  # the extension module: it imports nothing of the package
+
+
+def _modules(package: Path) -> dict[str, Path]:
+    return {path.stem: path for path in sorted(package.glob("*.py"))}
+
+
+def _imports(path: Path, modules: set[str]) -> list[tuple[str, int, bool]]:
+    """(module imported, line, inside a function) for each package import in `path`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom) and child.level == 1:
+                names = [child.module] if child.module else [a.name for a in child.names]
+                for name in names:
+                    head = name.split(".")[0]
+                    found.append((head if head in modules else "__init__", child.lineno, nested))
+            elif isinstance(child, ast.Import):
+                for alias in child.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "winlayer":
+                        head = parts[1] if len(parts) > 1 else "__init__"
+                        found.append((head, child.lineno, nested))
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+def _graph(package: Path) -> dict[str, set[str]]:
+    modules = _modules(package)
+    names = set(modules) | {NATIVE}
+    graph = {name: set() for name in names}
+    for name, path in modules.items():
+        for imported, _line, _nested in _imports(path, names):
+            if imported != name:
+                graph[name].add(imported)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph`, as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := walk(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := walk(node)):
+            return found
+    return None
+
+
+def _graph_without_package(package: Path) -> dict[str, set[str]]:
+    # The package's __init__ re-exports the public API: it imports the modules, they
+    # import it only for the version (cli), which is not a cycle of implementation.
+    graph = _graph(package)
+    graph.pop("__init__")
+    for deps in graph.values():
+        deps.discard("__init__")
+    return graph
+
+
+def test_no_import_cycle() -> None:
+    assert _cycle(_graph_without_package(PACKAGE)) is None
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("from .b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .c import y\n")
+    (tmp_path / "c.py").write_text("from . import a\n")
+    (tmp_path / "d.py").write_text("from .a import z\n")
+    assert _cycle(_graph(tmp_path)) == ["a", "b", "c", "a"]
+    (tmp_path / "c.py").write_text("import os\n")
+    assert _cycle(_graph(tmp_path)) is None
+
+
+def test_no_package_import_inside_a_function() -> None:
+    """Package modules are imported at the top: an import inside a function is how a
+    cycle hides. (Third-party imports deferred for start-up time are not counted.)"""
+    modules = set(_modules(PACKAGE)) | {NATIVE}
+    nested = [
+        f"{path.name}:{line} imports {imported}"
+        for path in _modules(PACKAGE).values()
+        for imported, line, inside in _imports(path, modules)
+        if inside
+    ]
+    assert nested == []
+
+
+def test_common_names_import_nothing_of_the_package() -> None:
+    assert _graph(PACKAGE)["_common"] == set()
+
+
+def test_nothing_imports_the_cli() -> None:
+    graph = _graph(PACKAGE)
+    assert sorted(name for name, deps in graph.items() if "cli" in deps) == ["__main__"]
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        ("backend", "driver"),
+        ("driver", "images"),
+        ("driver", "archive"),
+        ("images", "cli"),
+    ],
+)
+def test_lower_modules_do_not_import_higher_ones(low: str, high: str) -> None:
+    graph = _graph_without_package(PACKAGE)
+    seen, todo = set(), [low]
+    while todo:  # everything `low` imports, directly or not
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    assert high not in seen
