@@ -57,6 +57,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._common import host_architecture
 from ._output import output_file
+from ._pipeline import HashingReader, digest_of
 from ._stream import detect, open_layer
 from .chain import MAX_DEPTH
 from .errors import DigestMismatch, LayerInUse, WinlayerError
@@ -257,7 +258,7 @@ class _SeekableArchive(_Archive):
 
     def _digest(self, member: _Member) -> str:
         with self._section(member) as f:
-            return _sha256(f)
+            return digest_of(f)[0]
 
     def opener(self, member: _Member) -> BlobOpener:
         return lambda: self._section(member)
@@ -764,13 +765,8 @@ class _Loader:
 
     def _measure(self, layer_id: str, diff_id: str) -> int:
         """Byte size of a stored layer's original tar, checked against its diffID."""
-        digest = hashlib.sha256()
-        size = 0
         with self.driver.diff(layer_id, original=True) as stream:
-            while chunk := stream.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        actual = "sha256:" + digest.hexdigest()
+            actual, size = digest_of(stream)
         if actual != diff_id:
             raise DigestMismatch(diff_id, actual, f"layer {layer_id!r}")
         return size
@@ -948,16 +944,9 @@ def _compare_copies(
     for info, data in members:
         name = _clean(info.name)
         if data is not None and name in names:
-            digest = _sha256(data)
+            digest = digest_of(data)[0]
             if digests.setdefault(name, digest) != digest:
                 raise _two_copies(name)
-
-
-def _sha256(f: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    while chunk := f.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _held(archive: _StreamedArchive, spilled: dict[str, Path], name: str) -> BlobOpener:
@@ -1075,10 +1064,10 @@ def _write_archive(
                     continue
                 written.add(layer.diff_id)
                 with driver.diff(layer.layer_id, original=True) as stream:
-                    checked = _Checked(stream, layer)
+                    hashed = HashingReader(stream)
                     info = _info(f"blobs/sha256/{layer_id_for(layer.diff_id)}", layer.tar_size)
-                    tar.addfile(info, io.BufferedReader(checked, CHUNK))  # full reads
-                    checked.verify()
+                    tar.addfile(info, io.BufferedReader(hashed, CHUNK))  # full reads
+                    _check_saved(hashed, layer)
                 done += layer.tar_size
                 if progress is not None:
                     progress(done, total)
@@ -1144,35 +1133,15 @@ def _oci_manifest(entry: _SaveEntry) -> bytes:
     )
 
 
-class _Checked(io.RawIOBase):
-    """A stored layer's original tar, hashed as it is copied into the archive."""
-
-    def __init__(self, stream: io.RawIOBase, layer: StoredLayer) -> None:
-        super().__init__()
-        self._stream = stream
-        self._layer = layer
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._stream.read(len(view)) or b""
-        self._hash.update(data)
-        self._size += len(data)
-        view[: len(data)] = data
-        return len(data)
-
-    def verify(self) -> None:
-        extra = len(self._stream.read(1) or b"")
-        actual = "sha256:" + self._hash.hexdigest()
-        if extra or self._size != self._layer.tar_size or actual != self._layer.diff_id:
-            raise WinlayerError(
-                f"stored layer {self._layer.layer_id} no longer matches its diffID "
-                f"{self._layer.diff_id}; it cannot be saved"
-            )
+def _check_saved(hashed: HashingReader, layer: StoredLayer) -> None:
+    """Refuse a stored layer's original tar, just copied, that is not the one recorded."""
+    copied = hashed.count
+    extra = hashed.read(1)  # tarfile copies the recorded size; a longer tar is wrong too
+    if extra or copied != layer.tar_size or hashed.digest != layer.diff_id:
+        raise WinlayerError(
+            f"stored layer {layer.layer_id} no longer matches its diffID "
+            f"{layer.diff_id}; it cannot be saved"
+        )
 
 
 def _compact(value: object) -> bytes:

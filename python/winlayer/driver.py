@@ -12,7 +12,6 @@ of crashed operations are swept when a driver opens its home.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 from . import _baseimages, _hcs, chain
 from ._baseimages import Recorder, Tagger
 from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, data_root
+from ._pipeline import digest_of
 from ._state import StateStore, named_holder, process_holder, write_denied
 from ._stream import open_layer
 from ._units import parse_size
@@ -486,11 +486,8 @@ class Driver:
         expected = self._read_record(rid).get("diff_id")
         if not expected:
             raise WinlayerError(f"layer {id!r} has no recorded diffID: it was not imported")
-        digest = hashlib.sha256()
         with self.diff(rid, original=True) as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-        actual = "sha256:" + digest.hexdigest()
+            actual, _size = digest_of(stream)
         if actual != expected:
             raise DigestMismatch(expected, actual, f"layer {id!r}")
         return actual

@@ -13,7 +13,6 @@ driver aborts the import and commits nothing.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import threading
@@ -21,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
+from ._pipeline import HashingReader
 from ._stream import DEFAULT_MAX_UNCOMPRESSED, open_layer
 from .errors import DigestMismatch, InvalidLayer
 
@@ -32,57 +32,6 @@ BlobOpener = Callable[[], IO[bytes]]
 
 class _Cancelled(Exception):
     """The importer closed the feed; the reader thread stops."""
-
-
-class _Counter(io.RawIOBase):
-    """Reads the raw blob, counting (and optionally hashing) every byte, with the first
-    bytes available to :meth:`peek` for the compression sniff."""
-
-    def __init__(self, raw: IO[bytes], hashed: bool, on_bytes: Callable[[int], None]) -> None:
-        super().__init__()
-        self._raw = raw
-        self._hash: Any = hashlib.sha256() if hashed else None
-        self._on_bytes = on_bytes
-        self._pushback = b""
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def peek(self, n: int) -> bytes:
-        while len(self._pushback) < n:
-            data = self._raw.read(n - len(self._pushback))
-            if not data:
-                break
-            self._account(data)
-            self._pushback += data
-        return self._pushback[:n]
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._pushback:
-            n = min(len(view), len(self._pushback))
-            view[:n] = self._pushback[:n]
-            self._pushback = self._pushback[n:]
-            return n
-        data = self._raw.read(len(view))
-        self._account(data)
-        view[: len(data)] = data
-        return len(data)
-
-    def _account(self, data: bytes) -> None:
-        if not data:
-            return
-        self.count += len(data)
-        if self._hash is not None:
-            self._hash.update(data)
-        self._on_bytes(len(data))
-
-    def stop_hashing(self) -> None:
-        self._hash = None
-
-    def digest(self) -> str | None:
-        return f"sha256:{self._hash.hexdigest()}" if self._hash is not None else None
 
 
 class LayerFeed(io.RawIOBase):
@@ -186,7 +135,7 @@ class LayerFeed(io.RawIOBase):
                 self._cond.notify_all()
 
     def _pump(self, raw: IO[bytes]) -> None:
-        counter = _Counter(raw, self._blob_digest is not None, self._on_bytes)
+        counter = HashingReader(raw, hashed=self._blob_digest is not None, on_bytes=self._on_bytes)
         try:
             plain: Any
             plain, compression = open_layer(counter, max_uncompressed=self._max_uncompressed)
@@ -205,13 +154,13 @@ class LayerFeed(io.RawIOBase):
             self._done = True
             self._cond.notify_all()
 
-    def _verify(self, counter: _Counter) -> None:
+    def _verify(self, counter: HashingReader) -> None:
         if self._blob_size is not None and counter.count != self._blob_size:
             raise InvalidLayer(
                 f"layer blob has {counter.count} bytes, its descriptor says {self._blob_size}",
                 self.name,
             )
-        actual = counter.digest()
+        actual = counter.digest
         if self._blob_digest is not None and actual is not None and actual != self._blob_digest:
             raise DigestMismatch(self._blob_digest, actual, f"blob {self.name!r}")
 
