@@ -4,6 +4,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <exception>
+#include <memory>
 #include <string>
 
 namespace winlayer::bridge {
@@ -12,6 +14,19 @@ namespace py = pybind11;
 
 // Raises the Python exception for the C++ exception currently being handled.
 void register_error_translator();
+
+// A Python exception object carried through native code, which may copy, rethrow and drop
+// it without the GIL: the translator raises that same object again (each time it is
+// rethrown, unlike py::error_already_set, which may be restored once).
+class PythonException : public std::exception {
+public:
+    explicit PythonException(const py::handle& exc);  // with the GIL
+    PyObject* object() const { return exc_.get(); }
+    const char* what() const noexcept override { return "Python exception"; }
+
+private:
+    std::shared_ptr<PyObject> exc_;  // released with the GIL
+};
 
 // A native string (UTF-8 from a layer tar, not necessarily valid) as a str: bytes that are
 // not UTF-8 are kept as surrogates (surrogateescape), so a hostile name never fails the

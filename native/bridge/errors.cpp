@@ -25,6 +25,12 @@ void raise_native(const char* kind, std::uint32_t code, const std::string& messa
 
 }  // namespace
 
+PythonException::PythonException(const py::handle& exc)
+    : exc_(exc.inc_ref().ptr(), [](PyObject* o) {
+          py::gil_scoped_acquire gil;
+          Py_DECREF(o);
+      }) {}
+
 py::str decode_utf8(const std::string& s) {
     PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
     if (!o) throw py::error_already_set();
@@ -39,6 +45,8 @@ void register_error_translator() {
             throw;  // pybind11's own (value_error, stop_iteration, ...): handled downstream
         } catch (const py::error_already_set&) {
             throw;
+        } catch (const PythonException& e) {
+            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(e.object())), e.object());
         } catch (const std::bad_alloc&) {
             throw;  // MemoryError
         } catch (const Error& e) {

@@ -2,16 +2,14 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <exception>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "../core/bounded_queue.hpp"
 #include "../core/error.hpp"
 #include "../core/file_io.hpp"
 
@@ -99,126 +97,64 @@ private:
     bool eof_ = false;
 };
 
-constexpr std::chrono::milliseconds kSignalCheckInterval{100};
+unsigned long g_main_thread = 0;  // ident of Python's main thread, set by bind_pystream
 
-// Producer thread -> bounded ring buffer -> Python reader.
-struct StreamState {
-    explicit StreamState(std::size_t capacity) : ring(std::max<std::size_t>(capacity, 1)) {}
+// What a wait on a queue runs every BoundedQueue::kPollInterval: on the main thread, where
+// Python handles signals, a check that lets Ctrl-C interrupt a wait for a slow peer.
+// Elsewhere nothing: the GIL is not taken while waiting.
+Interrupt signal_check() {
+    if (PyThread_get_thread_ident() != g_main_thread) return nullptr;
+    return [] {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    };
+}
 
-    std::mutex mutex;
-    std::condition_variable changed;
-    std::vector<std::uint8_t> ring;
-    std::size_t head = 0;  // next byte to read
-    std::size_t size = 0;  // bytes buffered
-    bool done = false;     // the producer returned or threw
-    bool closed = false;   // the reader closed the stream
-    std::exception_ptr error;
-};
-
-// Small writes (a tar header, a piece of padding) are gathered into batches first: one
-// lock and one wake-up of the reader per batch, not per write.
-class RingSink : public Sink {
+// Producer side of a NativeStream. Small writes (a tar header, a piece of padding) are
+// gathered into batches first: one lock and one wake-up of the reader per batch, not per
+// write.
+class QueueSink : public Sink {
 public:
-    explicit RingSink(StreamState& state) : s_(state) {}
+    explicit QueueSink(ByteQueue& queue) : queue_(queue), batch_size_(std::min(kBatch, queue.piece_size())) {}
 
     void write(const std::uint8_t* data, std::size_t n) override {
-        if (batch_.size() + n > kBatch) flush();
-        if (n >= kBatch) return put(data, n);
+        if (batch_.size() + n > batch_size_) flush();
+        if (n >= batch_size_) {
+            if (!queue_.write(data, n)) throw closed();
+            return;
+        }
         batch_.insert(batch_.end(), data, data + n);
     }
 
     void flush() {
         if (batch_.empty()) return;
-        put(batch_.data(), batch_.size());
-        batch_.clear();
+        if (!queue_.push(std::move(batch_))) throw closed();
+        batch_ = ByteQueue::Piece();
+        batch_.reserve(batch_size_);
     }
 
 private:
     static constexpr std::size_t kBatch = 64 * 1024;
+    static Error closed() { return Error::os(EPIPE, "write", "closed native stream"); }
 
-    void put(const std::uint8_t* data, std::size_t n) {
-        std::unique_lock<std::mutex> lock(s_.mutex);
-        const std::size_t cap = s_.ring.size();
-        while (n > 0) {
-            s_.changed.wait(lock, [&] { return s_.closed || s_.size < cap; });
-            if (s_.closed) throw Error::os(EPIPE, "write", "closed native stream");
-            const std::size_t tail = (s_.head + s_.size) % cap;
-            const std::size_t k = std::min({n, cap - s_.size, cap - tail});
-            std::memcpy(s_.ring.data() + tail, data, k);
-            s_.size += k;
-            data += k;
-            n -= k;
-            s_.changed.notify_all();
-        }
-    }
-
-    StreamState& s_;
-    std::vector<std::uint8_t> batch_;
+    ByteQueue& queue_;
+    const std::size_t batch_size_;
+    ByteQueue::Piece batch_;
 };
 
-class NativeStream {
+// The reading end of a ByteQueue as a Python binary file object (NativeStream, BytePipe).
+class QueueReader {
 public:
-    NativeStream(std::function<void(Sink&)> producer, std::size_t buffer_size)
-        : state_(std::make_shared<StreamState>(buffer_size)), producer_(std::move(producer)) {
-        thread_ = std::thread([state = state_, producer = &producer_] {
-            RingSink sink(*state);
-            std::exception_ptr error;
-            try {
-                (*producer)(sink);
-                sink.flush();
-            } catch (...) {
-                error = std::current_exception();
-                try {
-                    sink.flush();  // what came before the error is still read
-                } catch (...) {  // the reader closed the stream: nobody reads it
-                }
-            }
-            std::lock_guard<std::mutex> lock(state->mutex);
-            state->error = std::move(error);
-            state->done = true;
-            state->changed.notify_all();
-        });
-    }
-
-    ~NativeStream() { close(); }
+    explicit QueueReader(std::shared_ptr<ByteQueue> queue) : queue_(std::move(queue)) {}
 
     // Copies up to n bytes into dst, waiting (GIL released) for at least one unless the
     // stream has ended; `fill` keeps waiting until n bytes or the end. Rethrows the
     // producer's error once the data before it has been read.
     std::size_t pull(std::uint8_t* dst, std::size_t n, bool fill) {
         if (closed_) throw py::value_error("I/O operation on closed stream");
-        std::size_t got = 0;
-        std::exception_ptr error;
-        for (;;) {
-            bool ended = false, timed_out = false;
-            {
-                py::gil_scoped_release nogil;
-                std::unique_lock<std::mutex> lock(state_->mutex);
-                StreamState& s = *state_;
-                const std::size_t cap = s.ring.size();
-                if (s.changed.wait_for(lock, kSignalCheckInterval, [&] { return s.size > 0 || s.done; })) {
-                    while (got < n && s.size > 0) {
-                        const std::size_t k = std::min({n - got, s.size, cap - s.head});
-                        std::memcpy(dst + got, s.ring.data() + s.head, k);
-                        s.head = (s.head + k) % cap;
-                        s.size -= k;
-                        got += k;
-                    }
-                    s.changed.notify_all();
-                    if (s.size == 0 && s.done) {
-                        ended = true;
-                        error = s.error;
-                    }
-                } else {
-                    timed_out = true;
-                }
-            }
-            if (ended || got == n || (got > 0 && !fill)) break;
-            // A slow producer must not make the reader deaf to Ctrl-C.
-            if (timed_out && PyErr_CheckSignals() != 0) throw py::error_already_set();
-        }
-        if (got == 0 && error) std::rethrow_exception(error);
-        return got;
+        Interrupt interrupt = signal_check();
+        py::gil_scoped_release nogil;
+        return queue_->read(dst, n, interrupt, fill);
     }
 
     py::bytes read(py::ssize_t size) {
@@ -255,36 +191,179 @@ public:
         return pull(static_cast<std::uint8_t*>(info.ptr), n, false);
     }
 
+    bool closed() const { return closed_; }
+
+    // The file-object methods of a reader class T (a QueueReader).
+    template <typename T>
+    static void bind(py::class_<T>& cls) {
+        cls.def("read", &T::read, py::arg("size") = -1,
+                "Read up to `size` bytes (all that is left when negative); b'' at the end.")
+            .def("readall", &T::readall, "Read until the end of the stream.")
+            .def("readinto", &T::readinto, py::arg("buffer"),
+                 "Read into a writable buffer; returns the byte count, 0 at the end.")
+            .def("readable", [](const T&) { return true; })
+            .def("seekable", [](const T&) { return false; })
+            .def("writable", [](const T&) { return false; })
+            .def("isatty", [](const T&) { return false; })
+            .def("flush", [](const T&) {}, "Nothing to flush (read-only); io.BufferedReader calls it.")
+            .def_property_readonly("closed", &T::closed)
+            .def("__enter__", [](py::object self) { return self; })
+            .def("__exit__", [](T& self, const py::args&) {
+                self.close();
+                return false;
+            });
+    }
+
+protected:
+    // Marks the reader closed and closes the queue: its producer's next write fails.
+    void close_queue() {
+        closed_ = true;
+        queue_->close();
+    }
+
+    std::shared_ptr<ByteQueue> queue_;
+
+private:
+    bool closed_ = false;
+};
+
+// Producer thread -> ByteQueue -> Python reader.
+class NativeStream : public QueueReader {
+public:
+    NativeStream(std::function<void(Sink&)> producer, std::size_t buffer_size)
+        : QueueReader(std::make_shared<ByteQueue>(buffer_size)), producer_(std::move(producer)) {
+        thread_ = std::thread([queue = queue_, producer = &producer_] {
+            QueueSink sink(*queue);
+            try {
+                (*producer)(sink);
+                sink.flush();
+                queue->finish();
+            } catch (...) {
+                const std::exception_ptr error = std::current_exception();
+                try {
+                    sink.flush();  // what came before the error is still read
+                } catch (...) {  // the reader closed the stream: nobody reads it
+                }
+                queue->finish(error);
+            }
+        });
+    }
+
+    ~NativeStream() { close(); }
+
     // Stops the producer (its next write throws), waits for its thread, and destroys it
     // with the GIL held. Idempotent.
     void close() {
-        if (closed_) return;
-        closed_ = true;
-        {
-            std::lock_guard<std::mutex> lock(state_->mutex);
-            state_->closed = true;
-            state_->changed.notify_all();
-        }
+        if (closed()) return;
+        close_queue();
         if (thread_.joinable()) {
             py::gil_scoped_release nogil;
             thread_.join();
         }
         producer_ = nullptr;
-        state_->error = nullptr;
     }
 
-    bool closed() const { return closed_; }
-
 private:
-    std::shared_ptr<StreamState> state_;
     std::function<void(Sink&)> producer_;
     std::thread thread_;
-    bool closed_ = false;
+};
+
+// A Python producer -> ByteQueue -> a native (or Python) reader. See _hcs.BytePipe.
+class BytePipe : public QueueReader {
+public:
+    explicit BytePipe(py::ssize_t capacity) : QueueReader(make_queue(capacity)) {}
+    ~BytePipe() { close(); }
+
+    // Copies `data` in pieces under the GIL (a memcpy each); waits for room with the GIL
+    // released.
+    void feed(const py::buffer& data) {
+        py::buffer_info info = data.request();
+        if (!PyBuffer_IsContiguous(static_cast<Py_buffer*>(info.view()), 'C'))
+            throw py::type_error("feed() needs a contiguous buffer");
+        if (ended_) throw py::value_error("feed() after the BytePipe was finished or failed");
+        const auto* p = static_cast<const std::uint8_t*>(info.ptr);
+        std::size_t n = static_cast<std::size_t>(info.size * info.itemsize);
+        while (n > 0) {
+            const std::size_t k = std::min(n, queue_->piece_size());
+            ByteQueue::Piece piece(p, p + k);
+            auto pushed = queue_->try_push(piece);
+            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Full) {
+                Interrupt interrupt = signal_check();
+                py::gil_scoped_release nogil;
+                pushed = queue_->push(std::move(piece), interrupt) ? BoundedQueue<ByteQueue::Piece>::TryPush::Pushed
+                                                                  : BoundedQueue<ByteQueue::Piece>::TryPush::Closed;
+            }
+            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Closed) {
+                PyErr_SetString(PyExc_BrokenPipeError, "the reader of the BytePipe is closed");
+                throw py::error_already_set();
+            }
+            p += k;
+            n -= k;
+        }
+    }
+
+    void finish() { end(nullptr); }
+
+    // The reader raises `exc` itself (the same object) once it has read what was fed before.
+    void fail(const py::object& exc) {
+        if (!PyExceptionInstance_Check(exc.ptr()))
+            throw py::type_error("fail() needs an exception instance, got " + type_name(exc));
+        end(std::make_exception_ptr(PythonException(exc)));
+    }
+
+    void close() {
+        if (!closed()) close_queue();
+    }
+
+    std::size_t buffered() const { return queue_->buffered(); }
+
+    const std::shared_ptr<ByteQueue>& queue() const { return queue_; }
+
+private:
+    static std::shared_ptr<ByteQueue> make_queue(py::ssize_t capacity) {
+        if (capacity <= 0) throw py::value_error("BytePipe capacity must be positive, got " + std::to_string(capacity));
+        return std::make_shared<ByteQueue>(static_cast<std::size_t>(capacity));
+    }
+
+    void check_not_ended() const {
+        if (ended_) throw py::value_error("the BytePipe was already finished or failed");
+    }
+
+    void end(std::exception_ptr error) {
+        check_not_ended();
+        ended_ = true;
+        queue_->finish(std::move(error));
+    }
+
+    bool ended_ = false;  // finish() or fail() was called
+};
+
+// A BytePipe read natively: no GIL per chunk (only, on the main thread, to check for
+// signals while it waits).
+class PipeSource : public Source {
+public:
+    explicit PipeSource(std::shared_ptr<ByteQueue> queue) : queue_(std::move(queue)), interrupt_(signal_check()) {}
+
+    std::size_t read(std::uint8_t* buf, std::size_t n) override {
+        const std::size_t got = queue_->read(buf, n, interrupt_);
+        if (got == 0 && n > 0 && queue_->closed())
+            throw Error(ErrorKind::InvalidArgument, "read from a BytePipe whose reader side was closed");
+        return got;
+    }
+
+private:
+    std::shared_ptr<ByteQueue> queue_;
+    Interrupt interrupt_;
 };
 
 }  // namespace
 
 std::unique_ptr<Source> source_from_python(py::object obj, std::size_t chunk_size) {
+    if (py::isinstance<BytePipe>(obj)) {
+        BytePipe& pipe = obj.cast<BytePipe&>();
+        if (pipe.closed()) throw py::value_error("I/O operation on closed stream");
+        return std::make_unique<PipeSource>(pipe.queue());
+    }
     if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj) || py::hasattr(obj, "__fspath__"))
         return std::make_unique<FileSource>(path_from_python(obj));
     if (py::hasattr(obj, "readinto") || py::hasattr(obj, "read"))
@@ -303,25 +382,23 @@ py::object make_native_stream(std::function<void(Sink&)> producer, std::size_t b
 }
 
 void bind_pystream(py::module_& m) {
-    py::class_<NativeStream>(m, "NativeStream",
-                             "A readable binary stream filled by native code on a worker thread.")
-        .def("read", &NativeStream::read, py::arg("size") = -1,
-             "Read up to `size` bytes (all that is left when negative); b'' at the end.")
-        .def("readall", &NativeStream::readall, "Read until the end of the stream.")
-        .def("readinto", &NativeStream::readinto, py::arg("buffer"),
-             "Read into a writable buffer; returns the byte count, 0 at the end.")
-        .def("readable", [](const NativeStream&) { return true; })
-        .def("seekable", [](const NativeStream&) { return false; })
-        .def("writable", [](const NativeStream&) { return false; })
-        .def("isatty", [](const NativeStream&) { return false; })
-        .def("flush", [](const NativeStream&) {}, "Nothing to flush (read-only); io.BufferedReader calls it.")
-        .def("close", &NativeStream::close, "Stop the producer and release its thread.")
-        .def_property_readonly("closed", &NativeStream::closed)
-        .def("__enter__", [](py::object self) { return self; })
-        .def("__exit__", [](NativeStream& self, const py::args&) {
-            self.close();
-            return false;
-        });
+    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+
+    py::class_<NativeStream> stream(m, "NativeStream", "A readable binary stream filled by native code on a worker thread.");
+    QueueReader::bind(stream);
+    stream.def("close", &NativeStream::close, "Stop the producer and release its thread.");
+
+    py::class_<BytePipe> pipe(m, "BytePipe",
+                              "A bounded byte pipe from a Python producer thread to a reader: a readable binary "
+                              "file object that native sources read without the GIL.");
+    pipe.def(py::init<py::ssize_t>(), py::arg("capacity") = py::ssize_t(32) << 20)
+        .def("feed", &BytePipe::feed, py::arg("data"),
+             "Copy `data` in; waits (GIL released) while the pipe is full. BrokenPipeError once the reader closed.")
+        .def("finish", &BytePipe::finish, "The end of the data: the reader sees EOF after what was fed.")
+        .def("fail", &BytePipe::fail, py::arg("exc"), "End with an error: the reader raises `exc` after what was fed.")
+        .def_property_readonly("buffered", &BytePipe::buffered, "Bytes fed that no reader has taken yet.");
+    QueueReader::bind(pipe);
+    pipe.def("close", &BytePipe::close, "Close the reader side: a waiting or later feed() raises BrokenPipeError.");
 }
 
 }  // namespace winlayer::bridge

@@ -10,7 +10,8 @@
 //     }
 //
 //   `obj` may be a str, bytes or os.PathLike: the file is read natively (FileSource), the GIL is
-//   never needed. Or any object with readinto(b) (preferred) or read(n) returning bytes:
+//   never needed. Or a `_hcs.BytePipe`: read natively from its queue, without the GIL (on the
+//   main thread it is taken every 100 ms of waiting, to check for signals). Or any object with readinto(b) (preferred) or read(n) returning bytes:
 //   the returned Source takes the GIL only to pull the next chunk (1 MiB by default),
 //   so call its read() with the GIL released. Exceptions raised by the Python object
 //   propagate unchanged (py::error_already_set). The Source may be destroyed with or
@@ -30,6 +31,13 @@
 //   makes the producer's next Sink::write throw, then joins the thread: no thread outlives
 //   the stream. The producer must not hold Python objects unless it takes the GIL to use
 //   and release them; it is destroyed on the thread that closes the stream, with the GIL.
+//
+// Python -> native, pushed: `_hcs.BytePipe(capacity)`. A Python producer thread calls
+// feed(data) (copied under the GIL; waits for room with the GIL released; BrokenPipeError
+// once the reader closed), then finish() or fail(exc); the reader, native (above) or
+// Python (the NativeStream file methods), gets the data, then EOF or `exc` itself.
+//
+// Both directions carry bytes in a ByteQueue (core/bounded_queue.hpp).
 #pragma once
 
 #include <cstddef>
