@@ -468,6 +468,19 @@ def test_leftovers_swept_on_open(driver: Driver, tmp_path: Path) -> None:
     assert names == ["base"]
 
 
+def test_an_intent_marker_being_written_is_not_a_crashed_operation(
+    driver: Driver, tmp_path: Path
+) -> None:
+    """Another process writing an intent marker leaves its temporary file beside the
+    markers for a moment; a sweep then must not take it for a half-created layer."""
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    writing = driver.home / ".winlayer" / "pending" / ".base.999999.tmp"
+    writing.write_bytes(b"999999")
+    again = Driver(driver.home, backend=driver.backend, base_images=tmp_path / "base")
+    assert again.cleanup() == []
+    assert writing.exists()
+
+
 # -- alternate IDs -----------------------------------------------------------------
 
 

@@ -116,7 +116,10 @@ class StateStore:
         (self.root / "pending" / layer_id).unlink(missing_ok=True)
 
     def pending_ids(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "pending").iterdir())
+        # A dot name is a marker being written (atomic_write's temporary file): no layer
+        # id starts with a dot.
+        names = (p.name for p in (self.root / "pending").iterdir())
+        return sorted(name for name in names if not name.startswith("."))
 
     def new_staging_dir(self) -> Path:
         """A new folder name under ``staging/`` for this process (not created); the
