@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import _hcs, chain
 from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, host_architecture
-from ._stream import open_layer
+from ._pipeline import plain_tar
 from .backend import Backend
 from .errors import BackendUnavailable, LayerExists, WinlayerError
 from .imagestore import Image, check_name, check_tag
@@ -139,9 +139,9 @@ def install(
         raise LayerExists(str(path), "base image already installed")
     root.mkdir(parents=True, exist_ok=True)
     info = _hcs.DriverInfo(FLAVOURS[flavour], str(root))
-    stream, _ = open_layer(source, max_uncompressed=max_uncompressed)
     try:
-        result = backend.import_layer(info, folder, [], stream, None, progress)
+        with plain_tar(source, max_uncompressed=max_uncompressed) as tar:
+            result = backend.import_layer(info, folder, [], tar, None, progress)
         when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
         meta = {
             "Name": name,
@@ -154,9 +154,6 @@ def install(
         if backend.layer_exists(info, folder):
             backend.destroy_layer(info, folder)
         raise
-    finally:
-        if stream is not source and hasattr(stream, "close"):
-            stream.close()
     log.info("installed base image %s:%s in %s", name, version, path)
     return path
 

@@ -19,12 +19,30 @@ skips the pipe: the importer reads the file itself.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
-from collections.abc import Callable
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from . import _hcs
 from ._common import CHUNK
+from ._stream import (
+    DEFAULT_MAX_UNCOMPRESSED,
+    Compression,
+    checked_bytes,
+    decompressor,
+    detect,
+)
+from .errors import DigestMismatch, InvalidLayer
+
+#: Uncompressed bytes the read-ahead thread may produce ahead of the importer.
+READ_AHEAD = 16 << 20
 
 
 class Readable(Protocol):
@@ -58,7 +76,7 @@ class HashingReader(io.RawIOBase):
 
     def peek(self, n: int) -> bytes:
         while len(self._pushback) < n:
-            data = self._raw.read(n - len(self._pushback))
+            data = checked_bytes(self._raw.read(n - len(self._pushback)))
             if not data:
                 break
             self._account(data)
@@ -72,7 +90,7 @@ class HashingReader(io.RawIOBase):
             view[:n] = self._pushback[:n]
             self._pushback = self._pushback[n:]
             return n
-        data = self._raw.read(len(view)) or b""
+        data = checked_bytes(self._raw.read(len(view)))
         self._account(data)
         view[: len(data)] = data
         return len(data)
@@ -105,3 +123,172 @@ def digest_of(f: Readable) -> tuple[str, int]:
     """(``sha256:<hex>``, size) of everything `f` has left to read."""
     reader = HashingReader(f).drain()
     return str(reader.digest), reader.count
+
+
+#: Opens a blob for the read-ahead thread; the thread closes what it returns.
+BlobOpener = Callable[[], AbstractContextManager[Readable]]
+
+
+class _Cancelled(Exception):
+    """The importer closed the pipe; the read-ahead thread stops."""
+
+
+class TarFeed:
+    """The plain tar of one layer blob, made on a read-ahead thread of its own.
+
+    `open_blob` opens the blob (on that thread). `compression` is what the caller knows
+    (a media type); None sniffs the blob's magic bytes once. `blob_digest`
+    (``sha256:...``) and `blob_size`, when given, are checked before the importer sees the
+    end of the tar; `trust_diff_id` skips hashing a blob that turns out uncompressed (its
+    digest is then the diffID, which the importer verifies). A compressed blob may expand
+    to `max_uncompressed` bytes. `on_bytes` is called, on the thread, with the size of
+    each chunk of blob bytes read. `name` (an archive member) is named in errors.
+
+    The importer reads :meth:`reader` (a ``_hcs.BytePipe``: native code reads it without
+    the GIL); :meth:`finish` then raises what went wrong, if the importer did not; the
+    owner calls :meth:`close` in any case.
+    """
+
+    def __init__(
+        self,
+        open_blob: BlobOpener,
+        *,
+        name: str = "",
+        compression: Compression | None = None,
+        blob_digest: str | None = None,
+        blob_size: int | None = None,
+        trust_diff_id: bool = False,
+        max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+        on_bytes: Callable[[int], None] | None = None,
+        capacity: int = READ_AHEAD,
+    ) -> None:
+        self.name = name
+        self._open_blob = open_blob
+        self._compression = compression
+        self._blob_digest = blob_digest
+        self._blob_size = blob_size
+        self._trust_diff_id = trust_diff_id
+        self._max_uncompressed = max_uncompressed
+        self._on_bytes = on_bytes
+        self._pipe = _hcs.BytePipe(capacity)
+        self._error: BaseException | None = None
+        self.handed_over = False  # an importer was given the tar
+        self.tar_size = 0  # uncompressed bytes produced
+        self._thread = threading.Thread(target=self._run, name=f"winlayer-feed-{name}", daemon=True)
+        self._thread.start()
+
+    def reader(self) -> _hcs.BytePipe:
+        self.handed_over = True
+        return self._pipe
+
+    def finish(self) -> None:
+        """Read what the importer left unread, wait for the thread and raise its error,
+        if any: the blob is fully verified when this returns."""
+        while self._pipe.read(CHUNK):
+            pass
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the thread (closing the pipe makes its next write fail) and wait for it."""
+        self._pipe.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # -- the read-ahead thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with self._open_blob() as raw:
+                self._pump(raw)
+        except _Cancelled:
+            return
+        except BaseException as exc:
+            self._error = exc
+            self._pipe.fail(exc)
+            return
+        self._pipe.finish()
+
+    def _pump(self, raw: Readable) -> None:
+        hashed = HashingReader(raw, hashed=self._blob_digest is not None, on_bytes=self._on_bytes)
+        try:
+            compression = self._compression or detect(hashed.peek(4))
+            if compression == "none" and self._trust_diff_id:
+                hashed.stop_hashing()
+            plain: Any = (
+                hashed
+                if compression == "none"
+                else decompressor(hashed, compression, self._max_uncompressed, close_raw=False)
+            )
+            while data := plain.read(CHUNK):
+                self._feed(data)
+            while hashed.read(CHUNK):  # bytes after the compressed stream still count
+                pass
+        except InvalidLayer as exc:
+            if not self.name:
+                raise
+            raise InvalidLayer(f"layer blob: {exc.reason}", self.name, exc.offset) from None
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            if not self.name:
+                raise
+            raise InvalidLayer(f"layer blob is unreadable ({exc})", self.name) from None
+        self._verify(hashed)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._pipe.feed(data)
+        except BrokenPipeError:
+            raise _Cancelled from None
+        except ValueError:  # closed before this write began
+            raise _Cancelled from None
+        self.tar_size += len(data)
+
+    def _verify(self, hashed: HashingReader) -> None:
+        if self._blob_size is not None and hashed.count != self._blob_size:
+            raise InvalidLayer(
+                f"layer blob has {hashed.count} bytes, its descriptor says {self._blob_size}",
+                self.name,
+            )
+        actual = hashed.digest
+        if self._blob_digest is not None and actual is not None and actual != self._blob_digest:
+            raise DigestMismatch(self._blob_digest, actual, f"blob {self.name!r}")
+
+
+@contextlib.contextmanager
+def plain_tar(
+    source: Any, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
+) -> Iterator[str | _hcs.BytePipe]:
+    """What the native importer should read for `source`: a layer tar given by path or
+    binary stream (plain, gzip or zstd), or a :class:`TarFeed` (passed through: its owner
+    closes it). A plain tar file by path is read by the importer itself; anything else
+    comes through a :class:`TarFeed`. Leaving the block raises what the feed found
+    wrong, if the importer did not; a caller's stream is never closed."""
+    if isinstance(source, TarFeed):
+        yield source.reader()
+        return
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(source))
+        with open(path, "rb") as f:
+            compression = detect(f.read(4))
+        if compression == "none":
+            yield path
+            return
+        opener: BlobOpener = functools.partial(_open_file, path)
+    else:
+        compression = None  # sniffed once, on the feed's thread
+        opener = functools.partial(_borrowed, source)
+    feed = TarFeed(opener, compression=compression, max_uncompressed=max_uncompressed)
+    try:
+        yield feed.reader()
+        feed.finish()
+    finally:
+        feed.close()
+
+
+def _open_file(path: str) -> AbstractContextManager[Readable]:
+    return open(path, "rb")
+
+
+def _borrowed(source: Readable) -> AbstractContextManager[Readable]:
+    return contextlib.nullcontext(source)  # the caller's stream: not closed

@@ -22,7 +22,15 @@ from typing import Any, Literal, Protocol, Union
 
 from .errors import InvalidLayer
 
-__all__ = ["DEFAULT_MAX_UNCOMPRESSED", "Compression", "Source", "detect", "open_layer"]
+__all__ = [
+    "DEFAULT_MAX_UNCOMPRESSED",
+    "Compression",
+    "Source",
+    "checked_bytes",
+    "decompressor",
+    "detect",
+    "open_layer",
+]
 
 Compression = Literal["none", "gzip", "zstd"]
 
@@ -80,41 +88,39 @@ def open_layer(
                 f.close()
                 return path, "none"
             f.seek(0)
-            return _decompressor(f, compression, max_uncompressed, close_raw=True), compression
+            return decompressor(f, compression, max_uncompressed, close_raw=True), compression
         except BaseException:
             f.close()
             raise
 
     peek = getattr(source, "peek", None)
     if callable(peek):
-        head = _checked(peek(4))[:4]
+        head = checked_bytes(peek(4))[:4]
         if len(head) >= 4 or not head:
             compression = detect(head)
             if compression == "none":
                 return source, "none"
-            return _decompressor(
-                source, compression, max_uncompressed, close_raw=False
-            ), compression
+            return decompressor(source, compression, max_uncompressed, close_raw=False), compression
     # Read the magic and put it back in front of the rest.
     head = _read_exact(source, 4)
     compression = detect(head)
     prefixed = _Prefixed(head, source)
     if compression == "none":
         return prefixed, "none"
-    return _decompressor(prefixed, compression, max_uncompressed, close_raw=False), compression
+    return decompressor(prefixed, compression, max_uncompressed, close_raw=False), compression
 
 
 def _read_exact(f: _Readable, n: int) -> bytes:
     data = b""
     while len(data) < n:
-        chunk = _checked(f.read(n - len(data)))
+        chunk = checked_bytes(f.read(n - len(data)))
         if not chunk:
             break
         data += chunk
     return data
 
 
-def _checked(chunk: Any) -> bytes:
+def checked_bytes(chunk: Any) -> bytes:
     """What read() returned, if it is bytes: None (a non-blocking stream with nothing to
     read) or str (a text stream) would otherwise pass for the end of the layer."""
     if isinstance(chunk, (bytes, bytearray, memoryview)):
@@ -124,9 +130,10 @@ def _checked(chunk: Any) -> bytes:
     raise TypeError(f"a layer must be a binary stream, read() returned {type(chunk).__name__}")
 
 
-def _decompressor(
+def decompressor(
     raw: Any, compression: Compression, limit: int, *, close_raw: bool
 ) -> io.RawIOBase:
+    """A reader of the uncompressed data of `raw` (gzip or zstd), at most `limit` bytes."""
     if compression == "gzip":
         return _GzipReader(raw, limit, close_raw)
     return _ZstdReader(raw, limit, close_raw)
@@ -157,7 +164,7 @@ class _Prefixed(io.RawIOBase):
                     "non-blocking streams are not supported (readinto() returned None)"
                 )
             return int(got)
-        data = _checked(self._raw.read(len(out)))
+        data = checked_bytes(self._raw.read(len(out)))
         out[: len(data)] = data
         return len(data)
 
@@ -203,7 +210,7 @@ class _Decompressing(io.RawIOBase):
         return n
 
     def _read_raw(self) -> bytes:
-        data = _checked(self._raw.read(_READ_SIZE))
+        data = checked_bytes(self._raw.read(_READ_SIZE))
         self._in_total += len(data)
         return data
 

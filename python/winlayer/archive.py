@@ -20,7 +20,7 @@ Importing layers
     Layers are stacked by chain ID (``ChainID(L1) = DiffID(L1)``, ``ChainID(Ln) =
     sha256(ChainID(Ln-1) + " " + DiffID(Ln))``); the driver layer id is the chain ID's hex.
     A chain ID already in the store (and in the driver) is not imported again. Each blob is
-    read, hashed and decompressed by a :class:`~winlayer.layerfeed.LayerFeed` on its own
+    read, hashed and decompressed by a :class:`~winlayer._pipeline.TarFeed` on its own
     thread while the driver parses and writes the tar, and the next layer's feed starts
     reading ahead (a bounded buffer) while the current one is imported. The driver's parse
     and write of layer n+1 cannot overlap layer n's: ``apply_diff`` needs the parent layer
@@ -55,14 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ._common import host_architecture
+from ._common import CHUNK, host_architecture
 from ._output import output_file
-from ._pipeline import HashingReader, digest_of
+from ._pipeline import BlobOpener, HashingReader, TarFeed, digest_of
 from ._stream import detect, open_layer
 from .chain import MAX_DEPTH
 from .errors import DigestMismatch, LayerInUse, WinlayerError
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
-from .layerfeed import CHUNK, BlobOpener, LayerFeed
 
 if TYPE_CHECKING:
     from .driver import Driver
@@ -713,10 +712,10 @@ class _Loader:
         self.total = sum(layer.blob.size for layer in todo)
         return todo
 
-    def feed(self, layer: _Layer, opener: BlobOpener) -> LayerFeed:
-        return LayerFeed(
-            layer.blob.name,
+    def feed(self, layer: _Layer, opener: BlobOpener) -> TarFeed:
+        return TarFeed(
             opener,
+            name=layer.blob.name,
             blob_digest=layer.blob_digest,
             blob_size=layer.blob_size,
             trust_diff_id=layer.blob_digest == layer.diff_id,
@@ -726,7 +725,7 @@ class _Loader:
 
     def run(self, todo: list[_Layer], opener: Callable[[_Layer], BlobOpener]) -> None:
         """Imports `todo` in order, the next layer's feed reading ahead."""
-        feeds: list[LayerFeed] = []
+        feeds: list[TarFeed] = []
         try:
             for i, layer in enumerate(todo):
                 if not feeds:
@@ -738,20 +737,19 @@ class _Loader:
             for f in feeds:
                 f.close()
 
-    def import_layer(self, layer: _Layer, feed: LayerFeed) -> None:
+    def import_layer(self, layer: _Layer, feed: TarFeed) -> None:
         layer_id = layer_id_for(layer.chain_id)
         parent = self.layers[layer.parent].layer_id if layer.parent else None
         try:
-            reader = io.BufferedReader(feed, CHUNK)
             try:
-                size = self.driver.apply_diff(layer_id, parent, reader, digest=layer.diff_id)
+                size = self.driver.apply_diff(layer_id, parent, feed, digest=layer.diff_id)
             except DigestMismatch as exc:
                 if exc.expected != layer.diff_id:
                     raise  # the blob's own digest: the feed named the blob
                 raise DigestMismatch(
                     exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
                 ) from None
-            if feed.started_reading:
+            if feed.handed_over:
                 self.created.append(layer_id)
                 feed.finish()
                 tar_size = feed.tar_size

@@ -27,9 +27,8 @@ from typing import Any
 from . import _baseimages, _hcs, chain
 from ._baseimages import Recorder, Tagger
 from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, data_root
-from ._pipeline import digest_of
+from ._pipeline import TarFeed, digest_of, plain_tar
 from ._state import StateStore, named_holder, process_holder, write_denied
-from ._stream import open_layer
 from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
@@ -403,13 +402,15 @@ class Driver:
         self,
         id: str,
         parent: str | None,
-        source: Source,
+        source: Source | TarFeed,
         *,
         digest: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> int:
         """Import a layer tar (path or binary stream; plain, gzip or zstd) as layer `id`
-        on `parent`; return the bytes of file data it holds.
+        on `parent`; return the bytes of file data it holds. The tar goes through the
+        import pipeline (:mod:`winlayer._pipeline`): decompressed on a read-ahead thread
+        while the importer parses it.
 
         `digest` (``sha256:<hex>``) is the diffID the uncompressed tar must have; a
         mismatch leaves nothing behind. If `id` already holds imported data (another
@@ -431,16 +432,13 @@ class Driver:
                 return existing
             self._state.mark_pending(id)
             try:
-                stream, _compression = open_layer(source, max_uncompressed=limit)
                 try:
-                    result = self._backend.import_layer(
-                        self._info, id, layer_chain, stream, digest, progress
-                    )
+                    with plain_tar(source, max_uncompressed=limit) as tar:
+                        result = self._backend.import_layer(
+                            self._info, id, layer_chain, tar, digest, progress
+                        )
                 except DigestMismatch as exc:
                     raise exc.about(f"layer {id!r}") from None
-                finally:
-                    if hasattr(stream, "close") and stream is not source:
-                        stream.close()
                 try:
                     chain.write_chain(self._home_dir(id), layer_chain)
                     self._write_record(
@@ -566,7 +564,9 @@ class Driver:
                 log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
         self._state.save(rid, state)
 
-    def _already_imported(self, id: str, source: Source, digest: str | None) -> int | None:
+    def _already_imported(
+        self, id: str, source: Source | TarFeed, digest: str | None
+    ) -> int | None:
         """Size of `id` if it already holds this content (`digest`, else the diffID of
         `source`, hashed without importing it); None if it must be imported (an empty
         read-only layer made by :meth:`create` is replaced). Other content is LayerExists."""
@@ -589,14 +589,10 @@ class Driver:
         self._backend.destroy_layer(self._info, id)
         return None
 
-    def _diff_id_of(self, source: Source) -> str:
+    def _diff_id_of(self, source: Source | TarFeed) -> str:
         """The diffID of a layer tar (path or stream; plain, gzip or zstd), not imported."""
-        tar, _compression = open_layer(source, max_uncompressed=self.max_layer_size)
-        try:
+        with plain_tar(source, max_uncompressed=self.max_layer_size) as tar:
             return str(_hcs.tar_digest(tar))
-        finally:
-            if tar is not source and hasattr(tar, "close"):
-                tar.close()
 
     def _chain_below(self, rpid: str, *, include_parent: bool) -> list[str]:
         """The parent chain of a new layer on `rpid`."""
