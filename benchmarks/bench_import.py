@@ -11,7 +11,8 @@ the best of ``--runs`` is kept:
 - GNU ``tar -xf`` (+ sync): the anchor (it keeps no Windows metadata and hashes nothing);
 - winlayer ``import_layer`` (diffID, full Windows metadata, tar-split record, synced);
 - ``gzip -dc | tar -x`` and ``zstd -dc | tar -x`` vs winlayer importing the .gz / .zst
-  (decompressed by ``winlayer._stream.open_layer``);
+  (through ``winlayer._pipeline.plain_tar``, as ``winlayer import`` does: decompressed
+  on a read-ahead thread while the importer parses);
 - two winlayer imports in two threads vs the same two one after the other (one child);
 - winlayer export, canonical and original, vs ``tar -cf - . | cat`` of the extracted tree;
 - Python ``tarfile.extractall`` + ``hashlib`` (+ sync), for reference (``--no-python``
@@ -54,12 +55,12 @@ GNU_TIME = "/usr/bin/time"
 IMPORT = """
 import sys, time
 from winlayer import _hcs
-from winlayer._stream import open_layer
+from winlayer._pipeline import plain_tar
 home, src = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
-tar, _ = open_layer(src)
 b = _hcs.portable_backend("")
-b.import_layer(_hcs.DriverInfo(1, home), "layer", [], tar)
+with plain_tar(src) as tar:
+    b.import_layer(_hcs.DriverInfo(1, home), "layer", [], tar)
 print(time.perf_counter() - start)
 """
 
