@@ -138,3 +138,26 @@ def test_lower_modules_do_not_import_higher_ones(low: str, high: str) -> None:
             seen.add(dep)
             todo.append(dep)
     assert high not in seen
+
+
+def test_imports_follow_the_documented_rows() -> None:
+    """docs/ARCHITECTURE.md draws the layering as rows, top first: a module imports only
+    modules of lower rows, and every module is in a row."""
+    doc = (PACKAGE.parent.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = doc.split("## Module layering", 1)[1].split("```", 2)[1]
+    graph = _graph_without_package(PACKAGE)
+    rows: dict[str, int] = {}
+    lines = [line for line in block.splitlines() if line.strip() not in ("", "v")]
+    for depth, line in enumerate(reversed(lines)):
+        for word in line.split():
+            if word in graph:
+                rows[word] = depth
+    assert sorted(set(graph) - set(rows) - {"__main__"}) == []
+    upward = [
+        f"{module} -> {dep}"
+        for module, deps in graph.items()
+        if module in rows
+        for dep in deps
+        if rows[dep] >= rows[module]
+    ]
+    assert upward == []
