@@ -848,7 +848,7 @@ def member_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """ "large": layer members are too large to be held in memory while an archive is
     scanned, so their copies are compared by hashing or in staging files."""
     if request.param == "large":
-        monkeypatch.setattr("winlayer.archive.METADATA_LIMIT", 4096)
+        monkeypatch.setattr("winlayer._archive_members.METADATA_LIMIT", 4096)
         assert min(len(L1), len(L2)) > 4096
     return str(request.param)
 

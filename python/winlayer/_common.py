@@ -20,6 +20,10 @@ FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
 #: ``progress(n)``: bytes of layer data imported so far.
 ProgressCallback = Callable[[int], None]
 
+#: ``progress(done, total)``: bytes of layer blobs read from an image archive (load) or
+#: written to one (save). Called from worker threads; `total` is 0 while unknown.
+Progress = Callable[[int, int], None]
+
 #: A layer tar or archive as a user gives it: a path or a readable binary stream.
 Source = str | os.PathLike[str] | IO[bytes]
 

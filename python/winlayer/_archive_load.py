@@ -1,0 +1,352 @@
+"""``load``: import the layers of a plan in chain order through the import pipeline, then
+record the images and tags in one transaction; undo on failure.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import io
+import logging
+import os
+import secrets
+import shutil
+import tarfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ._archive_members import (
+    ArchiveSource,
+    InvalidArchive,
+    SeekableArchive,
+    StreamedArchive,
+    clean_name,
+    open_outer,
+    stream_tar,
+    two_copies,
+)
+from ._archive_plan import (
+    ImagePlan,
+    PlannedLayer,
+    layer_id_for,
+    plan_images,
+)
+from ._common import CHUNK, Progress
+from ._pipeline import BlobOpener, TarFeed, digest_of
+from ._stream import Compression
+from .errors import DigestMismatch, LayerInUse, WinlayerError
+from .imagestore import Image, ImageStore, StoredLayer, parse_reference
+
+if TYPE_CHECKING:
+    from .driver import Driver
+
+log = logging.getLogger(__name__)
+
+# -- load ---------------------------------------------------------------------------------
+
+
+class _Loader:
+    """Imports the layers of a plan in chain order; undoes its imports on failure."""
+
+    def __init__(self, driver: Driver, store: ImageStore, progress: Progress | None) -> None:
+        self.driver = driver
+        self.store = store
+        self.layers: dict[str, StoredLayer] = {}  # chain ID -> layer, for this load
+        self.created: list[str] = []  # driver layer ids this load made
+        self._progress = progress
+        self._done = 0
+        self.total = 0
+        self._progress_lock = threading.Lock()
+
+    def pending(self, plans: list[ImagePlan]) -> list[PlannedLayer]:
+        """The layers to import, in chain order, each chain ID once; records the ones
+        the store and driver already hold."""
+        todo: list[PlannedLayer] = []
+        seen: set[str] = set()
+        for plan in plans:
+            for layer in plan.layers:
+                if layer.chain_id in seen:
+                    continue
+                seen.add(layer.chain_id)
+                stored = self.store.layer(layer.chain_id)
+                if stored is not None and self.driver.exists(stored.layer_id):
+                    log.info("layer %s is in the store already; not importing it", layer.chain_id)
+                    self.layers[layer.chain_id] = stored
+                else:
+                    todo.append(layer)
+        self.total = sum(layer.blob.size for layer in todo)
+        return todo
+
+    def feed(self, layer: PlannedLayer, opener: BlobOpener) -> TarFeed:
+        return TarFeed(
+            opener,
+            name=layer.blob.name,
+            blob_digest=layer.blob_digest,
+            blob_size=layer.blob_size,
+            trust_diff_id=layer.blob_digest == layer.diff_id,
+            max_uncompressed=self.driver.max_layer_size,
+            on_bytes=self._advance,
+        )
+
+    def run(self, todo: list[PlannedLayer], opener: Callable[[PlannedLayer], BlobOpener]) -> None:
+        """Imports `todo` in order, the next layer's feed reading ahead."""
+        feeds: list[TarFeed] = []
+        try:
+            for i, layer in enumerate(todo):
+                if not feeds:
+                    feeds.append(self.feed(layer, opener(layer)))
+                if i + 1 < len(todo):
+                    feeds.append(self.feed(todo[i + 1], opener(todo[i + 1])))
+                self.import_layer(layer, feeds.pop(0))
+        finally:
+            for f in feeds:
+                f.close()
+
+    def import_layer(self, layer: PlannedLayer, feed: TarFeed) -> None:
+        layer_id = layer_id_for(layer.chain_id)
+        parent = self.layers[layer.parent].layer_id if layer.parent else None
+        try:
+            try:
+                size = self.driver.apply_diff(layer_id, parent, feed, digest=layer.diff_id)
+            except DigestMismatch as exc:
+                if exc.expected != layer.diff_id:
+                    raise  # the blob's own digest: the feed named the blob
+                raise DigestMismatch(
+                    exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
+                ) from None
+            if feed.handed_over:
+                self.created.append(layer_id)
+                feed.finish()
+                tar_size = feed.tar_size
+            else:  # another process imported it first (or it survived a crash)
+                tar_size = self._measure(layer_id, layer.diff_id)
+        finally:
+            feed.close()
+        self.layers[layer.chain_id] = StoredLayer(
+            layer.chain_id, layer_id, layer.diff_id, layer.parent, size, tar_size
+        )
+
+    def _measure(self, layer_id: str, diff_id: str) -> int:
+        """Byte size of a stored layer's original tar, checked against its diffID."""
+        with self.driver.diff(layer_id, original=True) as stream:
+            actual, size = digest_of(stream)
+        if actual != diff_id:
+            raise DigestMismatch(diff_id, actual, f"layer {layer_id!r}")
+        return size
+
+    def _advance(self, n: int) -> None:
+        if self._progress is None:
+            return
+        with self._progress_lock:
+            self._done += n
+            self._progress(self._done, self.total)
+
+    def commit(self, plans: list[ImagePlan], tag: tuple[str, str] | None) -> list[Image]:
+        with self.store.transaction() as db:
+            for stored in self.layers.values():
+                if not self.driver.exists(stored.layer_id):
+                    raise WinlayerError(
+                        f"layer {stored.layer_id} was removed while the image was loaded; "
+                        "load it again"
+                    )
+                self.store.add_layer(db, stored)
+            for plan in plans:
+                image = Image(
+                    id=plan.image_id,
+                    config=plan.config,
+                    created=plan.created,
+                    architecture=plan.architecture,
+                    os=plan.os,
+                    size=sum(self.layers[layer.chain_id].size for layer in plan.layers),
+                    layers=tuple(layer.chain_id for layer in plan.layers),
+                )
+                self.store.insert_image(db, image)
+                for name, t in [*plan.tags, *([tag] if tag else [])]:
+                    self.store.set_tag(db, name, t, plan.image_id, force=True)
+        return [self.store.get(plan.image_id) for plan in plans]
+
+    def rollback(self) -> None:
+        """Removes the layers this load created (newest first), unless something now
+        depends on them."""
+        for layer_id in reversed(self.created):
+            try:
+                with self.store.transaction() as db:
+                    if not self.store.layer_in_use(db, layer_id):
+                        self.driver.remove(layer_id)
+            except LayerInUse:
+                log.info("keeping layer %s: another layer now depends on it", layer_id)
+            except Exception:
+                log.warning(
+                    "could not remove layer %s after a failed load", layer_id, exc_info=True
+                )
+
+
+def load(
+    driver: Driver,
+    store: ImageStore,
+    archive: ArchiveSource,
+    *,
+    tag: str | None = None,
+    progress: Progress | None = None,
+) -> list[Image]:
+    """Load a ``docker save`` archive or an OCI image layout (a tar, plain, gzip or zstd;
+    a path or a binary stream) into `driver` and `store`; return the loaded images.
+
+    `tag` (``name[:tag]``) tags the image too (the archive must hold one image). Raises
+    :class:`InvalidArchive`, :class:`~winlayer.InvalidLayer` or
+    :class:`~winlayer.DigestMismatch`; on any failure the store is left as it was.
+    """
+    extra = parse_reference(tag) if tag is not None else None
+    loader = _Loader(driver, store, progress)
+    staging = driver.new_staging_dir()
+    f, compression, seekable = open_outer(archive)
+    owned = isinstance(archive, (str, os.PathLike))
+    try:
+        if compression == "none" and seekable:
+            plans = _load_seekable(loader, archive if owned else f, extra)
+        else:
+            plans = _load_streamed(loader, f, compression, seekable, staging, extra)
+        return loader.commit(plans, extra)
+    except BaseException:
+        loader.rollback()
+        raise
+    finally:
+        if owned:
+            f.close()
+        elif f is not archive and isinstance(f, io.BufferedReader):
+            f.detach()  # our read buffer around the caller's stream; theirs stays open
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_single(plans: list[ImagePlan], tag: tuple[str, str] | None) -> None:
+    if tag is not None and len(plans) != 1:
+        raise ValueError(f"the archive holds {len(plans)} images; a tag applies to one only")
+
+
+def _load_seekable(
+    loader: _Loader, source: ArchiveSource, tag: tuple[str, str] | None
+) -> list[ImagePlan]:
+    archive = SeekableArchive(source)
+    try:
+        plans = plan_images(archive)
+        _check_single(plans, tag)
+        loader.run(loader.pending(plans), lambda layer: archive.opener(layer.blob))
+        return plans
+    finally:
+        archive.close()
+
+
+def _load_streamed(
+    loader: _Loader,
+    f: IO[bytes],
+    compression: Compression,
+    seekable: bool,
+    staging: Path,
+    tag: tuple[str, str] | None,
+) -> list[ImagePlan]:
+    archive = StreamedArchive()
+    spilled: dict[str, Path] = {}
+    limit = loader.driver.max_layer_size
+    if not seekable:
+        # A pipe is read once: small members are kept in memory, the rest in staging
+        # files; then the layers are imported from those.
+        for info, data in stream_tar(f, compression, limit):
+            cached = archive.note(info, data)
+            if data is not None and not cached:
+                name = clean_name(info.name)
+                path = _spill(data, staging)
+                if name in spilled:  # a repeat: the first copy stays, if this is the same
+                    if not filecmp.cmp(spilled[name], path, shallow=False):
+                        raise two_copies(name)
+                    path.unlink()
+                else:
+                    spilled[name] = path
+        plans = plan_images(archive)
+        _check_single(plans, tag)
+        loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
+        return plans
+    # A first pass for the metadata, so that the second can stream layers straight in.
+    start = f.tell()
+    for info, data in stream_tar(f, compression, limit):
+        archive.note(info, data)
+    if uncompared := archive.uncompared():  # large files named twice: one more pass
+        f.seek(start)
+        _compare_copies(stream_tar(f, compression, limit), uncompared)
+    plans = plan_images(archive)
+    _check_single(plans, tag)
+    f.seek(start)
+    todo = loader.pending(plans)
+    uses = Counter(layer.blob.name for layer in todo)
+    position = 0  # the next layer of `todo` to import
+    seen: set[str] = set()  # only the first copy of a repeated member is used
+    for info, data in stream_tar(f, compression, limit):
+        name = clean_name(info.name)
+        if data is None or name not in uses or name in seen:
+            continue
+        seen.add(name)
+        if todo[position].blob.name == name and uses[name] == 1:
+            feed = loader.feed(todo[position], _borrow(data))
+            loader.import_layer(todo[position], feed)
+            position += 1
+        else:  # needed later (or more than once): hold it until its turn
+            spilled[name] = _spill(data, staging)
+        while position < len(todo) and todo[position].blob.name in spilled:
+            layer = todo[position]
+            loader.import_layer(layer, loader.feed(layer, _held(archive, spilled, layer.blob.name)))
+            position += 1
+    if position < len(todo):
+        raise InvalidArchive("the archive changed while it was read", todo[position].blob.name)
+    return plans
+
+
+def _compare_copies(
+    members: Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]], names: set[str]
+) -> None:
+    """Refuse the archive if the copies of a file named in `names` differ."""
+    digests: dict[str, str] = {}
+    for info, data in members:
+        name = clean_name(info.name)
+        if data is not None and name in names:
+            digest = digest_of(data)[0]
+            if digests.setdefault(name, digest) != digest:
+                raise two_copies(name)
+
+
+def _held(archive: StreamedArchive, spilled: dict[str, Path], name: str) -> BlobOpener:
+    """An opener of a blob held in a staging file or in memory."""
+    if name in spilled:
+        path = spilled[name]
+        return lambda: open(path, "rb")
+    data = archive.cache[name]
+    return lambda: io.BytesIO(data)
+
+
+def _borrow(f: IO[bytes]) -> BlobOpener:
+    """An opener of a member of a streamed tar, for a feed that must not close it."""
+    return lambda: io.BufferedReader(_Borrowed(f), CHUNK)
+
+
+class _Borrowed(io.RawIOBase):
+    """A member stream of a streamed tar, handed to a feed that must not close it."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        super().__init__()
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+
+def _spill(data: IO[bytes], staging: Path) -> Path:
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / secrets.token_hex(8)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(data, out, CHUNK)
+    return path
