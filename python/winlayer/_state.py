@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._common import atomic_write
 from ._locks import FileLock, pid_alive
-from .errors import StoreCorrupt
+from .backend import Backend
+from .errors import StoreCorrupt, WinlayerError
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = ".winlayer"
 _STAGING_PREFIX = "load-"
@@ -135,6 +141,121 @@ class StateStore:
                 ):
                     shutil.rmtree(entry, ignore_errors=True)
         return root / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Mounts:
+    """The mount lifecycle of a store's layers over `backend`: the first holder activates
+    and prepares a layer, the last one unprepares and deactivates it. The state is written
+    ahead of each backend call: a process killed in the call leaves the layer marked
+    "maybe activated/prepared", and the release of an abandoned mount (cleanup, remove)
+    undoes it. The caller holds the layer's lock; `ref` names a layer to the backend
+    (driver info, id)."""
+
+    def __init__(
+        self, state: StateStore, backend: Backend, ref: Callable[[str], tuple[Any, str]]
+    ) -> None:
+        self._state = state
+        self._backend = backend
+        self._ref = ref
+
+    def get(self, rid: str, owner: str, parents: list[str], folder: str) -> str:
+        """Add a hold of `owner`, mounting the layer first if nobody has; its path."""
+        state = self._state.load(rid)
+        if not state.prepared:
+            activated_here = False
+            if not state.activated:
+                state.activated = True
+                self._state.save(rid, state)
+                try:
+                    self._backend.activate_layer(*self._ref(rid))
+                except BaseException:
+                    state.activated = False
+                    self._state.save(rid, state)
+                    raise
+                activated_here = True
+            state.prepared = True
+            self._state.save(rid, state)
+            prepared = False
+            try:
+                self._backend.prepare_layer(*self._ref(rid), parents)
+                prepared = True
+                state.path = self._backend.get_layer_mount_path(*self._ref(rid))
+            except BaseException:
+                self._undo(rid, state, prepared, activated_here)
+                raise
+            state.path = state.path or folder
+        state.holders[owner] = state.holders.get(owner, 0) + 1
+        self._state.save(rid, state)
+        return state.path
+
+    def put(self, rid: str, owner: str, not_held: str) -> None:
+        """Drop a hold of `owner` (WinlayerError(`not_held`) if it has none); the last
+        one unmounts the layer. If the backend fails, the count stays true: a layer still
+        prepared stays counted, an unprepared one no longer is."""
+        state = self._state.load(rid)
+        if state.holders.get(owner, 0) == 0:
+            raise WinlayerError(not_held)
+        if state.mounts > 1:
+            state.holders[owner] -= 1
+            if not state.holders[owner]:
+                del state.holders[owner]
+            self._state.save(rid, state)
+            return
+        if state.prepared:
+            self._backend.unprepare_layer(*self._ref(rid))
+            state.prepared = False
+            state.path = ""
+        state.holders.pop(owner)
+        self._state.save(rid, state)
+        self.release(rid, state)
+
+    def release(self, rid: str, state: MountState) -> None:
+        """Unprepare and deactivate a layer nobody holds."""
+        if state.prepared:
+            self._backend.unprepare_layer(*self._ref(rid))
+            state.prepared = False
+            state.path = ""
+            self._state.save(rid, state)
+        if state.activated:
+            self._backend.deactivate_layer(*self._ref(rid))
+            state.activated = False
+            self._state.save(rid, state)
+
+    def release_abandoned(self, rid: str, present: bool) -> bool:
+        """Unmount a layer whose holders are all gone (takes the layer's lock); whether
+        there was anything to release. A layer no longer `present` is only forgotten."""
+        with self._state.lock(rid):
+            state = self._state.load(rid)
+            if state.is_idle():
+                self._state.save(rid, state)  # only dead holders were left: forget them
+                return False
+            if state.in_use:
+                return False
+            if not present:
+                state.prepared = state.activated = False
+                self._state.save(rid, state)
+                return True
+            self.release(rid, state)
+            return True
+
+    def _undo(self, rid: str, state: MountState, prepared: bool, activated_here: bool) -> None:
+        """Roll back a failed get: unprepare, then deactivate what this get activated."""
+        if prepared:
+            try:
+                self._backend.unprepare_layer(*self._ref(rid))
+            except Exception:
+                log.warning("could not unprepare layer %s after a failed get", rid, exc_info=True)
+                self._state.save(rid, state)  # still prepared: say so
+                return
+        state.prepared = False
+        state.path = ""
+        if activated_here:
+            try:
+                self._backend.deactivate_layer(*self._ref(rid))
+                state.activated = False
+            except Exception:
+                log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
+        self._state.save(rid, state)
 
 
 def process_holder() -> str:

@@ -1,6 +1,6 @@
-"""The seed's per-layer files: ``layerchain.json`` and the alternate-ID file.
+"""The files the driver keeps in a layer folder, beside the backend's data.
 
-Both formats are kept exactly, so that a home written by Docker's Windows driver, by
+The seed's two are kept exactly, so that a home written by Docker's Windows driver, by
 another winlayer version or by the other backend is read back:
 
 - ``layerchain.json``: a compact JSON array of absolute parent folder paths, nearest
@@ -11,6 +11,10 @@ another winlayer version or by the other backend is read back:
   and written as ``layerId``.
 
 A chain is at most :data:`MAX_DEPTH` read-only layers deep.
+
+winlayer adds ``winlayer.json``, the layer's record: ``diff_id`` and ``size`` (of an
+imported layer) and ``read_write``. It is the authority for those facts, whatever the
+backend (see docs/ARCHITECTURE.md, "One owner per layer fact").
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ._common import atomic_write
 from .errors import StoreCorrupt
 
 CHAIN_FILE = "layerchain.json"
 ALT_ID_FILE = "layerId"
+RECORD_FILE = "winlayer.json"
+#: The driver's files in a layer folder, lower case (an alias folder holds only these).
+DRIVER_FILES = {CHAIN_FILE.lower(), ALT_ID_FILE.lower(), RECORD_FILE}
 #: Most read-only layers one chain may stack, a layer and its parents (Docker's
 #: maxLayerDepth); a read/write layer may sit on a full stack. Every layer stores its whole
 #: chain, so a store of n stacked layers holds n * (n - 1) / 2 parent paths.
@@ -106,3 +114,23 @@ def _decode_alt_id(data: bytes, path: Path) -> str:
 
 def write_alt_id(layer_dir: Path, folder_name: str) -> None:
     atomic_write(layer_dir / ALT_ID_FILE, folder_name.encode("utf-8"))
+
+
+def read_record(layer_dir: Path) -> dict[str, Any]:
+    """The layer's record (``{}`` for a layer without one)."""
+    path = layer_dir / RECORD_FILE
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise StoreCorrupt(f"unreadable layer record ({exc})", str(path)) from None
+    if not isinstance(value, dict):
+        raise StoreCorrupt("layer record is not a JSON object", str(path))
+    return value
+
+
+def update_record(layer_dir: Path, fields: dict[str, Any]) -> None:
+    """Set `fields` in the layer's record, keeping the others (durably, see atomic_write)."""
+    merged = {**read_record(layer_dir), **fields}
+    atomic_write(layer_dir / RECORD_FILE, json.dumps(merged, sort_keys=True).encode())

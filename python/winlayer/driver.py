@@ -26,9 +26,9 @@ from typing import Any
 
 from . import _baseimages, _hcs, chain
 from ._baseimages import Recorder, Tagger
-from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, data_root
+from ._common import FLAVOURS, ProgressCallback, Source, data_root
 from ._pipeline import TarFeed, digest_of, plain_tar
-from ._state import StateStore, named_holder, process_holder, write_denied
+from ._state import Mounts, StateStore, named_holder, process_holder, write_denied
 from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
@@ -43,11 +43,8 @@ from .layertar import list_layer_tar
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "winlayer.json"  # the driver's per-layer record: diff_id, size, read_write
 REMOVING_SUFFIX = "-removing"
 DEFAULT_MAX_LAYER_SIZE = 1 << 40
-# Files the driver (or Docker's driver) keeps in a layer folder beside the backend's data.
-_DRIVER_FILES = {chain.CHAIN_FILE, chain.ALT_ID_FILE.lower(), RECORD_FILE}  # lower case
 
 
 def default_home(flavour: str = "windowsfilter") -> Path:
@@ -120,6 +117,7 @@ class Driver:
         # Layers outside the home (host base images) are named by their full path.
         self._path_info = _hcs.DriverInfo(FLAVOURS[flavour], "")
         self._state = StateStore(self.home, read_only=bool(self.write_denied))
+        self._mounts = Mounts(self._state, self._backend, self._ref)
         if not self.write_denied:
             self._sweep(stale_mounts=False)
 
@@ -251,7 +249,7 @@ class Driver:
             children = self._children(rid)
             if children:
                 raise LayerInUse(id, f"layer is the parent of {', '.join(children)}")
-            self._release_mount(rid, state)  # left prepared by a process that died
+            self._mounts.release(rid, state)  # left prepared by a process that died
             # Rename first: a crash after this point leaves only a `-removing` folder,
             # which the next sweep destroys, never a half-destroyed layer under its id.
             doomed = f"{rid}-{secrets.token_hex(4)}{REMOVING_SUFFIX}"
@@ -323,37 +321,8 @@ class Driver:
         self._check_writable()
         owner = named_holder(holder) if holder else process_holder()
         with self._layer_locked(id) as rid:
-            state = self._state.load(rid)
-            if not state.prepared:
-                parents = chain.read_chain(self._dir(rid))
-                # The state is written ahead of each backend call: a process killed in
-                # the call leaves the layer marked "maybe activated/prepared", and the
-                # release of an abandoned mount (cleanup, remove) undoes it.
-                activated_here = False
-                if not state.activated:
-                    state.activated = True
-                    self._state.save(rid, state)
-                    try:
-                        self._backend.activate_layer(*self._ref(rid))
-                    except BaseException:
-                        state.activated = False
-                        self._state.save(rid, state)
-                        raise
-                    activated_here = True
-                state.prepared = True
-                self._state.save(rid, state)
-                prepared = False
-                try:
-                    self._backend.prepare_layer(*self._ref(rid), parents)
-                    prepared = True
-                    state.path = self._backend.get_layer_mount_path(*self._ref(rid))
-                except BaseException:
-                    self._undo_mount(rid, state, prepared, activated_here)
-                    raise
-                state.path = state.path or str(self._dir(rid))
-            state.holders[owner] = state.holders.get(owner, 0) + 1
-            self._state.save(rid, state)
-            return Path(state.path)
+            parents = chain.read_chain(self._dir(rid))
+            return Path(self._mounts.get(rid, owner, parents, str(self._dir(rid))))
 
     def put(self, id: str, *, holder: str | None = None) -> None:
         """Release one :meth:`get`. The last one unprepares and deactivates the layer.
@@ -364,23 +333,8 @@ class Driver:
         self._check_writable()
         owner = named_holder(holder) if holder else process_holder()
         with self._layer_locked(id) as rid:
-            state = self._state.load(rid)
-            if state.holders.get(owner, 0) == 0:
-                who = f"holder {holder!r}" if holder else "this process"
-                raise WinlayerError(f"layer {id!r} is not mounted by {who}")
-            if state.mounts > 1:
-                state.holders[owner] -= 1
-                if not state.holders[owner]:
-                    del state.holders[owner]
-                self._state.save(rid, state)
-                return
-            if state.prepared:
-                self._backend.unprepare_layer(*self._ref(rid))
-                state.prepared = False
-                state.path = ""
-            state.holders.pop(owner)
-            self._state.save(rid, state)
-            self._release_mount(rid, state)
+            who = f"holder {holder!r}" if holder else "this process"
+            self._mounts.put(rid, owner, f"layer {id!r} is not mounted by {who}")
 
     @contextlib.contextmanager
     def mounted(self, id: str) -> Iterator[Path]:
@@ -545,25 +499,6 @@ class Driver:
                 raise ValueError(f"{parent!r} is not the parent of layer {rid!r}")
         return parents
 
-    def _undo_mount(self, rid: str, state: Any, prepared: bool, activated_here: bool) -> None:
-        """Roll back a failed get: unprepare, then deactivate what this get activated."""
-        if prepared:
-            try:
-                self._backend.unprepare_layer(*self._ref(rid))
-            except Exception:
-                log.warning("could not unprepare layer %s after a failed get", rid, exc_info=True)
-                self._state.save(rid, state)  # still prepared: say so
-                return
-        state.prepared = False
-        state.path = ""
-        if activated_here:
-            try:
-                self._backend.deactivate_layer(*self._ref(rid))
-                state.activated = False
-            except Exception:
-                log.warning("could not deactivate layer %s after a failed get", rid, exc_info=True)
-        self._state.save(rid, state)
-
     def _already_imported(
         self, id: str, source: Source | TarFeed, digest: str | None
     ) -> int | None:
@@ -637,39 +572,12 @@ class Driver:
         if stale_mounts:
             for layer_id in self._state.mounted_ids():
                 try:
-                    if self._release_abandoned_mount(layer_id):
+                    if self._mounts.release_abandoned(layer_id, self._dir(layer_id).is_dir()):
                         swept.append(f"released abandoned mount of {layer_id}")
                 except (WinlayerError, OSError) as exc:
                     log.warning("could not release the mount of %s: %s", layer_id, exc)
                     swept.append(f"could not release the mount of {layer_id}: {exc}")
         return swept
-
-    def _release_abandoned_mount(self, rid: str) -> bool:
-        with self._state.lock(rid):
-            state = self._state.load(rid)
-            if state.is_idle():
-                self._state.save(rid, state)  # only dead holders were left: forget them
-                return False
-            if state.in_use:
-                return False
-            if not self._dir(rid).is_dir():
-                state.prepared = state.activated = False
-                self._state.save(rid, state)
-                return True
-            self._release_mount(rid, state)
-            return True
-
-    def _release_mount(self, rid: str, state: Any) -> None:
-        """Unprepare and deactivate a layer nobody holds (the caller holds its lock)."""
-        if state.prepared:
-            self._backend.unprepare_layer(*self._ref(rid))
-            state.prepared = False
-            state.path = ""
-            self._state.save(rid, state)
-        if state.activated:
-            self._backend.deactivate_layer(*self._ref(rid))
-            state.activated = False
-            self._state.save(rid, state)
 
     def _destroy_quietly(self, folder_name: str) -> None:
         try:
@@ -681,7 +589,7 @@ class Driver:
     def _remove_alias_folder(self, id: str) -> None:
         folder = self._home_dir(id)
         for name in os.listdir(folder):
-            if name.lower() in _DRIVER_FILES:
+            if name.lower() in chain.DRIVER_FILES:
                 (folder / name).unlink()
         folder.rmdir()
 
@@ -751,20 +659,10 @@ class Driver:
         return found
 
     def _read_record(self, rid: str) -> dict[str, Any]:
-        path = self._dir(rid) / RECORD_FILE
-        try:
-            value = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            raise StoreCorrupt(f"unreadable layer record ({exc})", str(path)) from None
-        if not isinstance(value, dict):
-            raise StoreCorrupt("layer record is not a JSON object", str(path))
-        return value
+        return chain.read_record(self._dir(rid))
 
     def _write_record(self, rid: str, record: dict[str, Any]) -> None:
-        merged = {**self._read_record(rid), **record}
-        atomic_write(self._dir(rid) / RECORD_FILE, json.dumps(merged, sort_keys=True).encode())
+        chain.update_record(self._dir(rid), record)
 
     @staticmethod
     def _is_internal_name(name: str) -> bool:
