@@ -250,7 +250,7 @@ private:
             }
             queue_.finish();
         } catch (...) {
-            const std::exception_ptr error = std::current_exception();
+            const std::exception_ptr error = rethrowable_current_exception();
             hand_over();  // the entries before the error are still listed
             queue_.finish(error);
         }

@@ -239,7 +239,7 @@ public:
                 sink.flush();
                 queue->finish();
             } catch (...) {
-                const std::exception_ptr error = std::current_exception();
+                const std::exception_ptr error = rethrowable_current_exception();
                 try {
                     sink.flush();  // what came before the error is still read
                 } catch (...) {  // the reader closed the stream: nobody reads it
