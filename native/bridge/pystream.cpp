@@ -287,14 +287,13 @@ public:
         while (n > 0) {
             const std::size_t k = std::min(n, queue_->piece_size());
             ByteQueue::Piece piece(p, p + k);
-            auto pushed = queue_->try_push(piece);
-            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Full) {
+            TryPush pushed = queue_->try_push(piece);
+            if (pushed == TryPush::Full) {
                 const Interrupt& interrupt = signal_check();
                 py::gil_scoped_release nogil;
-                pushed = queue_->push(std::move(piece), interrupt) ? BoundedQueue<ByteQueue::Piece>::TryPush::Pushed
-                                                                  : BoundedQueue<ByteQueue::Piece>::TryPush::Closed;
+                pushed = queue_->push(std::move(piece), interrupt) ? TryPush::Pushed : TryPush::Closed;
             }
-            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Closed) {
+            if (pushed == TryPush::Closed) {
                 PyErr_SetString(PyExc_BrokenPipeError, "the reader of the BytePipe is closed");
                 throw py::error_already_set();
             }
@@ -321,6 +320,8 @@ public:
     const std::shared_ptr<ByteQueue>& queue() const { return queue_; }
 
 private:
+    using TryPush = BoundedQueue<ByteQueue::Piece>::TryPush;
+
     static std::shared_ptr<ByteQueue> make_queue(py::ssize_t capacity) {
         if (capacity <= 0) throw py::value_error("BytePipe capacity must be positive, got " + std::to_string(capacity));
         return std::make_shared<ByteQueue>(static_cast<std::size_t>(capacity));
