@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import faulthandler
 import hashlib
 import os
 import random
@@ -341,3 +342,33 @@ def test_invalid_data_through_a_pipe_names_the_offset() -> None:
     with pytest.raises(InvalidLayer) as exc:
         _hcs.read_tar(pipe)
     assert exc.value.offset == 0
+
+
+def test_closing_from_another_thread_while_the_main_thread_reads_natively() -> None:
+    """The main thread's reader takes the GIL every 100 ms of waiting (for signals); a
+    close() made meanwhile by a thread holding the GIL must not wait for that reader."""
+    pipe = _hcs.BytePipe()
+    pipe.feed(base_layer()[:1024])
+
+    def close_while_holding_the_gil() -> None:
+        while pipe.buffered:  # the reader has taken the bytes and waits for more
+            time.sleep(0.01)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1000.0)
+        try:
+            end = time.monotonic() + 0.35  # the reader's signal check now waits for the GIL
+            while time.monotonic() < end:
+                pass
+            pipe.close()
+        finally:
+            sys.setswitchinterval(interval)
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a deadlock ends the run, loudly
+    try:
+        closer = threading.Thread(target=close_while_holding_the_gil)
+        closer.start()
+        with pytest.raises(ValueError, match="closed"):
+            _hcs.tar_digest(pipe)
+        assert joined(closer)
+    finally:
+        faulthandler.cancel_dump_traceback_later()

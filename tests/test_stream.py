@@ -321,3 +321,36 @@ def test_native_stream_feeds_the_tar_reader() -> None:
     with _hcs.tar_split_rebuild(record.tar_split, lambda n, s: payloads[n]) as s:  # type: ignore[arg-type,return-value]
         # A Python stream of native data read back by native code through Python.
         assert _hcs.tar_digest(s) == DIGEST
+
+
+def test_a_python_error_of_a_producer_is_raised_again_at_every_read() -> None:
+    """A producer's Python exception stays the reader's answer: the same object each time
+    (it used to abort the process at the second read)."""
+    scan = _hcs.read_tar(io.BytesIO(TAR), tar_split=True, payloads=True)
+    assert scan.tar_split is not None
+    errors = []
+
+    def no_payload(name: str, size: int) -> bytes:
+        errors.append(LookupError(name))
+        raise errors[-1]
+
+    with _hcs.tar_split_rebuild(scan.tar_split, no_payload) as s:
+        raised = []
+        for _ in range(2):
+            with pytest.raises(LookupError) as exc:
+                s.read()
+            raised.append(exc.value)
+        assert raised == [errors[0], errors[0]]
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+            raise errors[0]
+
+    lister = _hcs.LayerTarLister(Failing())
+    for _ in range(2):
+        with pytest.raises(LookupError) as exc:
+            lister.next_batch()
+        assert exc.value is errors[0]

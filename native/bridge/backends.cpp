@@ -74,6 +74,40 @@ py::object export_layer(const BackendPtr& backend, const DriverInfo& info, const
     return make_native_stream(std::move(producer));
 }
 
+const char* change_kind(EntryType t) {
+    switch (t) {
+    case EntryType::Directory: return "dir";
+    case EntryType::File: return "file";
+    case EntryType::Symlink: return "symlink";
+    case EntryType::AlternateStream: return "stream";
+    case EntryType::HardLink: return "link";
+    case EntryType::Whiteout: return "whiteout";
+    }
+    return "file";
+}
+
+// The layer's entries as (path, kind, size), straight from the backend's LayerReader in
+// export order: no tar is written or parsed, no data read.
+py::list layer_changes(const BackendPtr& backend, const DriverInfo& info, const std::string& id,
+                       const LayerChain& parents) {
+    std::vector<LayerEntry> entries = nogil([&] {
+        std::unique_ptr<LayerReader> reader = backend->export_reader(info, id, parents);
+        std::vector<LayerEntry> out;
+        LayerEntry e;
+        while (reader->next(e)) {
+            LayerEntry& kept = out.emplace_back();
+            kept.path = std::move(e.path);
+            kept.type = e.type;
+            kept.size = e.type == EntryType::File || e.type == EntryType::AlternateStream ? e.size : 0;
+        }
+        return out;
+    });
+    py::list changes(entries.size());
+    std::size_t i = 0;
+    for (const LayerEntry& e : entries) changes[i++] = py::make_tuple(decode_utf8(e.path), change_kind(e.type), e.size);
+    return changes;
+}
+
 BackendPtr hcs_backend() {
 #ifdef _WIN32
     return BackendPtr(make_vmcompute_backend());
@@ -155,6 +189,10 @@ void bind_backends(py::module_& m) {
         .def("export_layer", &export_layer, py::arg("info"), py::arg("id"), py::arg("parents"),
              py::arg("original") = false,
              "The layer as a tar stream: canonical, or the imported tar byte for byte (original=True).")
+        .def("layer_changes", &layer_changes, py::arg("info"), py::arg("id"), py::arg("parents"),
+             "The layer's entries in export order as (path, kind, size): kind is dir, file, symlink, "
+             "stream (an alternate data stream, path 'file:name'), link (a hard link) or whiteout (path "
+             "is what the layer deletes); size is the data bytes of a file or stream, else 0.")
         .def("sweep", [](Backend& b, I info) { return nogil([&] { return b.sweep(info); }); }, py::arg("info"),
              "Remove what crashed operations left in the home; returns the names removed.");
 

@@ -28,6 +28,10 @@ private:
     std::shared_ptr<PyObject> exc_;  // released with the GIL
 };
 
+// The exception being handled, for a queue that rethrows it at every read: a
+// py::error_already_set becomes a PythonException (taking the GIL to do so).
+std::exception_ptr rethrowable_current_exception();
+
 // A native string (UTF-8 from a layer tar, not necessarily valid) as a str: bytes that are
 // not UTF-8 are kept as surrogates (surrogateescape), so a hostile name never fails the
 // conversion and encodes back to the same bytes.

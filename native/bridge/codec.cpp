@@ -5,8 +5,6 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "../core/backup_stream.hpp"
+#include "../core/bounded_queue.hpp"
 #include "../core/error.hpp"
 #include "../core/layer_tar.hpp"
 #include "../core/memory_io.hpp"
@@ -163,11 +162,8 @@ public:
 
     // Stops the producer (at its next entry or data chunk) and waits for it. Idempotent.
     void close() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            cancelled_ = true;
-        }
-        changed_.notify_all();
+        cancelled_ = true;
+        queue_.close();  // wakes a producer waiting for room
         if (producer_.joinable()) {
             // The producer may be waiting for the GIL to read a Python stream.
             py::gil_scoped_release nogil;
@@ -180,18 +176,16 @@ public:
     // after the entries read before them.
     py::list next_batch() {
         if (cancelled_) throw py::value_error("the listing is closed");
-        std::vector<Listed> batch;
+        std::optional<std::vector<Listed>> next;
         {
             py::gil_scoped_release nogil;
-            std::unique_lock<std::mutex> lock(mutex_);
-            changed_.wait(lock, [this] { return !queue_.empty() || finished_; });
-            if (!queue_.empty()) {
-                batch = std::move(queue_.front());
-                queue_.pop_front();
-            }
+            next = queue_.pop();
         }
-        changed_.notify_all();
-        if (batch.empty() && error_) std::rethrow_exception(error_);
+        if (!next) {
+            queue_.raise_if_failed();
+            return py::list();
+        }
+        const std::vector<Listed>& batch = *next;
         GcPause pause;
         py::list out(batch.size());
         std::size_t i = 0;
@@ -200,12 +194,12 @@ public:
     }
 
     py::object diff_id() {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> lock(commit_mutex_);
         if (!writer_.committed) return py::none();
         return py::str(writer_.committed->diff_id);
     }
     py::object data_size() {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> lock(commit_mutex_);
         if (!writer_.committed) return py::none();
         return py::int_(writer_.committed->size);
     }
@@ -241,7 +235,6 @@ private:
     }
 
     void produce() {
-        std::exception_ptr error;
         writer_.batch.reserve(batch_size_);
         try {
             bool more = true;
@@ -249,29 +242,28 @@ private:
                 more = importer_->step();
                 if (!more) {
                     // Under the lock: diff_id() reads what commit() stores.
-                    std::lock_guard<std::mutex> lock(mutex_);
+                    std::lock_guard<std::mutex> lock(commit_mutex_);
                     importer_->commit();
                 }
                 if (writer_.batch.size() < batch_size_ && more) continue;
-                std::unique_lock<std::mutex> lock(mutex_);
-                changed_.wait(lock, [this] { return queue_.size() < kQueuedBatches || cancelled_; });
-                if (cancelled_) break;
-                if (!writer_.batch.empty()) queue_.push_back(std::move(writer_.batch));
-                writer_.batch.clear();
-                writer_.batch.reserve(batch_size_);  // no regrowth (and moves) while filling
-                lock.unlock();
-                changed_.notify_all();
+                if (!hand_over()) return;  // closed
             }
+            queue_.finish();
         } catch (...) {
-            error = std::current_exception();
+            const std::exception_ptr error = rethrowable_current_exception();
+            hand_over();  // the entries before the error are still listed
+            queue_.finish(error);
         }
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (error && !writer_.batch.empty()) queue_.push_back(std::move(writer_.batch));
-            error_ = error;
-            finished_ = true;
-        }
-        changed_.notify_all();
+    }
+
+    // Queues the batch being filled (waiting for room) and starts the next; false once the
+    // lister is closed.
+    bool hand_over() {
+        if (writer_.batch.empty()) return !queue_.closed();
+        if (!queue_.push(std::move(writer_.batch))) return false;
+        writer_.batch = std::vector<Listed>();
+        writer_.batch.reserve(batch_size_);  // no regrowth (and moves) while filling
+        return true;
     }
 
 private:
@@ -296,7 +288,7 @@ private:
                            decode_utf8(e.link_target), e.mount_point, std::move(eas)));
     }
 
-    std::atomic<bool> cancelled_{false};  // the lister is being destroyed
+    std::atomic<bool> cancelled_{false};  // close() was called
     std::unique_ptr<Source> source_;
     std::size_t batch_size_;
     ListingWriter writer_;  // the producer's; `committed` is read under mutex_
@@ -309,11 +301,8 @@ private:
     std::unordered_map<std::string, py::object> descriptors_;  // descriptor -> bytes
     std::unordered_map<std::string, py::object> accounts_;     // SID string -> account
 
-    std::mutex mutex_;
-    std::condition_variable changed_;
-    std::deque<std::vector<Listed>> queue_;
-    bool finished_ = false;  // the producer has stopped
-    std::exception_ptr error_;
+    std::mutex commit_mutex_;  // guards writer_.committed
+    BoundedQueue<std::vector<Listed>> queue_{kQueuedBatches};
     std::thread producer_;  // last: started once everything above exists
 };
 

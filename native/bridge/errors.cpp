@@ -31,6 +31,19 @@ PythonException::PythonException(const py::handle& exc)
           Py_DECREF(o);
       }) {}
 
+std::exception_ptr rethrowable_current_exception() {
+    try {
+        throw;
+    } catch (const py::error_already_set& e) {
+        py::gil_scoped_acquire gil;
+        // Where it was raised stays visible: the object keeps the traceback fetched with it.
+        if (e.trace()) PyException_SetTraceback(e.value().ptr(), e.trace().ptr());
+        return std::make_exception_ptr(PythonException(e.value()));
+    } catch (...) {
+        return std::current_exception();
+    }
+}
+
 py::str decode_utf8(const std::string& s) {
     PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
     if (!o) throw py::error_already_set();

@@ -102,12 +102,13 @@ unsigned long g_main_thread = 0;  // ident of Python's main thread, set by bind_
 // What a wait on a queue runs every BoundedQueue::kPollInterval: on the main thread, where
 // Python handles signals, a check that lets Ctrl-C interrupt a wait for a slow peer.
 // Elsewhere nothing: the GIL is not taken while waiting.
-Interrupt signal_check() {
-    if (PyThread_get_thread_ident() != g_main_thread) return nullptr;
-    return [] {
+const Interrupt& signal_check() {
+    static const Interrupt none;
+    static const Interrupt check = [] {
         py::gil_scoped_acquire gil;
         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     };
+    return PyThread_get_thread_ident() == g_main_thread ? check : none;
 }
 
 // Producer side of a NativeStream. Small writes (a tar header, a piece of padding) are
@@ -152,7 +153,7 @@ public:
     // producer's error once the data before it has been read.
     std::size_t pull(std::uint8_t* dst, std::size_t n, bool fill) {
         if (closed_) throw py::value_error("I/O operation on closed stream");
-        Interrupt interrupt = signal_check();
+        const Interrupt& interrupt = signal_check();
         py::gil_scoped_release nogil;
         return queue_->read(dst, n, interrupt, fill);
     }
@@ -239,7 +240,7 @@ public:
                 sink.flush();
                 queue->finish();
             } catch (...) {
-                const std::exception_ptr error = std::current_exception();
+                const std::exception_ptr error = rethrowable_current_exception();
                 try {
                     sink.flush();  // what came before the error is still read
                 } catch (...) {  // the reader closed the stream: nobody reads it
@@ -286,14 +287,13 @@ public:
         while (n > 0) {
             const std::size_t k = std::min(n, queue_->piece_size());
             ByteQueue::Piece piece(p, p + k);
-            auto pushed = queue_->try_push(piece);
-            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Full) {
-                Interrupt interrupt = signal_check();
+            TryPush pushed = queue_->try_push(piece);
+            if (pushed == TryPush::Full) {
+                const Interrupt& interrupt = signal_check();
                 py::gil_scoped_release nogil;
-                pushed = queue_->push(std::move(piece), interrupt) ? BoundedQueue<ByteQueue::Piece>::TryPush::Pushed
-                                                                  : BoundedQueue<ByteQueue::Piece>::TryPush::Closed;
+                pushed = queue_->push(std::move(piece), interrupt) ? TryPush::Pushed : TryPush::Closed;
             }
-            if (pushed == BoundedQueue<ByteQueue::Piece>::TryPush::Closed) {
+            if (pushed == TryPush::Closed) {
                 PyErr_SetString(PyExc_BrokenPipeError, "the reader of the BytePipe is closed");
                 throw py::error_already_set();
             }
@@ -320,6 +320,8 @@ public:
     const std::shared_ptr<ByteQueue>& queue() const { return queue_; }
 
 private:
+    using TryPush = BoundedQueue<ByteQueue::Piece>::TryPush;
+
     static std::shared_ptr<ByteQueue> make_queue(py::ssize_t capacity) {
         if (capacity <= 0) throw py::value_error("BytePipe capacity must be positive, got " + std::to_string(capacity));
         return std::make_shared<ByteQueue>(static_cast<std::size_t>(capacity));
@@ -339,13 +341,13 @@ private:
 };
 
 // A BytePipe read natively: no GIL per chunk (only, on the main thread, to check for
-// signals while it waits).
+// signals while it waits; the thread that reads is not always the one that made it).
 class PipeSource : public Source {
 public:
-    explicit PipeSource(std::shared_ptr<ByteQueue> queue) : queue_(std::move(queue)), interrupt_(signal_check()) {}
+    explicit PipeSource(std::shared_ptr<ByteQueue> queue) : queue_(std::move(queue)) {}
 
     std::size_t read(std::uint8_t* buf, std::size_t n) override {
-        const std::size_t got = queue_->read(buf, n, interrupt_);
+        const std::size_t got = queue_->read(buf, n, signal_check());
         if (got == 0 && n > 0 && queue_->closed())
             throw Error(ErrorKind::InvalidArgument, "read from a BytePipe whose reader side was closed");
         return got;
@@ -353,7 +355,6 @@ public:
 
 private:
     std::shared_ptr<ByteQueue> queue_;
-    Interrupt interrupt_;
 };
 
 }  // namespace

@@ -11,11 +11,11 @@
 //
 //   `obj` may be a str, bytes or os.PathLike: the file is read natively (FileSource), the GIL is
 //   never needed. Or a `_hcs.BytePipe`: read natively from its queue, without the GIL (on the
-//   main thread it is taken every 100 ms of waiting, to check for signals). Or any object with readinto(b) (preferred) or read(n) returning bytes:
-//   the returned Source takes the GIL only to pull the next chunk (1 MiB by default),
-//   so call its read() with the GIL released. Exceptions raised by the Python object
-//   propagate unchanged (py::error_already_set). The Source may be destroyed with or
-//   without the GIL held.
+//   main thread it is taken every 100 ms of waiting, to check for signals). Or any object
+//   with readinto(b) (preferred) or read(n) returning bytes: the returned Source takes the
+//   GIL only to pull the next chunk (1 MiB by default), so call its read() with the GIL
+//   released. Exceptions raised by the Python object propagate unchanged
+//   (py::error_already_set). The Source may be destroyed with or without the GIL held.
 //
 // Output (native -> Python), a pull stream:
 //

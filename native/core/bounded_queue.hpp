@@ -209,6 +209,7 @@ public:
     // producer failed, its error is rethrown instead of the end, after the bytes before it.
     std::size_t read(std::uint8_t* dst, std::size_t n, const Interrupt& interrupt = nullptr, bool fill = false) {
         std::lock_guard<std::mutex> lock(reader_mutex_);
+        if (queue_.closed()) return 0;
         std::size_t got = 0;
         while (got < n) {
             if (pos_ == current_.size()) {
@@ -225,12 +226,10 @@ public:
         if (got == 0 && n > 0) queue_.raise_if_failed();
         return got;
     }
-    void close() {
-        queue_.close();
-        std::lock_guard<std::mutex> lock(reader_mutex_);
-        current_.clear();
-        pos_ = 0;
-    }
+    // Consumer: the queue's close(); a partly read piece is no longer read. It does not
+    // take the reader's lock: a reader may hold it while its interrupt waits for the GIL
+    // that the closing thread holds.
+    void close() { queue_.close(); }
     bool closed() const { return queue_.closed(); }
 
 private:

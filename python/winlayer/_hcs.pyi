@@ -133,6 +133,11 @@ class Backend:
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False
     ) -> NativeStream: ...
+    # Beyond HCS's API: (path, kind, size) per entry in export order; kind is "dir",
+    # "file", "symlink", "stream", "link" or "whiteout"; size is a file's or stream's bytes.
+    def layer_changes(
+        self, info: DriverInfo, id: str, parents: list[str]
+    ) -> list[tuple[str, str, int]]: ...
     # Beyond HCS's API: removes leftover staging/removal folders, returns their names.
     def sweep(self, info: DriverInfo) -> list[str]: ...
 
