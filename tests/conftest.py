@@ -22,6 +22,13 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+def rss_budget_kib(mib: int) -> int:
+    """A peak-memory budget in KiB for a test that measures ru_maxrss: twice as much under
+    ci/sanitize.sh, whose AddressSanitizer adds redzones and quarantines freed memory."""
+    sanitized = "libasan" in os.environ.get("LD_PRELOAD", "")
+    return mib * 1024 * (2 if sanitized else 1)
+
+
 def require_tools(missing: list[str], install: str) -> None:
     """Skip a test whose tools are missing, except under CI (``CI=true``), where .ci/run
     installs them: a missing tool there is a failure, never a silent skip."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from winlayer import _hcs as h
+from winlayer.errors import InvalidLayer
 from winlayer.layertar import list_layer_tar
 
 from .test_layertar import FILES, SD_BA, build
@@ -132,6 +133,19 @@ def test_both_directory_forms_import_as_the_same_layer(
     exported = canonical(backend, info, "slashed", slashed)
     assert canonical(backend, info, "bare", bare) == exported
     assert canonical(backend, info, "again", exported) == exported  # deterministic
+
+
+def test_a_stream_named_after_a_folders_slash_is_refused_as_ambiguous() -> None:
+    # hcsshim attaches "Files/d/:s" to folder d; tarfile reads a file ":s" inside d.
+    tar = build(FILES, {"name": "Files/d/", "type": "5"}, {"name": "Files/d/:s", "data": b"x"})
+    assert hcsshim_import(tar)[-1] == ("Files/d/", ["s"])
+    with tarfile.open(fileobj=io.BytesIO(tar)) as reader:
+        assert reader.getnames()[-1] == "Files/d/:s"
+    with pytest.raises(InvalidLayer) as caught:
+        list(list_layer_tar(io.BytesIO(tar)))
+    assert "ambiguous stream name" in str(caught.value)
+    assert "'Files/d:s'" in str(caught.value)
+    assert caught.value.entry == "Files/d/:s"
 
 
 # -- tars hcsshim accepts: imported, and exported again in canonical form ---------------

@@ -198,3 +198,22 @@ def test_a_user_without_write_permission() -> None:
         as_user("nobody", scenario)
     finally:
         shutil.rmtree(work)
+
+
+def test_a_read_only_store_that_never_held_an_image(cli: Cli, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    run = subprocess_cli(cli)
+    (inputs / "a.tar").write_bytes(base_layer())
+    (inputs / "hello.tar").write_bytes(_docker_save(base_layer()))
+    assert run(["import", "a", f"{inputs}/a.tar"])[0] == 0
+    assert not (cli.home / ".winlayer" / "images.db").exists()
+    with read_only_mount(cli.home):
+        assert run(["--json", "images", "ls"]) == (0, "[]\n", "")
+        assert run(["images", "ls"]) == (0, "", "")
+        code, out, err = run(["load", f"{inputs}/hello.tar"])
+        assert (code, out) == (1, ""), err
+        (line,) = err.splitlines()
+        assert line.startswith(f"winlayer: error: [Errno {errno.EROFS}] "), line
+        assert " is read-only here" in line, line
+    assert not (cli.home / ".winlayer" / "images.db").exists()

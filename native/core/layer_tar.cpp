@@ -292,6 +292,13 @@ void LayerTarImporter::State::whiteout(const std::string& dir, const std::string
 }
 
 void LayerTarImporter::State::stream(const std::string& file, const std::string& stream_name) {
+    if (!file.empty() && file.back() == '/') {
+        // "Files/d/:s": hcsshim attaches it to folder d, other readers make a file ":s" in d.
+        std::string dir = file.substr(0, file.size() - 1);
+        invalid("ambiguous stream name: a stream of folder '" + dir + "' is named '" + dir + ":" +
+                stream_name + "' (after a '/', tar readers see a file named ':" + stream_name +
+                "' inside the folder)");
+    }
     check_path(file, "invalid path");
     std::string problem = stream_name_problem(stream_name);
     if (!problem.empty()) invalid(problem);

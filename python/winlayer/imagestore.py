@@ -204,12 +204,13 @@ class ImageStore:
         self.write_denied = write_denied(self.path.parent) if self.path.parent.is_dir() else 0
         if not self.write_denied:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not self.path.exists():
-            message = "no image store here, and it cannot be made: the store is read-only"
-            raise PermissionError(self.write_denied, message, str(self.path))
+        # A read-only store that never recorded an image has none: an empty database in
+        # memory answers the reads; changes are refused in transaction().
+        self._none_recorded = bool(self.write_denied) and not self.path.exists()
+        self._migrated = False
         with _errors_named(self.path):
             self._db = sqlite3.connect(
-                self._uri(),
+                ":memory:" if self._none_recorded else self._uri(),
                 uri=True,
                 timeout=BUSY_TIMEOUT_S,
                 isolation_level=None,
@@ -223,6 +224,7 @@ class ImageStore:
                 db.execute("PRAGMA synchronous = FULL")
                 db.execute("PRAGMA foreign_keys = ON")
                 self._migrate()
+                self._migrated = True
         except BaseException:
             self._db.close()
             raise
@@ -269,7 +271,7 @@ class ImageStore:
             yield self._db
 
     def _migrate(self) -> None:
-        if self.write_denied:
+        if self.write_denied and not self._none_recorded:
             self._check_version(self.schema_version)
             return
         with self.transaction() as db:
@@ -287,7 +289,7 @@ class ImageStore:
                 f"understands ({SCHEMA_VERSION}); upgrade winlayer",
                 str(self.path),
             )
-        if version < SCHEMA_VERSION and self.write_denied:
+        if version < SCHEMA_VERSION and self.write_denied and not self._none_recorded:
             raise PermissionError(
                 self.write_denied,
                 f"image store has schema version {version} and must be upgraded to "
@@ -299,6 +301,9 @@ class ImageStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: it waits for other writers, so a
         read inside it cannot be made stale by another process before the commit)."""
+        if self._none_recorded and self._migrated:
+            message = "image store is read-only here (no image store exists, and none can be made)"
+            raise PermissionError(self.write_denied, message, str(self.path))
         with self._sqlite() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
