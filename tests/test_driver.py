@@ -322,6 +322,37 @@ def test_changes_and_diff_size(driver: Driver) -> None:
     assert driver.diff_size("base") == driver.info("base").size
 
 
+class _RecordingBackend:
+    """A backend that records the names of the calls made to it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_changes_walk_the_layer_without_a_tar(tmp_path: Path, backend_name: str) -> None:
+    recording = _RecordingBackend(load(backend_name, str(tmp_path / "base")))
+    driver = Driver(tmp_path / "home", backend=recording, base_images=tmp_path / "base")
+    _chain3(driver)
+    recording.calls.clear()
+    changes = {c.path: c.kind for c in driver.changes("mid")}
+    assert changes["Files/app.exe"] == "A"
+    assert driver.diff_size("mid") == len(b"[fonts]\r\nchanged\r\n") + len(b"MZapp")
+    assert "layer_changes" in recording.calls
+    assert "export_layer" not in recording.calls
+
+
 def test_whiteouts_and_hard_links_across_chain(driver: Driver) -> None:
     _chain3(driver)
     driver.create("ctr", "top", read_write=True)

@@ -98,3 +98,6 @@ class Backend(Protocol):
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False
     ) -> Any: ...
+    def layer_changes(
+        self, info: DriverInfo, id: str, parents: list[str]
+    ) -> list[tuple[str, str, int]]: ...

@@ -39,7 +39,6 @@ from .errors import (
     StoreCorrupt,
     WinlayerError,
 )
-from .layertar import list_layer_tar
 
 log = logging.getLogger(__name__)
 
@@ -463,21 +462,22 @@ class Driver:
             )
 
     def _changes_with_sizes(self, id: str, parent: str | None) -> list[tuple[Change, int]]:
-        rid = self._require(id)
-        parents = self._check_parent(rid, parent)
+        # The backend's reader walks the layer's entries (no tar is written or parsed);
+        # the layer's lock keeps a remove out meanwhile.
+        with self._layer_locked(id) as rid:
+            parents = self._check_parent(rid, parent)
+            entries = self._backend.layer_changes(*self._ref(rid), parents)
         sizes: dict[str, tuple[str, int]] = {}
-        with self.diff(id) as stream, list_layer_tar(stream, allow_parent_links=True) as listing:
-            for entry in listing:
-                if entry.type == "whiteout":
-                    sizes[entry.path] = ("D", 0)
-                    continue
-                if entry.type == "alternate_stream":
-                    owner = entry.path.split(":", 1)[0]
-                    kind, size = sizes.get(owner, ("C", 0))
-                    sizes[owner] = (kind, size + entry.size)
-                    continue
-                kind = "C" if _exists_in_chain(entry.path, parents) else "A"
-                sizes[entry.path] = (kind, entry.size if entry.type == "file" else 0)
+        for path, entry_kind, entry_size in entries:
+            if entry_kind == "whiteout":
+                sizes[path] = ("D", 0)
+            elif entry_kind == "stream":
+                owner = path.split(":", 1)[0]
+                kind, size = sizes.get(owner, ("C", 0))
+                sizes[owner] = (kind, size + entry_size)
+            else:
+                kind = "C" if _exists_in_chain(path, parents) else "A"
+                sizes[path] = (kind, entry_size if entry_kind == "file" else 0)
         return [(Change(path, kind), size) for path, (kind, size) in sorted(sizes.items())]
 
     def _end_export(self, rid: str) -> None:
