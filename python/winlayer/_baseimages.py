@@ -65,15 +65,8 @@ def base_image_id(folder_name: str) -> str:
 
 def register(listing: str, home: Path, tagger: Tagger, recorder: Recorder) -> list[str]:
     """Register the base images of `listing` (the backend's ``get_base_images()``) for the
-    store in `home`; return the ids newly registered.
-
-    Each base image becomes an image whose id is :func:`base_image_id` of its folder, with
-    its created time, size, the host architecture and OS ``windows``; it is tagged
-    ``lower(Name):Version``, and the alternate-ID file ``<home>/<id>/layerId`` names its
-    folder, so that the driver finds the layer by the image id. An image already recorded
-    is left alone (only a missing alternate-ID file is written again). A base image whose
-    entry is broken (missing or mistyped fields, a folder that does not exist) is logged
-    and skipped; the others are still registered.
+    store in `home`; return the ids newly registered. What each image becomes is told by
+    :func:`winlayer.images.restore_custom_images`.
     """
     try:
         parsed = json.loads(listing) if listing.strip() else {}
