@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from winlayer import _hcs
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("WINLAYER_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
@@ -76,6 +78,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that takes `backend_name` once per available backend."""
     if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", available_backends())
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> _hcs.Backend:
+    """The portable backend, for tests of it alone (the contract tests and the hcs
+    integration tests define their own `backend`)."""
+    return _hcs.portable_backend(str(tmp_path / "base-images"))
+
+
+@pytest.fixture
+def info(tmp_path: Path) -> _hcs.DriverInfo:
+    """A driver info for a fresh home folder, as `backend` takes it."""
+    (tmp_path / "home").mkdir()
+    return _hcs.DriverInfo(1, str(tmp_path / "home"))
 
 
 @pytest.fixture

@@ -23,17 +23,6 @@ KINDS = {
 }
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> _hcs.Backend:
-    return _hcs.portable_backend(str(tmp_path / "base-images"))
-
-
-@pytest.fixture
-def info(tmp_path: Path) -> _hcs.DriverInfo:
-    (tmp_path / "home").mkdir()
-    return _hcs.DriverInfo(1, str(tmp_path / "home"))
-
-
 def from_export(
     backend: _hcs.Backend, info: _hcs.DriverInfo, id: str, parents: list[str]
 ) -> list[tuple[str, str, int]]:

@@ -74,17 +74,6 @@ def test_the_model_of_hcsshim_detaches_streams_of_a_slashed_directory() -> None:
 # -- directory streams ------------------------------------------------------------------
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> h.Backend:
-    return h.portable_backend(str(tmp_path / "base-images"))
-
-
-@pytest.fixture
-def info(tmp_path: Path) -> h.DriverInfo:
-    (tmp_path / "home").mkdir()
-    return h.DriverInfo(1, str(tmp_path / "home"))
-
-
 def canonical(backend: h.Backend, info: h.DriverInfo, id: str, tar: bytes) -> bytes:
     """The canonical export of `tar` imported as layer `id` of the portable backend."""
     backend.import_layer(info, id, [], io.BytesIO(tar))

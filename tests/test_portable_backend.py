@@ -25,17 +25,6 @@ from winlayer import _hcs
 from winlayer.errors import DigestMismatch, InvalidLayer, StoreCorrupt
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> _hcs.Backend:
-    return _hcs.portable_backend(str(tmp_path / "base-images"))
-
-
-@pytest.fixture
-def info(tmp_path: Path) -> _hcs.DriverInfo:
-    (tmp_path / "home").mkdir()
-    return _hcs.DriverInfo(1, str(tmp_path / "home"))
-
-
 def _export(backend: _hcs.Backend, info: _hcs.DriverInfo, id: str, original: bool = False) -> bytes:
     with backend.export_layer(info, id, [], original) as stream:
         return stream.read()
