@@ -1,0 +1,160 @@
+"""What every command module of the CLI shares: the command registry, output (results,
+tables, progress bars, tar streams), the store openers and the failure types. The
+commands themselves live in ``_cli_layers`` and ``_cli_images``; ``cli`` builds the parser
+and runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from ._output import output_file
+from ._stream import detect
+from .driver import Driver
+from .errors import WinlayerError
+from .imagestore import ImageStore
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+CLI_HOLDER = "cli"  # mounts made by `winlayer mount` outlive the command
+#: The failures a command reports in one line (anything else is a bug: a traceback).
+FAILURES = (WinlayerError, OSError, ValueError)
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+class UsageError(Exception):
+    """A command line that parses but asks for something impossible (exit code 2)."""
+
+
+class Reported(Exception):
+    """The command failed and has already said why, one line per failure (exit code 1)."""
+
+
+class Arg:
+    """One argparse argument of a subcommand: ``Arg("--parent", metavar="ID")``."""
+
+    def __init__(self, *flags: str, **options: Any) -> None:
+        self.flags = flags
+        self.options = options
+
+
+COMMANDS: dict[str, tuple[Handler, str, tuple[Arg, ...]]] = {}
+
+
+def command(name: str, help: str, *arguments: Arg) -> Callable[[Handler], Handler]:
+    """Register ``winlayer NAME`` (``NAME`` may be two words, e.g. ``"images ls"``): the
+    decorated function runs it and prints through :func:`emit`."""
+
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = (fn, help, arguments)
+        return fn
+
+    return register
+
+
+def emit(args: argparse.Namespace, result: Any, text: str) -> None:
+    """Print a command's result: JSON with --json, else the human text."""
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def open_driver(args: argparse.Namespace) -> Any:
+    return Driver(args.home, backend=args.backend)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; yields a callback taking the
+    bytes done so far, or None when there is nothing to draw."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    # Imported here, not at the top: rich takes a while to import, and only a terminal
+    # needs it.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def source_total(path: str) -> int | None:
+    if path == "-":
+        return None
+    with open(path, "rb") as f:
+        compressed = detect(f.read(4)) != "none"
+    return None if compressed else os.path.getsize(path)
+
+
+@contextlib.contextmanager
+def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[bytes]]:
+    """The binary stream a command writes its tar to: a file (see winlayer._output: a
+    device or FIFO is written in place, anything else replaced once complete), or stdout
+    for ``-``."""
+    if path is None or path == "-":
+        if args.json:
+            raise UsageError("--json cannot be used when the tar goes to stdout; use -o FILE")
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with output_file(path) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def image_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    driver = open_driver(args)
+    with ImageStore(driver.home) as store:
+        yield driver, store
+
+
+def pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
+    """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
+    return None if callback is None else (lambda done, _total: callback(done))
+
+
+def report(args: argparse.Namespace, exc: BaseException) -> None:
+    """One line on stderr saying what failed; with -v the traceback too (call it from the
+    ``except`` clause that caught `exc`)."""
+    if args.verbose:
+        logging.exception("%s failed", args.command_name)
+    sys.stderr.write(f"winlayer: error: {exc}\n")

@@ -1,0 +1,256 @@
+"""The layer commands: import, export, create, mount, unmount, rm, ls, inspect, changes,
+du, verify, pack, gc, and ``tar ls``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ._cli_common import (
+    CLI_HOLDER,
+    FAILURES,
+    Arg,
+    Reported,
+    command,
+    emit,
+    open_driver,
+    output_stream,
+    progress_bar,
+    report,
+    source_total,
+    table,
+)
+from ._units import format_size, parse_size
+from .layertar import list_layer_tar
+from .pack import pack_directory
+
+
+@command(
+    "import",
+    "import a layer tar (plain, gzip or zstd; - for stdin) as layer ID",
+    Arg("id"),
+    Arg("file"),
+    Arg("--parent", metavar="ID", help="the parent layer"),
+    Arg("--digest", metavar="sha256:HEX", help="the diffID the uncompressed tar must have"),
+)
+def _import(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    with progress_bar(f"importing {args.id}", source_total(args.file)) as progress:
+        size = driver.apply_diff(
+            args.id, args.parent, source, digest=args.digest, progress=progress
+        )
+    info = driver.info(args.id)
+    result = {"id": args.id, "parent": args.parent, "size": size, "diff_id": info.diff_id}
+    emit(args, result, f"{args.id}  {info.diff_id}  {format_size(size)}")
+
+
+@command(
+    "export",
+    "write layer ID's diff as a tar (canonical by default)",
+    Arg("id"),
+    Arg("-o", "--output", metavar="FILE", help="where to write (default: stdout)"),
+    Arg("--original", action="store_true", help="the imported tar, byte for byte"),
+)
+def _export(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    with (
+        driver.diff(args.id, original=args.original) as tar,  # a missing layer: nothing written
+        output_stream(args, args.output) as out,
+        progress_bar(f"exporting {args.id}", None) as progress,
+    ):
+        written = 0
+        while chunk := tar.read(1 << 20):
+            out.write(chunk)
+            written += len(chunk)
+            if progress:
+                progress(written)
+    if args.output not in (None, "-"):
+        emit(args, {"id": args.id, "output": args.output, "bytes": written}, "")
+
+
+@command(
+    "create",
+    "create an empty layer (a read/write sandbox with --read-write or an *-init parent)",
+    Arg("id"),
+    Arg("--parent", metavar="ID"),
+    Arg("--read-write", action="store_true", help="a sandbox layer on the parent"),
+    Arg("--size", metavar="SIZE", help="sandbox size limit, e.g. 20GB"),
+)
+def _create(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    size = parse_size(args.size) if args.size else None
+    driver.create(args.id, args.parent, read_write=args.read_write, size=size)
+    emit(args, _layer_json(driver, args.id), "")
+
+
+@command("mount", "mount a layer and print the path of its contents", Arg("id"))
+def _mount(args: argparse.Namespace) -> None:
+    path = open_driver(args).get(args.id, holder=CLI_HOLDER)
+    emit(args, {"id": args.id, "path": str(path)}, str(path))
+
+
+@command("unmount", "release a mount made by `winlayer mount`", Arg("id"))
+def _unmount(args: argparse.Namespace) -> None:
+    open_driver(args).put(args.id, holder=CLI_HOLDER)
+    emit(args, {"id": args.id}, "")
+
+
+@command("rm", "remove layers", Arg("ids", nargs="+", metavar="ID"))
+def _rm(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    for layer_id in args.ids:
+        driver.remove(layer_id)
+    emit(args, {"removed": args.ids}, "")
+
+
+def _layer_json(driver: Any, layer_id: str) -> dict[str, Any]:
+    info = driver.info(layer_id)
+    return {"id": info.id, "parent": info.parent, "size": info.size, "read_write": info.read_write}
+
+
+@command("ls", "list the layers in the store")
+def _ls(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    layers = driver.layers()
+    rows = [
+        [
+            layer.id,
+            layer.parent or "-",
+            format_size(layer.size) if layer.size is not None else "-",
+            "rw" if layer.read_write else "ro",
+        ]
+        for layer in layers
+    ]
+    emit(
+        args,
+        [_layer_json(driver, layer.id) for layer in layers],
+        table(rows, ["ID", "PARENT", "SIZE", "MODE"]) if rows else "",
+    )
+
+
+@command("inspect", "show everything known about a layer", Arg("id"))
+def _inspect(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    info = driver.info(args.id)
+    result = {
+        **_layer_json(driver, args.id),
+        "diff_id": info.diff_id,
+        "dir": driver.metadata(args.id)["dir"],
+        "parents": driver.parents(args.id),
+        "mounts": driver.mount_count(args.id),
+    }
+    width = max(len(k) for k in result)
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in result.items())
+    emit(args, result, text)
+
+
+@command("changes", "list what a layer adds (A), modifies (C) and deletes (D)", Arg("id"))
+def _changes(args: argparse.Namespace) -> None:
+    changes = open_driver(args).changes(args.id)
+    emit(
+        args,
+        [{"path": c.path, "kind": c.kind} for c in changes],
+        "\n".join(f"{c.kind} {c.path}" for c in changes),
+    )
+
+
+@command("du", "bytes of file data a layer adds or modifies", Arg("id"))
+def _du(args: argparse.Namespace) -> None:
+    size = open_driver(args).diff_size(args.id)
+    emit(args, {"id": args.id, "size": size}, f"{size}\t{args.id}")
+
+
+@command(
+    "verify",
+    "re-hash stored layers against their diffIDs (each is checked; failures go to stderr)",
+    Arg("ids", nargs="+", metavar="ID"),
+)
+def _verify(args: argparse.Namespace) -> None:
+    driver = open_driver(args)
+    verified = {}
+    failed = False
+    for layer_id in args.ids:
+        try:
+            verified[layer_id] = driver.verify(layer_id)
+        except FAILURES as exc:
+            report(args, exc)
+            failed = True
+    emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
+    if failed:
+        raise Reported
+
+
+@command(
+    "pack",
+    "turn a directory into a Windows layer tar (deterministic, default Windows metadata)",
+    Arg("dir"),
+    Arg("-o", "--output", metavar="FILE", required=True, help="the layer tar to write"),
+)
+def _pack(args: argparse.Namespace) -> None:
+    diff_id = pack_directory(args.dir, args.output)
+    emit(args, {"output": args.output, "diff_id": diff_id}, f"{args.output}  {diff_id}")
+
+
+@command("gc", "sweep what crashed operations left behind")
+def _gc(args: argparse.Namespace) -> None:
+    swept = open_driver(args).cleanup()
+    emit(args, {"swept": swept}, "\n".join(swept))
+
+
+# -- tar ls ----------------------------------------------------------------------------
+
+
+@command(
+    "tar ls",
+    "list a layer tar's entries with their Windows metadata, then its diffID (no store needed)",
+    Arg("file", metavar="FILE", help="layer tar, plain, gzip or zstd; - for stdin"),
+    Arg("--parent-links", action="store_true", help="accept hard links to targets not in FILE"),
+    Arg("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"),
+)
+def _tar_ls(args: argparse.Namespace) -> None:
+    # Entries are printed as they are read (a layer can hold millions): on failure the
+    # output stops where the problem is and stderr says why.
+    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    out = sys.stdout
+    with list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
+        if args.json:
+            out.write('{\n  "entries": [')
+            for i, entry in enumerate(listing):
+                out.write(
+                    ("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True)
+                )
+            summary = {
+                "compression": listing.compression,
+                "data_size": listing.data_size,
+                "diff_id": listing.diff_id,
+            }
+            tail = json.dumps(summary, indent=2, sort_keys=True)[1:]  # the rest of the object
+            out.write("\n  ],\n" + tail.lstrip("\n") + "\n")
+            return
+        out.write(
+            f"{'TYPE':<16}  {'MODE':<6}  {'SIZE':>12}  {'MODIFIED (UTC)':<19}  {'OWNER':<8}  PATH\n"
+        )
+        count = 0
+        for entry in listing:
+            count += 1
+            modified = entry.last_write_time
+            when = modified.strftime("%Y-%m-%d %H:%M:%S") if modified else "-"
+            size = str(entry.size) if entry.type in ("file", "alternate_stream") else "-"
+            owner = str(entry.owner) if entry.owner else "-"
+            arrow = ""
+            if entry.type == "hard_link":
+                arrow = f" => {entry.link_target}"
+            elif entry.type == "symlink":
+                arrow = f" -> {entry.link_target}" + (" (junction)" if entry.mount_point else "")
+            out.write(
+                f"{entry.type:<16}  {entry.mode:<6}  {size:>12}  {when:<19}  {owner:<8}  "
+                f"{entry.path}{arrow}\n"
+            )
+        out.write(
+            f"\n{count} entries, {listing.data_size} bytes of data, "
+            f"compression {listing.compression}\ndiffID {listing.diff_id}\n"
+        )
