@@ -376,7 +376,7 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
     db.close()
 
     with ImageStore(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         old = store.get("app:1")
         assert old.id == image(1).id
         assert old.layers == ()
@@ -384,6 +384,25 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
         with store.transaction() as tx:  # the new table works
             tx.execute("INSERT INTO layers VALUES ('sha256:x', 'x', 'sha256:x', NULL, 1, 2)")
         assert store.layer("sha256:x") is not None
+        assert store.sandboxes() == {}
+
+
+def test_sandbox_records(driver: Driver) -> None:
+    with ImageStore(driver.home) as store:
+        store.register(image(1))
+        store.register(image(2))
+        with store.transaction() as db:
+            store.record_sandbox(db, "box", image(1).id)
+        assert store.sandbox_image("box") == image(1).id
+        with store.transaction() as db:  # a sandbox of the same id made again, from image 2
+            store.record_sandbox(db, "box", "sha256:" + image(2).id)
+        assert store.sandboxes() == {"box": image(2).id}
+        with pytest.raises(ImageNotFound), store.transaction() as db:
+            store.record_sandbox(db, "other", "f" * 64)
+        with store.transaction() as db:
+            store.forget_sandbox(db, "box")
+        assert store.sandbox_image("box") is None
+        assert store.sandboxes() == {}
 
 
 def test_store_from_a_newer_winlayer_is_refused(tmp_path: Path) -> None:

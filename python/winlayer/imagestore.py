@@ -8,7 +8,9 @@
   JSON list of chain IDs, bottom first;
 - ``tags``: ``name:tag`` -> image id;
 - ``layers``: chain ID -> the driver's layer id, the diffID, the parent chain ID, the
-  bytes of file data and the byte size of the uncompressed layer tar.
+  bytes of file data and the byte size of the uncompressed layer tar;
+- ``sandboxes``: a sandbox's driver layer id -> the image it was created from (what
+  ``commit`` builds on, and what keeps the image from being removed).
 
 Several processes may share a store: the database runs in WAL mode with a busy timeout,
 and every change is one ``BEGIN IMMEDIATE`` transaction. Any SQLite error is
@@ -181,9 +183,21 @@ def _schema_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX tags_by_image ON tags(image_id)")
 
 
+def _schema_3(db: sqlite3.Connection) -> None:
+    """Sandboxes made from an image. No foreign key: a sandbox is the driver's, and a row
+    whose sandbox is gone is ignored (see :meth:`ImageStore.sandbox_image`)."""
+    db.execute(
+        """CREATE TABLE sandboxes (
+            layer_id TEXT PRIMARY KEY,
+            image_id TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX sandboxes_by_image ON sandboxes(image_id)")
+
+
 #: Migration steps; step ``n`` takes a store from version ``n - 1`` to ``n``. A new store
 #: runs them all, so every step is exercised on every fresh database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_1, _schema_2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_1, _schema_2, _schema_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -462,6 +476,34 @@ class ImageStore:
             db.execute("SELECT 1 FROM layers WHERE layer_id = ?", (layer_id,)).fetchone()
             is not None
         )
+
+    # -- sandboxes ------------------------------------------------------------------
+
+    def record_sandbox(self, db: sqlite3.Connection, layer_id: str, image_id: str) -> None:
+        """Record, inside an open :meth:`transaction`, that sandbox `layer_id` was created
+        from `image_id` (replacing what an earlier sandbox of that id recorded)."""
+        hex_id = normalize_id(image_id)
+        if not db.execute("SELECT 1 FROM images WHERE id = ?", (hex_id,)).fetchone():
+            raise ImageNotFound(image_id)
+        db.execute(
+            "INSERT INTO sandboxes (layer_id, image_id) VALUES (?, ?)"
+            " ON CONFLICT (layer_id) DO UPDATE SET image_id = excluded.image_id",
+            (layer_id, hex_id),
+        )
+
+    def forget_sandbox(self, db: sqlite3.Connection, layer_id: str) -> None:
+        """Drop the record of sandbox `layer_id` inside an open :meth:`transaction`."""
+        db.execute("DELETE FROM sandboxes WHERE layer_id = ?", (layer_id,))
+
+    def sandbox_image(self, layer_id: str) -> str | None:
+        """The id of the image sandbox `layer_id` was created from, if one was recorded.
+        The caller checks that the sandbox still exists (the driver owns it)."""
+        rows = self._query("SELECT image_id FROM sandboxes WHERE layer_id = ?", (layer_id,))
+        return str(rows[0][0]) if rows else None
+
+    def sandboxes(self) -> dict[str, str]:
+        """Every recorded sandbox: driver layer id -> image id."""
+        return {str(k): str(v) for k, v in self._query("SELECT layer_id, image_id FROM sandboxes")}
 
     @staticmethod
     def _layer_row(db: sqlite3.Connection, chain_id: str) -> StoredLayer | None:
