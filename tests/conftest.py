@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,28 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "home", tmp_path / "base")
+
+
+# The real tools (tests/realtools.py, imported here, not at the top: it imports this module).
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Any]:
+    """A containerd daemon of its own, stopped after the test (realtools.Containerd)."""
+    from .realtools import start_containerd
+
+    daemon = start_containerd(tmp_path / "containerd")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Any]:
+    """A distribution registry of its own on 127.0.0.1 (realtools.Registry)."""
+    from .realtools import start_registry
+
+    server = start_registry(tmp_path / "registry")
+    try:
+        yield server
+    finally:
+        server.stop()

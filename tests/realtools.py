@@ -1,0 +1,219 @@
+"""The real tools image users compare winlayer with, run by the tests: containerd (with
+``ctr``), skopeo and the CNCF distribution registry (Debian's ``docker-registry``).
+
+The ``containerd`` and ``registry`` fixtures (tests/conftest.py) start them. Each runs on a
+private temporary folder and, for the daemons, a private socket or a free
+port on 127.0.0.1, and is stopped when its test ends. A missing tool skips the test with
+the package to install (under ``CI=true``, where .ci/run installs them, it fails instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from .conftest import require_tools
+
+START_TIMEOUT_S = 30.0
+TOOL_TIMEOUT_S = 300.0
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for a real tool: without ci/sanitize.sh's preloaded sanitizer
+    runtimes, which are for the native module, not for Go programs."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def need(*commands: str, package: str) -> None:
+    """Skip (fail under CI) unless every command is on PATH."""
+    require_tools([c for c in commands if shutil.which(c) is None], f"apt-get install {package}")
+
+
+def run_tool(*argv: str | os.PathLike[str], cwd: Path | None = None) -> str:
+    """Run a real tool; its stdout, or an AssertionError with its stderr."""
+    done = subprocess.run(
+        [os.fspath(a) for a in argv],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        cwd=cwd,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stderr}{done.stdout}"
+        )
+    return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until(
+    ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, what: str
+) -> None:
+    """Wait for a daemon to answer; its log in the error if it exits or never does."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready():
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start in {START_TIMEOUT_S} s:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+# -- containerd ---------------------------------------------------------------------------
+
+
+def start_containerd(folder: Path) -> Containerd:
+    """A running containerd (root only: it owns its state and mounts snapshots)."""
+    need("containerd", "ctr", package="containerd")
+    if os.geteuid() != 0 and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("containerd needs root here")
+    return Containerd(folder)
+
+
+class Containerd:
+    """A containerd daemon on a private root, state and socket; :meth:`ctr` runs ``ctr``
+    against it in the namespace ``winlayer-test``."""
+
+    NAMESPACE = "winlayer-test"
+    # Plugins that need what a test machine may lack (a CRI setup, special filesystems).
+    DISABLED: ClassVar[list[str]] = [
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.internal.v1.tracing",
+        "io.containerd.tracing.processor.v1.otlp",
+    ]
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.socket = folder / "containerd.sock"
+        config = folder / "config.toml"
+        disabled = ", ".join(json.dumps(p) for p in self.DISABLED)
+        config.write_text(
+            "version = 2\n"
+            f'root = "{folder / "root"}"\n'
+            f'state = "{folder / "state"}"\n'
+            f"disabled_plugins = [{disabled}]\n"
+            f'[grpc]\n  address = "{self.socket}"\n'
+            f'[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
+            '[debug]\n  address = ""\n'
+            '[metrics]\n  address = ""\n'
+            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder / "opt"}"\n'
+        )
+        self.log = folder / "containerd.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["containerd", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=tool_env(),
+            )
+        _wait_until(self._answers, self.process, self.log, "containerd")
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        done = subprocess.run(
+            ["ctr", "--address", str(self.socket), "version"],
+            capture_output=True,
+            env=tool_env(),
+            check=False,
+        )
+        return done.returncode == 0
+
+    def ctr(self, *args: str | os.PathLike[str]) -> str:
+        """``ctr --address SOCKET --namespace winlayer-test ARGS``; its stdout."""
+        return run_tool("ctr", "--address", self.socket, "--namespace", self.NAMESPACE, *args)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+# -- skopeo -------------------------------------------------------------------------------
+
+
+def skopeo(*args: str | os.PathLike[str]) -> str:
+    """``skopeo ARGS`` with no signature policy (the test images are unsigned, and a test
+    must not depend on /etc/containers/policy.json) and the Windows images of the tests
+    chosen wherever skopeo picks a platform; its stdout."""
+    need("skopeo", package="skopeo")
+    head, *rest = [os.fspath(a) for a in args]
+    overrides = ["--override-os", "windows", "--override-arch", "amd64"]
+    return run_tool("skopeo", "--insecure-policy", *overrides, head, *rest)
+
+
+# -- registry -----------------------------------------------------------------------------
+
+
+def start_registry(folder: Path) -> Registry:
+    need("docker-registry", package="docker-registry")
+    return Registry(folder)
+
+
+class Registry:
+    """The CNCF distribution registry on 127.0.0.1:<free port>, storing in a private
+    folder; :attr:`url` is ``http://127.0.0.1:<port>``, :attr:`host` ``127.0.0.1:<port>``."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.host = f"127.0.0.1:{port}"
+        self.url = f"http://{self.host}"
+        config = folder / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        self.log = folder / "registry.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=tool_env(),
+            )
+        _wait_until(self._answers, self.process, self.log, "docker-registry")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/v2/", timeout=1) as response:
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        _stop(self.process)
