@@ -30,7 +30,7 @@ from .errors import WinlayerError
 #: The key docker's config uses for Docker Hub.
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 HELPER_TIMEOUT_S = 60.0
-_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*(?=\s*(?:,|$))")
 
 
 class AuthError(WinlayerError):
@@ -176,12 +176,12 @@ def parse_challenges(header: str) -> list[Challenge]:
         scheme = match.group(1).lower()
         rest = rest[match.end() :]
         params: dict[str, str] = {}
-        while rest:
+        token = _TOKEN68.match(rest)
+        if token:  # the token68 form: no parameters
+            rest = rest[token.end() :]
+        while rest and not token:
             param = _PARAM.match(rest)
             if not param:
-                token = _TOKEN68.match(rest)
-                if token and not params:  # token68 form, no parameters
-                    rest = rest[token.end() :].lstrip(", ")
                 break
             value = param.group(2)
             if value.startswith('"'):
