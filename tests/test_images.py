@@ -376,7 +376,7 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
     db.close()
 
     with ImageStore(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         old = store.get("app:1")
         assert old.id == image(1).id
         assert old.layers == ()
@@ -385,6 +385,17 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
             tx.execute("INSERT INTO layers VALUES ('sha256:x', 'x', 'sha256:x', NULL, 1, 2)")
         assert store.layer("sha256:x") is not None
         assert store.sandboxes() == {}
+        assert store.blob_sources("sha256:x", "r") == []
+
+
+def test_blob_sources(driver: Driver) -> None:
+    with ImageStore(driver.home) as store:
+        store.record_blob_source("sha256:b", "r:5000", "app/two")
+        store.record_blob_source("sha256:b", "r:5000", "app/one")
+        store.record_blob_source("sha256:b", "r:5000", "app/one")  # once
+        store.record_blob_source("sha256:b", "other", "app/three")
+        assert store.blob_sources("sha256:b", "r:5000") == ["app/one", "app/two"]
+        assert store.blob_sources("sha256:c", "r:5000") == []
 
 
 def test_sandbox_records(driver: Driver) -> None:

@@ -52,7 +52,7 @@ def save(
     written sequentially.
     """
     refs = [image_refs] if isinstance(image_refs, str) else list(image_refs)
-    entries = [_save_entry(store, ref) for ref in refs]
+    entries = [saved_image(store, ref) for ref in refs]
     if isinstance(out, (str, os.PathLike)):
         with output_file(out) as f:
             _write_archive(driver, store, entries, f, progress)
@@ -61,13 +61,15 @@ def save(
 
 
 @dataclass
-class _SaveEntry:
+class SavedImage:
+    """An image to write out (save, push): its record, the tags it carries, its layers."""
+
     image: Image
     tags: list[str]
     layers: list[StoredLayer]
 
 
-def _save_entry(store: ImageStore, ref: str) -> _SaveEntry:
+def saved_image(store: ImageStore, ref: str) -> SavedImage:
     image = store.get(ref)
     # As docker save: an image named by a tag carries that tag, one named by id none.
     tags: list[str] = []
@@ -77,20 +79,22 @@ def _save_entry(store: ImageStore, ref: str) -> _SaveEntry:
             tags = [f"{name}:{tag}"]
     config = parse_json(image.config, "config")
     if not isinstance(config, dict) or not isinstance(json_field(config, "rootfs"), dict):
-        raise WinlayerError(f"image {image.id} is a host base image; it has no layer tars to save")
+        raise WinlayerError(
+            f"image {image.id} is a host base image; it has no layer tars to save or push"
+        )
     layers = []
     for chain_id in image.layers:
         stored = store.layer(chain_id)
         if stored is None:
             raise WinlayerError(f"image {image.id}: layer {chain_id} is missing from the store")
         layers.append(stored)
-    return _SaveEntry(image, tags, layers)
+    return SavedImage(image, tags, layers)
 
 
 def _write_archive(
     driver: Driver,
     store: ImageStore,
-    entries: list[_SaveEntry],
+    entries: list[SavedImage],
     out: IO[bytes],
     progress: Progress | None,
 ) -> None:
@@ -112,7 +116,7 @@ def _write_archive(
                     hashed = HashingReader(stream)
                     info = _info(f"blobs/sha256/{layer_id_for(layer.diff_id)}", layer.tar_size)
                     tar.addfile(info, io.BufferedReader(hashed, CHUNK))  # full reads
-                    _check_saved(hashed, layer)
+                    check_saved(hashed, layer)
                 done += layer.tar_size
                 if progress is not None:
                     progress(done, total)
@@ -120,11 +124,11 @@ def _write_archive(
             if config_hex not in written:
                 written.add(config_hex)
                 _add_bytes(tar, f"blobs/sha256/{config_hex}", entry.image.config)
-            oci_manifest = _oci_manifest(entry)
-            manifest_digest = hashlib.sha256(oci_manifest).hexdigest()
+            manifest_bytes = oci_manifest(entry)
+            manifest_digest = hashlib.sha256(manifest_bytes).hexdigest()
             if manifest_digest not in written:
                 written.add(manifest_digest)
-                _add_bytes(tar, f"blobs/sha256/{manifest_digest}", oci_manifest)
+                _add_bytes(tar, f"blobs/sha256/{manifest_digest}", manifest_bytes)
             manifest.append(
                 {
                     "Config": f"blobs/sha256/{config_hex}",
@@ -137,7 +141,7 @@ def _write_archive(
             descriptor: dict[str, Any] = {
                 "mediaType": MT_OCI_MANIFEST,
                 "digest": f"sha256:{manifest_digest}",
-                "size": len(oci_manifest),
+                "size": len(manifest_bytes),
             }
             if not entry.tags:
                 index.append(descriptor)
@@ -160,7 +164,7 @@ def _write_archive(
             _add_bytes(tar, "repositories", _compact(repositories))
 
 
-def _oci_manifest(entry: _SaveEntry) -> bytes:
+def oci_manifest(entry: SavedImage) -> bytes:
     return _compact(
         {
             "schemaVersion": 2,
@@ -178,7 +182,7 @@ def _oci_manifest(entry: _SaveEntry) -> bytes:
     )
 
 
-def _check_saved(hashed: HashingReader, layer: StoredLayer) -> None:
+def check_saved(hashed: HashingReader, layer: StoredLayer) -> None:
     """Refuse a stored layer's original tar, just copied, that is not the one recorded."""
     copied = hashed.count
     extra = hashed.read(1)  # tarfile copies the recorded size; a longer tar is wrong too

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from ._common import LayerEvent
 from ._output import output_file
 from ._stream import detect
 from .driver import Driver
@@ -84,15 +86,9 @@ def open_driver(args: argparse.Namespace) -> Any:
     return Driver(args.home, backend=args.backend)
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; yields a callback taking the
-    bytes done so far, or None when there is nothing to draw."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    # Imported here, not at the top: rich takes a while to import, and only a terminal
-    # needs it.
+def _rich_progress() -> Any:
+    """A rich Progress on stderr with docker's columns. Imported here, not at the top:
+    rich takes a while to import, and only a terminal needs it."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -110,9 +106,48 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; yields a callback taking the
+    bytes done so far, or None when there is nothing to draw."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with _rich_progress() as bar:
         task = bar.add_task(description, total=total)
         yield lambda done: bar.update(task, completed=done)
+
+
+@contextlib.contextmanager
+def layer_progress() -> Iterator[Callable[[LayerEvent], None]]:
+    """One progress line per layer blob (``<12 hex>: <state>``, bytes, speed), as docker
+    draws a pull or push, on stderr when it is a terminal. Yields the events callback
+    (safe from worker threads; it draws nothing without a terminal)."""
+    lock = threading.Lock()
+    if not sys.stderr.isatty():
+        yield lambda _event: None
+        return
+    with _rich_progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_layer(event: LayerEvent) -> None:
+            with lock:
+                label = f"{short_id(event.digest)}: {event.state}"
+                if event.digest not in tasks:
+                    tasks[event.digest] = bar.add_task(label, total=event.total)
+                bar.update(
+                    tasks[event.digest], description=label, completed=event.done, total=event.total
+                )
+
+        yield on_layer
+
+
+def short_id(digest: str) -> str:
+    """The 12 hex digits docker shows for an id or digest."""
+    return digest.removeprefix("sha256:")[:12]
 
 
 def source_total(path: str) -> int | None:

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -23,6 +24,10 @@ ProgressCallback = Callable[[int], None]
 #: ``progress(done, total)``: bytes of layer blobs read from an image archive (load) or
 #: written to one (save). Called from worker threads; `total` is 0 while unknown.
 Progress = Callable[[int, int], None]
+
+#: ``on_layer(event)``: what a pull or push is doing with one layer blob (see
+#: :class:`LayerEvent`). Called from worker threads.
+LayerEvents = Callable[["LayerEvent"], None]
 
 #: A layer tar or archive as a user gives it: a path or a readable binary stream.
 Source = str | os.PathLike[str] | IO[bytes]
@@ -87,3 +92,19 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+@dataclass(frozen=True)
+class LayerEvent:
+    """One step of a layer blob in a pull or push, as docker's progress lines show them.
+
+    `state` is one of ``waiting``, ``downloading``, ``verifying``, ``extracting``,
+    ``exists`` (already there: not transferred), ``mounted`` (linked from another
+    repository), ``pushing``, ``done``; `done` and `total` are bytes of the blob
+    (`total` None while unknown).
+    """
+
+    digest: str
+    state: str
+    done: int = 0
+    total: int | None = None

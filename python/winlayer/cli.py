@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, _cli_images, _cli_layers, backend
+from . import __version__, _cli_images, _cli_layers, _cli_registry, backend
 from ._cli_common import (
     COMMANDS,
     EXIT_FAILURE,
@@ -36,7 +36,7 @@ from ._cli_common import (
 )
 
 #: The command modules, imported for the commands they register.
-COMMAND_MODULES = (_cli_layers, _cli_images)
+COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry)
 
 
 def build_parser() -> argparse.ArgumentParser:

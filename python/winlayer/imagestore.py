@@ -10,7 +10,9 @@
 - ``layers``: chain ID -> the driver's layer id, the diffID, the parent chain ID, the
   bytes of file data and the byte size of the uncompressed layer tar;
 - ``sandboxes``: a sandbox's driver layer id -> the image it was created from (what
-  ``commit`` builds on, and what keeps the image from being removed).
+  ``commit`` builds on, and what keeps the image from being removed);
+- ``blob_sources``: the registry repositories known to hold a blob (pushed or pulled
+  there), from which ``push`` mounts it instead of uploading it again.
 
 Several processes may share a store: the database runs in WAL mode with a busy timeout,
 and every change is one ``BEGIN IMMEDIATE`` transaction. Any SQLite error is
@@ -195,9 +197,26 @@ def _schema_3(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX sandboxes_by_image ON sandboxes(image_id)")
 
 
+def _schema_4(db: sqlite3.Connection) -> None:
+    """Where blobs are known to be, registry by registry (for cross-repository mounts)."""
+    db.execute(
+        """CREATE TABLE blob_sources (
+            digest TEXT NOT NULL,
+            registry TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            PRIMARY KEY (digest, registry, repository)
+        )"""
+    )
+
+
 #: Migration steps; step ``n`` takes a store from version ``n - 1`` to ``n``. A new store
 #: runs them all, so every step is exercised on every fresh database.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_1, _schema_2, _schema_3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _schema_1,
+    _schema_2,
+    _schema_3,
+    _schema_4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -504,6 +523,26 @@ class ImageStore:
     def sandboxes(self) -> dict[str, str]:
         """Every recorded sandbox: driver layer id -> image id."""
         return {str(k): str(v) for k, v in self._query("SELECT layer_id, image_id FROM sandboxes")}
+
+    # -- blob sources ---------------------------------------------------------------
+
+    def record_blob_source(self, digest: str, registry: str, repository: str) -> None:
+        """Remember that `registry`/`repository` holds blob `digest`."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO blob_sources (digest, registry, repository)"
+                " VALUES (?, ?, ?)",
+                (digest, registry, repository),
+            )
+
+    def blob_sources(self, digest: str, registry: str) -> list[str]:
+        """The repositories of `registry` known to hold blob `digest`."""
+        rows = self._query(
+            "SELECT repository FROM blob_sources WHERE digest = ? AND registry = ?"
+            " ORDER BY repository",
+            (digest, registry),
+        )
+        return [str(row[0]) for row in rows]
 
     @staticmethod
     def _layer_row(db: sqlite3.Connection, chain_id: str) -> StoredLayer | None:

@@ -1,0 +1,94 @@
+"""The registry commands: ``push`` (and ``pull``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._cli_common import (
+    Arg,
+    UsageError,
+    command,
+    emit,
+    image_store,
+    layer_progress,
+    short_id,
+)
+from ._common import LayerEvent
+from .registry import push
+
+#: What a layer's last state says in the summary, as docker's push and pull print it.
+_SUMMARY = {
+    "done": "Pushed",
+    "exists": "Layer already exists",
+    "mounted": "Mounted from another repository",
+}
+
+REGISTRY_ARGS = (
+    Arg("--username", "-u", metavar="NAME", help="log in as NAME (password on stdin)"),
+    Arg(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (the default with --username)",
+    ),
+    Arg("--insecure", action="store_true", help="allow plain HTTP and unverified HTTPS"),
+    Arg("--ca-file", metavar="FILE", help="CA certificates to verify the registry with"),
+    Arg("--jobs", "-j", type=int, default=4, metavar="N", help="blobs at a time (default 4)"),
+)
+
+
+def password_from_stdin(args: argparse.Namespace) -> str | None:
+    """The password for --username, read from stdin (never from a flag: it would show in
+    the process list), as ``docker login --password-stdin``."""
+    if args.username is None:
+        if args.password_stdin:
+            raise UsageError("--password-stdin needs --username")
+        return None
+    if sys.stdin.isatty():
+        raise UsageError("--username reads the password from stdin; pipe it in")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def registry_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    return {
+        "username": args.username,
+        "password": password_from_stdin(args),
+        "insecure": args.insecure,
+        "ca_file": args.ca_file,
+        "jobs": args.jobs,
+    }
+
+
+@command(
+    "push",
+    "push an image to a registry (its layers as the original tars: digests unchanged)",
+    Arg("image", help="a tag or id in the store"),
+    Arg("dest", nargs="?", help="where to push (default: IMAGE, a full reference)"),
+    *REGISTRY_ARGS,
+)
+def _push(args: argparse.Namespace) -> None:
+    options = registry_options(args)
+    last: dict[str, str] = {}
+
+    with image_store(args) as (driver, store), layer_progress() as draw:
+
+        def on_layer(event: LayerEvent) -> None:
+            last[event.digest] = event.state
+            draw(event)
+
+        pushed = push(driver, store, args.image, args.dest, on_layer=on_layer, **options)
+    layers = [{"digest": d, "state": s} for d, s in last.items()]
+    lines = [f"{short_id(d)}: {_SUMMARY.get(s, s)}" for d, s in last.items()]
+    tag = pushed.reference.rpartition(":")[2] if "@" not in pushed.reference else pushed.digest
+    lines.append(f"{tag}: digest: {pushed.digest} size: {pushed.size}")
+    result = {
+        "reference": pushed.reference,
+        "digest": pushed.digest,
+        "size": pushed.size,
+        "image_id": pushed.image_id,
+        "layers": layers,
+    }
+    emit(args, result, "\n".join(lines))
