@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._archive_members import (
     ArchiveSource,
+    DirectoryArchive,
     InvalidArchive,
     SeekableArchive,
     StreamedArchive,
@@ -35,6 +36,7 @@ from ._archive_plan import (
 )
 from ._common import CHUNK, Progress
 from ._pipeline import BlobOpener, TarFeed, digest_of
+from ._platform import Platform, parse_platform
 from ._stream import Compression
 from .errors import DigestMismatch, LayerInUse, WinlayerError
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
@@ -189,25 +191,47 @@ def load(
     archive: ArchiveSource,
     *,
     tag: str | None = None,
+    platform: str | Platform | None = None,
     progress: Progress | None = None,
 ) -> list[Image]:
-    """Load a ``docker save`` archive or an OCI image layout (a tar, plain, gzip or zstd;
-    a path or a binary stream) into `driver` and `store`; return the loaded images.
+    """Load a ``docker save`` archive or an OCI image layout (a tar, plain, gzip or zstd,
+    as a path or a binary stream; or an image layout directory) into `driver` and
+    `store`; return the loaded images.
+
+    Where the archive's index.json gives platforms (a multi-platform export), each image
+    is loaded for `platform` (``os/arch[/variant][:os.version]`` or a
+    :class:`~winlayer._platform.Platform`), by default the host's: Windows, its
+    architecture, and the ``os.version`` its build runs, as containerd chooses; without a
+    host build (not on Windows) the newest version, logged. A `platform` given also
+    leaves out the images of a docker save archive whose configs name another. The
+    platform an image was loaded for is :func:`~winlayer._platform.config_platform` of
+    its config.
 
     `tag` (``name[:tag]``) tags the image too (the archive must hold one image). Raises
-    :class:`InvalidArchive`, :class:`~winlayer.InvalidLayer` or
-    :class:`~winlayer.DigestMismatch`; on any failure the store is left as it was.
+    :class:`InvalidArchive` (also for an image that is not a Windows one),
+    :class:`~winlayer.errors.PlatformNotFound`, :class:`~winlayer.errors.InvalidPlatform`,
+    :class:`~winlayer.InvalidLayer` or :class:`~winlayer.DigestMismatch`; on any failure
+    the store is left as it was.
     """
     extra = parse_reference(tag) if tag is not None else None
+    wanted = parse_platform(platform) if isinstance(platform, str) else platform
     loader = _Loader(driver, store, progress)
+    if isinstance(archive, (str, os.PathLike)) and os.path.isdir(archive):
+        try:
+            plans = _load_in_place(loader, DirectoryArchive(archive), extra, wanted)
+            return loader.commit(plans, extra)
+        except BaseException:
+            loader.rollback()
+            raise
     staging = driver.new_staging_dir()
     f, compression, seekable = open_outer(archive)
     owned = isinstance(archive, (str, os.PathLike))
     try:
         if compression == "none" and seekable:
-            plans = _load_seekable(loader, archive if owned else f, extra)
+            source = archive if owned else f
+            plans = _load_in_place(loader, SeekableArchive(source), extra, wanted)
         else:
-            plans = _load_streamed(loader, f, compression, seekable, staging, extra)
+            plans = _load_streamed(loader, f, compression, seekable, staging, extra, wanted)
         return loader.commit(plans, extra)
     except BaseException:
         loader.rollback()
@@ -225,12 +249,16 @@ def _check_single(plans: list[ImagePlan], tag: tuple[str, str] | None) -> None:
         raise ValueError(f"the archive holds {len(plans)} images; a tag applies to one only")
 
 
-def _load_seekable(
-    loader: _Loader, source: ArchiveSource, tag: tuple[str, str] | None
+def _load_in_place(
+    loader: _Loader,
+    archive: SeekableArchive | DirectoryArchive,
+    tag: tuple[str, str] | None,
+    platform: Platform | None,
 ) -> list[ImagePlan]:
-    archive = SeekableArchive(source)
+    """Loads from an archive whose blobs are read where they are (a plain tar, a
+    directory)."""
     try:
-        plans = plan_images(archive)
+        plans = plan_images(archive, platform)
         _check_single(plans, tag)
         loader.run(loader.pending(plans), lambda layer: archive.opener(layer.blob))
         return plans
@@ -245,6 +273,7 @@ def _load_streamed(
     seekable: bool,
     staging: Path,
     tag: tuple[str, str] | None,
+    platform: Platform | None,
 ) -> list[ImagePlan]:
     archive = StreamedArchive()
     spilled: dict[str, Path] = {}
@@ -263,7 +292,7 @@ def _load_streamed(
                     path.unlink()
                 else:
                     spilled[name] = path
-        plans = plan_images(archive)
+        plans = plan_images(archive, platform)
         _check_single(plans, tag)
         loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
         return plans
@@ -274,7 +303,7 @@ def _load_streamed(
     if uncompared := archive.uncompared():  # large files named twice: one more pass
         f.seek(start)
         _compare_copies(stream_tar(f, compression, limit), uncompared)
-    plans = plan_images(archive)
+    plans = plan_images(archive, platform)
     _check_single(plans, tag)
     f.seek(start)
     todo = loader.pending(plans)

@@ -1,6 +1,7 @@
-"""The members of an image archive: a plain tar read in place, or a compressed or
-non-seekable one read as a stream; small members (metadata) are read whole, layer blobs
-are opened for the import pipeline. Nothing here knows images or the driver.
+"""The members of an image archive: a plain tar read in place, a compressed or
+non-seekable one read as a stream, or a directory (an OCI image layout) read in place;
+small members (metadata) are read whole, layer blobs are opened for the import pipeline.
+Nothing here knows images or the driver.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import abc
 import io
 import os
 import posixpath
+import stat
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -51,6 +53,11 @@ def clean_name(name: str) -> str:
     """An archive path as a canonical key: no leading "./" or "/", no "." or ".." parts."""
     path = posixpath.normpath("/" + name.replace("\\", "/"))
     return path.lstrip("/")
+
+
+def outside(name: str) -> bool:
+    """Whether an archive path names something outside the archive (absolute, or up)."""
+    return name.startswith("/") or posixpath.normpath(name.replace("\\", "/")).startswith("..")
 
 
 def two_copies(name: str) -> InvalidArchive:
@@ -96,7 +103,7 @@ class Index:
     def resolve(self, name: str, referrer: str) -> Member:
         """The regular file `name` is (following links inside the archive)."""
         path = clean_name(name)
-        if name.startswith("/") or posixpath.normpath(name.replace("\\", "/")).startswith(".."):
+        if outside(name):
             raise InvalidArchive(f"{referrer} names a path outside the archive: {name!r}", referrer)
         for _ in range(_MAX_LINK_HOPS):
             member = self.members.get(path)
@@ -223,6 +230,70 @@ class _Section(io.RawIOBase):
         if self._owned and not self.closed:
             self._f.close()
         super().close()
+
+
+class DirectoryArchive(Archive):
+    """A directory holding an image layout (``oci-layout``, ``index.json``, ``blobs/``),
+    read in place as a tar of the same files would be.
+
+    The directory is walked once, without following symbolic links: a link whose target
+    stays inside the directory is a link member (resolved by the index, as a tar's), one
+    that leads out of it is refused. Each file is opened again by its path when it is
+    read, and must still be the file indexed (same device, inode and size): a file
+    replaced (by a link, say) or resized since is refused.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(root)
+        self.index = Index()
+        self._identity: dict[str, tuple[int, int]] = {}
+        for folder, dirs, files in os.walk(self.root, onerror=self._unreadable):
+            for entry in sorted(dirs + files):
+                path = os.path.join(folder, entry)
+                name = os.path.relpath(path, self.root).replace(os.sep, "/")
+                info = os.lstat(path)
+                if stat.S_ISLNK(info.st_mode):
+                    self._add_link(name, os.readlink(path))
+                elif stat.S_ISREG(info.st_mode):
+                    self.index.members[name] = Member(name, info.st_size, 0)
+                    self._identity[name] = (info.st_dev, info.st_ino)
+
+    def _unreadable(self, exc: OSError) -> None:
+        raise InvalidArchive(f"cannot read the directory ({exc.strerror})", exc.filename or "")
+
+    def _add_link(self, name: str, target: str) -> None:
+        joined = posixpath.normpath(
+            posixpath.join(posixpath.dirname(name), target.replace("\\", "/"))
+        )
+        if os.path.isabs(target) or target.startswith(("/", "\\")) or joined.split("/")[0] == "..":
+            raise InvalidArchive(f"symbolic link to {target!r}, outside the directory", name)
+        self.index.members[name] = Member(name, 0, 0, joined, link=True)
+
+    def _open(self, member: Member) -> IO[bytes]:
+        f = open(os.path.join(self.root, *member.name.split("/")), "rb")  # noqa: SIM115
+        info = os.fstat(f.fileno())
+        if (info.st_dev, info.st_ino) != self._identity[member.name] or info.st_size != member.size:
+            f.close()
+            raise InvalidArchive(
+                f"the file changed while it was loaded (it was {member.size} bytes, "
+                f"it is {info.st_size})"
+                if info.st_size != member.size
+                else "the file was replaced while it was loaded",
+                member.name,
+            )
+        return f
+
+    def _read_small(self, member: Member) -> bytes:
+        with self._open(member) as f:
+            data = f.read(member.size + 1)
+        if len(data) != member.size:
+            raise InvalidArchive("the file changed while it was loaded", member.name)
+        return data
+
+    def opener(self, member: Member) -> BlobOpener:
+        return lambda: io.BufferedReader(
+            _Section(self._open(member), member.size, None, owned=True), CHUNK
+        )
 
 
 def open_outer(source: ArchiveSource) -> tuple[IO[bytes], Compression, bool]:

@@ -19,9 +19,11 @@ from ._archive_members import (
     InvalidArchive,
     Member,
     clean_name,
+    outside,
 )
-from ._common import host_architecture
+from ._platform import Platform, choose, config_platform, host_platform
 from .chain import MAX_DEPTH
+from .errors import PlatformNotFound
 from .imagestore import parse_reference
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class ImagePlan:
     architecture: str
     os: str
     layers: list[PlannedLayer]
+    config_member: str  # the archive member holding the config
     tags: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -122,9 +125,31 @@ def _blob_digest(path: str) -> str | None:
     return f"sha256:{match.group(1)}" if match else None
 
 
-def _image_plan(
-    config: bytes, config_name: str, blobs: list[tuple[Member, str | None, int | None]]
-) -> ImagePlan:
+@dataclass(frozen=True)
+class _MissingLayer:
+    """A layer path of a docker-save manifest that is not in the archive, with the
+    manifest's ``LayerSources`` (foreign layers' descriptors, by diffID)."""
+
+    path: str
+    sources: dict[str, Any]
+
+
+def missing_layer(digest: str, path: str, urls: object, referrer: str) -> InvalidArchive:
+    """The error for a layer blob the archive lacks; for a foreign (non-distributable)
+    layer, where to fetch it from (its descriptor's URLs) and where to put it."""
+    message = f"{referrer} names the layer {path!r}, which is not in the archive"
+    if isinstance(urls, list) and urls and all(isinstance(u, str) for u in urls):
+        message += (
+            f"; it is a foreign layer ({digest}), not distributed with the image: download "
+            f"it from {urls[0]} and add it to the archive as {path!r}"
+        )
+    return InvalidArchive(message, referrer)
+
+
+_Blob = tuple[Member | _MissingLayer, str | None, int | None]
+
+
+def _image_plan(config: bytes, config_name: str, blobs: list[_Blob]) -> ImagePlan:
     """Checks a config against the layer blobs it is loaded with."""
     if len(blobs) > MAX_DEPTH:
         raise InvalidArchive(
@@ -151,18 +176,29 @@ def _image_plan(
             f"image config lists {len(diff_ids)} layers but the manifest has {len(blobs)}",
             config_name,
         )
-    chains = chain_ids(diff_ids)
-    layers = [
-        PlannedLayer(member, digest, size, diff_id, chain, chains[i - 1] if i else None)
-        for i, ((member, digest, size), diff_id, chain) in enumerate(
-            zip(blobs, diff_ids, chains, strict=True)
-        )
-    ]
 
     def text(key: str) -> str:
         value = json_field(doc, key)
         return value if isinstance(value, str) else ""
 
+    chains = chain_ids(diff_ids)
+    layers = []
+    for i, ((member, digest, size), diff_id, chain) in enumerate(
+        zip(blobs, diff_ids, chains, strict=True)
+    ):
+        if isinstance(member, _MissingLayer):
+            source = member.sources.get(diff_id)
+            source = source if isinstance(source, dict) else {}
+            found = source.get("digest")
+            raise missing_layer(
+                found if isinstance(found, str) else diff_id,
+                member.path,
+                source.get("urls"),
+                "manifest.json",
+            )
+        layers.append(
+            PlannedLayer(member, digest, size, diff_id, chain, chains[i - 1] if i else None)
+        )
     return ImagePlan(
         config=config,
         image_id=hashlib.sha256(config).hexdigest(),
@@ -170,6 +206,7 @@ def _image_plan(
         architecture=text("architecture"),
         os=text("os"),
         layers=layers,
+        config_member=config_name,
     )
 
 
@@ -201,13 +238,18 @@ def _plan_docker(archive: Archive) -> list[ImagePlan]:
         config_member = archive.index.resolve(config_path, "manifest.json").name
         if (digest := _blob_digest(config_path)) is not None:
             _check_digest(config, digest, config_member)
-        blobs: list[tuple[Member, str | None, int | None]] = []
+        sources = json_field(entry, "LayerSources")
+        blobs: list[_Blob] = []
         for path in layer_paths:
             if not isinstance(path, str):
                 raise InvalidArchive(
                     f"{where} has a layer path that is not a string", "manifest.json"
                 )
-            blobs.append((archive.index.resolve(path, "manifest.json"), _blob_digest(path), None))
+            if archive.index.has(path) or outside(path):
+                member: Member | _MissingLayer = archive.index.resolve(path, "manifest.json")
+            else:
+                member = _MissingLayer(path, sources if isinstance(sources, dict) else {})
+            blobs.append((member, _blob_digest(path), None))
         plan = _image_plan(config, config_member, blobs)
         repo_tags = json_field(entry, "RepoTags") or []
         if not isinstance(repo_tags, list):
@@ -229,9 +271,12 @@ def _descriptor(obj: object, member: str) -> tuple[str, str, int, dict[str, Any]
     return str(media_type), digest, size, obj
 
 
+def _blob_path(digest: str) -> str:
+    return f"blobs/sha256/{digest.removeprefix('sha256:')}"
+
+
 def _blob(archive: Archive, digest: str, size: int, referrer: str) -> Member:
-    path = f"blobs/sha256/{digest.removeprefix('sha256:')}"
-    member = archive.index.resolve(path, referrer)
+    member = archive.index.resolve(_blob_path(digest), referrer)
     if member.size != size:
         raise InvalidArchive(
             f"blob is {member.size} bytes, its descriptor says {size}", member.name
@@ -246,52 +291,150 @@ def _read_blob(archive: Archive, digest: str, size: int, referrer: str) -> tuple
     return data, member.name
 
 
-def _plan_oci(archive: Archive) -> list[ImagePlan]:
+def _read_index(archive: Archive) -> list[Any]:
     index = parse_json(archive.read("index.json", "index.json"), "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise InvalidArchive("index.json has no manifests list", "index.json")
-    plans: dict[str, ImagePlan] = {}
-    for entry in index["manifests"]:
-        media_type, digest, size, desc = _descriptor(entry, "index.json")
+    return list(index["manifests"])
+
+
+def _gives_platforms(entries: list[Any]) -> bool:
+    """Whether an index says which platform each image is for: it names a nested
+    (multi-platform) index, or manifests with a ``platform``."""
+    return any(
+        isinstance(e, dict)
+        and (e.get("mediaType") in _INDEX_TYPES or isinstance(e.get("platform"), dict))
+        for e in entries
+    )
+
+
+@dataclass
+class _Entry:
+    """One image index.json lists: the manifests it may be loaded from, each with the
+    platform its descriptor gives (several for a nested index, or for manifests with a
+    ``platform`` that share a name), the annotations naming it, and the member that
+    lists the manifests. A manifest without a ``platform`` is an entry of its own."""
+
+    annotations: dict[str, Any]
+    member: str
+    manifests: list[tuple[Platform, str, int]] = field(default_factory=list)
+    by_platform: bool = True
+
+
+def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
+    entries: list[_Entry] = []
+    named: dict[tuple[object, object], _Entry] = {}
+    for obj in descriptors:
+        media_type, digest, size, desc = _descriptor(obj, "index.json")
+        annotations = desc.get("annotations")
+        annotations = annotations if isinstance(annotations, dict) else {}
+        platform = Platform.from_json(desc.get("platform"))
         if media_type in _INDEX_TYPES:
-            media_type, digest, size, desc = _pick_platform(archive, digest, size, desc)
-        if media_type not in _MANIFEST_TYPES:
+            data, member = _read_blob(archive, digest, size, "index.json")
+            nested = parse_json(data, member)
+            entry = _Entry(annotations, member)
+            for sub in nested.get("manifests", []) if isinstance(nested, dict) else []:
+                sub_type, sub_digest, sub_size, sub_desc = _descriptor(sub, member)
+                if sub_type in _MANIFEST_TYPES:
+                    sub_platform = Platform.from_json(sub_desc.get("platform"))
+                    entry.manifests.append((sub_platform, sub_digest, sub_size))
+            entries.append(entry)
+        elif media_type not in _MANIFEST_TYPES:
             raise InvalidArchive(f"unsupported manifest media type {media_type!r}", "index.json")
+        elif isinstance(desc.get("platform"), dict):
+            key = (annotations.get(_CONTAINERD_NAME), annotations.get(_REF_NAME))
+            if key not in named:
+                named[key] = _Entry(annotations, "index.json")
+                entries.append(named[key])
+            named[key].manifests.append((platform, digest, size))
+        else:
+            entries.append(_Entry(annotations, "index.json", [(platform, digest, size)], False))
+    return entries
+
+
+_CONTAINERD_NAME = "io.containerd.image.name"
+_REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def _pick(
+    archive: Archive, entry: _Entry, wanted: Platform, offered: list[str]
+) -> tuple[str, int] | None:
+    """(digest, size) of the manifest of `entry` to load for `wanted`
+    (:func:`winlayer._platform.choose`), or None, adding the platforms it holds to
+    `offered`. A manifest the index lists without its blob in the archive (an export of
+    some platforms only) is not a candidate."""
+    present: list[tuple[Platform, str, int]] = []
+    absent: list[tuple[Platform, str, int]] = []
+    for manifest in entry.manifests:
+        (present if archive.index.has(_blob_path(manifest[1])) else absent).append(manifest)
+    chosen = choose(wanted, [platform for platform, _, _ in present])
+    if chosen is None:
+        offered += [str(platform) for platform, _, _ in present]
+        offered += [f"{platform} (listed, not in the archive)" for platform, _, _ in absent]
+        log.info("%s holds no image for %s", entry.member, wanted)
+        return None
+    platform, digest, size = present[chosen]
+    others = ", ".join(str(p) for n, (p, _, _) in enumerate(present) if n != chosen)
+    if others and not wanted.os_version and len({p.os_version for p, _, _ in present}) > 1:
+        log.warning(
+            "%s: chose %s, the newest version, as there is no host Windows build to match "
+            "(a platform option chooses another); it also holds %s",
+            entry.member,
+            platform,
+            others,
+        )
+    elif others:
+        log.info("%s: chose %s for %s; it also holds %s", entry.member, platform, wanted, others)
+    return digest, size
+
+
+def _plan_oci(
+    archive: Archive, descriptors: list[Any], wanted: Platform, explicit: bool
+) -> list[ImagePlan]:
+    """The images of index.json: for each entry, the manifest for `wanted`; an entry
+    for no platform is skipped, unless every entry is (:class:`PlatformNotFound`). A
+    manifest without a ``platform`` is loaded as it is, unless the platform was asked
+    for (`explicit`) and its config names another."""
+    plans: dict[str, ImagePlan] = {}
+    offered: list[str] = []
+    for entry in _entries(archive, descriptors):
+        if entry.by_platform:
+            picked = _pick(archive, entry, wanted, offered)
+            if picked is None:
+                continue
+            digest, size = picked
+        else:
+            _, digest, size = entry.manifests[0]
         plan = plans.get(digest)
         if plan is None:
-            plan = plans[digest] = _plan_oci_manifest(archive, digest, size)
-        annotations = desc.get("annotations") or {}
+            plan = _plan_oci_manifest(archive, digest, size)
+            if not entry.by_platform and explicit and not _of(plan, wanted, offered):
+                continue
+            plans[digest] = plan
         # containerd and Docker put the full reference here; the OCI annotation may hold
         # a full reference or only a tag, which names no repository to tag.
-        ref = annotations.get("io.containerd.image.name")
+        ref = entry.annotations.get(_CONTAINERD_NAME)
         if not ref:
-            ref = annotations.get("org.opencontainers.image.ref.name")
+            ref = entry.annotations.get(_REF_NAME)
             if isinstance(ref, str) and "/" not in ref and ":" not in ref:
                 log.info("index.json names %s only by the tag %r; not tagging it", digest, ref)
                 ref = None
         if ref:
             plan.tags.append(_tag_of(ref, "index.json"))
+    if not plans and offered:
+        raise PlatformNotFound(str(wanted), offered, "index.json")
     return list(plans.values())
 
 
-def _pick_platform(
-    archive: Archive, digest: str, size: int, desc: dict[str, Any]
-) -> tuple[str, str, int, dict[str, Any]]:
-    """The Windows manifest of a multi-platform index (the host architecture's first)."""
-    data, member = _read_blob(archive, digest, size, "index.json")
-    nested = parse_json(data, member)
-    candidates = []
-    for entry in nested.get("manifests", []) if isinstance(nested, dict) else []:
-        media_type, d, s, sub = _descriptor(entry, member)
-        platform = sub.get("platform") or {}
-        if media_type in _MANIFEST_TYPES and platform.get("os") == "windows":
-            candidates.append(
-                (platform.get("architecture") != host_architecture(), (media_type, d, s, sub))
-            )
-    if not candidates:
-        raise InvalidArchive("multi-platform index has no Windows image", member)
-    media_type, d, s, sub = min(candidates, key=lambda c: c[0])[1]
-    return media_type, d, s, {**sub, "annotations": desc.get("annotations") or {}}
+def _of(plan: ImagePlan, wanted: Platform, offered: list[str]) -> bool:
+    """Whether the config of `plan`, an image no index describes, names `wanted`; if
+    not, its platform is added to `offered`."""
+    platform = config_platform(plan.config)
+    if wanted.matches(platform):
+        return True
+    log.info("leaving out image sha256:%s: it is for %s, not %s", plan.image_id, platform, wanted)
+    offered.append(str(platform))
+    return False
 
 
 def _plan_oci_manifest(archive: Archive, digest: str, size: int) -> ImagePlan:
@@ -304,28 +447,42 @@ def _plan_oci_manifest(archive: Archive, digest: str, size: int) -> ImagePlan:
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise InvalidArchive("image manifest has no layers list", member)
-    blobs: list[tuple[Member, str | None, int | None]] = []
+    blobs: list[_Blob] = []
     for entry in layers:
         media_type, layer_digest, layer_size, desc = _descriptor(entry, member)
         if media_type not in _LAYER_TYPES:
             raise InvalidArchive(f"unsupported layer media type {media_type!r}", member)
-        if not archive.index.has(f"blobs/sha256/{layer_digest.removeprefix('sha256:')}"):
-            urls = desc.get("urls")
-            hint = (
-                f" (a foreign layer, to be fetched from {urls[0]})"
-                if isinstance(urls, list) and urls
-                else ""
-            )
-            raise InvalidArchive(f"layer blob {layer_digest} is not in the archive{hint}", member)
+        path = _blob_path(layer_digest)
+        if not archive.index.has(path):
+            raise missing_layer(layer_digest, path, desc.get("urls"), member)
         blobs.append((_blob(archive, layer_digest, layer_size, member), layer_digest, layer_size))
     return _image_plan(config, config_member, blobs)
 
 
-def plan_images(archive: Archive) -> list[ImagePlan]:
-    if archive.index.has("manifest.json"):
+def plan_images(archive: Archive, platform: Platform | None = None) -> list[ImagePlan]:
+    """The images to load from `archive`, checked, before anything is imported.
+
+    An index.json that gives platforms (a nested index, or manifests with a
+    ``platform``) chooses each image's manifest for `platform`, by default the host's
+    (:func:`~winlayer._platform.host_platform`), even when a manifest.json is there too
+    (``ctr images export --all-platforms`` names only the host's image in it). Otherwise
+    manifest.json (docker save) is read, or index.json if there is no manifest.json; a
+    `platform` given leaves out the images whose configs name another. An image whose
+    config's ``os`` is not ``windows`` is refused.
+    """
+    wanted = platform if platform is not None else host_platform()
+    descriptors = _read_index(archive) if archive.index.has("index.json") else None
+    if descriptors is not None and (
+        _gives_platforms(descriptors) or not archive.index.has("manifest.json")
+    ):
+        plans = _plan_oci(archive, descriptors, wanted, platform is not None)
+    elif archive.index.has("manifest.json"):
         plans = _plan_docker(archive)
-    elif archive.index.has("index.json"):
-        plans = _plan_oci(archive)
+        if platform is not None:
+            offered: list[str] = []
+            plans = [plan for plan in plans if _of(plan, platform, offered)]
+            if offered and not plans:
+                raise PlatformNotFound(str(platform), offered, "manifest.json")
     else:
         raise InvalidArchive(
             "neither manifest.json (docker save) nor index.json (OCI image layout) is in the "
@@ -333,4 +490,11 @@ def plan_images(archive: Archive) -> list[ImagePlan]:
         )
     if not plans:
         raise InvalidArchive("the archive holds no images")
+    for plan in plans:
+        if plan.os.lower() != "windows":
+            raise InvalidArchive(
+                f"image sha256:{plan.image_id} is for {plan.os or 'no OS'} (its config "
+                f"names os {plan.os!r}); only Windows images can be loaded",
+                plan.config_member,
+            )
     return plans

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _hcs, chain
-from ._common import FLAVOURS, ProgressCallback, Source, atomic_write, host_architecture
+from ._common import FLAVOURS, ProgressCallback, Source, atomic_write
 from ._pipeline import plain_tar
+from ._platform import host_architecture
 from .backend import Backend
 from .errors import BackendUnavailable, LayerExists, WinlayerError
 from .imagestore import Image, check_name, check_tag

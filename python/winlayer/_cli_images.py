@@ -20,7 +20,7 @@ from ._cli_common import (
     table,
 )
 from ._units import format_size
-from .images import install_base_image, load, save
+from .images import config_platform, install_base_image, load, save
 
 
 def _image_rows(images: list[Any]) -> str:
@@ -74,19 +74,40 @@ def _images_install_base(args: argparse.Namespace) -> None:
 
 @command(
     "load",
-    "load a docker-save archive or an OCI image layout (tar, plain, gzip or zstd; - for stdin)",
+    "load a docker-save archive or an OCI image layout (tar, plain, gzip or zstd; - for "
+    "stdin; or a layout directory)",
     Arg("archive"),
     Arg("--tag", metavar="NAME:TAG", help="also tag the loaded image"),
+    Arg(
+        "--platform",
+        metavar="OS/ARCH[:OS.VERSION]",
+        help="the platform to load from a multi-platform archive (default: the host's, "
+        "e.g. windows/amd64:10.0.20348.2227)",
+    ),
 )
 def _load(args: argparse.Namespace) -> None:
     source: Any = sys.stdin.buffer if args.archive == "-" else args.archive
-    total = None if args.archive == "-" else os.path.getsize(args.archive)
+    total = None if args.archive == "-" or os.path.isdir(source) else os.path.getsize(source)
     with image_store(args) as (driver, store), progress_bar("loading", total) as progress:
-        images = load(driver, store, source, tag=args.tag, progress=pair_progress(progress))
+        images = load(
+            driver,
+            store,
+            source,
+            tag=args.tag,
+            platform=args.platform,
+            progress=pair_progress(progress),
+        )
+    platforms = [config_platform(image.config) for image in images]
     emit(
         args,
-        [image.as_dict() for image in images],
-        "\n".join(f"Loaded image: {', '.join(i.tags) or i.id}" for i in images),
+        [
+            {**image.as_dict(), "platform": platform.as_dict()}
+            for image, platform in zip(images, platforms, strict=True)
+        ],
+        "\n".join(
+            f"Loaded image: {', '.join(i.tags) or i.id} ({platform})"
+            for i, platform in zip(images, platforms, strict=True)
+        ),
     )
 
 

@@ -8,7 +8,6 @@ that happened to need them first.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,16 +34,6 @@ Source = str | os.PathLike[str] | IO[bytes]
 #: The size of one read of layer or blob data.
 CHUNK = 1 << 20
 
-_GOARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "386",
-    "i686": "386",
-    "x86": "386",
-}
-
 
 def data_root() -> Path:
     """The per-user data folder (``C:\\ProgramData\\winlayer`` on Windows)."""
@@ -54,12 +43,6 @@ def data_root() -> Path:
         return Path.home() / "Library" / "Application Support" / "winlayer"
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
-
-
-def host_architecture() -> str:
-    """This machine's architecture, named as Go's GOARCH (``amd64``, ``arm64``...)."""
-    machine = platform.machine().lower()
-    return _GOARCH.get(machine, machine)
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:

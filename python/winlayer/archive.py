@@ -2,7 +2,8 @@
 
 Reading an archive
     The outer archive is a tar, plain or compressed (gzip, zstd), given as a path or a
-    binary stream. It is never extracted as a whole:
+    binary stream, or a directory holding an OCI image layout. It is never extracted as a
+    whole:
 
     - a plain tar file (or seekable stream) is indexed by its headers alone, then each
       layer blob is read in place from its offset;
@@ -10,7 +11,23 @@ Reading an archive
       members (``manifest.json``, ``index.json``, configs, OCI manifests), once to import
       the layers; a layer that arrives before the layer beneath it is imported is held in a
       staging file under the home until its turn (archives written in chain order need none);
-    - a stream that cannot be read twice (a pipe) has its layer blobs held in staging files.
+    - a stream that cannot be read twice (a pipe) has its layer blobs held in staging files;
+    - a directory is walked once without following links (a link out of it is refused) and
+      its files read in place; a file replaced or resized since the walk is refused.
+
+Choosing the image
+    An index.json that gives platforms (a nested multi-platform index, or manifests with a
+    ``platform``) decides, even when a manifest.json is there too: ``ctr images export
+    --all-platforms`` names only the exporting host's image (Linux, often) in its
+    manifest.json. Each image is loaded for the platform asked for (``platform=``) or the
+    host's (:func:`host_platform`): Windows, the host architecture, and an ``os.version``
+    the host build runs, as containerd's Windows matcher decides (see
+    :mod:`winlayer._platform`); without a host build (not on Windows) the newest version,
+    with a warning in the log. A manifest the index lists whose blob the archive lacks is
+    no candidate. Otherwise manifest.json (docker save) is read. An image whose config's
+    ``os`` is not ``windows`` is refused before anything is imported, and a docker-save
+    layer that is missing names the foreign layer's URL from the manifest's
+    ``LayerSources``, as an OCI descriptor's ``urls`` are named.
 
     Before any layer is imported, every manifest and config is parsed and its digest
     checked, every referenced blob is located, and every tag is validated. A member name
@@ -49,6 +66,7 @@ from ._archive_plan import (
 )
 from ._archive_save import save
 from ._common import Progress
+from ._platform import Platform, config_platform, host_platform, parse_platform
 
 __all__ = [
     "METADATA_LIMIT",
@@ -60,9 +78,13 @@ __all__ = [
     "MT_OCI_MANIFEST",
     "ArchiveSource",
     "InvalidArchive",
+    "Platform",
     "Progress",
     "chain_ids",
+    "config_platform",
+    "host_platform",
     "layer_id_for",
     "load",
+    "parse_platform",
     "save",
 ]

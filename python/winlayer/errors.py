@@ -17,9 +17,11 @@ __all__ = [
     "DigestMismatch",
     "HcsError",
     "InvalidLayer",
+    "InvalidPlatform",
     "LayerExists",
     "LayerInUse",
     "LayerNotFound",
+    "PlatformNotFound",
     "StoreCorrupt",
     "WinlayerError",
     "from_native",
@@ -188,3 +190,26 @@ def from_native(
     if kind == "invalid_argument":
         return ValueError(f"{message}: {path!r}" if path else message)
     return WinlayerError(f"internal error in winlayer's native code: {message}")
+
+
+class InvalidPlatform(WinlayerError, ValueError):
+    """A platform specifier (``os[/arch[/variant]][:os.version]``) that does not parse;
+    ``spec`` is the specifier, ``reason`` what is wrong with it."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(f"invalid platform {spec!r}: {reason}")
+        self.spec = spec
+        self.reason = reason
+
+
+class PlatformNotFound(WinlayerError, LookupError):
+    """An image archive holds no image for the platform wanted; ``wanted`` is that
+    platform, ``offered`` the platforms the archive (or ``member``, its index) holds."""
+
+    def __init__(self, wanted: str, offered: list[str], member: str = "") -> None:
+        where = f" (member {member!r})" if member else ""
+        holds = ", ".join(offered) if offered else "none"
+        super().__init__(f"no image for {wanted} in the archive{where}; it holds: {holds}")
+        self.wanted = wanted
+        self.offered = offered
+        self.member = member

@@ -17,8 +17,20 @@ from datetime import datetime
 from pathlib import Path
 
 from ._baseimages import Recorder, Tagger, base_image_id
-from ._common import ProgressCallback, Source, host_architecture
-from .archive import InvalidArchive, Progress, chain_ids, layer_id_for, load, save
+from ._common import ProgressCallback, Source
+from ._platform import host_architecture
+from .archive import (
+    InvalidArchive,
+    Platform,
+    Progress,
+    chain_ids,
+    config_platform,
+    host_platform,
+    layer_id_for,
+    load,
+    parse_platform,
+    save,
+)
 from .driver import Driver
 from .imagestore import Image, ImageNotFound, ImageStore, StoredLayer, parse_reference
 
@@ -27,16 +39,20 @@ __all__ = [
     "ImageNotFound",
     "ImageStore",
     "InvalidArchive",
+    "Platform",
     "Progress",
     "Recorder",
     "StoredLayer",
     "Tagger",
     "base_image_id",
     "chain_ids",
+    "config_platform",
     "host_architecture",
+    "host_platform",
     "install_base_image",
     "layer_id_for",
     "load",
+    "parse_platform",
     "parse_reference",
     "restore_custom_images",
     "save",
