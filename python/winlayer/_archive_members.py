@@ -259,7 +259,10 @@ class DirectoryArchive(Archive):
                     self._identity[name] = (info.st_dev, info.st_ino)
 
     def _unreadable(self, exc: OSError) -> None:
-        raise InvalidArchive(f"cannot read the directory ({exc.strerror})", exc.filename or "")
+        where = os.path.relpath(exc.filename, self.root) if exc.filename else "."
+        raise InvalidArchive(
+            f"cannot read the directory ({exc.strerror})", where.replace(os.sep, "/")
+        )
 
     def _add_link(self, name: str, target: str) -> None:
         joined = posixpath.normpath(

@@ -357,7 +357,7 @@ _REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def _pick(
-    archive: Archive, entry: _Entry, wanted: Platform, offered: list[str]
+    archive: Archive, entry: _Entry, wanted: Platform, explicit: bool, offered: list[str]
 ) -> tuple[str, int] | None:
     """(digest, size) of the manifest of `entry` to load for `wanted`
     (:func:`winlayer._platform.choose`), or None, adding the platforms it holds to
@@ -374,17 +374,23 @@ def _pick(
         log.info("%s holds no image for %s", entry.member, wanted)
         return None
     platform, digest, size = present[chosen]
-    others = ", ".join(str(p) for n, (p, _, _) in enumerate(present) if n != chosen)
-    if others and not wanted.os_version and len({p.os_version for p, _, _ in present}) > 1:
+    others = [p for n, (p, _, _) in enumerate(present) if n != chosen and wanted.matches(p)]
+    if not explicit and not wanted.os_version and any(p != platform for p in others):
         log.warning(
             "%s: chose %s, the newest version, as there is no host Windows build to match "
             "(a platform option chooses another); it also holds %s",
             entry.member,
             platform,
-            others,
+            ", ".join(map(str, others)),
         )
     elif others:
-        log.info("%s: chose %s for %s; it also holds %s", entry.member, platform, wanted, others)
+        log.info(
+            "%s: chose %s for %s; it also holds %s",
+            entry.member,
+            platform,
+            wanted,
+            ", ".join(map(str, others)),
+        )
     return digest, size
 
 
@@ -399,7 +405,7 @@ def _plan_oci(
     offered: list[str] = []
     for entry in _entries(archive, descriptors):
         if entry.by_platform:
-            picked = _pick(archive, entry, wanted, offered)
+            picked = _pick(archive, entry, wanted, explicit, offered)
             if picked is None:
                 continue
             digest, size = picked
