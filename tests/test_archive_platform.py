@@ -17,13 +17,15 @@ import pytest
 
 from winlayer import Driver, PlatformNotFound
 from winlayer._archive_members import DirectoryArchive
-from winlayer.images import ImageStore, InvalidArchive, Platform, load
+from winlayer.images import ImageStore, InvalidArchive, Platform, host_architecture, load
 
 from .conftest import Cli
+from .realtools import skopeo
 from .test_archive import (
     L1,
     L2,
     L3,
+    Pipe,
     assert_pristine,
     check_loaded,
     compress,
@@ -183,7 +185,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Any:
 # -- choosing the image ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outer", ["none", "gzip"])
+@pytest.mark.parametrize("outer", ["none", "gzip", "pipe"])
 def test_an_all_platforms_export_loads_the_newest_windows_image_without_a_host_build(
     driver: Driver,
     store: ImageStore,
@@ -194,7 +196,10 @@ def test_an_all_platforms_export_loads_the_newest_windows_image_without_a_host_b
 ) -> None:
     host("")
     caplog.set_level(logging.INFO, logger="winlayer")
-    (image,) = load(driver, store, write(tmp_path, compress(ctr_export(), outer)))
+    source: Any = (
+        Pipe(ctr_export()) if outer == "pipe" else write(tmp_path, compress(ctr_export(), outer))
+    )
+    (image,) = load(driver, store, source)
     assert image.id == sha(WIN2022.config)[7:]
     assert image.tags == (REF,)
     check_loaded(driver, store, WIN2022.layers, WIN2022.config)
@@ -680,3 +685,47 @@ def test_cli_load_platform_errors_are_one_line(
     assert line.startswith(message)
     assert cli.json("images", "ls") == []
     assert cli.json("ls") == []
+
+
+# -- a real containerd export -----------------------------------------------------------------
+
+
+def test_load_what_ctr_exports_with_all_platforms(
+    containerd: Any, driver: Driver, store: ImageStore, tmp_path: Path, host: Any
+) -> None:
+    """containerd's own multi-platform export (an index of a Linux and two Windows
+    images, imported as content only) loads the Windows image, as the hand-built
+    equivalent above does."""
+    source = write(tmp_path, ctr_export(docker_manifest=None), "multi.tar")
+    containerd.ctr("images", "import", "--all-platforms", "--no-unpack", source)
+    assert REF in containerd.ctr("images", "ls", "-q").split()
+    exported = tmp_path / "exported.tar"
+    containerd.ctr("images", "export", "--all-platforms", exported, REF)
+    members = tar_members(exported.read_bytes())
+    if host_architecture() == "amd64":  # manifest.json is for ctr's default platform
+        (entry,) = json.loads(members["manifest.json"])
+        assert entry["Config"] == f"blobs/sha256/{sha(LINUX.config)[7:]}"
+    host("")
+    (image,) = load(driver, store, exported)
+    assert image.id == sha(WIN2022.config)[7:]
+    assert image.tags == (REF,)
+    check_loaded(driver, store, WIN2022.layers, WIN2022.config)
+    host("10.0.17763.1")
+    (image,) = load(driver, store, exported)
+    assert image.id == sha(WIN2019.config)[7:]
+    check_loaded(driver, store, WIN2019.layers, WIN2019.config)
+
+
+def test_load_what_skopeo_copies_with_all(
+    driver: Driver, store: ImageStore, tmp_path: Path, host: Any
+) -> None:
+    """``skopeo copy --all`` to an OCI archive (which compresses the layers again): the
+    Windows image for the host, the same config and diffIDs."""
+    source = write(tmp_path, ctr_export(docker_manifest=None), "multi.tar")
+    copied = tmp_path / "copied.tar"
+    skopeo("copy", "--all", f"oci-archive:{source}:1.0", f"oci-archive:{copied}:{REF}")
+    host("10.0.17763.1")
+    (image,) = load(driver, store, copied)
+    assert image.id == sha(WIN2019.config)[7:]
+    assert image.tags == (REF,)
+    check_loaded(driver, store, WIN2019.layers, WIN2019.config)
