@@ -217,31 +217,44 @@ def load(
     wanted = parse_platform(platform) if isinstance(platform, str) else platform
     loader = _Loader(driver, store, progress)
     if isinstance(archive, (str, os.PathLike)) and os.path.isdir(archive):
-        try:
-            plans = _load_in_place(loader, DirectoryArchive(archive), extra, wanted)
-            return loader.commit(plans, extra)
-        except BaseException:
-            loader.rollback()
-            raise
+        folder = archive
+        return _commit_or_undo(
+            loader, extra, lambda: _load_in_place(loader, DirectoryArchive(folder), extra, wanted)
+        )
     staging = driver.new_staging_dir()
     f, compression, seekable = open_outer(archive)
     owned = isinstance(archive, (str, os.PathLike))
     try:
         if compression == "none" and seekable:
             source = archive if owned else f
-            plans = _load_in_place(loader, SeekableArchive(source), extra, wanted)
-        else:
-            plans = _load_streamed(loader, f, compression, seekable, staging, extra, wanted)
-        return loader.commit(plans, extra)
-    except BaseException:
-        loader.rollback()
-        raise
+            return _commit_or_undo(
+                loader,
+                extra,
+                lambda: _load_in_place(loader, SeekableArchive(source), extra, wanted),
+            )
+        return _commit_or_undo(
+            loader,
+            extra,
+            lambda: _load_streamed(loader, f, compression, seekable, staging, extra, wanted),
+        )
     finally:
         if owned:
             f.close()
         elif f is not archive and isinstance(f, io.BufferedReader):
             f.detach()  # our read buffer around the caller's stream; theirs stays open
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit_or_undo(
+    loader: _Loader, tag: tuple[str, str] | None, plan_and_import: Callable[[], list[ImagePlan]]
+) -> list[Image]:
+    """Imports the layers (`plan_and_import`), then records the images; on any failure
+    removes the layers this load created."""
+    try:
+        return loader.commit(plan_and_import(), tag)
+    except BaseException:
+        loader.rollback()
+        raise
 
 
 def _check_single(plans: list[ImagePlan], tag: tuple[str, str] | None) -> None:

@@ -308,6 +308,10 @@ def _gives_platforms(entries: list[Any]) -> bool:
     )
 
 
+_CONTAINERD_NAME = "io.containerd.image.name"
+_REF_NAME = "org.opencontainers.image.ref.name"
+
+
 @dataclass
 class _Entry:
     """One image index.json lists: the manifests it may be loaded from, each with the
@@ -323,7 +327,7 @@ class _Entry:
 
 def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
     entries: list[_Entry] = []
-    named: dict[tuple[object, object], _Entry] = {}
+    named: dict[tuple[str, ...], _Entry] = {}
     for obj in descriptors:
         media_type, digest, size, desc = _descriptor(obj, "index.json")
         annotations = desc.get("annotations")
@@ -342,7 +346,7 @@ def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
         elif media_type not in _MANIFEST_TYPES:
             raise InvalidArchive(f"unsupported manifest media type {media_type!r}", "index.json")
         elif isinstance(desc.get("platform"), dict):
-            key = (annotations.get(_CONTAINERD_NAME), annotations.get(_REF_NAME))
+            key = tuple(str(annotations.get(k)) for k in (_CONTAINERD_NAME, _REF_NAME))
             if key not in named:
                 named[key] = _Entry(annotations, "index.json")
                 entries.append(named[key])
@@ -350,10 +354,6 @@ def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
         else:
             entries.append(_Entry(annotations, "index.json", [(platform, digest, size)], False))
     return entries
-
-
-_CONTAINERD_NAME = "io.containerd.image.name"
-_REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def _pick(
