@@ -362,6 +362,25 @@ def test_images_of_an_index_with_no_match_are_left_out(
     assert store.images()[0].tags == (REF,)
 
 
+def test_a_flat_index_with_names_that_are_not_strings_is_refused_cleanly(
+    driver: Driver, store: ImageStore, tmp_path: Path, host: Any
+) -> None:
+    host(V2019)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            image.descriptor(annotations={"io.containerd.image.name": ["not", "a", "name"]})
+            for image in ALL
+        ],
+    }
+    members = blob_members([b for image in ALL for b in image.blobs()])
+    members.append(("index.json", json.dumps(index).encode()))
+    with pytest.raises(InvalidArchive, match="is not a string") as caught:
+        load(driver, store, write(tmp_path, make_tar(members)))
+    assert caught.value.member == "index.json"
+    assert_pristine(driver, store)
+
+
 def make_tar_member(data: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = tar.extractfile(name)
