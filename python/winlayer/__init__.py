@@ -9,6 +9,7 @@ from . import errors
 from ._version import __version__
 from .errors import (
     BackendUnavailable,
+    BuildError,
     DigestMismatch,
     HcsError,
     InvalidLayer,
@@ -47,6 +48,7 @@ backend: str = _selected_backend()
 
 __all__ = [
     "BackendUnavailable",
+    "BuildError",
     "Change",
     "DiffStream",
     "DigestMismatch",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import filecmp
 import io
-import logging
 import os
 import secrets
 import shutil
@@ -28,35 +27,26 @@ from ._archive_members import (
     stream_tar,
     two_copies,
 )
-from ._archive_plan import (
-    ImagePlan,
-    PlannedLayer,
-    layer_id_for,
-    plan_images,
-)
+from ._archive_plan import ImagePlan, PlannedLayer, plan_images
 from ._common import CHUNK, Progress
+from ._layerrecord import LayerRecorder
 from ._pipeline import BlobOpener, TarFeed, digest_of
 from ._platform import Platform, parse_platform
 from ._stream import Compression
-from .errors import DigestMismatch, LayerInUse, WinlayerError
-from .imagestore import Image, ImageStore, StoredLayer, parse_reference
+from .errors import DigestMismatch
+from .imagestore import Image, ImageStore, parse_reference
 
 if TYPE_CHECKING:
     from .driver import Driver
 
-log = logging.getLogger(__name__)
-
 # -- load ---------------------------------------------------------------------------------
 
 
-class _Loader:
+class _Loader(LayerRecorder):
     """Imports the layers of a plan in chain order; undoes its imports on failure."""
 
     def __init__(self, driver: Driver, store: ImageStore, progress: Progress | None) -> None:
-        self.driver = driver
-        self.store = store
-        self.layers: dict[str, StoredLayer] = {}  # chain ID -> layer, for this load
-        self.created: list[str] = []  # driver layer ids this load made
+        super().__init__(driver, store)
         self._progress = progress
         self._done = 0
         self.total = 0
@@ -72,11 +62,7 @@ class _Loader:
                 if layer.chain_id in seen:
                     continue
                 seen.add(layer.chain_id)
-                stored = self.store.layer(layer.chain_id)
-                if stored is not None and self.driver.exists(stored.layer_id):
-                    log.info("layer %s is in the store already; not importing it", layer.chain_id)
-                    self.layers[layer.chain_id] = stored
-                else:
+                if self.known(layer.chain_id) is None:
                     todo.append(layer)
         self.total = sum(layer.blob.size for layer in todo)
         return todo
@@ -101,42 +87,20 @@ class _Loader:
                     feeds.append(self.feed(layer, opener(layer)))
                 if i + 1 < len(todo):
                     feeds.append(self.feed(todo[i + 1], opener(todo[i + 1])))
-                self.import_layer(layer, feeds.pop(0))
+                self.load_layer(layer, feeds.pop(0))
         finally:
             for f in feeds:
                 f.close()
 
-    def import_layer(self, layer: PlannedLayer, feed: TarFeed) -> None:
-        layer_id = layer_id_for(layer.chain_id)
-        parent = self.layers[layer.parent].layer_id if layer.parent else None
+    def load_layer(self, layer: PlannedLayer, feed: TarFeed) -> None:
         try:
-            try:
-                size = self.driver.apply_diff(layer_id, parent, feed, digest=layer.diff_id)
-            except DigestMismatch as exc:
-                if exc.expected != layer.diff_id:
-                    raise  # the blob's own digest: the feed named the blob
-                raise DigestMismatch(
-                    exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
-                ) from None
-            if feed.handed_over:
-                self.created.append(layer_id)
-                feed.finish()
-                tar_size = feed.tar_size
-            else:  # another process imported it first (or it survived a crash)
-                tar_size = self._measure(layer_id, layer.diff_id)
-        finally:
-            feed.close()
-        self.layers[layer.chain_id] = StoredLayer(
-            layer.chain_id, layer_id, layer.diff_id, layer.parent, size, tar_size
-        )
-
-    def _measure(self, layer_id: str, diff_id: str) -> int:
-        """Byte size of a stored layer's original tar, checked against its diffID."""
-        with self.driver.diff(layer_id, original=True) as stream:
-            actual, size = digest_of(stream)
-        if actual != diff_id:
-            raise DigestMismatch(diff_id, actual, f"layer {layer_id!r}")
-        return size
+            self.import_layer(layer.chain_id, layer.diff_id, layer.parent, feed)
+        except DigestMismatch as exc:
+            if exc.expected != layer.diff_id:
+                raise  # the blob's own digest: the feed named the blob
+            raise DigestMismatch(
+                exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
+            ) from None
 
     def _advance(self, n: int) -> None:
         if self._progress is None:
@@ -147,13 +111,7 @@ class _Loader:
 
     def commit(self, plans: list[ImagePlan], tag: tuple[str, str] | None) -> list[Image]:
         with self.store.transaction() as db:
-            for stored in self.layers.values():
-                if not self.driver.exists(stored.layer_id):
-                    raise WinlayerError(
-                        f"layer {stored.layer_id} was removed while the image was loaded; "
-                        "load it again"
-                    )
-                self.store.add_layer(db, stored)
+            self.record_layers(db)
             for plan in plans:
                 image = Image(
                     id=plan.image_id,
@@ -168,21 +126,6 @@ class _Loader:
                 for name, t in [*plan.tags, *([tag] if tag else [])]:
                     self.store.set_tag(db, name, t, plan.image_id, force=True)
         return [self.store.get(plan.image_id) for plan in plans]
-
-    def rollback(self) -> None:
-        """Removes the layers this load created (newest first), unless something now
-        depends on them."""
-        for layer_id in reversed(self.created):
-            try:
-                with self.store.transaction() as db:
-                    if not self.store.layer_in_use(db, layer_id):
-                        self.driver.remove(layer_id)
-            except LayerInUse:
-                log.info("keeping layer %s: another layer now depends on it", layer_id)
-            except Exception:
-                log.warning(
-                    "could not remove layer %s after a failed load", layer_id, exc_info=True
-                )
 
 
 def load(
@@ -330,13 +273,13 @@ def _load_streamed(
         seen.add(name)
         if todo[position].blob.name == name and uses[name] == 1:
             feed = loader.feed(todo[position], _borrow(data))
-            loader.import_layer(todo[position], feed)
+            loader.load_layer(todo[position], feed)
             position += 1
         else:  # needed later (or more than once): hold it until its turn
             spilled[name] = _spill(data, staging)
         while position < len(todo) and todo[position].blob.name in spilled:
             layer = todo[position]
-            loader.import_layer(layer, loader.feed(layer, _held(archive, spilled, layer.blob.name)))
+            loader.load_layer(layer, loader.feed(layer, _held(archive, spilled, layer.blob.name)))
             position += 1
     if position < len(todo):
         raise InvalidArchive("the archive changed while it was read", todo[position].blob.name)

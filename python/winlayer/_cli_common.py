@@ -182,6 +182,27 @@ def image_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
         yield driver, store
 
 
+EPOCH_HELP = (
+    "seconds since 1970: the image's created time, and the latest file time of a packed "
+    "folder (default: $SOURCE_DATE_EPOCH)"
+)
+
+
+def source_date_epoch(flag: str | None) -> int | None:
+    """The ``SOURCE_DATE_EPOCH`` a command uses: `flag` (``--source-date-epoch``), else
+    the environment variable, else None. Anything but a whole number of seconds, not
+    negative, is a UsageError naming where it came from."""
+    where = "--source-date-epoch"
+    value = flag
+    if value is None:
+        where, value = "SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise UsageError(f"{where} must be a whole number of seconds since 1970, not {value!r}")
+    return int(value)
+
+
 def pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
     """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
     return None if callback is None else (lambda done, _total: callback(done))

@@ -14,16 +14,20 @@ from ._cli_common import (
     FAILURES,
     Arg,
     Reported,
+    UsageError,
     command,
     emit,
+    image_store,
     open_driver,
     output_stream,
     progress_bar,
     report,
+    source_date_epoch,
     source_total,
     table,
 )
 from ._units import format_size, parse_size
+from .images import create_sandbox
 from .layertar import list_layer_tar
 from .pack import pack_directory
 
@@ -74,17 +78,25 @@ def _export(args: argparse.Namespace) -> None:
 
 @command(
     "create",
-    "create an empty layer (a read/write sandbox with --read-write or an *-init parent)",
+    "create an empty layer (a read/write sandbox with --read-write, --image or an *-init parent)",
     Arg("id"),
     Arg("--parent", metavar="ID"),
     Arg("--read-write", action="store_true", help="a sandbox layer on the parent"),
+    Arg("--image", metavar="REF", help="a sandbox on this image, for `winlayer commit`"),
     Arg("--size", metavar="SIZE", help="sandbox size limit, e.g. 20GB"),
 )
 def _create(args: argparse.Namespace) -> None:
-    driver = open_driver(args)
     size = parse_size(args.size) if args.size else None
-    driver.create(args.id, args.parent, read_write=args.read_write, size=size)
-    emit(args, _layer_json(driver, args.id), "")
+    if args.image is None:
+        driver = open_driver(args)
+        driver.create(args.id, args.parent, read_write=args.read_write, size=size)
+        emit(args, _layer_json(driver, args.id), "")
+        return
+    if args.parent is not None:
+        raise UsageError("--image and --parent exclude each other: the image names the parent")
+    with image_store(args) as (driver, store):
+        image = create_sandbox(driver, store, args.id, args.image, size=size)
+        emit(args, {**_layer_json(driver, args.id), "image": f"sha256:{image.id}"}, "")
 
 
 @command("mount", "mount a layer and print the path of its contents", Arg("id"))
@@ -189,9 +201,15 @@ def _verify(args: argparse.Namespace) -> None:
     "turn a directory into a Windows layer tar (deterministic, default Windows metadata)",
     Arg("dir"),
     Arg("-o", "--output", metavar="FILE", required=True, help="the layer tar to write"),
+    Arg(
+        "--source-date-epoch",
+        metavar="SECONDS",
+        help="clamp later file times to this (default: $SOURCE_DATE_EPOCH)",
+    ),
 )
 def _pack(args: argparse.Namespace) -> None:
-    diff_id = pack_directory(args.dir, args.output)
+    epoch = source_date_epoch(args.source_date_epoch)
+    diff_id = pack_directory(args.dir, args.output, source_date_epoch=epoch)
     emit(args, {"output": args.output, "diff_id": diff_id}, f"{args.output}  {diff_id}")
 
 

@@ -7,6 +7,7 @@ that happened to need them first.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -91,3 +92,22 @@ class LayerEvent:
     state: str
     done: int = 0
     total: int | None = None
+
+
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def go_json(value: object, *, sort_keys: bool = False) -> bytes:
+    """JSON as Go's ``json.Marshal`` writes it: compact, UTF-8, HTML-safe escapes
+    (``<``, ``>``, ``&``, U+2028, U+2029); with `sort_keys`, object keys in byte order,
+    as Go writes a map."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+    for char, escape in _GO_ESCAPES.items():
+        text = text.replace(char, escape)
+    return text.encode("utf-8")

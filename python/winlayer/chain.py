@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._common import atomic_write
+from ._common import atomic_write, go_json
 from .errors import StoreCorrupt
 
 CHAIN_FILE = "layerchain.json"
@@ -37,23 +37,10 @@ DRIVER_FILES = {CHAIN_FILE.lower(), ALT_ID_FILE.lower(), RECORD_FILE}
 #: chain, so a store of n stacked layers holds n * (n - 1) / 2 parent paths.
 MAX_DEPTH = 125
 
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-
 
 def encode_chain(chain: list[str] | None) -> bytes:
     """``json.Marshal`` of a Go ``[]string``: compact, HTML-safe escapes, nil -> null."""
-    if not chain:
-        return b"null"
-    text = json.dumps(chain, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in _GO_ESCAPES.items():
-        text = text.replace(char, escape)
-    return text.encode("utf-8")
+    return go_json(chain) if chain else b"null"
 
 
 def decode_chain(data: bytes, path: Path) -> list[str]:

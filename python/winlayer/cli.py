@@ -4,7 +4,7 @@ Results go to stdout (aligned text, or one JSON document with ``--json``); progr
 and errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error. Every failure
 is one line naming what failed and where (``verify`` of several layers: one per bad
 layer); ``-v`` adds the traceback. The commands are registered by the modules
-``_cli_layers`` and ``_cli_images`` (see ``_cli_common.command``).
+``_cli_layers``, ``_cli_images`` and ``_cli_build`` (see ``_cli_common.command``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, _cli_images, _cli_layers, _cli_registry, backend
+from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, backend
 from ._cli_common import (
     COMMANDS,
     EXIT_FAILURE,
@@ -36,7 +36,7 @@ from ._cli_common import (
 )
 
 #: The command modules, imported for the commands they register.
-COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry)
+COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build)
 
 
 def build_parser() -> argparse.ArgumentParser:

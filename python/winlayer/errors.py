@@ -213,3 +213,9 @@ class PlatformNotFound(WinlayerError, LookupError):
         self.wanted = wanted
         self.offered = offered
         self.member = member
+
+
+class BuildError(WinlayerError, ValueError):
+    """An image cannot be made as asked (``commit``, ``append``, ``create --image``): the
+    base is a host base image, the image a sandbox was made from is unknown or ambiguous,
+    an input is neither a layer tar nor a folder. The message says what to do instead."""

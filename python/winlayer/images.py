@@ -8,6 +8,9 @@
   the :class:`Tagger` and :class:`Recorder` protocols.
 - :func:`load` and :func:`save` (:mod:`winlayer.archive`) read and write ``docker save``
   archives and OCI image layouts.
+- :func:`create_sandbox`, :func:`commit` and :func:`append` make images: a sandbox on an
+  image, a sandbox's changes as a new image (``docker commit``), layer tars and folders
+  added to an image (``crane append``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from ._baseimages import Recorder, Tagger, base_image_id
 from ._common import ProgressCallback, Source
+from ._imagebuild import append, commit, create_sandbox
 from ._platform import host_architecture
 from .archive import (
     InvalidArchive,
@@ -44,9 +48,12 @@ __all__ = [
     "Recorder",
     "StoredLayer",
     "Tagger",
+    "append",
     "base_image_id",
     "chain_ids",
+    "commit",
     "config_platform",
+    "create_sandbox",
     "host_architecture",
     "host_platform",
     "install_base_image",
