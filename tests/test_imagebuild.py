@@ -262,6 +262,56 @@ def test_a_bad_later_input_removes_the_layers_made_before(
     assert staging_empty(driver)
 
 
+def test_a_failure_at_the_end_removes_the_new_layers(
+    driver: Driver, store: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_base(driver, store, tmp_path)
+    create_sandbox(driver, store, "sb", "base:1")
+    write_in(driver, "sb", "new.txt", b"new")
+    before = (store.images(), store.layers(), driver.layers())
+
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ImageStore, "set_tag", refuse)
+    with pytest.raises(OSError, match="No space"):
+        append(driver, store, "base:1", [make_tree(tmp_path / "t")], tag="a:1")
+    with pytest.raises(OSError, match="No space"):
+        commit(driver, store, "sb", "c:1")
+    assert (store.images(), store.layers(), driver.layers()) == before
+    assert staging_empty(driver)
+
+
+def test_the_config_is_written_as_go_writes_a_map(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    layers = [base_layer()]
+    labels = {"Labels": {"z": "<a & b>", "a": "caf\u00e9 \u2028"}}
+    config = {
+        "architecture": "amd64",
+        "os": "windows",
+        "Created": "2020-01-01T00:00:00Z",
+        "config": labels,
+        "RootFS": {"type": "layers", "Diff_IDs": [sha(layers[0])]},
+        "History": [{"created_by": "base"}],
+    }
+    data, _ = docker_save(layers, tags=["odd:1"], config=json.dumps(config).encode())
+    (tmp_path / "odd.tar").write_bytes(data)
+    load(driver, store, tmp_path / "odd.tar")
+    image = append(
+        driver, store, "odd:1", [make_tree(tmp_path / "t")], tag="a:1", source_date_epoch=EPOCH
+    )
+    assert b'"Labels":{"a":"caf\xc3\xa9 \\u2028","z":"\\u003ca \\u0026 b\\u003e"}' in image.config
+    # Keys spelled otherwise are matched as Go matches them and keep their spelling.
+    doc = json.loads(image.config)
+    assert sorted(doc) == ["Created", "History", "RootFS", "architecture", "config", "os"]
+    assert doc["Created"] == "2023-11-14T22:13:20Z"
+    assert doc["RootFS"]["Diff_IDs"][0] == sha(layers[0])
+    assert len(doc["RootFS"]["Diff_IDs"]) == 2
+    assert [h["created_by"] for h in doc["History"]] == ["base", "winlayer append t"]
+    assert doc["config"] == labels
+
+
 def install_host_base(driver: Driver, store: ImageStore, tmp_path: Path) -> str:
     """A host base image, registered as images restore does; its image id."""
     folder = tmp_path / "base" / "core"

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -240,7 +240,14 @@ class _Build(LayerRecorder):
         self.new: list[str] = []  # chain IDs, bottom first
         self.new_diff_ids: list[str] = []
 
-    def add(self, path: Path, diff_id: str, *, name: str, on_bytes: Any = None) -> None:
+    def add(
+        self,
+        path: Path,
+        diff_id: str,
+        *,
+        name: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         """Add layer tar `path` (plain, gzip or zstd) with `diff_id` on top."""
         chain_id = chain_ids([*self.diff_ids, diff_id])[-1]
         if chain_id not in self.layers and self.known(chain_id) is None:
@@ -390,7 +397,7 @@ def append(
     with _building(driver, store, base) as build:
         staged: list[tuple[Path, str, str]] = []  # tar, diffID, name
         for i, path in enumerate(paths):
-            label = path.resolve().name or str(path)
+            label = Path(os.path.abspath(path)).name or str(path)  # links not followed
             if path.is_dir():
                 tar = build.staging / f"{i}.tar"
                 diff_id = pack_directory(path, tar, source_date_epoch=source_date_epoch)
