@@ -1,7 +1,7 @@
 """What every command module of the CLI shares: the command registry, output (results,
 tables, progress bars, tar streams), the store openers and the failure types. The
-commands themselves live in ``_cli_layers`` and ``_cli_images``; ``cli`` builds the parser
-and runs them.
+commands themselves live in ``_cli_layers``, ``_cli_images``, ``_cli_registry`` and
+``_cli_build``; ``cli`` builds the parser and runs them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Results go to stdout (aligned text, or one JSON document with ``--json``); progr
 and errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error. Every failure
 is one line naming what failed and where (``verify`` of several layers: one per bad
 layer); ``-v`` adds the traceback. The commands are registered by the modules
-``_cli_layers``, ``_cli_images`` and ``_cli_build`` (see ``_cli_common.command``).
+``_cli_layers``, ``_cli_images``, ``_cli_registry`` and ``_cli_build`` (see
+``_cli_common.command``).
 """
 
 from __future__ import annotations
