@@ -324,7 +324,7 @@ def install_host_base(driver: Driver, store: ImageStore, tmp_path: Path) -> str:
 def test_host_base_images_are_refused(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
     if driver.backend != "portable":
         pytest.skip("installs a base image in the portable backend's folder")
-    install_host_base(driver, store, tmp_path)
+    image_id = install_host_base(driver, store, tmp_path)
     tree = make_tree(tmp_path / "tree")
     with pytest.raises(BuildError, match="host base image"):
         append(driver, store, "core:1.0", [tree], tag="a:1")
@@ -333,6 +333,9 @@ def test_host_base_images_are_refused(driver: Driver, store: ImageStore, tmp_pat
     assert driver.info("sb").read_write
     with pytest.raises(BuildError, match="host base image"):
         commit(driver, store, "sb", "c:1")
+    driver.create("unrecorded", image_id, read_write=True)  # found by its parent, refused
+    with pytest.raises(BuildError, match="host base image"):
+        commit(driver, store, "unrecorded", "c:1")
     assert [i.tags for i in store.images()] == [("core:1.0",)]
 
 

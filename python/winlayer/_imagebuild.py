@@ -41,7 +41,7 @@ from ._archive_plan import chain_ids, json_field
 from ._common import CHUNK, Progress, go_json
 from ._layerrecord import LayerRecorder
 from ._pipeline import HashingReader, Readable, TarFeed, plain_tar
-from .errors import BuildError, InvalidLayer
+from .errors import BuildError, InvalidLayer, StoreCorrupt
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
 from .pack import pack_directory
 
@@ -205,10 +205,10 @@ def _sandbox_base(
     recorded = store.sandbox_image(sandbox_id)
     if recorded is not None and store.exists(recorded):
         image = store.get(recorded)
-        if not image.layers or top_layer(store, image) == info.parent:
-            return _base(driver, store, recorded)  # a host base image: refused there
+        if _top_folder(driver, store, image) == info.parent:
+            return _base(driver, store, recorded)
     # An older record (the image is gone, or another sandbox had this id) is not used.
-    candidates = [i for i in store.images() if _top_or_none(store, i) == info.parent]
+    candidates = [i for i in store.images() if _top_folder(driver, store, i) == info.parent]
     if len(candidates) != 1:
         found = "no image has" if not candidates else f"{len(candidates)} images have"
         raise BuildError(
@@ -218,10 +218,14 @@ def _sandbox_base(
     return _base(driver, store, candidates[0].id)
 
 
-def _top_or_none(store: ImageStore, image: Image) -> str | None:
-    with contextlib.suppress(BuildError):
-        return top_layer(store, image)
-    return None
+def _top_folder(driver: Driver, store: ImageStore, image: Image) -> str | None:
+    """The folder name of the layer a sandbox of `image` sits on, as the sandbox's
+    ``info().parent`` names it (for a host base image: the base image's folder), or None
+    if that layer is gone."""
+    try:
+        return Path(driver.metadata(top_layer(store, image))["dir"]).name
+    except (BuildError, StoreCorrupt):
+        return None
 
 
 # -- making the layers ----------------------------------------------------------------
