@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -505,11 +507,33 @@ def test_an_intent_marker_being_written_is_not_a_crashed_operation(
     """Another process writing an intent marker leaves its temporary file beside the
     markers for a moment; a sweep then must not take it for a half-created layer."""
     driver.apply_diff("base", None, io.BytesIO(base_layer()))
-    writing = driver.home / ".winlayer" / "pending" / ".base.999999.tmp"
-    writing.write_bytes(b"999999")
+    writing = driver.home / ".winlayer" / "pending" / f".base.{os.getpid()}.tmp"
+    writing.write_bytes(str(os.getpid()).encode())
     again = Driver(driver.home, backend=driver.backend, base_images=tmp_path / "base")
     assert again.cleanup() == []
     assert writing.exists()
+
+
+def test_a_marker_whose_writer_died_mid_write_is_swept(driver: Driver, tmp_path: Path) -> None:
+    """A process killed between creating a marker's temporary file and renaming it leaves
+    that file; the next sweep removes it (its writer is gone), and nothing else."""
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    state = driver.home / ".winlayer"
+    left = [state / "pending" / f".victim.{dead}.tmp", state / "mounts" / f".base.json.{dead}.tmp"]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(dead.encode())
+    assert sorted(driver.cleanup()) == sorted(
+        f"removed {p.parent.name}/{p.name}, left by a crash" for p in left
+    )
+    assert not any(p.exists() for p in left)
+    assert [layer.id for layer in driver.layers()] == ["base"]
 
 
 # -- alternate IDs -----------------------------------------------------------------

@@ -46,6 +46,19 @@ def data_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
 
 
+_PARTIAL_SUFFIX = ".tmp"
+
+
+def partial_writer(name: str) -> int | None:
+    """The process id of an :func:`atomic_write` temporary file's writer, from its name
+    (``.<name>.<pid>.tmp``), or None for any other name: a sweep removes the ones whose
+    writer died between creating and renaming them."""
+    if not (name.startswith(".") and name.endswith(_PARTIAL_SUFFIX)):
+        return None
+    pid = name[: -len(_PARTIAL_SUFFIX)].rpartition(".")[2]
+    return int(pid) if pid.isdigit() else None
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that a reader, or the store after a crash, sees the
     old file or the new one, never a part.
@@ -58,7 +71,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
     ends, so it needs atomicity only. `mode` is the new file's mode (before the umask).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import atomic_write
+from ._common import atomic_write, partial_writer
 from ._locks import FileLock, pid_alive
 from .backend import Backend
 from .errors import StoreCorrupt, WinlayerError
@@ -126,6 +126,19 @@ class StateStore:
         # id starts with a dot.
         names = (p.name for p in (self.root / "pending").iterdir())
         return sorted(name for name in names if not name.startswith("."))
+
+    def sweep_partial_files(self) -> list[str]:
+        """Remove the temporary files of markers and mount records whose writer died
+        before renaming them (see :func:`~winlayer._common.atomic_write`); their names."""
+        removed = []
+        for sub in ("pending", "mounts"):
+            folder = self.root / sub
+            for entry in folder.iterdir() if folder.is_dir() else ():
+                pid = partial_writer(entry.name)
+                if pid is not None and not pid_alive(pid):
+                    entry.unlink(missing_ok=True)
+                    removed.append(f"{sub}/{entry.name}")
+        return removed
 
     def new_staging_dir(self) -> Path:
         """A new folder name under ``staging/`` for this process (not created); the

@@ -554,6 +554,9 @@ class Driver:
             if entry.is_dir() and entry.name.endswith(REMOVING_SUFFIX):
                 self._destroy_quietly(entry.name)
                 swept.append(f"removed leftover {entry.name}")
+        swept.extend(
+            f"removed {name}, left by a crash" for name in self._state.sweep_partial_files()
+        )
         for layer_id in self._state.pending_ids():
             lock = self._state.lock(layer_id)
             if not lock.acquire(blocking=False):
