@@ -187,6 +187,7 @@ class Registry:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         port = free_port()
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://{self.host}"
@@ -197,6 +198,8 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n"
+            # Foreign layers (Windows base images' kind) are accepted from any http(s) URL.
+            "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n"
         )
         self.log = folder / "registry.log"
         with open(self.log, "wb") as log:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # -- load ---------------------------------------------------------------------------------
 
 
-class _Loader(LayerRecorder):
+class Loader(LayerRecorder):
     """Imports the layers of a plan in chain order; undoes its imports on failure."""
 
     def __init__(self, driver: Driver, store: ImageStore, progress: Progress | None) -> None:
@@ -67,15 +67,27 @@ class _Loader(LayerRecorder):
         self.total = sum(layer.blob.size for layer in todo)
         return todo
 
-    def feed(self, layer: PlannedLayer, opener: BlobOpener) -> TarFeed:
+    def feed(
+        self,
+        layer: PlannedLayer,
+        opener: BlobOpener,
+        *,
+        compression: Compression | None = None,
+        verify_blob: bool = True,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> TarFeed:
+        """The feed of one layer's blob. `compression` None sniffs it; `verify_blob` False
+        is for a blob its source has verified already (a pull's spool file); `on_bytes`
+        replaces the load's progress count."""
         return TarFeed(
             opener,
             name=layer.blob.name,
-            blob_digest=layer.blob_digest,
-            blob_size=layer.blob_size,
+            compression=compression,
+            blob_digest=layer.blob_digest if verify_blob else None,
+            blob_size=layer.blob_size if verify_blob else None,
             trust_diff_id=layer.blob_digest == layer.diff_id,
             max_uncompressed=self.driver.max_layer_size,
-            on_bytes=self._advance,
+            on_bytes=on_bytes or self._advance,
         )
 
     def run(self, todo: list[PlannedLayer], opener: Callable[[PlannedLayer], BlobOpener]) -> None:
@@ -158,7 +170,7 @@ def load(
     """
     extra = parse_reference(tag) if tag is not None else None
     wanted = parse_platform(platform) if isinstance(platform, str) else platform
-    loader = _Loader(driver, store, progress)
+    loader = Loader(driver, store, progress)
     if isinstance(archive, (str, os.PathLike)) and os.path.isdir(archive):
         folder = archive
         return _commit_or_undo(
@@ -189,7 +201,7 @@ def load(
 
 
 def _commit_or_undo(
-    loader: _Loader, tag: tuple[str, str] | None, plan_and_import: Callable[[], list[ImagePlan]]
+    loader: Loader, tag: tuple[str, str] | None, plan_and_import: Callable[[], list[ImagePlan]]
 ) -> list[Image]:
     """Imports the layers (`plan_and_import`), then records the images; on any failure
     removes the layers this load created."""
@@ -206,7 +218,7 @@ def _check_single(plans: list[ImagePlan], tag: tuple[str, str] | None) -> None:
 
 
 def _load_in_place(
-    loader: _Loader,
+    loader: Loader,
     archive: SeekableArchive | DirectoryArchive,
     tag: tuple[str, str] | None,
     platform: Platform | None,
@@ -223,7 +235,7 @@ def _load_in_place(
 
 
 def _load_streamed(
-    loader: _Loader,
+    loader: Loader,
     f: IO[bytes],
     compression: Compression,
     seekable: bool,

@@ -22,6 +22,7 @@ from ._archive_members import (
     outside,
 )
 from ._platform import Platform, choose, config_platform, host_platform
+from ._stream import Compression
 from .chain import MAX_DEPTH
 from .errors import PlatformNotFound
 from .imagestore import parse_reference
@@ -51,6 +52,16 @@ _LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
+
+
+def layer_compression(media_type: str) -> Compression | None:
+    """The compression a layer media type names; None where it names none (a sniff
+    decides: some registries label gzip layers as plain tars)."""
+    if media_type.endswith(("+gzip", ".gzip")):
+        return "gzip"
+    if media_type.endswith("+zstd"):
+        return "zstd"
+    return None
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
@@ -149,7 +160,7 @@ def missing_layer(digest: str, path: str, urls: object, referrer: str) -> Invali
 _Blob = tuple[Member | _MissingLayer, str | None, int | None]
 
 
-def _image_plan(config: bytes, config_name: str, blobs: list[_Blob]) -> ImagePlan:
+def image_plan(config: bytes, config_name: str, blobs: list[_Blob]) -> ImagePlan:
     """Checks a config against the layer blobs it is loaded with."""
     if len(blobs) > MAX_DEPTH:
         raise InvalidArchive(
@@ -250,7 +261,7 @@ def _plan_docker(archive: Archive) -> list[ImagePlan]:
             else:
                 member = _MissingLayer(path, sources if isinstance(sources, dict) else {})
             blobs.append((member, _blob_digest(path), None))
-        plan = _image_plan(config, config_member, blobs)
+        plan = image_plan(config, config_member, blobs)
         repo_tags = json_field(entry, "RepoTags") or []
         if not isinstance(repo_tags, list):
             raise InvalidArchive(f"{where} has RepoTags that are not a list", "manifest.json")
@@ -462,7 +473,7 @@ def _plan_oci_manifest(archive: Archive, digest: str, size: int) -> ImagePlan:
         if not archive.index.has(path):
             raise missing_layer(layer_digest, path, desc.get("urls"), member)
         blobs.append((_blob(archive, layer_digest, layer_size, member), layer_digest, layer_size))
-    return _image_plan(config, config_member, blobs)
+    return image_plan(config, config_member, blobs)
 
 
 def plan_images(archive: Archive, platform: Platform | None = None) -> list[ImagePlan]:

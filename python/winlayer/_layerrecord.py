@@ -70,6 +70,16 @@ class LayerRecorder:
         self.layers[chain_id] = stored
         return stored
 
+    def keep(self, chain_id: str) -> None:
+        """Record an imported layer in the store now, in a transaction of its own, so that
+        a later failure keeps it: it is no longer this operation's to undo (a pull keeps
+        its complete layers for the next try)."""
+        stored = self.layers[chain_id]
+        with self.store.transaction() as db:
+            self.store.add_layer(db, stored)
+        if stored.layer_id in self.created:
+            self.created.remove(stored.layer_id)
+
     def _measure(self, layer_id: str, diff_id: str) -> int:
         """Byte size of a stored layer's original tar, checked against its diffID."""
         with self.driver.diff(layer_id, original=True) as stream:

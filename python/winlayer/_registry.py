@@ -116,6 +116,7 @@ class RegistryClient:
     ) -> None:
         self.host = host
         self.credentials = credentials
+        self.insecure = insecure
         self.plain_http_allowed = insecure or is_loopback(host)
         self.timeout = timeout
         self.retries = retries
@@ -212,7 +213,7 @@ class RegistryClient:
                     repository=repository,
                     digest=digest,
                 ) from None
-            if response.status == 401 and not authenticated:
+            if response.status == 401 and scope and not authenticated:
                 challenge = _first_challenge(response.headers)
                 response.drain_conn()
                 if challenge is not None:
@@ -288,6 +289,8 @@ class RegistryClient:
     # -- auth ---------------------------------------------------------------------------
 
     def _authorization(self, scope: str) -> str | None:
+        if not scope:  # a URL outside the registry (a foreign layer): never our credentials
+            return None
         with self._lock:
             challenge = self._challenge
             token = self._tokens.get(scope)
@@ -406,10 +409,22 @@ class RegistryClient:
             )
         return data
 
-    def open_blob(self, repository: str, digest: str, *, offset: int = 0) -> BlobStream:
+    def open_blob(
+        self, repository: str, digest: str, *, offset: int = 0, url: str | None = None
+    ) -> BlobStream:
         """A stream of the blob's bytes from `offset`, resumed with ``Range`` when the
-        connection breaks."""
-        return BlobStream(self, repository, digest, offset)
+        connection breaks. `url` fetches it from there instead (a foreign layer's URL:
+        HTTPS unless the client is insecure; no registry credentials are sent)."""
+        if url is not None:
+            scheme = urlsplit(url).scheme
+            if scheme != "https" and not (scheme == "http" and self.insecure):
+                raise RegistryError(
+                    f"foreign layer URL {url!r} is not HTTPS (plain HTTP needs --insecure)",
+                    registry=self.host,
+                    repository=repository,
+                    digest=digest,
+                )
+        return BlobStream(self, repository, digest, offset, url)
 
     # -- push ---------------------------------------------------------------------------
 
@@ -539,8 +554,16 @@ class BlobStream(io.RawIOBase):
     """A blob body read from the socket; a broken connection is resumed from the byte it
     stopped at (``Range: bytes=N-``), up to the client's retry count in a row."""
 
-    def __init__(self, client: RegistryClient, repository: str, digest: str, offset: int) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        digest: str,
+        offset: int,
+        url: str | None = None,
+    ) -> None:
         super().__init__()
+        self._url = url
         self._client = client
         self._repository = repository
         self._digest = digest
@@ -557,8 +580,8 @@ class BlobStream(io.RawIOBase):
         headers = {"Range": f"bytes={self.position}-"} if self.position else {}
         response = self._client.request(
             "GET",
-            f"/v2/{self._repository}/blobs/{self._digest}",
-            scope=f"repository:{self._repository}:pull",
+            self._url or f"/v2/{self._repository}/blobs/{self._digest}",
+            scope="" if self._url else f"repository:{self._repository}:pull",
             headers=headers,
             repository=self._repository,
             digest=self._digest,
