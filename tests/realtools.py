@@ -15,11 +15,9 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -176,47 +174,60 @@ def skopeo(*args: str | os.PathLike[str]) -> str:
 # -- registry -----------------------------------------------------------------------------
 
 
-def start_registry(folder: Path) -> Registry:
+def start_registry(folder: Path, **options: Any) -> Registry:
     need("docker-registry", package="docker-registry")
-    return Registry(folder)
+    return Registry(folder, **options)
 
 
 class Registry:
     """The CNCF distribution registry on 127.0.0.1:<free port>, storing in a private
-    folder; :attr:`url` is ``http://127.0.0.1:<port>``, :attr:`host` ``127.0.0.1:<port>``."""
+    folder; :attr:`host` is ``127.0.0.1:<port>``, :attr:`url` its base URL. `tls` is a
+    (certificate, key) pair of PEM files to serve HTTPS with; `auth` is the registry's
+    ``auth`` configuration (``{"htpasswd": ...}`` or ``{"token": ...}``)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         port = free_port()
         self.host = f"127.0.0.1:{port}"
-        self.url = f"http://{self.host}"
-        config = folder / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-            "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
-            # Foreign layers (Windows base images' kind) are accepted from any http(s) URL.
-            "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n"
-        )
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
+        http: dict[str, Any] = {"addr": self.host}
+        if tls:
+            http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        config: dict[str, Any] = {
+            "version": "0.1",
+            "log": {"level": "info"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(folder / "data")},
+                "delete": {"enabled": True},
+            },
+            "http": http,
+            # Foreign layers (Windows base images' kind) may name any http(s) URL.
+            "validation": {"manifests": {"urls": {"allow": ["^https?://"]}}},
+        }
+        if auth:
+            config["auth"] = auth
+        path = folder / "config.yml"
+        path.write_text(json.dumps(config, indent=2))  # YAML reads JSON
         self.log = folder / "registry.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                ["docker-registry", "serve", str(config)],
+                ["docker-registry", "serve", str(path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=tool_env(),
             )
-        _wait_until(self._answers, self.process, self.log, "docker-registry")
+        _wait_until(self._listens, self.process, self.log, "docker-registry")
 
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/v2/", timeout=1) as response:
-                return int(response.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def _listens(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", int(self.host.rsplit(":", 1)[1]))) == 0
 
     def stop(self) -> None:
         _stop(self.process)

@@ -151,14 +151,14 @@ class RegistryClient:
             if self._base is not None:
                 return self._base
         schemes = ["https", "http"] if self.plain_http_allowed else ["https"]
-        last: Exception | None = None
+        failures: list[str] = []
         for scheme in schemes:
             try:
                 response = self._pool.request(
                     "GET", f"{scheme}://{self.host}/v2/", preload_content=True, redirect=False
                 )
             except Urllib3Error as exc:
-                last = exc
+                failures.append(f"{scheme}: {_reason(exc)}")
                 log.info("%s://%s does not answer: %s", scheme, self.host, exc)
                 continue
             if response.status in (200, 401):
@@ -167,14 +167,9 @@ class RegistryClient:
                     if response.status == 401:
                         self._challenge = _first_challenge(response.headers)
                 return self._base
-            last = None
-            raise RegistryError(
-                "not a registry: /v2/ answered neither 200 nor 401",
-                registry=self.host,
-                status=response.status,
-            )
+            failures.append(f"{scheme}: /v2/ answered HTTP {response.status}, not a registry")
         hint = "" if self.plain_http_allowed else " (plain HTTP needs --insecure)"
-        raise RegistryError(f"cannot connect: {last}{hint}", registry=self.host)
+        raise RegistryError(f"cannot connect: {'; '.join(failures)}{hint}", registry=self.host)
 
     def request(
         self,
@@ -670,6 +665,12 @@ def _first_challenge(headers: Any) -> Challenge | None:
             if challenge.scheme in ("bearer", "basic"):
                 return challenge
     return None
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong with a connection, without urllib3's pool and retry wrapping."""
+    reason = getattr(exc, "reason", None)
+    return str(reason if reason is not None else exc)
 
 
 def _with_query(url: str, query: str) -> str:
