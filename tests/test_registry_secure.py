@@ -24,11 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from winlayer import Driver
 from winlayer._registry import RegistryAuthError, RegistryClient, RegistryError
 from winlayer._registry_auth import Credentials
 from winlayer.archive import MT_OCI_MANIFEST
+from winlayer.images import ImageStore, load
+from winlayer.registry import push
 
+from .layerbuild import base_layer
 from .realtools import Registry, start_registry
+from .test_archive import docker_save, sha
 from .test_registry_client import digest_of, push_image
 
 USER, PASSWORD = "alice", "correct horse"
@@ -233,3 +238,27 @@ def test_anonymous_bearer_access_is_refused_where_the_service_grants_nothing(
             client.get_manifest("team/app", "1", [MT_OCI_MANIFEST])
         assert caught.value.status == 401
     assert tokens.requests[-1] == (None, ["repository:team/app:pull"])
+
+
+def test_push_uses_dockers_credentials(
+    htpasswd_registry: Registry,
+    tls_files: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    archive, config = docker_save([base_layer()], tags=["app:1"])
+    (tmp_path / "in.tar").write_bytes(archive)
+    driver = Driver(tmp_path / "home", backend="portable", base_images=tmp_path / "base")
+    with ImageStore(driver.home) as store:
+        load(driver, store, tmp_path / "in.tar")
+        dest = f"{htpasswd_registry.host}/team/app:1"
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+        with pytest.raises(RegistryAuthError, match="no credentials were given"):
+            push(driver, store, "app:1", dest, ca_file=str(tls_files[2]))
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (tmp_path / "docker").mkdir()
+        (tmp_path / "docker" / "config.json").write_text(
+            json.dumps({"auths": {htpasswd_registry.host: {"auth": auth}}})
+        )
+        pushed = push(driver, store, "app:1", dest, ca_file=str(tls_files[2]))
+    assert pushed.image_id == sha(config)

@@ -49,6 +49,7 @@ BACKOFF_MAX_S = 30.0
 MANIFEST_LIMIT = 4 << 20  # distribution refuses larger manifests too
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _MAX_REDIRECTS = 10
+NO_CREDENTIALS = "no credentials were given (log in with docker, or pass --username)"
 
 
 class RegistryError(WinlayerError):
@@ -272,7 +273,7 @@ class RegistryClient:
         elif response.status in (401, 403):
             kind = RegistryAuthError
             if self.credentials is None:
-                detail += "; no credentials were given (log in with docker, or --username)"
+                detail += f"; {NO_CREDENTIALS}"
         return kind(
             f"{method} refused: {detail}",
             registry=self.host,
@@ -303,7 +304,7 @@ class RegistryClient:
         if challenge.scheme == "basic":
             if self.credentials is None:
                 raise RegistryAuthError(
-                    "the registry needs credentials (log in with docker, or --username)",
+                    f"the registry needs credentials; {NO_CREDENTIALS}",
                     registry=self.host,
                     repository=repository,
                     status=401,
