@@ -7,7 +7,12 @@ import gzip
 import http.server
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +243,53 @@ def test_a_foreign_layer_is_fetched_from_its_url_when_asked(
     with RegistryClient(registry.host, insecure=True) as client:
         pull(*target, reference, client, choose=no_index, allow_foreign=True)
     assert target[1].get(f"{registry.host}/f/app:1").id == sha(config)[7:]
+
+
+PULL_CHILD = r"""
+import sys
+from winlayer import Driver
+from winlayer.images import ImageStore
+from winlayer._pull import pull
+from winlayer._reference import parse
+from winlayer._registry import RegistryClient
+home, host = sys.argv[1], sys.argv[2]
+driver = Driver(home, backend="portable", base_images=home + "-base")
+with ImageStore(driver.home) as store, RegistryClient(host) as client:
+    print("go", flush=True)
+    pull(driver, store, parse(host + "/team/app:1"), client, choose=lambda m: 1 / 0)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_during_a_pull_leaves_no_partial_layer(
+    registry: Registry, source: tuple[Driver, ImageStore], tmp_path: Path
+) -> None:
+    push(*source, "app:1", f"{registry.host}/team/app:1")
+    expected = source[1].get("app:1").id
+    rng = random.Random(4)
+    for trial in range(6):
+        home = tmp_path / f"trial{trial}"
+        with subprocess.Popen(
+            [sys.executable, "-c", PULL_CHILD, str(home), registry.host],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as child:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "go\n"
+            time.sleep(rng.uniform(0, 0.4))
+            child.send_signal(signal.SIGKILL)
+        driver, store = new_store(tmp_path, f"trial{trial}")
+        with store:
+            # Every layer there is whole and recorded or adoptable; nothing else is left.
+            for layer in driver.layers():
+                assert driver.verify(layer.id) == driver.info(layer.id).diff_id
+            driver.cleanup()
+            staging = driver.home / ".winlayer" / "staging"
+            driver.new_staging_dir()  # sweeps the staging folders of dead processes
+            assert not staging.exists() or list(staging.iterdir()) == []
+            with RegistryClient(registry.host) as client:
+                pulled = pull(
+                    driver, store, parse(f"{registry.host}/team/app:1"), client, choose=no_index
+                )
+            assert pulled.image.id == expected
