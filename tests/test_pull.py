@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from winlayer import DigestMismatch, Driver
+from winlayer import DigestMismatch, Driver, PlatformNotFound
 from winlayer._archive_members import InvalidArchive
 from winlayer._common import LayerEvent
+from winlayer._platform import parse_platform
 from winlayer._pull import pull
 from winlayer._reference import parse
 from winlayer._registry import Manifest, RegistryClient, RegistryError
-from winlayer.archive import MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids
+from winlayer.archive import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids
 from winlayer.images import ImageStore, load
 from winlayer.registry import push
 
@@ -62,22 +63,12 @@ def target(tmp_path: Path) -> Iterator[tuple[Driver, ImageStore]]:
     store.close()
 
 
-def no_index(_manifest: Manifest) -> str:
-    raise AssertionError("the test pushed no index")
-
-
 def do_pull(
     target: tuple[Driver, ImageStore], host: str, ref: str, events: list[LayerEvent] | None = None
 ) -> object:
     reference = parse(f"{host}/{ref}")
     with RegistryClient(host, retries=2) as client:
-        return pull(
-            *target,
-            reference,
-            client,
-            choose=no_index,
-            on_layer=None if events is None else events.append,
-        )
+        return pull(*target, reference, client, on_layer=None if events is None else events.append)
 
 
 def push_gzip_image(client: RegistryClient, repository: str, tag: str) -> bytes:
@@ -239,9 +230,9 @@ def test_a_foreign_layer_is_fetched_from_its_url_when_asked(
         config = push_foreign_image(client, blob_server)
     reference = parse(f"{registry.host}/f/app:1")
     with RegistryClient(registry.host) as client, pytest.raises(RegistryError, match="not HTTPS"):
-        pull(*target, reference, client, choose=no_index, allow_foreign=True)
+        pull(*target, reference, client, allow_foreign=True)
     with RegistryClient(registry.host, insecure=True) as client:
-        pull(*target, reference, client, choose=no_index, allow_foreign=True)
+        pull(*target, reference, client, allow_foreign=True)
     assert target[1].get(f"{registry.host}/f/app:1").id == sha(config)[7:]
 
 
@@ -256,7 +247,7 @@ home, host = sys.argv[1], sys.argv[2]
 driver = Driver(home, backend="portable", base_images=home + "-base")
 with ImageStore(driver.home) as store, RegistryClient(host) as client:
     print("go", flush=True)
-    pull(driver, store, parse(host + "/team/app:1"), client, choose=lambda m: 1 / 0)
+    pull(driver, store, parse(host + "/team/app:1"), client)
 print("done", flush=True)
 """
 
@@ -289,7 +280,70 @@ def test_sigkill_during_a_pull_leaves_no_partial_layer(
             driver.new_staging_dir()  # sweeps the staging folders of dead processes
             assert not staging.exists() or list(staging.iterdir()) == []
             with RegistryClient(registry.host) as client:
-                pulled = pull(
-                    driver, store, parse(f"{registry.host}/team/app:1"), client, choose=no_index
-                )
+                pulled = pull(driver, store, parse(f"{registry.host}/team/app:1"), client)
             assert pulled.image.id == expected
+
+
+def push_index(client: RegistryClient, repository: str, tag: str) -> dict[str, bytes]:
+    """A multi-platform index: linux/amd64 and two Windows builds (each a one-layer image
+    with its own config); their configs by platform name."""
+    configs: dict[str, bytes] = {}
+    entries = []
+    for name, platform in [
+        ("linux", {"os": "linux", "architecture": "amd64"}),
+        ("17763", {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.5830"}),
+        ("20348", {"os": "windows", "architecture": "amd64", "os.version": "10.0.20348.2227"}),
+    ]:
+        layer = layer_tar([f(f"Files/{name}.txt", name.encode())])
+        extra = {k: v for k, v in platform.items() if k != "architecture"}
+        config = config_for([layer], **extra)
+        configs[name] = config
+        for blob in (layer, config):
+            client.upload_blob(repository, sha(blob), iter([blob]), monolithic=True)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": MT_OCI_LAYER, "digest": sha(layer), "size": len(layer)}],
+        }
+        data = json.dumps(doc).encode()
+        client.put_manifest(repository, sha(data), Manifest(MT_OCI_MANIFEST, sha(data), data))
+        entries.append(
+            {
+                "mediaType": MT_OCI_MANIFEST,
+                "digest": sha(data),
+                "size": len(data),
+                "platform": platform,
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries})
+    data = index.encode()
+    client.put_manifest(repository, tag, Manifest(MT_OCI_INDEX, sha(data), data))
+    return configs
+
+
+def test_pull_chooses_from_an_index_by_platform(
+    registry: Registry, target: tuple[Driver, ImageStore]
+) -> None:
+    with RegistryClient(registry.host) as client:
+        configs = push_index(client, "multi/app", "1")
+    reference = parse(f"{registry.host}/multi/app:1")
+    with RegistryClient(registry.host) as client:
+        # No host build here: the newest Windows image.
+        newest = pull(*target, reference, client)
+        assert newest.image.id == sha(configs["20348"])[7:]
+        assert str(newest.platform) == "windows/amd64 10.0.20348.2227"
+        older = pull(
+            *target, reference, client, platform=parse_platform("windows/amd64:10.0.17763.5830")
+        )
+        assert older.image.id == sha(configs["17763"])[7:]
+        with pytest.raises(PlatformNotFound, match="windows/arm64") as caught:
+            pull(*target, reference, client, platform=parse_platform("windows/arm64"))
+        assert "linux/amd64" in str(caught.value)
+        assert f"the index {registry.host}/multi/app@sha256:" in str(caught.value)
+        # Asking for Linux finds the image, and refuses it before any layer is fetched.
+        with pytest.raises(InvalidArchive, match="is for linux"):
+            pull(*target, reference, client, platform=parse_platform("linux/amd64"))
+    assert {layer.diff_id for layer in target[1].layers()} == {
+        json.loads(configs[name])["rootfs"]["diff_ids"][0] for name in ("17763", "20348")
+    }

@@ -160,7 +160,7 @@ def missing_layer(digest: str, path: str, urls: object, referrer: str) -> Invali
 _Blob = tuple[Member | _MissingLayer, str | None, int | None]
 
 
-def image_plan(config: bytes, config_name: str, blobs: list[_Blob]) -> ImagePlan:
+def image_plan(config: bytes, config_name: str, blobs: Sequence[_Blob]) -> ImagePlan:
     """Checks a config against the layer blobs it is loaded with."""
     if len(blobs) > MAX_DEPTH:
         raise InvalidArchive(
@@ -367,42 +367,54 @@ def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
     return entries
 
 
-def _pick(
-    archive: Archive, entry: _Entry, wanted: Platform, explicit: bool, offered: list[str]
-) -> tuple[str, int] | None:
-    """(digest, size) of the manifest of `entry` to load for `wanted`
-    (:func:`winlayer._platform.choose`), or None, adding the platforms it holds to
-    `offered`. A manifest the index lists without its blob in the archive (an export of
-    some platforms only) is not a candidate."""
-    present: list[tuple[Platform, str, int]] = []
-    absent: list[tuple[Platform, str, int]] = []
-    for manifest in entry.manifests:
-        (present if archive.index.has(_blob_path(manifest[1])) else absent).append(manifest)
-    chosen = choose(wanted, [platform for platform, _, _ in present])
+def choose_manifest(
+    manifests: list[tuple[Platform, str, int]], wanted: Platform, explicit: bool, where: str
+) -> tuple[Platform, str, int] | None:
+    """The (platform, digest, size) among `manifests` to load for `wanted`
+    (:func:`winlayer._platform.choose`), or None; logs the choice when there was one to
+    make (`explicit`: the platform was asked for, not the host's)."""
+    chosen = choose(wanted, [platform for platform, _, _ in manifests])
     if chosen is None:
-        offered += [str(platform) for platform, _, _ in present]
-        offered += [f"{platform} (listed, not in the archive)" for platform, _, _ in absent]
-        log.info("%s holds no image for %s", entry.member, wanted)
         return None
-    platform, digest, size = present[chosen]
-    others = [p for n, (p, _, _) in enumerate(present) if n != chosen and wanted.matches(p)]
+    platform = manifests[chosen][0]
+    others = [p for n, (p, _, _) in enumerate(manifests) if n != chosen and wanted.matches(p)]
     if not explicit and not wanted.os_version and any(p != platform for p in others):
         log.warning(
             "%s: chose %s, the newest version, as there is no host Windows build to match "
             "(a platform option chooses another); it also holds %s",
-            entry.member,
+            where,
             platform,
             ", ".join(map(str, others)),
         )
     elif others:
         log.info(
             "%s: chose %s for %s; it also holds %s",
-            entry.member,
+            where,
             platform,
             wanted,
             ", ".join(map(str, others)),
         )
-    return digest, size
+    return manifests[chosen]
+
+
+def _pick(
+    archive: Archive, entry: _Entry, wanted: Platform, explicit: bool, offered: list[str]
+) -> tuple[str, int] | None:
+    """(digest, size) of the manifest of `entry` to load for `wanted`
+    (:func:`choose_manifest`), or None, adding the platforms it holds to `offered`. A
+    manifest the index lists without its blob in the archive (an export of some platforms
+    only) is not a candidate."""
+    present: list[tuple[Platform, str, int]] = []
+    absent: list[tuple[Platform, str, int]] = []
+    for manifest in entry.manifests:
+        (present if archive.index.has(_blob_path(manifest[1])) else absent).append(manifest)
+    chosen = choose_manifest(present, wanted, explicit, entry.member)
+    if chosen is None:
+        offered += [str(platform) for platform, _, _ in present]
+        offered += [f"{platform} (listed, not in the archive)" for platform, _, _ in absent]
+        log.info("%s holds no image for %s", entry.member, wanted)
+        return None
+    return chosen[1], chosen[2]
 
 
 def _plan_oci(
@@ -508,10 +520,15 @@ def plan_images(archive: Archive, platform: Platform | None = None) -> list[Imag
     if not plans:
         raise InvalidArchive("the archive holds no images")
     for plan in plans:
-        if plan.os.lower() != "windows":
-            raise InvalidArchive(
-                f"image sha256:{plan.image_id} is for {plan.os or 'no OS'} (its config "
-                f"names os {plan.os!r}); only Windows images can be loaded",
-                plan.config_member,
-            )
+        check_windows(plan)
     return plans
+
+
+def check_windows(plan: ImagePlan) -> None:
+    """Refuse an image whose config's ``os`` is not ``windows``."""
+    if plan.os.lower() != "windows":
+        raise InvalidArchive(
+            f"image sha256:{plan.image_id} is for {plan.os or 'no OS'} (its config "
+            f"names os {plan.os!r}); only Windows images can be loaded",
+            plan.config_member,
+        )

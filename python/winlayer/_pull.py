@@ -44,13 +44,16 @@ from ._archive_plan import (
     MT_OCI_MANIFEST,
     ImagePlan,
     PlannedLayer,
+    check_windows,
+    choose_manifest,
     image_plan,
     layer_compression,
 )
 from ._common import CHUNK, LayerEvent, LayerEvents
+from ._platform import Platform, config_platform, host_platform
 from ._reference import Reference
 from ._registry import Manifest, RegistryClient, RegistryError
-from .errors import DigestMismatch
+from .errors import DigestMismatch, PlatformNotFound
 from .imagestore import Image, ImageStore
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ class Pulled:
     digest: str  # of the image manifest
     image: Image
     downloaded: int  # layer blobs fetched (not already in the store)
+    platform: Platform  # the index's for the image chosen, else its config's
 
 
 def pull(
@@ -79,19 +83,38 @@ def pull(
     ref: Reference,
     client: RegistryClient,
     *,
-    choose: Callable[[Manifest], str],
+    platform: Platform | None = None,
     jobs: int = DEFAULT_JOBS,
     allow_foreign: bool = False,
     on_layer: LayerEvents | None = None,
 ) -> Pulled:
-    """Pull `ref` through `client`. `choose` picks the image manifest's digest from an
-    index (the platform selection). Foreign layers are fetched from their URLs only with
-    `allow_foreign`."""
+    """Pull `ref` through `client`: from an index, the image for `platform` (default: the
+    host's, chosen as ``load`` chooses). Foreign layers are fetched from their URLs only
+    with `allow_foreign`."""
     repository = ref.repository
+    wanted = platform if platform is not None else host_platform()
     top = client.get_manifest(repository, ref.target, ACCEPT)
     manifest = top
+    chosen: Platform | None = None
     if top.media_type in _INDEX_TYPES:
-        manifest = client.get_manifest(repository, choose(top), ACCEPT)
+        index_where = f"{client.host}/{repository}@{top.digest}"
+        candidates = _index_manifests(top, index_where)
+        picked = choose_manifest(candidates, wanted, platform is not None, index_where)
+        if picked is None:
+            raise PlatformNotFound(
+                str(wanted),
+                [str(p) for p, _, _ in candidates],
+                source=f"the index {index_where}",
+            )
+        chosen, digest, size = picked
+        manifest = client.get_manifest(repository, digest, ACCEPT)
+        if len(manifest.data) != size:
+            raise RegistryError(
+                f"manifest is {len(manifest.data)} bytes, the index says {size}",
+                registry=client.host,
+                repository=repository,
+                digest=digest,
+            )
     if manifest.media_type.startswith(_SCHEMA1):
         raise RegistryError(
             "Docker schema 1 manifests are not supported (push the image again with a "
@@ -112,6 +135,10 @@ def pull(
     plan, media_types = _plan(
         client, repository, manifest, where, foreign, allow_foreign=allow_foreign
     )
+    image_platform = config_platform(plan.config)
+    if chosen is None and platform is not None and not platform.matches(image_platform):
+        raise PlatformNotFound(str(platform), [str(image_platform)], source=where)
+    check_windows(plan)
     tag = (ref.name, ref.tag) if ref.tag and not ref.digest else None
     events = on_layer or (lambda _event: None)
     loader = Loader(driver, store, None)
@@ -143,7 +170,23 @@ def pull(
         image = loader.commit([plan], tag)[0]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Pulled(str(ref), manifest.digest, image, len(todo))
+    return Pulled(str(ref), manifest.digest, image, len(todo), chosen or image_platform)
+
+
+def _index_manifests(index: Manifest, where: str) -> list[tuple[Platform, str, int]]:
+    """The image manifests an index lists, with their platforms."""
+    doc = _json(index.data, where)
+    entries = doc.get("manifests")
+    if not isinstance(entries, list):
+        raise InvalidArchive("index has no manifests list", where)
+    found = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise InvalidArchive("index entry is not an object", where)
+        digest, size = _digest_and_size(entry, where)
+        if entry.get("mediaType") in _MANIFEST_TYPES:
+            found.append((Platform.from_json(entry.get("platform")), digest, size))
+    return found
 
 
 def _counter(digest: str, size: int, events: LayerEvents) -> Callable[[int], None]:

@@ -203,13 +203,16 @@ class InvalidPlatform(WinlayerError, ValueError):
 
 
 class PlatformNotFound(WinlayerError, LookupError):
-    """An image archive holds no image for the platform wanted; ``wanted`` is that
-    platform, ``offered`` the platforms the archive (or ``member``, its index) holds."""
+    """An image archive (or a registry's index, `source`) holds no image for the platform
+    wanted; ``wanted`` is that platform, ``offered`` the platforms the archive (or
+    ``member``, its index) holds."""
 
-    def __init__(self, wanted: str, offered: list[str], member: str = "") -> None:
+    def __init__(
+        self, wanted: str, offered: list[str], member: str = "", *, source: str = "the archive"
+    ) -> None:
         where = f" (member {member!r})" if member else ""
         holds = ", ".join(offered) if offered else "none"
-        super().__init__(f"no image for {wanted} in the archive{where}; it holds: {holds}")
+        super().__init__(f"no image for {wanted} in {source}{where}; it holds: {holds}")
         self.wanted = wanted
         self.offered = offered
         self.member = member
