@@ -1,4 +1,4 @@
-"""The registry commands: ``push`` (and ``pull``)."""
+"""The registry commands: ``pull`` and ``push``."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from ._cli_common import (
     short_id,
 )
 from ._common import LayerEvent
-from .registry import push
+from .registry import pull, push
 
 #: What a layer's last state says in the summary, as docker's push and pull print it.
-_SUMMARY = {
+_PUSHED = {
     "done": "Pushed",
     "exists": "Layer already exists",
     "mounted": "Mounted from another repository",
 }
+_PULLED = {"done": "Pull complete", "exists": "Already exists"}
 
 REGISTRY_ARGS = (
     Arg("--username", "-u", metavar="NAME", help="log in as NAME (password on stdin)"),
@@ -63,6 +64,56 @@ def registry_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @command(
+    "pull",
+    "pull an image from a registry (download, verify and import overlapped)",
+    Arg("ref", metavar="REF", help="REGISTRY/NAME[:TAG][@sha256:DIGEST]"),
+    Arg("--platform", metavar="OS/ARCH[:VERSION]", help="the image of a multi-platform index"),
+    Arg(
+        "--foreign-layers",
+        action="store_true",
+        help="fetch foreign (non-distributable) layers from the URLs their descriptors name",
+    ),
+    *REGISTRY_ARGS,
+)
+def _pull(args: argparse.Namespace) -> None:
+    options = registry_options(args)
+    last: dict[str, str] = {}
+
+    with image_store(args) as (driver, store), layer_progress() as draw:
+
+        def on_layer(event: LayerEvent) -> None:
+            last[event.digest] = event.state
+            draw(event)
+
+        pulled = pull(
+            driver,
+            store,
+            args.ref,
+            platform=args.platform,
+            foreign_layers=args.foreign_layers,
+            on_layer=on_layer,
+            **options,
+        )
+    image = pulled.image
+    lines = [f"{short_id(d)}: {_PULLED.get(s, s)}" for d, s in last.items()]
+    lines.append(f"Digest: {pulled.digest}")
+    lines.append(f"Platform: {pulled.platform}")
+    named = ", ".join(image.tags) or f"sha256:{image.id}"
+    state = "Downloaded newer image" if pulled.downloaded else "Image is up to date"
+    lines.append(f"Status: {state} for {named}")
+    result = {
+        "reference": pulled.reference,
+        "digest": pulled.digest,
+        "image_id": f"sha256:{image.id}",
+        "tags": list(image.tags),
+        "platform": pulled.platform.as_dict(),
+        "downloaded": pulled.downloaded,
+        "layers": [{"digest": d, "state": s} for d, s in last.items()],
+    }
+    emit(args, result, "\n".join(lines))
+
+
+@command(
     "push",
     "push an image to a registry (its layers as the original tars: digests unchanged)",
     Arg("image", help="a tag or id in the store"),
@@ -81,7 +132,7 @@ def _push(args: argparse.Namespace) -> None:
 
         pushed = push(driver, store, args.image, args.dest, on_layer=on_layer, **options)
     layers = [{"digest": d, "state": s} for d, s in last.items()]
-    lines = [f"{short_id(d)}: {_SUMMARY.get(s, s)}" for d, s in last.items()]
+    lines = [f"{short_id(d)}: {_PUSHED.get(s, s)}" for d, s in last.items()]
     tag = pushed.reference.rpartition(":")[2] if "@" not in pushed.reference else pushed.digest
     lines.append(f"{tag}: digest: {pushed.digest} size: {pushed.size}")
     result = {

@@ -63,15 +63,17 @@ class RegistryError(WinlayerError):
         registry: str,
         repository: str | None = None,
         digest: str | None = None,
+        tag: str | None = None,
         status: int = 0,
     ) -> None:
-        where = registry + (f"/{repository}" if repository else "")
+        where = registry + (f"/{repository}" if repository else "") + (f":{tag}" if tag else "")
         what = f" {digest}" if digest else ""
         code = f" (HTTP {status})" if status else ""
         super().__init__(f"{where}{what}: {message}{code}")
         self.registry = registry
         self.repository = repository
         self.digest = digest
+        self.tag = tag
         self.status = status
 
 
@@ -182,6 +184,7 @@ class RegistryClient:
         body: bytes | None = None,
         repository: str | None = None,
         digest: str | None = None,
+        tag: str | None = None,
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
     ) -> Any:
@@ -223,7 +226,7 @@ class RegistryClient:
                 self._backoff(attempt, retry_after, f"{method} {url}: HTTP {response.status}")
                 continue
             if response.status not in ok:
-                raise self._error(response, method, repository, digest)
+                raise self._error(response, method, repository, digest, tag)
             if not stream:
                 response.read()
             return response
@@ -264,7 +267,12 @@ class RegistryClient:
         time.sleep(min(delay, BACKOFF_MAX_S))
 
     def _error(
-        self, response: Any, method: str, repository: str | None, digest: str | None
+        self,
+        response: Any,
+        method: str,
+        repository: str | None,
+        digest: str | None,
+        tag: str | None,
     ) -> RegistryError:
         detail = _error_detail(response)
         kind: type[RegistryError] = RegistryError
@@ -279,6 +287,7 @@ class RegistryClient:
             registry=self.host,
             repository=repository,
             digest=digest,
+            tag=tag,
             status=int(response.status),
         )
 
@@ -353,6 +362,7 @@ class RegistryClient:
             headers={"Accept": ", ".join(accept)},
             repository=repository,
             digest=target if target.startswith("sha256:") else None,
+            tag=None if target.startswith("sha256:") else target,
             stream=True,
         )
         data = _read_limited(response, MANIFEST_LIMIT, self.host, repository, target)

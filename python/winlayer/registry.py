@@ -1,4 +1,4 @@
-"""Registries: ``push`` (and ``pull``) of Windows images over the OCI distribution API.
+"""Registries: ``pull`` and ``push`` of Windows images over the OCI distribution API.
 
 A reference names the registry (``127.0.0.1:5000/app:1``, ``mcr.microsoft.com/...``;
 none is Docker Hub). Credentials, in this order: the ones given (``username`` and
@@ -11,6 +11,9 @@ registry or with `insecure`, as docker does.
 from __future__ import annotations
 
 from ._common import LayerEvents
+from ._platform import Platform, parse_platform
+from ._pull import Pulled
+from ._pull import pull as _pull
 from ._push import DEFAULT_JOBS, Pushed
 from ._push import push as _push
 from ._reference import Reference, parse
@@ -46,6 +49,42 @@ def client_for(
     )
 
 
+def pull(
+    driver: Driver,
+    store: ImageStore,
+    ref: str,
+    *,
+    platform: str | Platform | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    foreign_layers: bool = False,
+    on_layer: LayerEvents | None = None,
+) -> Pulled:
+    """Pull `ref` (``REGISTRY/NAME[:TAG][@DIGEST]``; a digest is verified) into `driver`
+    and `store` and tag it ``NAME:TAG`` (not when pulled by digest). From a multi-platform
+    index, the image for `platform` (``os/arch[:os.version]``), by default the host's as
+    containerd's Windows matcher chooses it. Layers the store has are not downloaded.
+    Foreign layers are fetched from their URLs only with `foreign_layers`."""
+    target = parse(ref)
+    wanted = parse_platform(platform) if isinstance(platform, str) else platform
+    with client_for(
+        target, username=username, password=password, insecure=insecure, ca_file=ca_file
+    ) as client:
+        return _pull(
+            driver,
+            store,
+            target,
+            client,
+            platform=wanted,
+            jobs=jobs,
+            allow_foreign=foreign_layers,
+            on_layer=on_layer,
+        )
+
+
 def push(
     driver: Driver,
     store: ImageStore,
@@ -72,6 +111,7 @@ def push(
 __all__ = [
     "AuthError",
     "Credentials",
+    "Pulled",
     "Pushed",
     "Reference",
     "RegistryAuthError",
@@ -81,5 +121,6 @@ __all__ = [
     "client_for",
     "credentials_for",
     "parse",
+    "pull",
     "push",
 ]
