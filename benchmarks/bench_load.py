@@ -38,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from tests.daemons import Containerd  # noqa: E402
+
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
 
@@ -138,61 +140,6 @@ def winlayer_load(archive: Path, home: Path, image_id: str) -> float:
         assert [i.id for i in images] == [image_id], images
 
     return timed(run)
-
-
-class Containerd:
-    """A containerd daemon of our own: root, state, socket and config under `workdir`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.socket = workdir / "containerd.sock"
-        config = workdir / "config.toml"
-        workdir.mkdir(parents=True)
-        config.write_text(
-            "version = 2\n"
-            f'root = "{workdir / "root"}"\n'
-            f'state = "{workdir / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n'
-            f'[ttrpc]\n  address = "{workdir / "ttrpc.sock"}"\n'
-            f'[debug]\n  address = "{workdir / "debug.sock"}"\n'
-        )
-        self.log = open(workdir / "containerd.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=self.log, stderr=self.log
-        )
-        deadline = time.monotonic() + 30
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"containerd did not start; see {workdir / 'containerd.log'}")
-            time.sleep(0.1)
-
-    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", str(self.socket), "--namespace", "bench", *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-
-    def _ready(self) -> bool:
-        if not self.socket.exists():
-            return False
-        try:
-            self.ctr("version")
-        except subprocess.CalledProcessError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def containerd_import(archive: Path, workdir: Path) -> float:

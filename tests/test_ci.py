@@ -135,7 +135,7 @@ COMMANDS = {
     "ci/wine/run.sh": ["x86_64-w64-mingw32-g++-posix", "x86_64-w64-mingw32-dlltool"],
     "ci/fuzz_tar.sh": ["clang++"],
     "tests/test_portable_backend.py, tests/conftest.py": ["bash", "unshare", "mount", "umount"],
-    "tests/realtools.py": ["containerd", "ctr", "skopeo", "docker-registry"],
+    "tests/daemons.py, tests/realtools.py": ["containerd", "ctr", "skopeo", "docker-registry"],
 }
 COMPILER_FILES = {
     "clang++": [f"libclang_rt.{lib}-{platform.machine()}.a" for lib in ("fuzzer", "asan")],
