@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .conftest import Cli
@@ -31,8 +32,16 @@ def test_pull_what_push_pushed(cli: Cli, registry: Registry, tmp_path: Path) -> 
     assert lines[2].startswith("Digest: sha256:")
     assert lines[3] == "Platform: windows/amd64"
     assert lines[4] == f"Status: Downloaded newer image for {ref}"
-    result = other.json("pull", ref)
+    again = other("--json", "pull", ref)
+    assert again.returncode == 0
+    result = json.loads(again.stdout)
     assert isinstance(result, dict)
+    # Without a terminal, --json gives one event per change of a layer's state on stderr.
+    events = [json.loads(line) for line in again.stderr.decode().splitlines()]
+    assert events == [
+        {"digest": sha(layer), "state": "exists", "done": len(layer), "total": len(layer)}
+        for layer in LAYERS
+    ]
     assert result["image_id"] == image_id
     assert result["downloaded"] == 0
     assert [layer["state"] for layer in result["layers"]] == ["exists", "exists"]

@@ -122,13 +122,31 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 
 
 @contextlib.contextmanager
-def layer_progress() -> Iterator[Callable[[LayerEvent], None]]:
+def layer_progress(json_events: bool = False) -> Iterator[Callable[[LayerEvent], None]]:
     """One progress line per layer blob (``<12 hex>: <state>``, bytes, speed), as docker
-    draws a pull or push, on stderr when it is a terminal. Yields the events callback
-    (safe from worker threads; it draws nothing without a terminal)."""
+    draws a pull or push, on stderr when it is a terminal. Without a terminal, with
+    `json_events` (``--json``), each change of a layer's state is one JSON line on stderr
+    (``{"digest", "state", "done", "total"}``); else nothing is drawn. Yields the events
+    callback (safe from worker threads)."""
     lock = threading.Lock()
     if not sys.stderr.isatty():
-        yield lambda _event: None
+        states: dict[str, str] = {}
+
+        def as_json(event: LayerEvent) -> None:
+            with lock:
+                if states.get(event.digest) == event.state:
+                    return
+                states[event.digest] = event.state
+                line = {
+                    "digest": event.digest,
+                    "state": event.state,
+                    "done": event.done,
+                    "total": event.total,
+                }
+                sys.stderr.write(json.dumps(line, sort_keys=True) + "\n")
+                sys.stderr.flush()
+
+        yield as_json if json_events else (lambda _event: None)
         return
     with _rich_progress() as bar:
         tasks: dict[str, Any] = {}

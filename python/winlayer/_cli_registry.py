@@ -79,7 +79,7 @@ def _pull(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
 
-    with image_store(args) as (driver, store), layer_progress() as draw:
+    with image_store(args) as (driver, store), layer_progress(args.json) as draw:
 
         def on_layer(event: LayerEvent) -> None:
             last[event.digest] = event.state
@@ -124,7 +124,7 @@ def _push(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
 
-    with image_store(args) as (driver, store), layer_progress() as draw:
+    with image_store(args) as (driver, store), layer_progress(args.json) as draw:
 
         def on_layer(event: LayerEvent) -> None:
             last[event.digest] = event.state
