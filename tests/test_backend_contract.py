@@ -161,6 +161,35 @@ def test_create_exists_destroy(backend: _hcs.Backend, info: _hcs.DriverInfo) -> 
         backend.activate_layer(info, "one")
 
 
+def test_destroying_layers_of_one_image_leaves_a_sibling_image_whole(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """Image removal destroys an image's own layers, newest first, while another image
+    stacked on the same base keeps using it (what `images rm` and `prune` rely on)."""
+    base = base_layer(f("Files/Windows/base.txt", b"b" * 5000))
+    mine = layer_tar([d("Files/mine"), f("Files/mine/a.txt", b"a"), wh("Files/Windows/base.txt")])
+    theirs = layer_tar([d("Files/theirs"), link("Files/theirs/l.txt", "Files/Windows/base.txt")])
+    _import(backend, info, "base", base, [])
+    parents = [_path(info, "base")]
+    for id, tar in (("mine", mine), ("mine2", layer_tar([f("Files/mine/b.txt", b"b")]))):
+        _import(backend, info, id, tar, parents)
+        parents = [_path(info, id), *parents]
+    _import(backend, info, "theirs", theirs, [_path(info, "base")])
+    backend.destroy_layer(info, "mine2")
+    backend.destroy_layer(info, "mine")
+    assert not backend.layer_exists(info, "mine")
+    assert backend.layer_exists(info, "base")
+    assert _export(backend, info, "base", [], original=True) == base
+    assert _export(backend, info, "theirs", [_path(info, "base")], original=True) == theirs
+    assert (
+        _names(_export(backend, info, "theirs", [_path(info, "base")])).keys()
+        == _names(theirs).keys()
+    )
+    backend.destroy_layer(info, "theirs")
+    backend.destroy_layer(info, "base")
+    assert not any(backend.layer_exists(info, id) for id in ("base", "theirs"))
+
+
 def test_import_then_original_export_is_byte_identical(
     backend: _hcs.Backend, info: _hcs.DriverInfo
 ) -> None:

@@ -618,7 +618,7 @@ def test_threads_get_put_keep_counts_consistent(driver: Driver) -> None:
 
 
 def test_restored_base_image_is_a_parent(tmp_path: Path) -> None:
-    from winlayer.images import ImageStore, install_base_image
+    from winlayer.images import ImageStore, install_base_image, remove_image
 
     base_images = tmp_path / "base"
     driver = Driver(tmp_path / "home", backend="portable", base_images=base_images)
@@ -642,7 +642,10 @@ def test_restored_base_image_is_a_parent(tmp_path: Path) -> None:
     assert driver.parents("ctr") == [base_dir]
     with driver.mounted("ctr") as root:
         assert (root / "Windows" / "win.ini").read_bytes() == b"[fonts]\r\n"
-    driver.remove(image_id)  # only the alias goes; the host's image stays
+    with pytest.raises(LayerInUse, match=r"used by image servercore:10\.0\.1"):
+        driver.remove(image_id)  # the alias is the registered image's layer
+    with ImageStore(driver.home) as store:
+        remove_image(driver, store, "servercore:10.0.1")  # only the alias goes with it
     assert not driver.exists(image_id)
     with driver.mounted("ctr") as root:  # so what stands on it still works
         assert (root / "Windows" / "win.ini").exists()

@@ -30,7 +30,8 @@ from .test_cli_images import _docker_save
 Run = Callable[[list[str]], tuple[int, str, str]]
 
 READS = [["ls"], ["inspect", "b"], ["verify", "a", "b"], ["changes", "b"], ["du", "b"]]
-READS += [["images", "ls"]]
+READS += [["images", "ls"], ["images", "inspect", "hello:1"], ["images", "history", "hello:1"]]
+READS += [["df"], ["prune", "--dry-run"]]
 WRITES = [
     ["import", "c", "{inputs}/a.tar"],
     ["create", "z", "--parent", "a"],
@@ -40,6 +41,10 @@ WRITES = [
     ["load", "{inputs}/other.tar"],  # new layers: refused by the layer store
     ["load", "{inputs}/hello.tar"],  # layers there already: refused by the image store
     ["images", "restore"],
+    ["images", "rm", "hello:1"],
+    ["images", "tag", "hello:1", "other:1"],
+    ["prune"],
+    ["prune", "-a"],
 ]
 
 

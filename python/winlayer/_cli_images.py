@@ -1,14 +1,19 @@
-"""The image commands: ``images ls/restore/install-base``, ``load`` and ``save``."""
+"""The image commands: ``images ls/restore/install-base/rm/tag/inspect/history``,
+``load``, ``save``, ``prune`` and ``df``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from typing import Any
 
 from ._cli_common import (
+    FAILURES,
     Arg,
+    Reported,
     command,
     emit,
     image_store,
@@ -16,11 +21,31 @@ from ._cli_common import (
     output_stream,
     pair_progress,
     progress_bar,
+    report,
     source_total,
     table,
 )
 from ._units import format_size
-from .images import config_platform, install_base_image, load, save
+from .images import (
+    Removed,
+    Usage,
+    config_platform,
+    disk_usage,
+    image_history,
+    inspect_image,
+    install_base_image,
+    load,
+    parse_reference,
+    prune,
+    remove_image,
+    save,
+    tag_image,
+)
+
+#: How ``prune --dry-run`` words what ``prune`` would do.
+WOULD = {"Deleted": "Would delete", "Untagged": "Would untag"}
+#: Docker's width of the CREATED BY column of ``history`` (without --no-trunc).
+CREATED_BY_WIDTH = 45
 
 
 def _image_rows(images: list[Any]) -> str:
@@ -127,3 +152,137 @@ def _save(args: argparse.Namespace) -> None:
                 save(driver, store, args.images, out, progress=pair_progress(progress))
     if to_file:
         emit(args, {"images": args.images, "output": args.output}, "")
+
+
+@command(
+    "images rm",
+    "remove images as docker rmi does: tags, then images nothing needs, then their layers",
+    Arg("images", nargs="+", metavar="IMAGE", help="name[:tag], id or id prefix"),
+    Arg(
+        "-f",
+        "--force",
+        action="store_true",
+        help="remove an image with several tags, or one an unmounted sandbox uses",
+    ),
+    Arg("--no-prune", action="store_true", help="keep untagged images it was built on"),
+)
+def _images_rm(args: argparse.Namespace) -> None:
+    # Each image is removed on its own (as docker rmi): a failure is one line on stderr,
+    # the others still go, and the exit code says that something failed.
+    records = []
+    failed = False
+    with image_store(args) as (driver, store):
+        for ref in args.images:
+            try:
+                records += remove_image(
+                    driver, store, ref, force=args.force, prune=not args.no_prune
+                )
+            except FAILURES as exc:
+                report(args, exc)
+                failed = True
+    emit(args, [r.as_dict() for r in records], "\n".join(str(r) for r in records))
+    if failed:
+        raise Reported
+
+
+@command(
+    "images tag",
+    "tag an image (an existing tag moves to it, as docker tag does)",
+    Arg("source", metavar="SOURCE", help="name[:tag], id or id prefix"),
+    Arg("target", metavar="TARGET", help="name[:tag] (tag latest)"),
+)
+def _images_tag(args: argparse.Namespace) -> None:
+    with image_store(args) as (_driver, store):
+        image_id = tag_image(store, args.source, args.target)
+    name, tag = parse_reference(args.target)
+    emit(args, {"id": f"sha256:{image_id}", "tag": f"{name}:{tag}"}, "")
+
+
+@command(
+    "images inspect",
+    "show images as docker image inspect does (a JSON array, with or without --json)",
+    Arg("images", nargs="+", metavar="IMAGE"),
+)
+def _images_inspect(args: argparse.Namespace) -> None:
+    found = []
+    failed = False
+    with image_store(args) as (driver, store):
+        for ref in args.images:
+            try:
+                found.append(inspect_image(driver, store, ref))
+            except FAILURES as exc:
+                report(args, exc)
+                failed = True
+    emit(args, found, json.dumps(found, indent=2, sort_keys=True))
+    if failed:
+        raise Reported
+
+
+@command(
+    "images history",
+    "show an image's history, newest first (docker history's columns)",
+    Arg("image", metavar="IMAGE"),
+    Arg("--no-trunc", action="store_true", help="do not shorten ids and CREATED BY"),
+)
+def _images_history(args: argparse.Namespace) -> None:
+    with image_store(args) as (_driver, store):
+        entries = image_history(store, args.image)
+    rows = []
+    for entry in entries:
+        image = entry.image or "<missing>"
+        created_by = entry.created_by
+        if not args.no_trunc:
+            image = image.removeprefix("sha256:")[:12] if entry.image else image
+            if len(created_by) > CREATED_BY_WIDTH:
+                created_by = created_by[: CREATED_BY_WIDTH - 1] + "\u2026"
+        rows.append(
+            [
+                image,
+                entry.created[:19].replace("T", " "),
+                created_by,
+                format_size(entry.size),
+                entry.comment,
+            ]
+        )
+    headers = ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+    emit(args, [e.as_dict() for e in entries], table(rows, headers) if rows else "")
+
+
+@command(
+    "prune",
+    "remove dangling images (-a: all images no sandbox uses) and layers no image uses",
+    Arg("-a", "--all", action="store_true", help="every image no sandbox uses, tagged too"),
+    Arg("--dry-run", action="store_true", help="only list what would be removed"),
+)
+def _prune(args: argparse.Namespace) -> None:
+    with image_store(args) as (driver, store):
+        result = prune(driver, store, every=args.all, dry_run=args.dry_run)
+    records = [*result.images, *(Removed("Deleted", layer.chain_id) for layer in result.layers)]
+    if result.dry_run:
+        records = [dataclasses.replace(r, action=WOULD[r.action]) for r in records]
+    verb = "Would reclaim" if result.dry_run else "Total reclaimed space"
+    lines = [*map(str, records), f"{verb}: {format_size(result.size)}"]
+    emit(args, result.as_dict(), "\n".join(lines))
+
+
+@command("df", "show the store's disk usage: images, layers, sandboxes (docker system df)")
+def _df(args: argparse.Namespace) -> None:
+    with image_store(args) as (driver, store):
+        usage = disk_usage(driver, store)
+
+    def row(kind: str, u: Usage) -> list[str]:
+        share = f" ({100 * u.reclaimable // u.size}%)" if u.size else ""
+        return [
+            kind,
+            str(u.total),
+            str(u.active),
+            format_size(u.size),
+            format_size(u.reclaimable) + share,
+        ]
+
+    rows = [
+        row("Images", usage.images),
+        row("Layers", usage.layers),
+        row("Sandboxes", usage.sandboxes),
+    ]
+    emit(args, usage.as_dict(), table(rows, ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]))

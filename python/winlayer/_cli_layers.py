@@ -27,7 +27,8 @@ from ._cli_common import (
     table,
 )
 from ._units import format_size, parse_size
-from .images import create_sandbox
+from .images import create_sandbox, remove_unused_layers
+from .imagestore import IMAGE_DB, ImageStore
 from .layertar import list_layer_tar
 from .pack import pack_directory
 
@@ -215,7 +216,12 @@ def _pack(args: argparse.Namespace) -> None:
 
 @command("gc", "sweep what crashed operations left behind")
 def _gc(args: argparse.Namespace) -> None:
-    swept = open_driver(args).cleanup()
+    driver = open_driver(args)
+    swept = driver.cleanup()
+    if (driver.home / IMAGE_DB).exists():  # layers an unfinished image removal left
+        with ImageStore(driver.home) as store:
+            removed = remove_unused_layers(driver, store)
+        swept += [f"removed layer {layer.layer_id}, which no image uses" for layer in removed]
     emit(args, {"swept": swept}, "\n".join(swept))
 
 

@@ -101,14 +101,13 @@ class LayerRecorder:
 
     def rollback(self) -> None:
         """Removes the layers this operation created (newest first), unless something
-        now depends on them."""
+        now depends on them (``Driver.remove`` refuses a layer another layer or a
+        recorded image uses, checked inside the image store's transaction)."""
         for layer_id in reversed(self.created):
             try:
-                with self.store.transaction() as db:
-                    if not self.store.layer_in_use(db, layer_id):
-                        self.driver.remove(layer_id)
+                self.driver.remove(layer_id)
             except LayerInUse:
-                log.info("keeping layer %s: another layer now depends on it", layer_id)
+                log.info("keeping layer %s: something now depends on it", layer_id)
             except Exception:
                 log.warning(
                     "could not remove layer %s after a failed operation", layer_id, exc_info=True

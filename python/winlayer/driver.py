@@ -39,6 +39,7 @@ from .errors import (
     StoreCorrupt,
     WinlayerError,
 )
+from .imagestore import IMAGE_DB, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -231,17 +232,19 @@ class Driver:
 
     def remove(self, id: str) -> None:
         """Destroy a layer. Refused (:class:`LayerInUse`) while it is mounted, being
-        exported, or the parent of another layer; nothing is lost then. For a restored
-        host base image only its alias goes: the image belongs to the host."""
+        exported, the parent of another layer, or used by an image of the image store
+        (``<home>/.winlayer/images.db``, when there is one); nothing is lost then.
+        Removing a sandbox forgets the image it was recorded as created from. For a
+        restored host base image only its alias goes: the image belongs to the host."""
         self._check_writable()
         rid = self._require(id)
         if self._dir(rid).parent != self.home:
             if rid == id:
                 raise WinlayerError(f"{id!r} is a host base image, not a layer of this store")
-            with self._state.lock(id):
+            with self._state.lock(id), self._unused_by_images(id, rid):
                 self._remove_alias_folder(id)
             return
-        with self._layer_locked(id) as rid:
+        with self._layer_locked(id) as rid, self._unused_by_images(id, rid):
             state = self._state.load(rid)
             if state.in_use:
                 raise LayerInUse(id, "layer is mounted or being exported")
@@ -595,6 +598,24 @@ class Driver:
             if name.lower() in chain.DRIVER_FILES:
                 (folder / name).unlink()
         folder.rmdir()
+
+    @contextlib.contextmanager
+    def _unused_by_images(self, *ids: str) -> Iterator[None]:
+        """Hold the image store's write transaction (when there is a store) while a layer
+        goes, once no image is found to use it, and forget the sandbox records of its ids.
+        A load records its images in a transaction that checks that their layers exist,
+        so it cannot record one on a layer being removed. Taken after the layer's lock
+        (the order everywhere: layer locks, then the store's transaction)."""
+        if not (self.home / IMAGE_DB).exists():
+            yield
+            return
+        with ImageStore(self.home) as store, store.transaction() as db:
+            users = store.image_users(db, ids)
+            if users:
+                raise LayerInUse(ids[0], f"layer is used by image {', '.join(users)}")
+            for layer_id in ids:
+                store.forget_sandbox(db, layer_id)
+            yield
 
     @contextlib.contextmanager
     def _layer_locked(self, id: str) -> Iterator[str]:

@@ -16,6 +16,7 @@ __all__ = [
     "BackendUnavailable",
     "DigestMismatch",
     "HcsError",
+    "ImageConflict",
     "InvalidLayer",
     "InvalidPlatform",
     "LayerExists",
@@ -121,6 +122,22 @@ class HcsError(WinlayerError, OSError):
 
     def __str__(self) -> str:
         return f"{self.strerror}: {self.filename!r}" if self.filename else str(self.strerror)
+
+
+class ImageConflict(WinlayerError):
+    """An image cannot be removed: a tag, a child image or a sandbox still needs it.
+
+    ``image_id`` is the image's id (64 hex digits); ``forceable`` says whether ``force``
+    (``images rm -f``) would override it (tags, sandboxes not mounted) or not (child
+    images, mounted sandboxes), as Docker's "must be forced" / "cannot be forced".
+    """
+
+    def __init__(self, image_id: str, reason: str, *, forceable: bool) -> None:
+        how = "must be forced" if forceable else "cannot be forced"
+        super().__init__(f"conflict: unable to delete {image_id[:12]} ({how}) - {reason}")
+        self.image_id = image_id
+        self.reason = reason
+        self.forceable = forceable
 
 
 # Win32 error codes -> errno, so that a Win32 failure picks the same OSError subclass

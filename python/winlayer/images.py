@@ -11,6 +11,10 @@
 - :func:`create_sandbox`, :func:`commit` and :func:`append` make images: a sandbox on an
   image, a sandbox's changes as a new image (``docker commit``), layer tars and folders
   added to an image (``crane append``).
+- The lifecycle (:mod:`winlayer._imagerefs`, which says who needs what):
+  :func:`remove_image` (``docker rmi``), :func:`tag_image`, :func:`inspect_image`,
+  :func:`image_history`, :func:`prune`, :func:`remove_unused_layers` and
+  :func:`disk_usage`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ from pathlib import Path
 from ._baseimages import Recorder, Tagger, base_image_id
 from ._common import ProgressCallback, Source
 from ._imagebuild import append, commit, create_sandbox
+from ._imagerefs import (
+    DiskUsage,
+    HistoryEntry,
+    PruneReport,
+    Removed,
+    Usage,
+    disk_usage,
+    image_history,
+    inspect_image,
+    prune,
+    remove_image,
+    remove_unused_layers,
+    tag_image,
+)
 from ._platform import host_architecture
 from .archive import (
     InvalidArchive,
@@ -39,30 +57,42 @@ from .driver import Driver
 from .imagestore import Image, ImageNotFound, ImageStore, StoredLayer, parse_reference
 
 __all__ = [
+    "DiskUsage",
+    "HistoryEntry",
     "Image",
     "ImageNotFound",
     "ImageStore",
     "InvalidArchive",
     "Platform",
     "Progress",
+    "PruneReport",
     "Recorder",
+    "Removed",
     "StoredLayer",
     "Tagger",
+    "Usage",
     "append",
     "base_image_id",
     "chain_ids",
     "commit",
     "config_platform",
     "create_sandbox",
+    "disk_usage",
     "host_architecture",
     "host_platform",
+    "image_history",
+    "inspect_image",
     "install_base_image",
     "layer_id_for",
     "load",
     "parse_platform",
     "parse_reference",
+    "prune",
+    "remove_image",
+    "remove_unused_layers",
     "restore_custom_images",
     "save",
+    "tag_image",
 ]
 
 

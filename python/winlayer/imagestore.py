@@ -14,6 +14,10 @@
 - ``blob_sources``: the registry repositories known to hold a blob (pushed or pulled
   there), from which ``push`` mounts it instead of uploading it again.
 
+Removing an image drops its row and tags in one transaction; the records of its layers
+stay until their driver layers are gone (:meth:`ImageStore.drop_layer`), so that a crash
+in between leaves layer records no image uses, which the next ``prune`` finds.
+
 Several processes may share a store: the database runs in WAL mode with a busy timeout,
 and every change is one ``BEGIN IMMEDIATE`` transaction. Any SQLite error is
 :class:`~winlayer.StoreCorrupt` naming the database file (a lock held past the busy
@@ -31,7 +35,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -334,8 +338,12 @@ class ImageStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: it waits for other writers, so a
         read inside it cannot be made stale by another process before the commit)."""
-        if self._none_recorded and self._migrated:
-            message = "image store is read-only here (no image store exists, and none can be made)"
+        if self.write_denied and self._migrated:
+            # Refused before SQLite is asked: an immutable database would let a
+            # transaction that happens to write nothing pass.
+            message = "image store is read-only here"
+            if self._none_recorded:
+                message += " (no image store exists, and none can be made)"
             raise PermissionError(self.write_denied, message, str(self.path))
         with self._sqlite() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -418,8 +426,20 @@ class ImageStore:
             ).fetchone()
             if not row:
                 raise ImageNotFound(ref, "no such tag")
-            db.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag))
+            self.remove_tag(db, f"{name}:{tag}")
             return str(row[0])
+
+    def remove_tag(self, db: sqlite3.Connection, ref: str) -> None:
+        """Drop the tag ``name[:tag]`` inside an open :meth:`transaction`."""
+        name, tag = parse_reference(ref)
+        db.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag))
+
+    def delete_image(self, db: sqlite3.Connection, image_id: str) -> None:
+        """Drop an image and its tags inside an open :meth:`transaction`. Its layer
+        records stay: :meth:`drop_layer` removes each once its driver layer is gone."""
+        hex_id = normalize_id(image_id)
+        db.execute("DELETE FROM tags WHERE image_id = ?", (hex_id,))
+        db.execute("DELETE FROM images WHERE id = ?", (hex_id,))
 
     # -- queries --------------------------------------------------------------------
 
@@ -446,15 +466,20 @@ class ImageStore:
 
     def resolve(self, ref: str) -> str:
         """The image id `ref` names (see :meth:`get`)."""
+        return self.lookup(ref)[0]
+
+    def lookup(self, ref: str) -> tuple[str, str | None]:
+        """The image id `ref` names (see :meth:`get`), and the ``name:tag`` it was found
+        by, or None when `ref` is an id or id prefix."""
         with contextlib.suppress(ValueError):
             hex_id = normalize_id(ref)
             if self.exists(hex_id):
-                return hex_id
+                return hex_id, None
         with contextlib.suppress(ValueError):
             name, tag = parse_reference(ref)
             rows = self._query("SELECT image_id FROM tags WHERE name = ? AND tag = ?", (name, tag))
             if rows:
-                return str(rows[0][0])
+                return str(rows[0][0]), f"{name}:{tag}"
         prefix = ref.removeprefix("sha256:")
         if re.fullmatch(r"[0-9a-f]{1,63}", prefix):
             rows = self._query(
@@ -463,7 +488,7 @@ class ImageStore:
             if len(rows) > 1:
                 raise ImageNotFound(ref, "ambiguous image id prefix")
             if rows:
-                return str(rows[0][0])
+                return str(rows[0][0]), None
         raise ImageNotFound(ref)
 
     def layer(self, chain_id: str) -> StoredLayer | None:
@@ -489,12 +514,36 @@ class ImageStore:
             ),
         )
 
-    def layer_in_use(self, db: sqlite3.Connection, layer_id: str) -> bool:
-        """Whether a recorded layer has this driver id (inside a :meth:`transaction`)."""
-        return (
-            db.execute("SELECT 1 FROM layers WHERE layer_id = ?", (layer_id,)).fetchone()
-            is not None
-        )
+    def image_users(self, db: sqlite3.Connection, layer_ids: Collection[str]) -> list[str]:
+        """The images (each by its first tag, else its short id) whose layer stack holds a
+        recorded layer with one of these driver ids, or whose id is one of them (a host
+        base image's layer is the alias named by its id); read inside a
+        :meth:`transaction` so that no load records one meanwhile."""
+        ids = set(layer_ids)
+        chains = {
+            str(row[0])
+            for row in db.execute("SELECT chain_id, layer_id FROM layers").fetchall()
+            if row[1] in ids
+        }
+        users = []
+        for image_id, stack in db.execute("SELECT id, layers FROM images ORDER BY id").fetchall():
+            if image_id in ids or chains.intersection(self._stack(image_id, stack)):
+                tags = self._all_tags().get(str(image_id), ())
+                users.append(tags[0] if tags else str(image_id)[:12])
+        return users
+
+    def drop_layer(self, db: sqlite3.Connection, chain_id: str) -> bool:
+        """Drop the record of layer `chain_id` inside an open :meth:`transaction`, unless
+        an image uses it or another record names it as parent; return whether it went."""
+        if self._layer_row(db, chain_id) is None:
+            return False
+        if db.execute("SELECT 1 FROM layers WHERE parent = ?", (chain_id,)).fetchone():
+            return False
+        for image_id, stack in db.execute("SELECT id, layers FROM images").fetchall():
+            if chain_id in self._stack(image_id, stack):
+                return False
+        db.execute("DELETE FROM layers WHERE chain_id = ?", (chain_id,))
+        return True
 
     # -- sandboxes ------------------------------------------------------------------
 
@@ -552,6 +601,16 @@ class ImageStore:
         ).fetchone()
         return _stored_layer(row) if row else None
 
+    def _stack(self, image_id: object, layers: object) -> list[str]:
+        """An image's recorded layer list (JSON), or StoreCorrupt naming the image."""
+        try:
+            stack = json.loads(str(layers))
+        except ValueError:
+            stack = None
+        if not isinstance(stack, list):
+            raise StoreCorrupt(f"image {image_id} has an unreadable layer list", str(self.path))
+        return [str(c) for c in stack]
+
     def _all_tags(self) -> dict[str, tuple[str, ...]]:
         found: dict[str, list[str]] = {}
         for image_id, name, tag in self._query(
@@ -562,12 +621,7 @@ class ImageStore:
 
     def _image(self, row: tuple[object, ...], tags: tuple[str, ...]) -> Image:
         image_id, config, created, arch, os_name, size, layers = row
-        try:
-            stack = json.loads(str(layers))
-        except ValueError:
-            raise StoreCorrupt(
-                f"image {image_id} has an unreadable layer list", str(self.path)
-            ) from None
+        stack = self._stack(image_id, layers)
         return Image(
             id=str(image_id),
             config=bytes(config)
