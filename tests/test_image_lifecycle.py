@@ -21,6 +21,7 @@ from winlayer.images import (
     Image,
     ImageNotFound,
     ImageStore,
+    append,
     disk_usage,
     image_history,
     inspect_image,
@@ -624,3 +625,19 @@ def test_driver_remove_holds_the_store_transaction_while_it_destroys(
     (destroyed,) = seen  # the layer's folder, renamed before it is destroyed
     assert destroyed.startswith("mine-")
     assert "mine" not in ids(plain)
+
+
+def test_an_appended_image_is_a_child_of_its_base(
+    driver: Driver, store: ImageStore, tmp_path: Path
+) -> None:
+    base = put(driver, store, tmp_path, [L1], ["base:1"], history=history("base"))
+    (tmp_path / "more.tar").write_bytes(L3)
+    child = append(driver, store, "base:1", [tmp_path / "more.tar"], tag="app:1")
+    assert child.layers[:1] == base.layers
+    with pytest.raises(ImageConflict, match="dependent child images"):
+        remove_image(driver, store, base.id)
+    assert inspect_image(driver, store, "app:1")["Parent"] == f"sha256:{base.id}"
+    assert [e.image for e in image_history(store, "app:1")] == [
+        f"sha256:{child.id}",
+        f"sha256:{base.id}",
+    ]
