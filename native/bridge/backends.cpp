@@ -9,6 +9,7 @@
 #include "../core/backend.hpp"
 #include "../core/error.hpp"
 #include "../core/layer_tar.hpp"
+#include "../core/merged_layer.hpp"
 #include "bridge.hpp"
 #include "pystream.hpp"
 
@@ -72,6 +73,22 @@ py::object export_layer(const BackendPtr& backend, const DriverInfo& info, const
         producer = [backend, reader](Sink& out) { export_layer_tar(*reader, out); };
     }
     return make_native_stream(std::move(producer));
+}
+
+// One layer of a chain to merge: how the backend names it, and its own parents.
+using ChainLayer = std::tuple<DriverInfo, std::string, LayerChain>;
+
+// The merged file system of `layers` (nearest first) as one canonical layer tar. The
+// layers' entries are read now, so that a missing or damaged layer fails here.
+py::object export_merged(const BackendPtr& backend, std::vector<ChainLayer> layers) {
+    auto chain = std::make_shared<const std::vector<ChainLayer>>(std::move(layers));
+    std::shared_ptr<LayerReader> reader = nogil([&] {
+        return std::shared_ptr<LayerReader>(merged_layer_reader(chain->size(), [backend, chain](std::size_t i) {
+            const auto& [info, id, parents] = (*chain)[i];
+            return backend->export_reader(info, id, parents);
+        }));
+    });
+    return make_native_stream([backend, reader](Sink& out) { export_layer_tar(*reader, out); });
 }
 
 const char* change_kind(EntryType t) {
@@ -159,6 +176,13 @@ void bind_backends(py::module_& m) {
                  nogil([&] { b.create_sandbox_layer(info, id, parent_id, parents); });
              },
              py::arg("info"), py::arg("id"), py::arg("parent_id"), py::arg("parents"))
+        .def("create_view_layer",
+             [](Backend& b, I info, S id, S parent_id, const LayerChain& parents) {
+                 nogil([&] { b.create_view_layer(info, id, parent_id, parents); });
+             },
+             py::arg("info"), py::arg("id"), py::arg("parent_id"), py::arg("parents"),
+             "A sandbox for reading `parents`: read-only where the backend can make it so (the portable "
+             "overlay view), else a plain sandbox whose changes the caller discards.")
         .def("expand_sandbox_size",
              [](Backend& b, I info, S id, std::uint64_t size) { nogil([&] { b.expand_sandbox_size(info, id, size); }); },
              py::arg("info"), py::arg("id"), py::arg("size"))
@@ -189,6 +213,9 @@ void bind_backends(py::module_& m) {
         .def("export_layer", &export_layer, py::arg("info"), py::arg("id"), py::arg("parents"),
              py::arg("original") = false,
              "The layer as a tar stream: canonical, or the imported tar byte for byte (original=True).")
+        .def("export_merged", &export_merged, py::arg("layers"),
+             "The merged file system of a chain of layers, each (info, id, parents), nearest first, as one "
+             "canonical layer tar stream without whiteouts (see native/core/merged_layer.hpp).")
         .def("layer_changes", &layer_changes, py::arg("info"), py::arg("id"), py::arg("parents"),
              "The layer's entries in export order as (path, kind, size): kind is dir, file, symlink, "
              "stream (an alternate data stream, path 'file:name'), link (a hard link) or whiteout (path "

@@ -34,6 +34,14 @@ public:
                               const std::string& parent_id) = 0;
     virtual void create_sandbox_layer(const DriverInfo& info, const std::string& id,
                                       const std::string& parent_id, const LayerChain& parents) = 0;
+    // Beyond HCS's API: a sandbox on `parents` for reading them. Where the backend can, its
+    // view refuses writes (the portable backend's overlay view: EROFS); elsewhere (HCS, the
+    // portable copy view) it is a sandbox like any other, whose changes the caller discards
+    // by destroying it. This default is the plain sandbox.
+    virtual void create_view_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id,
+                                   const LayerChain& parents) {
+        create_sandbox_layer(info, id, parent_id, parents);
+    }
     virtual void expand_sandbox_size(const DriverInfo& info, const std::string& id,
                                      std::uint64_t size) = 0;
     virtual void destroy_layer(const DriverInfo& info, const std::string& id) = 0;

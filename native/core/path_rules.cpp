@@ -125,6 +125,21 @@ bool split_stream_path(const std::string& path, std::string& file, std::string& 
     return true;
 }
 
+std::string canonical_order_key(const std::string& entry_path, bool whiteout) {
+    std::string path = entry_path, stream;
+    const bool is_stream = !whiteout && split_stream_path(entry_path, path, stream);
+    std::string key = path;
+    std::replace(key.begin(), key.end(), '/', '\0');
+    if (whiteout) {
+        std::size_t cut = key.rfind('\0');
+        key.insert(cut == std::string::npos ? 0 : cut + 1, 1, '\0');
+    } else if (is_stream) {
+        key.append(3, '\0');
+        key += stream;
+    }
+    return key;
+}
+
 char32_t ntfs_upcase(char32_t c) {
     if (c < 0x80) return (c >= 'a' && c <= 'z') ? c - 32 : c;
     if (c > 0xffff) return c;  // two code units, surrogates: NTFS maps each to itself

@@ -47,6 +47,12 @@ std::string stream_name_problem(const std::string& name);
 // the last component holds no ':'.
 bool split_stream_path(const std::string& path, std::string& file, std::string& stream);
 
+// The sort key of a layer path in canonical export order: component-wise byte order
+// ('/' becomes NUL, which sorts before every name byte), a folder's whiteouts right after
+// it (a NUL before their name), a file's or folder's streams ("<file>:<stream>") right
+// after it, before its children (three NULs before the stream name).
+std::string canonical_order_key(const std::string& path, bool whiteout);
+
 // The upper-case form NTFS compares by: one code point of the BMP for one (supplementary
 // code points, two UTF-16 units each, are returned unchanged).
 char32_t ntfs_upcase(char32_t c);

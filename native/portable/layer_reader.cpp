@@ -14,21 +14,8 @@ namespace winlayer::portable {
 
 namespace {
 
-// Component-wise byte order: '/' becomes NUL, which sorts before every name byte. A
-// folder's whiteouts get a NUL before their name, a file's streams two.
 std::string canonical_key(const std::string& entry_path, EntryType type) {
-    std::string path = entry_path, stream;
-    if (type == EntryType::AlternateStream) split_stream_path(entry_path, path, stream);
-    std::string key = path;
-    std::replace(key.begin(), key.end(), '/', '\0');
-    if (type == EntryType::Whiteout) {
-        std::size_t cut = key.rfind('\0');
-        key.insert(cut == std::string::npos ? 0 : cut + 1, 1, '\0');
-    } else if (type == EntryType::AlternateStream) {
-        key.append(3, '\0');
-        key += stream;
-    }
-    return key;
+    return canonical_order_key(entry_path, type == EntryType::Whiteout);
 }
 
 class FileDataSource : public Source {

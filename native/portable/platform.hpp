@@ -140,6 +140,7 @@ private:
 
 // overlayfs (Linux only). mount_overlay throws Error(Os) when the kernel refuses (e.g. no
 // privilege); BackendUnavailable where overlayfs does not exist.
+// An empty `upper` mounts the lower folders alone, read-only (`work` is then unused).
 void mount_overlay(const std::vector<std::string>& lower, const std::string& upper,
                    const std::string& work, const std::string& target);
 void unmount(const std::string& target);  // not mounted is fine

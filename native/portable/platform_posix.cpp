@@ -704,11 +704,13 @@ void mount_overlay(const std::vector<std::string>& lower, const std::string& upp
                     .with_path(l);
         lowers += (lowers.empty() ? "" : ":") + l;
     }
-    std::string opts = "lowerdir=" + lowers + ",upperdir=" + upper + ",workdir=" + work;
+    std::string opts = "lowerdir=" + lowers;
+    if (!upper.empty()) opts += ",upperdir=" + upper + ",workdir=" + work;
+    const unsigned long flags = upper.empty() ? MS_RDONLY : 0;
     // Inside a user namespace overlayfs keeps its marks in user.* xattrs ("userxattr").
-    if (::mount("overlay", target.c_str(), "overlay", 0, (opts + ",userxattr").c_str()) == 0) return;
+    if (::mount("overlay", target.c_str(), "overlay", flags, (opts + ",userxattr").c_str()) == 0) return;
     int first = errno;
-    if (::mount("overlay", target.c_str(), "overlay", 0, opts.c_str()) == 0) return;
+    if (::mount("overlay", target.c_str(), "overlay", flags, opts.c_str()) == 0) return;
     int e = errno == EINVAL ? first : errno;
     if (e == ENODEV)
         throw Error(ErrorKind::BackendUnavailable,

@@ -46,6 +46,16 @@ public:
 
     void create_sandbox_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id,
                               const LayerChain& parents) override {
+        create_sandbox(info, id, parent_id, parents, false);
+    }
+
+    void create_view_layer(const DriverInfo& info, const std::string& id, const std::string& parent_id,
+                           const LayerChain& parents) override {
+        create_sandbox(info, id, parent_id, parents, true);
+    }
+
+    void create_sandbox(const DriverInfo& info, const std::string& id, const std::string& parent_id,
+                        const LayerChain& parents, bool read_only) {
         LayerRef ref = fresh(info, id);
         // HCS callers pass the parent's id or its folder (the seed passes parents[0]).
         if (!parent_id.empty() && !is_absolute(parent_id)) existing(info, parent_id);
@@ -56,6 +66,7 @@ public:
         meta.size_limit = kDefaultSandboxSize;
         Staging staging(ref);
         write_meta(staging.path(), meta, "");
+        if (read_only) write_file_atomic(join(staging.path(), kReadOnlyViewFile), "");
         staging.publish(&never_replace);
     }
 

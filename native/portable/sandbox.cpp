@@ -173,8 +173,17 @@ std::vector<std::string> overlay_lowers(const LayerRef& ref, const ParentChain& 
 }
 
 void mount_view(const LayerRef& ref, const ParentChain& chain) {
-    for (const char* d : {kUpperDir, kWorkDir, kViewDir}) make_dir(join(ref.dir, d));
     std::vector<std::string> lowers = overlay_lowers(ref, chain);
+    if (stat_path(join(ref.dir, kReadOnlyViewFile)).kind == NodeKind::File) {
+        // Lower folders only: a read-only overlay (older kernels want two of them).
+        std::string empty = join(join(ref.dir, kShimDir), "empty");
+        make_dirs(empty);
+        lowers.push_back(empty);
+        make_dir(join(ref.dir, kViewDir));
+        mount_overlay(lowers, "", "", join(ref.dir, kViewDir));
+        return;
+    }
+    for (const char* d : {kUpperDir, kWorkDir, kViewDir}) make_dir(join(ref.dir, d));
     if (lowers.empty()) {
         // overlayfs needs a lower folder: an empty one stands for an empty chain.
         std::string empty = join(join(ref.dir, kShimDir), "empty");

@@ -22,6 +22,9 @@
 namespace winlayer::portable {
 
 constexpr const char* kViewModeFile = "winlayer.view";
+// Marks a sandbox made by create_view_layer: its overlay view has no upper folder, so the
+// kernel refuses every write (EROFS). Its copy view is an ordinary copy.
+constexpr const char* kReadOnlyViewFile = "winlayer.readonly";
 constexpr std::uint64_t kDefaultSandboxSize = std::uint64_t(20) << 30;  // HCS's default
 
 void prepare_sandbox(const LayerRef& ref, const LayerChain& parents);

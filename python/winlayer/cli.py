@@ -4,8 +4,8 @@ Results go to stdout (aligned text, or one JSON document with ``--json``); progr
 and errors go to stderr. Exit codes: 0 success, 1 failure, 2 usage error. Every failure
 is one line naming what failed and where (``verify`` of several layers: one per bad
 layer); ``-v`` adds the traceback. The commands are registered by the modules
-``_cli_layers``, ``_cli_images``, ``_cli_registry`` and ``_cli_build`` (see
-``_cli_common.command``).
+``_cli_layers``, ``_cli_images``, ``_cli_registry``, ``_cli_build`` and ``_cli_rootfs``
+(see ``_cli_common.command``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, backend
+from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, _cli_rootfs, backend
 from ._cli_common import (
     COMMANDS,
     EXIT_FAILURE,
@@ -37,7 +37,7 @@ from ._cli_common import (
 )
 
 #: The command modules, imported for the commands they register.
-COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build)
+COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build, _cli_rootfs)
 
 
 def build_parser() -> argparse.ArgumentParser:

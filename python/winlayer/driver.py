@@ -12,6 +12,7 @@ of crashed operations are swept when a driver opens its home.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ from .imagestore import IMAGE_DB, ImageStore
 log = logging.getLogger(__name__)
 
 REMOVING_SUFFIX = "-removing"
+VIEW_SUFFIX = "-winlayer-view"  # read-only views: "<layer>-<token>-winlayer-view" (Driver.view)
 DEFAULT_MAX_LAYER_SIZE = 1 << 40
 
 
@@ -249,6 +251,8 @@ class Driver:
             if state.in_use:
                 raise LayerInUse(id, "layer is mounted or being exported")
             children = self._children(rid)
+            if any(child.endswith(VIEW_SUFFIX) for child in children):
+                raise LayerInUse(id, "layer is shown by a read-only view (Driver.view)")
             if children:
                 raise LayerInUse(id, f"layer is the parent of {', '.join(children)}")
             self._mounts.release(rid, state)  # left prepared by a process that died
@@ -338,6 +342,67 @@ class Driver:
             who = f"holder {holder!r}" if holder else "this process"
             self._mounts.put(rid, owner, f"layer {id!r} is not mounted by {who}")
 
+    def view(self, id: str, *, holder: str | None = None) -> Path:
+        """A read-only view of layer `id` on its parents (``ctr snapshots view``): the path
+        of the merged files, reference counted per holder as :meth:`get` is, until
+        :meth:`unview`.
+
+        The view is a hidden sandbox on the layer (``<id>-<token>-winlayer-view``, not listed by
+        :meth:`layers`), made by the first ``view`` of a holder and destroyed by its last
+        ``unview``. Where the backend can, writes into it fail (the portable backend's
+        overlay view: ``EROFS``); elsewhere (HCS, the portable copy view) they succeed but
+        are discarded with the view. While a view exists the layer cannot be removed.
+        A failed view leaves nothing; the sweep destroys views nobody holds.
+        """
+        self._check_writable()
+        owner = named_holder(holder) if holder else process_holder()
+        rid = self._require(id)
+        vid = _view_id(rid, owner)
+        with self._locked(rid, vid):
+            if not self._dir(rid).is_dir():
+                raise LayerNotFound(id)
+            layer_chain = [str(self._dir(rid)), *chain.read_chain(self._dir(rid))]
+            if not self._home_dir(vid).is_dir():
+                _check_depth(layer_chain, id, read_write=True)
+                self._state.mark_pending(vid)
+                try:
+                    self._backend.create_view_layer(self._info, vid, layer_chain[0], layer_chain)
+                    chain.write_chain(self._home_dir(vid), layer_chain)
+                    self._write_record(vid, {"read_write": True, "view": rid})
+                except BaseException:
+                    self._destroy_quietly(vid)
+                    raise
+                finally:
+                    self._state.clear_pending(vid)
+            try:
+                return Path(self._mounts.get(vid, owner, layer_chain, str(self._dir(vid))))
+            except BaseException:
+                self._destroy_idle_view(vid)
+                raise
+
+    def unview(self, id: str, *, holder: str | None = None) -> None:
+        """Release one :meth:`view` of `holder` (default: this process); the last one
+        unmounts the view and destroys it, with whatever was written into it."""
+        self._check_writable()
+        owner = named_holder(holder) if holder else process_holder()
+        rid = self._require(id)
+        vid = _view_id(rid, owner)
+        who = f"holder {holder!r}" if holder else "this process"
+        with self._locked(rid, vid):
+            if not self._home_dir(vid).is_dir():
+                raise WinlayerError(f"layer {id!r} has no view held by {who}")
+            self._mounts.put(vid, owner, f"layer {id!r} has no view held by {who}")
+            self._destroy_idle_view(vid)
+
+    def _destroy_idle_view(self, vid: str) -> bool:
+        """Destroy view `vid` if nobody holds it (its lock held); whether it was."""
+        state = self._state.load(vid)
+        if state.in_use or not self._home_dir(vid).is_dir():
+            return False
+        self._mounts.release(vid, state)
+        self._backend.destroy_layer(self._info, vid)
+        return True
+
     @contextlib.contextmanager
     def mounted(self, id: str) -> Iterator[Path]:
         """``with driver.mounted(id) as path:`` -- get on entry, put on exit."""
@@ -413,6 +478,34 @@ class Driver:
         Canonical (deterministic) by default; ``original=True`` gives back the imported
         tar byte for byte. Closing the stream does not touch the layer's mount count.
         """
+
+        def open_native(rid: str, parents: list[str]) -> Any:
+            return self._backend.export_layer(*self._ref(rid), parents, original)
+
+        return self._export(id, parent, open_native)
+
+    def merged(self, id: str) -> DiffStream:
+        """The merged file system of layer `id` on its parents as one base-layer tar stream,
+        the way ``docker export`` gives a container's: the nearest version of every path,
+        nothing a layer deleted, no whiteouts, Windows metadata kept; hard links stay links
+        only where the merged view has their file (see ``native/core/merged_layer.hpp``).
+        Canonical, so a chain of one layer gives that layer's :meth:`diff`. Like ``diff``,
+        it counts as an export of `id` while open (the parents cannot go while `id` lives).
+        """
+        return self._export(id, None, self._open_merged)
+
+    def _open_merged(self, rid: str, parents: list[str]) -> Any:
+        layers = [(*self._ref(rid), parents)]
+        for depth, folder in enumerate(parents):
+            info, name = self._folder_ref(folder)
+            layers.append((info, name, parents[depth + 1 :]))
+        return self._backend.export_merged(layers)
+
+    def _export(
+        self, id: str, parent: str | None, open_native: Callable[[str, list[str]], Any]
+    ) -> DiffStream:
+        """A tar stream `open_native(rid, parents)` of layer `id`, counted as an export of
+        it until closed (a remove is refused meanwhile)."""
         pid = os.getpid()
         counted = not self.write_denied  # a read-only store cannot be changed meanwhile
         with self._layer_locked(id) as rid:
@@ -427,7 +520,7 @@ class Driver:
                 self._end_export(rid)
 
         try:
-            native = self._backend.export_layer(*self._ref(rid), parents, original)
+            native = open_native(rid, parents)
         except BaseException:
             end()
             raise
@@ -543,7 +636,11 @@ class Driver:
         folder = str(self._dir(rid))
         children = []
         for entry in os.scandir(self.home):
-            if entry.is_dir() and not self._is_internal_name(entry.name) and entry.name != rid:
+            if (
+                entry.is_dir()
+                and (not self._is_internal_name(entry.name) or entry.name.endswith(VIEW_SUFFIX))
+                and entry.name != rid
+            ):
                 try:
                     if folder in chain.read_chain(Path(entry.path)):
                         children.append(entry.name)
@@ -583,6 +680,26 @@ class Driver:
                 except (WinlayerError, OSError) as exc:
                     log.warning("could not release the mount of %s: %s", layer_id, exc)
                     swept.append(f"could not release the mount of {layer_id}: {exc}")
+        swept.extend(self._sweep_views())
+        return swept
+
+    def _sweep_views(self) -> list[str]:
+        """Destroy the views nobody holds (their holders died, or a crash came between
+        a view's creation and its mount, or its unmount and its removal)."""
+        swept = []
+        for entry in os.scandir(self.home):
+            if not (entry.is_dir() and entry.name.endswith(VIEW_SUFFIX)):
+                continue
+            lock = self._state.lock(entry.name)
+            if not lock.acquire(blocking=False):
+                continue  # a view being made or released right now
+            try:
+                if self._destroy_idle_view(entry.name):
+                    swept.append(f"removed unused view {entry.name}")
+            except (WinlayerError, OSError) as exc:
+                log.warning("could not remove the view %s: %s", entry.name, exc)
+            finally:
+                lock.release()
         return swept
 
     def _destroy_quietly(self, folder_name: str) -> None:
@@ -661,10 +778,15 @@ class Driver:
 
     def _ref(self, rid: str) -> tuple[Any, str]:
         """How the backend names a layer: (driver info, id)."""
-        folder = self._dir(rid)
-        if folder.parent == self.home:
-            return self._info, rid
-        return self._path_info, str(folder)
+        return self._folder_ref(self._dir(rid))
+
+    def _folder_ref(self, folder: str | Path) -> tuple[Any, str]:
+        """How the backend names the layer in `folder` (e.g. a parent chain's entry): by
+        its name in the home, else by its full path."""
+        path = Path(folder)
+        if path.parent == self.home:
+            return self._info, path.name
+        return self._path_info, str(path)
 
     def _base_image_dirs(self) -> dict[str, Path]:
         """Folder name -> folder of each base image the backend reports (restored images'
@@ -690,7 +812,7 @@ class Driver:
 
     @staticmethod
     def _is_internal_name(name: str) -> bool:
-        return name.startswith(".") or name.endswith(REMOVING_SUFFIX)
+        return name.startswith(".") or name.endswith((REMOVING_SUFFIX, VIEW_SUFFIX))
 
 
 class DiffStream(io.RawIOBase):
@@ -733,9 +855,15 @@ def _check_id(id: str) -> None:
         or "\\" in id
         or "\0" in id
         or id.startswith(".")
-        or id.endswith(REMOVING_SUFFIX)
+        or id.endswith((REMOVING_SUFFIX, VIEW_SUFFIX))
     ):
         raise ValueError(f"invalid layer id {id!r}")
+
+
+def _view_id(rid: str, owner: str) -> str:
+    """The folder of `owner`'s view of layer `rid`."""
+    token = hashlib.sha256(owner.encode()).hexdigest()[:16]
+    return f"{rid}-{token}{VIEW_SUFFIX}"
 
 
 def _check_depth(layer_chain: list[str], parent: str | None, *, read_write: bool) -> None:

@@ -15,6 +15,9 @@
   :func:`remove_image` (``docker rmi``), :func:`tag_image`, :func:`inspect_image`,
   :func:`image_history`, :func:`prune`, :func:`remove_unused_layers` and
   :func:`disk_usage`.
+- :func:`export_rootfs` writes an image's merged file system as one layer tar (``docker
+  export``); :func:`mount_image` / :func:`unmount_image` give a read-only view of it
+  (``ctr images mount``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ._imagerefs import (
     tag_image,
 )
 from ._platform import host_architecture
+from ._rootfs import ImageView, RootfsExport, export_rootfs, mount_image, unmount_image
 from .archive import (
     InvalidArchive,
     Platform,
@@ -62,12 +66,14 @@ __all__ = [
     "Image",
     "ImageNotFound",
     "ImageStore",
+    "ImageView",
     "InvalidArchive",
     "Platform",
     "Progress",
     "PruneReport",
     "Recorder",
     "Removed",
+    "RootfsExport",
     "StoredLayer",
     "Tagger",
     "Usage",
@@ -78,6 +84,7 @@ __all__ = [
     "config_platform",
     "create_sandbox",
     "disk_usage",
+    "export_rootfs",
     "host_architecture",
     "host_platform",
     "image_history",
@@ -85,6 +92,7 @@ __all__ = [
     "install_base_image",
     "layer_id_for",
     "load",
+    "mount_image",
     "parse_platform",
     "parse_reference",
     "prune",
@@ -93,6 +101,7 @@ __all__ = [
     "restore_custom_images",
     "save",
     "tag_image",
+    "unmount_image",
 ]
 
 

@@ -1,0 +1,52 @@
+"""The commands on an image's merged file system: ``export-rootfs`` (``docker export``)
+and ``images mount`` / ``images unmount`` (``ctr images mount``: a read-only view)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._cli_common import CLI_HOLDER, Arg, command, emit, image_store, output_stream
+from .images import export_rootfs, mount_image, unmount_image
+
+
+@command(
+    "export-rootfs",
+    "write an image's merged file system as one base-layer tar (whiteouts applied)",
+    Arg("ref", metavar="IMAGE", help="image id, id prefix or name[:tag]"),
+    Arg("-o", "--output", metavar="FILE", help="where to write (default: stdout)"),
+)
+def _export_rootfs(args: argparse.Namespace) -> None:
+    with image_store(args) as (driver, store):
+        if args.output not in (None, "-"):
+            result = export_rootfs(driver, store, args.ref, args.output)
+        else:
+            with output_stream(args, args.output) as out:
+                export_rootfs(driver, store, args.ref, out)
+            return
+    emit(
+        args,
+        {"image": result.image, "layer": result.layer, "output": args.output, "size": result.size},
+        "",
+    )
+
+
+@command(
+    "images mount",
+    "give a read-only view of an image's files and print its path (until images unmount)",
+    Arg("ref", metavar="IMAGE", help="image id, id prefix or name[:tag]"),
+)
+def _images_mount(args: argparse.Namespace) -> None:
+    with image_store(args) as (driver, store):
+        view = mount_image(driver, store, args.ref, holder=CLI_HOLDER)
+    emit(args, {"image": view.image, "layer": view.layer, "path": str(view.path)}, str(view.path))
+
+
+@command(
+    "images unmount",
+    "release a view made by `winlayer images mount` (what was written there is discarded)",
+    Arg("ref", metavar="IMAGE", help="image id, id prefix or name[:tag]"),
+)
+def _images_unmount(args: argparse.Namespace) -> None:
+    with image_store(args) as (driver, store):
+        image = unmount_image(driver, store, args.ref, holder=CLI_HOLDER)
+    emit(args, {"image": image}, "")
