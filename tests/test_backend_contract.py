@@ -7,6 +7,7 @@ the contract's calls and the mount path are used.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -288,6 +289,107 @@ def test_chain_whiteouts_and_hard_links(
     members = _names(_export(backend, info, "l2", chain1))
     assert members["Files/Windows/.wh.win.ini"].isreg()
     assert members["Files/Windows/k32.dll"].linkname == "Files/Windows/System32/kernel32.dll"
+
+
+def _merged(backend: _hcs.Backend, layers: list[tuple[_hcs.DriverInfo, str, list[str]]]) -> bytes:
+    with backend.export_merged(layers) as stream:
+        return stream.read()
+
+
+def _files(tar: bytes) -> dict[str, bytes | None]:
+    """Files/ of a layer tar as _tree gives a view (hard links resolved)."""
+    out: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for m in t.getmembers():
+            if not m.name.startswith("Files/") or ":" in m.name:
+                continue
+            rel = m.name[len("Files/") :]
+            if m.islnk():
+                out[rel] = out[m.linkname[len("Files/") :]]
+            else:
+                data = t.extractfile(m) if m.isreg() else None
+                out[rel] = data.read() if data else None
+    return out
+
+
+def test_merged_export_is_what_the_sandbox_view_shows(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "l1", base_layer(f("Files/Windows/gone.txt", b"bye")), [])
+    chain1 = [_path(info, "l1")]
+    l2 = layer_tar(
+        [
+            d("Files"),
+            d("Files/Windows"),
+            wh("Files/Windows/win.ini"),
+            link("Files/Windows/k32.dll", "Files/Windows/System32/kernel32.dll"),
+            f("Files/Windows/System32", b"a file where a folder was"),
+        ]
+    )
+    _import(backend, info, "l2", l2, chain1)
+    chain2 = [_path(info, "l2"), *chain1]
+    merged = _merged(backend, [(info, "l2", chain1), (info, "l1", [])])
+    names = _names(merged)
+    assert not [n for n in names if ".wh." in n]
+    # The link's target went with its folder: the link carries the file itself.
+    assert names["Files/Windows/k32.dll"].isreg()
+    assert "Hives/System_Delta" in names
+    backend.create_sandbox_layer(info, "box", chain2[0], chain2)
+    view = _tree(_mount(backend, info, "box", chain2, mounted))
+    assert _files(merged) == view
+    # It imports as a base layer.
+    _import(backend, info, "flat", merged, [])
+    assert _export(backend, info, "flat", []) == merged
+
+
+def test_merged_export_of_one_layer_is_its_canonical_export(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    _import(backend, info, "base", base_layer(link("Files/two.ini", "Files/Windows/win.ini")), [])
+    assert _merged(backend, [(info, "base", [])]) == _export(backend, info, "base", [])
+
+
+def test_merged_export_refuses_a_link_without_its_file(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    top = layer_tar([d("Files"), link("Files/l", "Files/Windows/win.ini")])
+    _import(backend, info, "top", top, chain)
+    # The chain given without the layer that holds the link's file.
+    with pytest.raises(InvalidLayer, match="Files/l"):
+        _merged(backend, [(info, "top", chain)])
+    with pytest.raises(LayerNotFound):
+        _merged(backend, [(info, "missing", [])])
+
+
+def test_view_layer_shows_the_chain(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    _import(backend, info, "base", base_layer(), [])
+    chain = [_path(info, "base")]
+    backend.create_view_layer(info, "ro", chain[0], chain)
+    root = _mount(backend, info, "ro", chain, mounted)
+    assert _tree(root)["Windows/win.ini"] == b"[fonts]\r\n"
+    try:
+        Path(root, "written.txt").write_bytes(b"x")
+        refused = 0
+    except OSError as exc:
+        refused = exc.errno or -1
+    # Read-only where the backend can make it so (the portable overlay view), else a
+    # writable sandbox whose changes go with it.
+    assert refused in (0, errno.EROFS)
+    mounted.remove((backend, info, "ro"))
+    backend.unprepare_layer(info, "ro")
+    backend.deactivate_layer(info, "ro")
+    backend.destroy_layer(info, "ro")  # and with it whatever a writable view got
+    assert not backend.layer_exists(info, "ro")
+    assert _tree(_path(info, "base"))  # the chain is untouched
+    assert "written.txt" not in os.listdir(os.path.join(_path(info, "base"), "Files"))
 
 
 def test_sandbox_write_export_import_same_content(

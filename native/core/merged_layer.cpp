@@ -75,9 +75,8 @@ public:
         for (std::size_t i = 0; i < layers; ++i) index_layer(static_cast<std::uint32_t>(i));
         if (!wants_.empty()) {
             const Want& w = wants_.begin()->second.front();
-            throw Error(ErrorKind::InvalidLayer,
-                        "hard link target '" + w.target + "' is in no layer below the link's")
-                .with_path(w.link);
+            throw Error(ErrorKind::InvalidLayer, "hard link '" + w.link + "' names '" + w.target +
+                                                     "', which no layer below it holds");
         }
         order();
     }
@@ -204,8 +203,8 @@ private:
                 }
                 file = file_of(i, head->second);
             } else {
-                throw Error(ErrorKind::InvalidLayer, "hard link target '" + w.target + "' is not a file in the layer below")
-                    .with_path(w.link);
+                throw Error(ErrorKind::InvalidLayer, "hard link '" + w.link + "' names '" + w.target +
+                                                         "', which is no file in the layer below it");
             }
             for (std::uint32_t n : w.nodes) nodes_[n].file = file;
         }
