@@ -165,6 +165,37 @@ def test_merged_tar_matches_a_sandbox_view(
     assert tree(rootfs(driver, store, "app:1")) == seen
 
 
+def test_a_respelled_folder_reorders_the_farther_layers_entries(
+    driver: Driver, store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The base lists Files/Wa.txt before Files/Windows; spelled WINDOWS by the top layer,
+    # the folder sorts first, so the base's reader has to go back for Wa.txt.
+    base = layer_tar(
+        [d("Files"), f("Files/Wa.txt", b"wa"), d("Files/Windows"), f("Files/Windows/x.txt", b"x")]
+    )
+    top = layer_tar([d("Files"), d("Files/WINDOWS"), f("Files/WINDOWS/y.txt", b"y")])
+    load_image(driver, store, [base, top], "spell:1")
+    merged = rootfs(driver, store, "spell:1")
+    with tarfile.open(fileobj=io.BytesIO(merged)) as t:
+        assert t.getnames() == [
+            "Files",
+            "Files/WINDOWS",
+            "Files/WINDOWS/x.txt",
+            "Files/WINDOWS/y.txt",
+            "Files/Wa.txt",
+        ]
+    assert tree(merged)["Wa.txt"] == b"wa"
+    monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "copy")
+    top_layer = store.layer(store.get("spell:1").layers[-1])
+    assert top_layer is not None
+    driver.create("sandbox", top_layer.layer_id, read_write=True)
+    with driver.mounted("sandbox") as view:
+        assert view_tree(view) == tree(merged)
+    driver.apply_diff("flat", None, io.BytesIO(merged))
+    with driver.diff("flat") as again:
+        assert again.read() == merged
+
+
 def test_merged_tar_imports_as_the_same_base_layer(driver: Driver, store: ImageStore) -> None:
     load_image(driver, store, [BASE, MIDDLE, TOP], "app:1")
     merged = rootfs(driver, store, "app:1")
