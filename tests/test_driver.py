@@ -505,7 +505,8 @@ def test_an_intent_marker_being_written_is_not_a_crashed_operation(
     driver: Driver, tmp_path: Path
 ) -> None:
     """Another process writing an intent marker leaves its temporary file beside the
-    markers for a moment; a sweep then must not take it for a half-created layer."""
+    markers for a moment; a sweep then must not take it for a half-created layer, nor
+    remove it while its writer lives (this process stands for it)."""
     driver.apply_diff("base", None, io.BytesIO(base_layer()))
     writing = driver.home / ".winlayer" / "pending" / f".base.{os.getpid()}.tmp"
     writing.write_bytes(str(os.getpid()).encode())
