@@ -23,9 +23,10 @@ from . import _hcs, chain
 from ._common import FLAVOURS, ProgressCallback, Source, atomic_write
 from ._pipeline import plain_tar
 from ._platform import host_architecture
+from ._reference import check_name, check_tag
 from .backend import Backend
 from .errors import BackendUnavailable, LayerExists, WinlayerError
-from .imagestore import Image, check_name, check_tag
+from .imagestore import Image
 
 log = logging.getLogger(__name__)
 

@@ -41,23 +41,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._reference import DEFAULT_TAG, check_name, check_tag
 from ._state import write_denied
 from .errors import StoreCorrupt, WinlayerError
 
 IMAGE_DB = Path(".winlayer") / "images.db"
 BUSY_TIMEOUT_S = 60.0
-DEFAULT_TAG = "latest"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-# The distribution reference grammar (github.com/distribution/reference): an optional
-# registry host[:port], then lowercase path components, each joined by ".", "_", "__"
-# or dashes; a tag is up to 128 word characters, dots and dashes.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
-_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
 _LAYER_COLUMNS = "chain_id, layer_id, diff_id, parent, size, tar_size"
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8  # primary result codes
 
@@ -109,23 +101,6 @@ class StoredLayer:
     parent: str | None  # chain ID of the layer below
     size: int  # bytes of file data
     tar_size: int  # bytes of the uncompressed layer tar
-
-
-def check_name(name: str) -> None:
-    """Raise ValueError unless `name` is a valid repository name (lowercase path)."""
-    if not _NAME.fullmatch(name) or len(name) > 255:
-        raise ValueError(
-            f"invalid repository name {name!r}: "
-            "use lowercase letters, digits, '.', '_', '-' and '/'"
-        )
-
-
-def check_tag(tag: str) -> None:
-    if not _TAG.fullmatch(tag):
-        raise ValueError(
-            f"invalid tag {tag!r}: up to 128 letters, digits, '_', '.' and '-', "
-            "not starting with '.' or '-'"
-        )
 
 
 def parse_reference(ref: str) -> tuple[str, str]:
