@@ -270,7 +270,7 @@ def _plan_docker(archive: Archive) -> list[ImagePlan]:
     return plans
 
 
-def _descriptor(obj: object, member: str) -> tuple[str, str, int, dict[str, Any]]:
+def descriptor(obj: object, member: str) -> tuple[str, str, int, dict[str, Any]]:
     """(mediaType, digest, size, the whole descriptor) of an OCI descriptor."""
     if not isinstance(obj, dict):
         raise InvalidArchive("descriptor is not an object", member)
@@ -280,6 +280,12 @@ def _descriptor(obj: object, member: str) -> tuple[str, str, int, dict[str, Any]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidArchive(f"descriptor of {digest} has no valid size", member)
     return str(media_type), digest, size, obj
+
+
+def check_layer_media_type(media_type: str, member: str) -> None:
+    """Refuse a layer media type that is not a (possibly compressed) layer tar."""
+    if media_type not in _LAYER_TYPES:
+        raise InvalidArchive(f"unsupported layer media type {media_type!r}", member)
 
 
 def _blob_path(digest: str) -> str:
@@ -340,7 +346,7 @@ def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
     entries: list[_Entry] = []
     named: dict[tuple[str, ...], _Entry] = {}
     for obj in descriptors:
-        media_type, digest, size, desc = _descriptor(obj, "index.json")
+        media_type, digest, size, desc = descriptor(obj, "index.json")
         annotations = desc.get("annotations")
         annotations = annotations if isinstance(annotations, dict) else {}
         platform = Platform.from_json(desc.get("platform"))
@@ -349,7 +355,7 @@ def _entries(archive: Archive, descriptors: list[Any]) -> list[_Entry]:
             nested = parse_json(data, member)
             entry = _Entry(annotations, member)
             for sub in nested.get("manifests", []) if isinstance(nested, dict) else []:
-                sub_type, sub_digest, sub_size, sub_desc = _descriptor(sub, member)
+                sub_type, sub_digest, sub_size, sub_desc = descriptor(sub, member)
                 if sub_type in _MANIFEST_TYPES:
                     sub_platform = Platform.from_json(sub_desc.get("platform"))
                     entry.manifests.append((sub_platform, sub_digest, sub_size))
@@ -471,16 +477,15 @@ def _plan_oci_manifest(archive: Archive, digest: str, size: int) -> ImagePlan:
     manifest = parse_json(data, member)
     if not isinstance(manifest, dict):
         raise InvalidArchive("image manifest is not an object", member)
-    _, config_digest, config_size, _ = _descriptor(manifest.get("config"), member)
+    _, config_digest, config_size, _ = descriptor(manifest.get("config"), member)
     config, config_member = _read_blob(archive, config_digest, config_size, member)
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise InvalidArchive("image manifest has no layers list", member)
     blobs: list[_Blob] = []
     for entry in layers:
-        media_type, layer_digest, layer_size, desc = _descriptor(entry, member)
-        if media_type not in _LAYER_TYPES:
-            raise InvalidArchive(f"unsupported layer media type {media_type!r}", member)
+        media_type, layer_digest, layer_size, desc = descriptor(entry, member)
+        check_layer_media_type(media_type, member)
         path = _blob_path(layer_digest)
         if not archive.index.has(path):
             raise missing_layer(layer_digest, path, desc.get("urls"), member)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -44,10 +43,13 @@ from ._archive_plan import (
     MT_OCI_MANIFEST,
     ImagePlan,
     PlannedLayer,
+    check_layer_media_type,
     check_windows,
     choose_manifest,
+    descriptor,
     image_plan,
     layer_compression,
+    parse_json,
 )
 from ._common import CHUNK, LayerEvent, LayerEvents
 from ._platform import Platform, config_platform, host_platform
@@ -175,17 +177,15 @@ def pull(
 
 def _index_manifests(index: Manifest, where: str) -> list[tuple[Platform, str, int]]:
     """The image manifests an index lists, with their platforms."""
-    doc = _json(index.data, where)
+    doc = _object(index.data, where)
     entries = doc.get("manifests")
     if not isinstance(entries, list):
         raise InvalidArchive("index has no manifests list", where)
     found = []
     for entry in entries:
-        if not isinstance(entry, dict):
-            raise InvalidArchive("index entry is not an object", where)
-        digest, size = _digest_and_size(entry, where)
-        if entry.get("mediaType") in _MANIFEST_TYPES:
-            found.append((Platform.from_json(entry.get("platform")), digest, size))
+        media_type, digest, size, desc = descriptor(entry, where)
+        if media_type in _MANIFEST_TYPES:
+            found.append((Platform.from_json(desc.get("platform")), digest, size))
     return found
 
 
@@ -213,25 +213,20 @@ def _plan(
     """The image plan of a manifest, and each layer's media type by chain ID. A foreign
     layer (with `urls`) is refused unless `allow_foreign`; then its first URL is put in
     `foreign` (blob digest -> URL)."""
-    doc = _json(manifest.data, where)
-    config_desc = doc.get("config")
+    doc = _object(manifest.data, where)
     layers = doc.get("layers")
-    if not isinstance(config_desc, dict) or not isinstance(layers, list):
-        raise InvalidArchive("image manifest needs a config and a layers list", where)
-    config_digest, config_size = _digest_and_size(config_desc, where)
+    if not isinstance(layers, list):
+        raise InvalidArchive("image manifest has no layers list", where)
+    _, config_digest, config_size, _ = descriptor(doc.get("config"), where)
     if config_size > METADATA_LIMIT:
         raise InvalidArchive(f"config is {config_size} bytes; at most {METADATA_LIMIT}", where)
     config = client.get_blob(repository, config_digest, limit=METADATA_LIMIT)
     blobs: list[tuple[Member, str | None, int | None]] = []
     kinds: list[str] = []
     for entry in layers:
-        if not isinstance(entry, dict):
-            raise InvalidArchive("layer descriptor is not an object", where)
-        digest, size = _digest_and_size(entry, where)
-        media_type = entry.get("mediaType")
-        if not isinstance(media_type, str):
-            raise InvalidArchive(f"layer {digest} has no media type", where)
-        urls = entry.get("urls")
+        media_type, digest, size, desc = descriptor(entry, where)
+        check_layer_media_type(media_type, where)
+        urls = desc.get("urls")
         if urls is not None:
             if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
                 raise InvalidArchive(f"layer {digest} has urls that are not a list of URLs", where)
@@ -248,23 +243,11 @@ def _plan(
     return plan, {layer.chain_id: kind for layer, kind in zip(plan.layers, kinds, strict=True)}
 
 
-def _json(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArchive(f"manifest is not valid JSON ({exc})", where) from None
+def _object(data: bytes, where: str) -> dict[str, Any]:
+    doc = parse_json(data, where)
     if not isinstance(doc, dict):
         raise InvalidArchive("manifest is not a JSON object", where)
     return doc
-
-
-def _digest_and_size(desc: dict[str, Any], where: str) -> tuple[str, int]:
-    digest, size = desc.get("digest"), desc.get("size")
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
-        raise InvalidArchive(f"descriptor digest {digest!r} is not a sha256 digest", where)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidArchive(f"descriptor of {digest} has no valid size", where)
-    return digest, size
 
 
 class _Spool:
