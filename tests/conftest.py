@@ -137,11 +137,8 @@ def containerd(tmp_path: Path) -> Iterator[Any]:
     """A containerd daemon of its own, stopped after the test (realtools.Containerd)."""
     from .realtools import start_containerd
 
-    daemon = start_containerd(tmp_path / "containerd")
-    try:
+    with start_containerd(tmp_path / "containerd") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture
@@ -149,8 +146,5 @@ def registry(tmp_path: Path) -> Iterator[Any]:
     """A distribution registry of its own on 127.0.0.1 (realtools.Registry)."""
     from .realtools import start_registry
 
-    server = start_registry(tmp_path / "registry")
-    try:
+    with start_registry(tmp_path / "registry") as server:
         yield server
-    finally:
-        server.stop()

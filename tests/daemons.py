@@ -59,23 +59,43 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _wait_until(
-    ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, what: str
-) -> None:
-    """Wait for a daemon to answer; its log in the error if it exits or never does."""
+def _start(argv: list[str], log: Path, ready: Callable[[], bool]) -> subprocess.Popen[bytes]:
+    """Start a daemon logging to `log`; wait until `ready` says it answers (its log in the
+    error if it exits or never does)."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=tool_env())
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ready():
         if process.poll() is not None:
-            raise AssertionError(f"{what} exited {process.returncode}:\n{log.read_text()}")
+            raise AssertionError(f"{argv[0]} exited {process.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not start in {START_TIMEOUT_S} s:\n{log.read_text()}")
+            _stop(process)
+            raise AssertionError(
+                f"{argv[0]} did not start in {START_TIMEOUT_S} s:\n{log.read_text()}"
+            )
         time.sleep(0.05)
+    return process
+
+
+class Daemon:
+    """A started daemon: :meth:`stop` it, or use it as a context manager."""
+
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # -- containerd ---------------------------------------------------------------------------
 
 
-class Containerd:
+class Containerd(Daemon):
     """A containerd daemon on a private root, state and socket; :meth:`ctr` runs ``ctr``
     against it in the namespace ``winlayer-test``."""
 
@@ -109,14 +129,7 @@ class Containerd:
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder / "opt"}"\n'
         )
         self.log = folder / "containerd.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                ["containerd", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=tool_env(),
-            )
-        _wait_until(self._answers, self.process, self.log, "containerd")
+        self.process = _start(["containerd", "--config", str(config)], self.log, self._answers)
 
     def _answers(self) -> bool:
         if not self.socket.exists():
@@ -133,14 +146,11 @@ class Containerd:
         """``ctr --address SOCKET --namespace winlayer-test ARGS``; its stdout."""
         return run_tool("ctr", "--address", self.socket, "--namespace", self.NAMESPACE, *args)
 
-    def stop(self) -> None:
-        _stop(self.process)
-
 
 # -- registry -----------------------------------------------------------------------------
 
 
-class Registry:
+class Registry(Daemon):
     """The CNCF distribution registry on 127.0.0.1:<free port>, storing in a private
     folder; :attr:`host` is ``127.0.0.1:<port>``, :attr:`url` its base URL. `tls` is a
     (certificate, key) pair of PEM files to serve HTTPS with; `auth` is the registry's
@@ -177,18 +187,8 @@ class Registry:
         path = folder / "config.yml"
         path.write_text(json.dumps(config, indent=2))  # YAML reads JSON
         self.log = folder / "registry.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                ["docker-registry", "serve", str(path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=tool_env(),
-            )
-        _wait_until(self._listens, self.process, self.log, "docker-registry")
+        self.process = _start(["docker-registry", "serve", str(path)], self.log, self._listens)
 
     def _listens(self) -> bool:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", int(self.host.rsplit(":", 1)[1]))) == 0
-
-    def stop(self) -> None:
-        _stop(self.process)
