@@ -229,3 +229,18 @@ def test_gc_sweeps_leftovers(cli: Cli, tmp_path: Path) -> None:
     # opening the store sweeps; gc reports what a crash left (nothing now)
     assert cli.json("gc") == {"swept": []}
     assert sorted(p for p in os.listdir(cli.home) if not p.startswith(".")) == ["base"]
+
+
+def test_rm_removes_what_it_can_and_reports_each_failure(cli: Cli, tmp_path: Path) -> None:
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(base_layer())
+    for layer_id in ("a", "b"):
+        assert cli("import", layer_id, str(tar)).returncode == 0
+    done = cli("--json", "rm", "a", "nosuch", "b", "alsomissing")
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"removed": ["a", "b"]}
+    errors = done.stderr.decode().splitlines()
+    assert len(errors) == 2
+    assert "nosuch" in errors[0]
+    assert "alsomissing" in errors[1]
+    assert cli.json("ls") == []

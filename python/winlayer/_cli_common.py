@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 from ._common import LayerEvent
 from ._output import output_file
@@ -31,6 +31,8 @@ CLI_HOLDER = "cli"  # mounts made by `winlayer mount` outlive the command
 FAILURES = (WinlayerError, OSError, ValueError)
 
 Handler = Callable[[argparse.Namespace], None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class UsageError(Exception):
@@ -224,6 +226,24 @@ def source_date_epoch(flag: str | None) -> int | None:
 def pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
     """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
     return None if callback is None else (lambda done, _total: callback(done))
+
+
+def each(
+    args: argparse.Namespace, items: Iterable[T], fn: Callable[[T], R]
+) -> tuple[list[tuple[T, R]], bool]:
+    """Run `fn` on each item as docker does with several names: a failure is reported (one
+    line on stderr) and the others still run. Returns the (item, result) pairs that
+    succeeded and whether any failed (the command then raises :class:`Reported` once its
+    results are printed)."""
+    done: list[tuple[T, R]] = []
+    failed = False
+    for item in items:
+        try:
+            done.append((item, fn(item)))
+        except FAILURES as exc:
+            report(args, exc)
+            failed = True
+    return done, failed
 
 
 def report(args: argparse.Namespace, exc: BaseException) -> None:

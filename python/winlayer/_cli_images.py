@@ -11,17 +11,16 @@ import sys
 from typing import Any
 
 from ._cli_common import (
-    FAILURES,
     Arg,
     Reported,
     command,
+    each,
     emit,
     image_store,
     open_driver,
     output_stream,
     pair_progress,
     progress_bar,
-    report,
     source_total,
     table,
 )
@@ -169,17 +168,13 @@ def _save(args: argparse.Namespace) -> None:
 def _images_rm(args: argparse.Namespace) -> None:
     # Each image is removed on its own (as docker rmi): a failure is one line on stderr,
     # the others still go, and the exit code says that something failed.
-    records = []
-    failed = False
     with image_store(args) as (driver, store):
-        for ref in args.images:
-            try:
-                records += remove_image(
-                    driver, store, ref, force=args.force, prune=not args.no_prune
-                )
-            except FAILURES as exc:
-                report(args, exc)
-                failed = True
+        done, failed = each(
+            args,
+            args.images,
+            lambda ref: remove_image(driver, store, ref, force=args.force, prune=not args.no_prune),
+        )
+    records = [record for _, removed in done for record in removed]
     emit(args, [r.as_dict() for r in records], "\n".join(str(r) for r in records))
     if failed:
         raise Reported
@@ -204,15 +199,9 @@ def _images_tag(args: argparse.Namespace) -> None:
     Arg("images", nargs="+", metavar="IMAGE"),
 )
 def _images_inspect(args: argparse.Namespace) -> None:
-    found = []
-    failed = False
     with image_store(args) as (driver, store):
-        for ref in args.images:
-            try:
-                found.append(inspect_image(driver, store, ref))
-            except FAILURES as exc:
-                report(args, exc)
-                failed = True
+        done, failed = each(args, args.images, lambda ref: inspect_image(driver, store, ref))
+    found = [doc for _, doc in done]
     emit(args, found, json.dumps(found, indent=2, sort_keys=True))
     if failed:
         raise Reported

@@ -11,17 +11,16 @@ from typing import Any
 
 from ._cli_common import (
     CLI_HOLDER,
-    FAILURES,
     Arg,
     Reported,
     UsageError,
     command,
+    each,
     emit,
     image_store,
     open_driver,
     output_stream,
     progress_bar,
-    report,
     source_date_epoch,
     source_total,
     table,
@@ -114,10 +113,13 @@ def _unmount(args: argparse.Namespace) -> None:
 
 @command("rm", "remove layers", Arg("ids", nargs="+", metavar="ID"))
 def _rm(args: argparse.Namespace) -> None:
+    # As docker rm: each layer on its own; a failure is reported and the others still go.
     driver = open_driver(args)
-    for layer_id in args.ids:
-        driver.remove(layer_id)
-    emit(args, {"removed": args.ids}, "")
+    done, failed = each(args, args.ids, driver.remove)
+    removed = [layer_id for layer_id, _ in done]
+    emit(args, {"removed": removed}, "\n".join(removed))
+    if failed:
+        raise Reported
 
 
 def _layer_json(driver: Any, layer_id: str) -> dict[str, Any]:
@@ -184,14 +186,8 @@ def _du(args: argparse.Namespace) -> None:
 )
 def _verify(args: argparse.Namespace) -> None:
     driver = open_driver(args)
-    verified = {}
-    failed = False
-    for layer_id in args.ids:
-        try:
-            verified[layer_id] = driver.verify(layer_id)
-        except FAILURES as exc:
-            report(args, exc)
-            failed = True
+    done, failed = each(args, args.ids, driver.verify)
+    verified = dict(done)
     emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
     if failed:
         raise Reported

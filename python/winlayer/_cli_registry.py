@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._cli_common import (
@@ -63,6 +65,21 @@ def registry_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _tracked(
+    args: argparse.Namespace, last: dict[str, str]
+) -> Iterator[Callable[[LayerEvent], None]]:
+    """The layer events callback of a pull or push: drawn (see ``layer_progress``), and
+    each layer's last state kept in `last` (digest -> state, in order of first event)."""
+    with layer_progress(args.json) as draw:
+
+        def on_layer(event: LayerEvent) -> None:
+            last[event.digest] = event.state
+            draw(event)
+
+        yield on_layer
+
+
 @command(
     "pull",
     "pull an image from a registry (download, verify and import overlapped)",
@@ -78,13 +95,7 @@ def registry_options(args: argparse.Namespace) -> dict[str, Any]:
 def _pull(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
-
-    with image_store(args) as (driver, store), layer_progress(args.json) as draw:
-
-        def on_layer(event: LayerEvent) -> None:
-            last[event.digest] = event.state
-            draw(event)
-
+    with image_store(args) as (driver, store), _tracked(args, last) as on_layer:
         pulled = pull(
             driver,
             store,
@@ -123,13 +134,7 @@ def _pull(args: argparse.Namespace) -> None:
 def _push(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
-
-    with image_store(args) as (driver, store), layer_progress(args.json) as draw:
-
-        def on_layer(event: LayerEvent) -> None:
-            last[event.digest] = event.state
-            draw(event)
-
+    with image_store(args) as (driver, store), _tracked(args, last) as on_layer:
         pushed = push(driver, store, args.image, args.dest, on_layer=on_layer, **options)
     layers = [{"digest": d, "state": s} for d, s in last.items()]
     lines = [f"{short_id(d)}: {_PUSHED.get(s, s)}" for d, s in last.items()]
