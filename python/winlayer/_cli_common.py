@@ -251,4 +251,26 @@ def report(args: argparse.Namespace, exc: BaseException) -> None:
     ``except`` clause that caught `exc`)."""
     if args.verbose:
         logging.exception("%s failed", args.command_name)
-    sys.stderr.write(f"winlayer: error: {exc}\n")
+    if args.json:
+        sys.stderr.write(json.dumps({"error": error_fields(exc)}, sort_keys=True) + "\n")
+    else:
+        sys.stderr.write(f"winlayer: error: {exc}\n")
+
+
+#: Attributes of winlayer's exceptions (and OSError's) that say where a failure is; under
+#: ``--json`` an error carries those it has.
+_ERROR_FIELDS = (
+    "entry", "offset", "path", "member", "digest", "expected", "actual", "subject", "ref",
+    "registry", "repository", "tag", "status", "layer_id", "image_id", "wanted", "offered",
+    "operation", "hresult", "errno", "winerror", "filename",
+)  # fmt: skip
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """A failure as JSON: its type, its message, and where it is (see _ERROR_FIELDS)."""
+    fields: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    for name in _ERROR_FIELDS:
+        value = getattr(exc, name, None)
+        if value is not None and value != "" and isinstance(value, (str, int, list)):
+            fields[name] = value
+    return fields

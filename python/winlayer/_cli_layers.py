@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 from ._cli_common import (
     CLI_HOLDER,
@@ -30,6 +32,9 @@ from .images import create_sandbox, remove_unused_layers
 from .imagestore import IMAGE_DB, ImageStore
 from .layertar import list_layer_tar
 from .pack import pack_directory
+
+#: How much of a JSON listing is held in memory before it spills to a temporary file.
+JSON_SPOOL = 16 << 20
 
 
 @command(
@@ -229,28 +234,21 @@ def _gc(args: argparse.Namespace) -> None:
     "list a layer tar's entries with their Windows metadata, then its diffID (no store needed)",
     Arg("file", metavar="FILE", help="layer tar, plain, gzip or zstd; - for stdin"),
     Arg("--parent-links", action="store_true", help="accept hard links to targets not in FILE"),
-    Arg("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"),
 )
 def _tar_ls(args: argparse.Namespace) -> None:
-    # Entries are printed as they are read (a layer can hold millions): on failure the
-    # output stops where the problem is and stderr says why.
+    # The text listing is printed as it is read (a layer can hold millions of entries): on
+    # failure it stops where the problem is and stderr says why. The JSON document is
+    # written to a spool (memory, then a temporary file) and printed only once complete,
+    # so that a failure never leaves half a document on stdout.
     source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    if args.json:
+        with tempfile.SpooledTemporaryFile(JSON_SPOOL, mode="w+", encoding="utf-8") as spool:
+            _tar_ls_json(source, args.parent_links, spool)
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout)
+        return
     out = sys.stdout
     with list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
-        if args.json:
-            out.write('{\n  "entries": [')
-            for i, entry in enumerate(listing):
-                out.write(
-                    ("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True)
-                )
-            summary = {
-                "compression": listing.compression,
-                "data_size": listing.data_size,
-                "diff_id": listing.diff_id,
-            }
-            tail = json.dumps(summary, indent=2, sort_keys=True)[1:]  # the rest of the object
-            out.write("\n  ],\n" + tail.lstrip("\n") + "\n")
-            return
         out.write(
             f"{'TYPE':<16}  {'MODE':<6}  {'SIZE':>12}  {'MODIFIED (UTC)':<19}  {'OWNER':<8}  PATH\n"
         )
@@ -274,3 +272,17 @@ def _tar_ls(args: argparse.Namespace) -> None:
             f"\n{count} entries, {listing.data_size} bytes of data, "
             f"compression {listing.compression}\ndiffID {listing.diff_id}\n"
         )
+
+
+def _tar_ls_json(source: Any, parent_links: bool, out: IO[str]) -> None:
+    with list_layer_tar(source, allow_parent_links=parent_links) as listing:
+        out.write('{\n  "entries": [')
+        for i, entry in enumerate(listing):
+            out.write(("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True))
+        summary = {
+            "compression": listing.compression,
+            "data_size": listing.data_size,
+            "diff_id": listing.diff_id,
+        }
+        tail = json.dumps(summary, indent=2, sort_keys=True)[1:]  # the rest of the object
+        out.write("\n  ],\n" + tail.lstrip("\n") + "\n")

@@ -46,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Windows container image layers: import, export, mount and inspect them.",
     )
     parser.add_argument("--version", action="version", version=_version_text())
-    parser.add_argument("--home", metavar="DIR", help="the layer store (default: per-user)")
-    parser.add_argument("--backend", choices=("portable", "hcs"), help="override the backend")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    _global_options(parser, top_level=True)
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, Any] = {}
     for name, (_fn, help_text, arguments) in sorted(COMMANDS.items()):
@@ -66,9 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             target = top.add_parser(name, help=help_text, description=help_text)
         target.set_defaults(command_name=name)
+        _global_options(target, top_level=False)
         for argument in arguments:
             target.add_argument(*argument.flags, **argument.options)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The options every command takes, before or after its name (``winlayer ls --json``
+    as ``winlayer --json ls``). After the name they default to nothing, so that they do not
+    undo what was given before it."""
+
+    def default(value: object) -> object:
+        return value if top_level else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options") if not top_level else parser
+    group.add_argument(
+        "--home", metavar="DIR", default=default(None), help="the layer store (default: per-user)"
+    )
+    group.add_argument(
+        "--backend",
+        choices=("portable", "hcs"),
+        default=default(None),
+        help="override the backend",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default(False), help="print one JSON document"
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug logs, tracebacks",
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="errors only"
+    )
 
 
 def _version_text() -> str:
@@ -96,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fn(args)
     except UsageError as exc:
-        sys.stderr.write(f"winlayer: error: {exc}\n")
+        report(args, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("winlayer: interrupted\n")

@@ -1,0 +1,80 @@
+"""CLI conventions every command shares: global options before or after the command, and
+errors as JSON under --json (with nothing half-written on stdout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cli
+from .layerbuild import base_layer, f, layer_tar
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "ls"],
+        ["ls", "--json"],
+        ["images", "ls", "--json"],
+        ["--json", "images", "ls"],
+    ],
+)
+def test_global_options_work_before_and_after_the_command(cli: Cli, argv: list[str]) -> None:
+    done = cli(*argv)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == []
+
+
+def test_home_after_the_command(cli: Cli, tmp_path: Path) -> None:
+    tar = tmp_path / "l.tar"
+    tar.write_bytes(base_layer())
+    other = tmp_path / "other"
+    done = cli("import", "a", str(tar), "--home", str(other))
+    assert done.returncode == 0, done.stderr.decode()
+    assert (other / "a").is_dir()  # the home after the command wins over the one before
+    assert not (cli.home / "a").exists()
+
+
+def test_an_option_before_the_command_is_not_undone_after_it(cli: Cli) -> None:
+    done = cli("--json", "images", "ls", "-q")
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == []
+
+
+def test_errors_are_json_under_json(cli: Cli, tmp_path: Path) -> None:
+    done = cli("inspect", "nosuch", "--json")
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert json.loads(done.stderr) == {
+        "error": {
+            "type": "LayerNotFound",
+            "message": "layer not found: 'nosuch'",
+            "layer_id": "nosuch",
+        }
+    }
+    plain = cli("inspect", "nosuch")
+    assert plain.stderr == b"winlayer: error: layer not found: 'nosuch'\n"
+
+
+def test_a_tar_error_carries_entry_and_offset(cli: Cli, tmp_path: Path) -> None:
+    good = bytearray(layer_tar([f("Files/a.txt", b"a" * 2000), f("Files/b.txt", b"b")]))
+    second = good.index(b"Files/b.txt")
+    good[second] ^= 0x01  # the second header's checksum no longer matches
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(good))
+    done = cli("--json", "tar", "ls", str(bad))
+    assert done.returncode == 1
+    assert done.stdout == b""  # no half document
+    error = json.loads(done.stderr)["error"]
+    assert error["type"] == "InvalidLayer"
+    assert "checksum" in error["message"]
+    assert error["offset"] == second - second % 512
+
+
+def test_a_usage_error_is_json_too(cli: Cli) -> None:
+    done = cli("--json", "push", "app:1", "127.0.0.1:1/x", "--jobs", "0")
+    assert done.returncode == 2
+    error = json.loads(done.stderr)["error"]
+    assert error == {"type": "UsageError", "message": "--jobs must be at least 1"}
