@@ -10,6 +10,7 @@ import pytest
 
 from .conftest import Cli
 from .layerbuild import base_layer, f, layer_tar
+from .test_archive import docker_save
 
 
 @pytest.mark.parametrize(
@@ -78,3 +79,22 @@ def test_a_usage_error_is_json_too(cli: Cli) -> None:
     assert done.returncode == 2
     error = json.loads(done.stderr)["error"]
     assert error == {"type": "UsageError", "message": "--jobs must be at least 1"}
+
+
+def test_listings_print_their_header_on_an_empty_store(cli: Cli) -> None:
+    assert cli("ls").stdout.decode().split() == ["ID", "PARENT", "SIZE", "MODE"]
+    assert cli("images", "ls").stdout.decode().split() == ["TAGS", "IMAGE", "ID", "CREATED", "SIZE"]
+
+
+def test_quiet_listings_print_only_ids(cli: Cli, tmp_path: Path) -> None:
+    tar = tmp_path / "l.tar"
+    tar.write_bytes(base_layer())
+    for layer_id in ("b", "a"):
+        assert cli("import", layer_id, str(tar)).returncode == 0
+    assert cli("ls", "-q").stdout == b"a\nb\n"
+    assert json.loads(cli("-q", "--json", "ls").stdout) == ["a", "b"]
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(docker_save([base_layer()], tags=["app:1"])[0])
+    assert cli("load", str(archive)).returncode == 0
+    (image,) = cli.json("images", "ls")  # type: ignore[misc]
+    assert cli("images", "ls", "-q").stdout.decode() == str(image["id"])[-64:][:12] + "\n"

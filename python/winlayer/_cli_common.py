@@ -65,8 +65,11 @@ def command(name: str, help: str, *arguments: Arg) -> Callable[[Handler], Handle
     return register
 
 
-def emit(args: argparse.Namespace, result: Any, text: str) -> None:
-    """Print a command's result: JSON with --json, else the human text."""
+def emit(args: argparse.Namespace, result: Any, text: str, *, ids: list[str] | None = None) -> None:
+    """Print a command's result: JSON with --json, else the human text. A listing passes
+    `ids`: with ``-q`` only those are printed, one per line (as ``docker image ls -q``)."""
+    if ids is not None and args.quiet:
+        result, text = ids, "\n".join(ids)
     if args.json:
         json.dump(result, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

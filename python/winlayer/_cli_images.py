@@ -57,14 +57,19 @@ def _image_rows(images: list[Any]) -> str:
         ]
         for image in images
     ]
-    return table(rows, ["TAGS", "IMAGE ID", "CREATED", "SIZE"]) if rows else ""
+    return table(rows, ["TAGS", "IMAGE ID", "CREATED", "SIZE"])
 
 
 @command("images ls", "list the images in the store")
 def _images_ls(args: argparse.Namespace) -> None:
     with image_store(args) as (_driver, store):
         images = store.images()
-    emit(args, [image.as_dict() for image in images], _image_rows(images))
+    emit(
+        args,
+        [image.as_dict() for image in images],
+        _image_rows(images),
+        ids=[image.id[:12] for image in images],
+    )
 
 
 @command("images restore", "register the host's base images as images (lower(name):version)")

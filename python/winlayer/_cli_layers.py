@@ -148,7 +148,8 @@ def _ls(args: argparse.Namespace) -> None:
     emit(
         args,
         [_layer_json(driver, layer.id) for layer in layers],
-        table(rows, ["ID", "PARENT", "SIZE", "MODE"]) if rows else "",
+        table(rows, ["ID", "PARENT", "SIZE", "MODE"]),
+        ids=[layer.id for layer in layers],
     )
 
 
