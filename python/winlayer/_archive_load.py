@@ -33,7 +33,7 @@ from ._layerrecord import LayerRecorder
 from ._pipeline import BlobOpener, TarFeed, digest_of
 from ._platform import Platform, parse_platform
 from ._stream import Compression
-from .errors import DigestMismatch
+from .errors import DigestMismatch, InvalidArgument
 from .imagestore import Image, ImageStore, parse_reference
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def _commit_or_undo(
 
 def _check_single(plans: list[ImagePlan], tag: tuple[str, str] | None) -> None:
     if tag is not None and len(plans) != 1:
-        raise ValueError(f"the archive holds {len(plans)} images; a tag applies to one only")
+        raise InvalidArgument(f"the archive holds {len(plans)} images; a tag applies to one only")
 
 
 def _load_in_place(

@@ -41,7 +41,7 @@ from ._archive_plan import chain_ids, json_field
 from ._common import CHUNK, Progress, go_json
 from ._layerrecord import LayerRecorder
 from ._pipeline import HashingReader, Readable, TarFeed, plain_tar
-from .errors import BuildError, InvalidLayer, StoreCorrupt
+from .errors import BuildError, InvalidArgument, InvalidLayer, StoreCorrupt
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference
 from .pack import pack_directory
 
@@ -69,11 +69,11 @@ def epoch_time(source_date_epoch: int) -> datetime:
     if isinstance(source_date_epoch, bool) or not isinstance(source_date_epoch, int):
         raise TypeError(f"source_date_epoch must be an int, not {source_date_epoch!r}")
     if source_date_epoch < 0:
-        raise ValueError(f"source_date_epoch must not be negative: {source_date_epoch}")
+        raise InvalidArgument(f"source_date_epoch must not be negative: {source_date_epoch}")
     try:
         return datetime.fromtimestamp(source_date_epoch, timezone.utc)
     except (OverflowError, OSError, ValueError):
-        raise ValueError(f"source_date_epoch is out of range: {source_date_epoch}") from None
+        raise InvalidArgument(f"source_date_epoch is out of range: {source_date_epoch}") from None
 
 
 def _key(doc: dict[str, Any], name: str) -> str:
@@ -318,7 +318,7 @@ def _diff_id_of_tar(path: Path, limit: int) -> str:
 
 def _created(created: datetime | None, source_date_epoch: int | None) -> str:
     if created is not None and source_date_epoch is not None:
-        raise ValueError("give created or source_date_epoch, not both")
+        raise InvalidArgument("give created or source_date_epoch, not both")
     if source_date_epoch is not None:
         return rfc3339(epoch_time(source_date_epoch))
     return rfc3339(created if created is not None else datetime.now(timezone.utc))
@@ -389,7 +389,7 @@ def append(
     """
     name_tag = parse_reference(tag)
     if not sources:
-        raise ValueError("append needs at least one layer tar or folder")
+        raise InvalidArgument("append needs at least one layer tar or folder")
     paths = [Path(s) for s in sources]
     for path in paths:
         if not path.exists():

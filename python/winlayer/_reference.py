@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import InvalidArgument
+
 DEFAULT_TAG = "latest"
 DOCKER_HUB = "docker.io"
 #: Where Docker Hub's registry API answers (``docker.io`` is only its name).
@@ -28,7 +30,7 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 NAME_MAX = 255
 
 
-class InvalidReference(ValueError):
+class InvalidReference(InvalidArgument):
     """A string that is not an image reference; the message says which part is wrong."""
 
 

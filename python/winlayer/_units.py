@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import InvalidArgument
+
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -18,15 +20,15 @@ def parse_size(value: int | str) -> int:
         raise TypeError("size must be an int or a string, not bool")
     if isinstance(value, int):
         if value <= 0:
-            raise ValueError(f"size must be positive, got {value}")
+            raise InvalidArgument(f"size must be positive, got {value}")
         return value
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(f"invalid size {value!r}: use bytes or a number with K, M, G, T or P")
+        raise InvalidArgument(f"invalid size {value!r}: use bytes or a number with K, M, G, T or P")
     number, unit = float(match.group(1)), match.group(2).lower()
     size = int(number * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"size must be positive, got {value!r}")
+        raise InvalidArgument(f"size must be positive, got {value!r}")
     return size
 
 

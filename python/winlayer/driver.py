@@ -29,11 +29,13 @@ from . import _baseimages, _hcs, chain
 from ._baseimages import Recorder, Tagger
 from ._common import FLAVOURS, ProgressCallback, Source, data_root
 from ._pipeline import TarFeed, digest_of, plain_tar
+from ._reference import DIGEST
 from ._state import Mounts, StateStore, named_holder, process_holder, write_denied
 from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
     DigestMismatch,
+    InvalidArgument,
     LayerExists,
     LayerInUse,
     LayerNotFound,
@@ -97,7 +99,9 @@ class Driver:
         max_layer_size: int | str | None = None,
     ) -> None:
         if flavour not in FLAVOURS:
-            raise ValueError(f"unknown flavour {flavour!r}: choose windowsfilter or windowsdiff")
+            raise InvalidArgument(
+                f"unknown flavour {flavour!r}: choose windowsfilter or windowsdiff"
+            )
         self.flavour = flavour
         #: Largest uncompressed layer apply_diff accepts from compressed input (bombs).
         self.max_layer_size = parse_size(
@@ -206,7 +210,7 @@ class Driver:
         rpid = self._require(parent) if parent else ""
         sandbox = read_write or rpid.endswith("-init")
         if limit is not None and not sandbox:
-            raise ValueError("size applies to read/write layers only")
+            raise InvalidArgument("size applies to read/write layers only")
         with self._locked(id, rpid):
             if self._home_dir(id).exists():
                 raise LayerExists(id)
@@ -214,7 +218,9 @@ class Driver:
                 raise LayerNotFound(parent or rpid, "parent layer not found")
             layer_chain = self._chain_below(rpid, include_parent=not rpid.endswith("-init"))
             if sandbox and not layer_chain:
-                raise ValueError(f"cannot create a read/write layer without a parent layer: {id!r}")
+                raise InvalidArgument(
+                    f"cannot create a read/write layer without a parent layer: {id!r}"
+                )
             _check_depth(layer_chain, parent, read_write=sandbox)
             self._state.mark_pending(id)
             try:
@@ -441,6 +447,8 @@ class Driver:
         """
         self._check_writable()
         _check_id(id)
+        if digest is not None and not DIGEST.fullmatch(digest):
+            raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
         limit = self.max_layer_size
         rpid = self._require(parent) if parent else ""
         with self._locked(id, rpid):
@@ -857,7 +865,7 @@ def _check_id(id: str) -> None:
         or id.startswith(".")
         or id.endswith((REMOVING_SUFFIX, VIEW_SUFFIX))
     ):
-        raise ValueError(f"invalid layer id {id!r}")
+        raise InvalidArgument(f"invalid layer id {id!r}")
 
 
 def _view_id(rid: str, owner: str) -> str:

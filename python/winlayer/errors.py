@@ -17,6 +17,7 @@ __all__ = [
     "DigestMismatch",
     "HcsError",
     "ImageConflict",
+    "InvalidArgument",
     "InvalidLayer",
     "InvalidPlatform",
     "LayerExists",
@@ -55,6 +56,11 @@ class LayerInUse(WinlayerError):
     def __init__(self, layer_id: str, message: str = "layer is in use") -> None:
         super().__init__(f"{message}: {layer_id!r}")
         self.layer_id = layer_id
+
+
+class InvalidArgument(WinlayerError, ValueError):
+    """An argument that is not valid input: a malformed digest, size, id, reference, tag,
+    flavour or option value (also a ``ValueError``)."""
 
 
 class InvalidLayer(WinlayerError, ValueError):
@@ -209,7 +215,7 @@ def from_native(
     return WinlayerError(f"internal error in winlayer's native code: {message}")
 
 
-class InvalidPlatform(WinlayerError, ValueError):
+class InvalidPlatform(InvalidArgument):
     """A platform specifier (``os[/arch[/variant]][:os.version]``) that does not parse;
     ``spec`` is the specifier, ``reason`` what is wrong with it."""
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from ._reference import DEFAULT_TAG, check_name, check_tag
 from ._state import write_denied
-from .errors import StoreCorrupt, WinlayerError
+from .errors import InvalidArgument, StoreCorrupt, WinlayerError
 
 IMAGE_DB = Path(".winlayer") / "images.db"
 BUSY_TIMEOUT_S = 60.0
@@ -106,7 +106,7 @@ class StoredLayer:
 def parse_reference(ref: str) -> tuple[str, str]:
     """``name[:tag]`` -> (name, tag); the tag defaults to ``latest``. Raises ValueError."""
     if "@" in ref:
-        raise ValueError(f"image references by digest are not supported: {ref!r}")
+        raise InvalidArgument(f"image references by digest are not supported: {ref!r}")
     name, tag = ref, DEFAULT_TAG
     head, sep, tail = ref.rpartition(":")
     if sep and "/" not in tail:
@@ -120,7 +120,7 @@ def normalize_id(image_id: str) -> str:
     """``sha256:<hex>`` or ``<hex>`` -> ``<hex>``; ValueError for anything else."""
     hex_id = image_id.removeprefix("sha256:")
     if not _HEX64.fullmatch(hex_id):
-        raise ValueError(f"invalid image id {image_id!r}: expected 64 lowercase hex digits")
+        raise InvalidArgument(f"invalid image id {image_id!r}: expected 64 lowercase hex digits")
     return hex_id
 
 
