@@ -6,18 +6,15 @@ Archives are built here with tarfile, independently of winlayer's writer.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
 import pytest
-import zstandard
 
 from winlayer import DigestMismatch, Driver, InvalidLayer, WinlayerError
 from winlayer.images import (
@@ -30,147 +27,18 @@ from winlayer.images import (
     save,
 )
 
+from . import stores
+from .imagebuild import compress, config_for, docker_save, make_tar, oci_layout, sha
 from .layerbuild import base_layer, d, f, layer_tar, link, wh
+
+driver = stores.driver
+store = stores.store
 
 L1 = base_layer()
 L2 = layer_tar(
     [d("Files/app"), f("Files/app/run.cmd", b"@echo hi\r\n"), wh("Files/Windows/win.ini")]
 )
 L3 = layer_tar([d("Files/other"), f("Files/other/data.bin", bytes(range(256)) * 40)])
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def compress(data: bytes, how: str) -> bytes:
-    if how == "gzip":
-        return gzip.compress(data, mtime=0)
-    if how == "zstd":
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def make_tar(members: list[tuple[str, Any]]) -> bytes:
-    """(name, bytes) for files, (name, ("symlink", target)) for symlinks."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if isinstance(data, tuple):
-                info.type = tarfile.SYMTYPE
-                info.linkname = data[1]
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def config_for(layers: list[bytes], **extra: Any) -> bytes:
-    config = {
-        "architecture": "amd64",
-        "os": "windows",
-        "created": "2024-05-01T10:00:00Z",
-        "config": {"Cmd": ["cmd.exe"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha(layer) for layer in layers]},
-        **extra,
-    }
-    return json.dumps(config).encode()
-
-
-def docker_save(
-    layers: list[bytes],
-    *,
-    compression: list[str] | None = None,
-    tags: list[str] | None = None,
-    layout: str = "legacy",
-    config: bytes | None = None,
-    layers_first: bool = True,
-) -> tuple[bytes, bytes]:
-    """A docker save archive; `layout` "legacy" (<v1 id>/layer.tar, a symlink to the blob
-    as in the fixture) or "blobs" (blobs/sha256/<digest>, Docker 25)."""
-    compression = compression or ["none"] * len(layers)
-    config = config if config is not None else config_for(layers)
-    blobs = [compress(layer, how) for layer, how in zip(layers, compression, strict=True)]
-    members: list[tuple[str, Any]] = []
-    paths = []
-    for i, blob in enumerate(blobs):
-        if layout == "legacy":
-            v1 = hashlib.sha256(f"v1-{i}".encode()).hexdigest()
-            members += [(f"{v1}/VERSION", b"1.0"), (f"{v1}/json", b"{}")]
-            members.append((f"{sha(blob)[7:]}.tar", blob))
-            members.append((f"{v1}/layer.tar", ("symlink", f"../{sha(blob)[7:]}.tar")))
-            paths.append(f"{v1}/layer.tar")
-        else:
-            path = f"blobs/sha256/{sha(blob)[7:]}"
-            members.append((path, blob))
-            paths.append(path)
-    config_path = (
-        f"{sha(config)[7:]}.json" if layout == "legacy" else f"blobs/sha256/{sha(config)[7:]}"
-    )
-    meta = [
-        (config_path, config),
-        (
-            "manifest.json",
-            json.dumps([{"Config": config_path, "RepoTags": tags or [], "Layers": paths}]).encode(),
-        ),
-        ("repositories", b"{}"),
-    ]
-    ordered = members + meta if layers_first else meta + members
-    return make_tar(ordered), config
-
-
-def oci_layout(
-    layers: list[bytes],
-    *,
-    compression: list[str] | None = None,
-    ref: str | None = "example.com/app:1.0",
-    config: bytes | None = None,
-    tamper: dict[str, Any] | None = None,
-) -> tuple[bytes, bytes]:
-    compression = compression or ["none"] * len(layers)
-    config = config if config is not None else config_for(layers)
-    blobs = [compress(layer, how) for layer, how in zip(layers, compression, strict=True)]
-    media = {"none": "", "gzip": "+gzip", "zstd": "+zstd"}
-    manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": sha(config),
-            "size": len(config),
-        },
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar" + media[how],
-                "digest": sha(blob),
-                "size": len(blob),
-            }
-            for blob, how in zip(blobs, compression, strict=True)
-        ],
-    }
-    for key, value in (tamper or {}).items():
-        position, field = key.split(".")
-        manifest["layers"][int(position)][field] = value
-    manifest_bytes = json.dumps(manifest).encode()
-    descriptor: dict[str, Any] = {
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": sha(manifest_bytes),
-        "size": len(manifest_bytes),
-    }
-    if ref:
-        descriptor["annotations"] = {"org.opencontainers.image.ref.name": ref}
-    index = {"schemaVersion": 2, "manifests": [descriptor]}
-    # A layer blob is stored under the digest its descriptor names (tampered or not).
-    names = [desc["digest"] for desc in manifest["layers"]] + [sha(config), sha(manifest_bytes)]
-    contents = [*blobs, config, manifest_bytes]
-    members = [(f"blobs/sha256/{n[7:]}", b) for n, b in zip(names, contents, strict=True)]
-    members += [
-        ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-        ("index.json", json.dumps(index).encode()),
-    ]
-    return make_tar(members), config
 
 
 class Pipe(io.RawIOBase):
@@ -187,17 +55,6 @@ class Pipe(io.RawIOBase):
         chunk = self._data.read(min(len(buffer), 7000))
         buffer[: len(chunk)] = chunk
         return len(chunk)
-
-
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
 
 
 def write(tmp_path: Path, data: bytes, name: str = "image.tar") -> Path:

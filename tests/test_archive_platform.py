@@ -19,23 +19,11 @@ from winlayer import Driver, PlatformNotFound
 from winlayer._archive_members import DirectoryArchive
 from winlayer.images import ImageStore, InvalidArchive, Platform, host_architecture, load
 
+from . import stores
 from .conftest import Cli
+from .imagebuild import compress, config_for, docker_save, make_tar, oci_layout, sha
 from .realtools import skopeo
-from .test_archive import (
-    L1,
-    L2,
-    L3,
-    Pipe,
-    assert_pristine,
-    check_loaded,
-    compress,
-    config_for,
-    docker_save,
-    make_tar,
-    oci_layout,
-    sha,
-    write,
-)
+from .test_archive import L1, L2, L3, Pipe, assert_pristine, check_loaded, write
 
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -158,15 +146,8 @@ def flat_index(images: list[Image], ref: str = REF) -> bytes:
     return make_tar(members)
 
 
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Any:
-    with ImageStore(driver.home) as s:
-        yield s
+driver = stores.driver
+store = stores.store
 
 
 @pytest.fixture

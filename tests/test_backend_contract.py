@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.layerbuild import base_layer, d, f, layer_tar, link, wh
+from tests.layerbuild import E, base_layer, d, f, layer_tar, link, wh
 from winlayer import _hcs
 from winlayer.errors import (
     BackendUnavailable,
@@ -249,11 +249,11 @@ def test_hostile_entry_leaves_no_layer(backend: _hcs.Backend, info: _hcs.DriverI
     assert not backend.layer_exists(info, "bad")
 
 
-def test_chain_whiteouts_and_hard_links(
-    backend: _hcs.Backend,
-    info: _hcs.DriverInfo,
-    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
-) -> None:
+def _two_layers(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, last: E
+) -> tuple[list[str], list[str]]:
+    """Import l1 (a base layer with Files/Windows/gone.txt) and l2 on it (deleting win.ini,
+    a hard link k32.dll to a file of l1, then `last`); their chains, l1's and l2's."""
     _import(backend, info, "l1", base_layer(f("Files/Windows/gone.txt", b"bye")), [])
     chain1 = [_path(info, "l1")]
     l2 = layer_tar(
@@ -262,11 +262,19 @@ def test_chain_whiteouts_and_hard_links(
             d("Files/Windows"),
             wh("Files/Windows/win.ini"),
             link("Files/Windows/k32.dll", "Files/Windows/System32/kernel32.dll"),
-            f("Files/Windows/new.txt", b"l2"),
+            last,
         ]
     )
     _import(backend, info, "l2", l2, chain1)
-    chain2 = [_path(info, "l2"), *chain1]
+    return chain1, [_path(info, "l2"), *chain1]
+
+
+def test_chain_whiteouts_and_hard_links(
+    backend: _hcs.Backend,
+    info: _hcs.DriverInfo,
+    mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
+) -> None:
+    chain1, chain2 = _two_layers(backend, info, f("Files/Windows/new.txt", b"l2"))
     l3 = layer_tar(
         [
             d("Files"),
@@ -317,19 +325,9 @@ def test_merged_export_is_what_the_sandbox_view_shows(
     info: _hcs.DriverInfo,
     mounted: list[tuple[_hcs.Backend, _hcs.DriverInfo, str]],
 ) -> None:
-    _import(backend, info, "l1", base_layer(f("Files/Windows/gone.txt", b"bye")), [])
-    chain1 = [_path(info, "l1")]
-    l2 = layer_tar(
-        [
-            d("Files"),
-            d("Files/Windows"),
-            wh("Files/Windows/win.ini"),
-            link("Files/Windows/k32.dll", "Files/Windows/System32/kernel32.dll"),
-            f("Files/Windows/System32", b"a file where a folder was"),
-        ]
+    chain1, chain2 = _two_layers(
+        backend, info, f("Files/Windows/System32", b"a file where a folder was")
     )
-    _import(backend, info, "l2", l2, chain1)
-    chain2 = [_path(info, "l2"), *chain1]
     merged = _merged(backend, [(info, "l2", chain1), (info, "l1", [])])
     names = _names(merged)
     assert not [n for n in names if ".wh." in n]

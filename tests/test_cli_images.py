@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import sqlite3
 import tarfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Cli
+from .imagebuild import hello_archive
 from .layerbuild import base_layer, d, f
 
 HIVES = ("DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM")
@@ -43,38 +43,9 @@ def test_install_restore_ls(cli: Cli, tmp_path: Path) -> None:
     assert text[1].startswith("servercore:10.0.20348.1")
 
 
-def _docker_save(layer: bytes, depth: int = 1) -> bytes:
-    """A docker save archive of image hello:1, `layer` stacked `depth` times."""
-    import hashlib
-
-    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "windows",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id] * depth},
-        }
-    ).encode()
-    config_name = hashlib.sha256(config).hexdigest() + ".json"
-    manifest = json.dumps(
-        [{"Config": config_name, "RepoTags": ["hello:1"], "Layers": ["l1/layer.tar"] * depth}]
-    ).encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (
-            ("manifest.json", manifest),
-            (config_name, config),
-            ("l1/layer.tar", layer),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_load_save_round_trip(cli: Cli, tmp_path: Path) -> None:
     archive = tmp_path / "hello.tar"
-    archive.write_bytes(_docker_save(base_layer()))
+    archive.write_bytes(hello_archive(base_layer()))
     loaded = cli.json("load", str(archive), "--tag", "hello:latest")
     assert isinstance(loaded, list)
     assert sorted(loaded[0]["tags"]) == ["hello:1", "hello:latest"]
@@ -103,7 +74,7 @@ def test_load_obeys_the_layer_size_limit(cli: Cli, tmp_path: Path) -> None:
 
     bomb = zstandard.ZstdCompressor().compress(base_layer(f("Files/zeros", bytes(8 << 20))))
     archive = tmp_path / "bomb.tar"
-    archive.write_bytes(_docker_save(bomb))
+    archive.write_bytes(hello_archive(bomb))
     cli.env["WINLAYER_MAX_LAYER_SIZE"] = "1MiB"
     result = cli("load", str(archive))
     assert result.returncode == 1
@@ -116,7 +87,7 @@ def test_load_obeys_the_layer_size_limit(cli: Cli, tmp_path: Path) -> None:
 
 def test_load_refuses_an_image_deeper_than_125_layers(cli: Cli, tmp_path: Path) -> None:
     archive = tmp_path / "deep.tar"
-    archive.write_bytes(_docker_save(base_layer(), depth=10_000))
+    archive.write_bytes(hello_archive(base_layer(), depth=10_000))
     result = cli("load", str(archive))
     assert result.returncode == 1
     (line,) = result.stderr.decode().splitlines()
@@ -144,13 +115,13 @@ def test_a_damaged_image_store_is_one_line_naming_it(
     cli: Cli, tmp_path: Path, how: str, command: str
 ) -> None:
     archive = tmp_path / "hello.tar"
-    archive.write_bytes(_docker_save(base_layer()))
+    archive.write_bytes(hello_archive(base_layer()))
     assert cli("load", str(archive)).returncode == 0
     db = cli.home / ".winlayer" / "images.db"
     _damage(db, how)
     layers = cli.json("ls")
     other = tmp_path / "other.tar"  # new layers: a failed load must take them out again
-    other.write_bytes(_docker_save(base_layer(f("Files/new.txt", b"new"))))
+    other.write_bytes(hello_archive(base_layer(f("Files/new.txt", b"new"))))
     args = {
         "images ls": ["images", "ls"],
         "load": ["load", str(other)],
@@ -171,7 +142,7 @@ def test_load_refuses_a_layer_member_named_twice(
 ) -> None:
     import gzip
 
-    archive = _docker_save(base_layer())
+    archive = hello_archive(base_layer())
     other = base_layer(f("Files/other.txt", b"other"))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         kept = [(m, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ from pathlib import Path
 from winlayer.images import ImageStore
 
 from .conftest import Cli
-from .test_archive import config_for, docker_save
+from .imagebuild import config_for, docker_save
 from .test_image_lifecycle import L1, L2, L3, history
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import Cli
+from .imagebuild import hello_archive
 from .layerbuild import base_layer, d, f, layer_tar
-from .test_cli_images import _docker_save
 
 BIG = layer_tar([d("Files"), f("Files/big.bin", os.urandom(3 << 20))])
 
@@ -31,7 +31,7 @@ def store(cli: Cli, tmp_path: Path) -> Cli:
     (tmp_path / "big.tar").write_bytes(BIG)
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "a.txt").write_text("a")
-    (tmp_path / "hello.tar").write_bytes(_docker_save(base_layer()))
+    (tmp_path / "hello.tar").write_bytes(hello_archive(base_layer()))
     for args in (
         ("import", "base", str(tmp_path / "base.tar")),
         ("import", "big", str(tmp_path / "big.tar")),

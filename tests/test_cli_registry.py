@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from .conftest import Cli
+from .imagebuild import docker_save, sha
 from .layerbuild import base_layer, f, layer_tar
 from .realtools import Registry, skopeo
-from .test_archive import docker_save, sha
 
 LAYERS = [base_layer(f("Files/a.txt", b"a" * 3000)), layer_tar([f("Files/b.txt", b"b" * 9000)])]
 

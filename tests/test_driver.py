@@ -26,12 +26,10 @@ from winlayer import (
 from winlayer.backend import load
 from winlayer.chain import MAX_DEPTH
 
+from . import stores
 from .layerbuild import base_layer, d, f, layer_tar, link, snapshot, wh
 
-
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
+driver = stores.driver
 
 
 def _sha(data: bytes) -> str:

@@ -9,7 +9,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,9 @@ from winlayer.images import (
     tag_image,
 )
 
+from . import stores
+from .imagebuild import config_for, docker_save, sha
 from .layerbuild import base_layer, d, f, layer_tar
-from .test_archive import config_for, docker_save, sha
 
 L1 = base_layer()
 L2 = layer_tar([d("Files/app"), f("Files/app/run.cmd", b"@echo hi\r\n")])
@@ -46,15 +46,8 @@ L4 = layer_tar([d("Files/more"), f("Files/more/x.txt", b"x" * 300)])
 HIVES = ("DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM")
 
 
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
+driver = stores.driver
+store = stores.store
 
 
 def history(*steps: str, empty: tuple[int, ...] = ()) -> list[dict[str, Any]]:
@@ -90,6 +83,12 @@ def ids(driver: Driver) -> set[str]:
 
 def chain(image: Image) -> list[str]:
     return [layer_id_for(c) for c in image.layers]
+
+
+def assert_only(driver: Driver, store: ImageStore, image: Image) -> None:
+    """`image` is the one image left, and its layers the only layers."""
+    assert [i.id for i in store.images()] == [image.id]
+    assert ids(driver) == set(chain(image))
 
 
 def lines(records: list[Any]) -> list[str]:
@@ -200,8 +199,7 @@ def test_no_prune_keeps_the_untagged_parent(
         f"Deleted: sha256:{child.id}",
         f"Deleted: {child.layers[1]}",
     ]
-    assert [i.id for i in store.images()] == [parent.id]
-    assert ids(driver) == set(chain(parent))
+    assert_only(driver, store, parent)
 
 
 def test_a_tagged_parent_is_kept_when_its_child_goes(
@@ -210,8 +208,7 @@ def test_a_tagged_parent_is_kept_when_its_child_goes(
     parent = put(driver, store, tmp_path, [L1], ["base:1"], history=history("base"))
     put(driver, store, tmp_path, [L1, L2], ["app:1"], history=history("base", "app"))
     remove_image(driver, store, "app:1")
-    assert [i.id for i in store.images()] == [parent.id]
-    assert ids(driver) == set(chain(parent))
+    assert_only(driver, store, parent)
 
 
 def test_same_layers_with_a_longer_history_is_a_child(

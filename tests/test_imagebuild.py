@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,52 +24,22 @@ from winlayer.images import (
 )
 from winlayer.pack import pack_directory
 
+from . import stores
 from .conftest import Cli
+from .imagebuild import (
+    EPOCH,
+    TOOLS,
+    append_tree,
+    base_archive,
+    docker_save,
+    load_base,
+    make_tree,
+    sha,
+)
 from .layerbuild import base_layer, d, f, layer_tar
-from .test_archive import config_for, docker_save, sha
 
-EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
-L2 = layer_tar([d("Files/tools"), f("Files/tools/tool.exe", b"MZ" + bytes(100))])
-BASE_EXTRA = {"os.version": "10.0.20348.2113", "os.features": ["win32k"], "variant": ""}
-
-
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
-
-
-def load_base(driver: Driver, store: ImageStore, tmp_path: Path, tag: str = "base:1") -> bytes:
-    """Load a two-layer base image tagged `tag`; return its config."""
-    layers = [base_layer(), L2]
-    data, config = docker_save(layers, tags=[tag], config=config_for(layers, **BASE_EXTRA))
-    archive = tmp_path / f"{tag.replace(':', '-')}.tar"
-    archive.write_bytes(data)
-    load(driver, store, archive)
-    return config
-
-
-def make_tree(root: Path, stamp_ns: int = 1_650_000_000_123_456_789) -> Path:
-    """A folder with subfolders, an empty file, a symlink and a hard link; every time set
-    to `stamp_ns` (not a whole number of 100 ns ticks) and older ones below it."""
-    (root / "app" / "sub" / "deeper").mkdir(parents=True)
-    (root / "app" / "run.cmd").write_bytes(b"@echo hi\r\n")
-    (root / "app" / "empty.txt").write_bytes(b"")
-    (root / "app" / "sub" / "deeper" / "data.bin").write_bytes(bytes(range(256)) * 50)
-    (root / "app" / "sub" / "same.bin").write_bytes(b"shared")
-    os.link(root / "app" / "sub" / "same.bin", root / "app" / "sub" / "again.bin")
-    os.symlink("run.cmd", root / "app" / "link.cmd")
-    (root / "old.txt").write_bytes(b"from before 1970")
-    for path in sorted(root.rglob("*"), reverse=True):
-        os.utime(path, ns=(stamp_ns, stamp_ns), follow_symlinks=False)
-    os.utime(root / "old.txt", ns=(-1_500_000_050, -1_500_000_050))
-    os.utime(root, ns=(stamp_ns, stamp_ns))
-    return root
+driver = stores.driver
+store = stores.store
 
 
 def staging_empty(driver: Driver) -> bool:
@@ -164,22 +132,15 @@ def test_append_is_reproducible(
     driver: Driver, store: ImageStore, tmp_path: Path, backend_name: str
 ) -> None:
     load_base(driver, store, tmp_path)
-    first = append(
+    first = append_tree(
         driver,
         store,
-        "base:1",
-        [make_tree(tmp_path / "one" / "app", stamp_ns=(EPOCH + 100) * 10**9 + 3)],
-        tag="app:1",
-        source_date_epoch=EPOCH,
+        make_tree(tmp_path / "one" / "app", stamp_ns=(EPOCH + 100) * 10**9 + 3),
+        "app:1",
     )
     layers_before = store.layers()
-    again = append(
-        driver,
-        store,
-        "base:1",
-        [make_tree(tmp_path / "two" / "app", stamp_ns=(EPOCH + 5) * 10**9)],
-        tag="app:2",
-        source_date_epoch=EPOCH,
+    again = append_tree(
+        driver, store, make_tree(tmp_path / "two" / "app", stamp_ns=(EPOCH + 5) * 10**9), "app:2"
     )
     assert again.id == first.id
     assert store.layers() == layers_before  # nothing imported twice
@@ -188,24 +149,15 @@ def test_append_is_reproducible(
     other = Driver(tmp_path / "home2", backend=backend_name, base_images=tmp_path / "base")
     with ImageStore(other.home) as store2:
         load_base(other, store2, tmp_path)
-        fresh = append(
+        fresh = append_tree(
             other,
             store2,
-            "base:1",
-            [make_tree(tmp_path / "three" / "app", stamp_ns=(EPOCH + 7777) * 10**9)],
-            tag="x:1",
-            source_date_epoch=EPOCH,
+            make_tree(tmp_path / "three" / "app", stamp_ns=(EPOCH + 7777) * 10**9),
+            "x:1",
         )
         assert fresh.id == first.id
         # Another epoch is another image.
-        later = append(
-            other,
-            store2,
-            "base:1",
-            [tmp_path / "three" / "app"],
-            tag="x:2",
-            source_date_epoch=EPOCH + 1,
-        )
+        later = append_tree(other, store2, tmp_path / "three" / "app", "x:2", epoch=EPOCH + 1)
         assert later.id != first.id
 
 
@@ -255,7 +207,7 @@ def test_a_bad_later_input_removes_the_layers_made_before(
         append(driver, store, "base:1", [tree, hostile], tag="a:1")
     assert (store.images(), store.layers(), driver.layers()) == before
     corrupt = tmp_path / "corrupt.tar.gz"
-    corrupt.write_bytes(gzip.compress(L2)[:-20])
+    corrupt.write_bytes(gzip.compress(TOOLS)[:-20])
     with pytest.raises(InvalidLayer, match=r"corrupt\.tar\.gz"):
         append(driver, store, "base:1", [tree, corrupt], tag="a:1")
     assert (store.images(), store.layers(), driver.layers()) == before
@@ -298,9 +250,7 @@ def test_the_config_is_written_as_go_writes_a_map(
     data, _ = docker_save(layers, tags=["odd:1"], config=json.dumps(config).encode())
     (tmp_path / "odd.tar").write_bytes(data)
     load(driver, store, tmp_path / "odd.tar")
-    image = append(
-        driver, store, "odd:1", [make_tree(tmp_path / "t")], tag="a:1", source_date_epoch=EPOCH
-    )
+    image = append_tree(driver, store, make_tree(tmp_path / "t"), "a:1", base="odd:1")
     assert b'"Labels":{"a":"caf\xc3\xa9 \\u2028","z":"\\u003ca \\u0026 b\\u003e"}' in image.config
     # Keys spelled otherwise are matched as Go matches them and keep their spelling.
     doc = json.loads(image.config)
@@ -343,9 +293,7 @@ def test_an_appended_image_saves_and_loads_with_the_same_ids(
     driver: Driver, store: ImageStore, tmp_path: Path, backend_name: str
 ) -> None:
     load_base(driver, store, tmp_path)
-    image = append(
-        driver, store, "base:1", [make_tree(tmp_path / "t")], tag="app:1", source_date_epoch=EPOCH
-    )
+    image = append_tree(driver, store, make_tree(tmp_path / "t"), "app:1")
     out = tmp_path / "saved.tar"
     save(driver, store, "app:1", out)
     other = Driver(tmp_path / "home2", backend=backend_name, base_images=tmp_path / "base")
@@ -430,7 +378,7 @@ def test_commit_finds_the_image_of_an_unrecorded_sandbox(
     # Two images on the same top layer: which one is ambiguous, --from says.
     other = json.loads(store.get("base:1").config)
     other["config"] = {"Cmd": ["powershell.exe"]}
-    layers = [base_layer(), L2]
+    layers = [base_layer(), TOOLS]
     data, _ = docker_save(layers, tags=["twin:1"], config=json.dumps(other).encode())
     (tmp_path / "twin.tar").write_bytes(data)
     load(driver, store, tmp_path / "twin.tar")
@@ -475,8 +423,7 @@ def test_create_sandbox_of_an_unknown_image_creates_nothing(
 
 
 def cli_base(cli: Cli, tmp_path: Path) -> None:
-    layers = [base_layer(), L2]
-    data, _ = docker_save(layers, tags=["base:1"], config=config_for(layers, **BASE_EXTRA))
+    data, _ = base_archive()
     (tmp_path / "base.tar").write_bytes(data)
     assert cli("load", str(tmp_path / "base.tar")).returncode == 0
 

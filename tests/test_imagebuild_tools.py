@@ -4,7 +4,6 @@ loads back into winlayer as the same image."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -13,14 +12,10 @@ from typing import Any
 import pytest
 
 from winlayer import Driver
-from winlayer.images import Image, ImageStore, append, load, save
+from winlayer.images import Image, ImageStore, load, save
 
+from .imagebuild import append_tree, load_base, make_tree, sha
 from .realtools import skopeo
-from .test_imagebuild import EPOCH, load_base, make_tree
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def build(tmp_path: Path) -> tuple[Image, Path, dict[str, Any], bytes]:
@@ -29,21 +24,14 @@ def build(tmp_path: Path) -> tuple[Image, Path, dict[str, Any], bytes]:
     driver = Driver(tmp_path / "home", backend="portable", base_images=tmp_path / "base")
     with ImageStore(driver.home) as store:
         load_base(driver, store, tmp_path)
-        image = append(
-            driver,
-            store,
-            "base:1",
-            [make_tree(tmp_path / "app")],
-            tag="winlayer-test/app:1",
-            source_date_epoch=EPOCH,
-        )
+        image = append_tree(driver, store, make_tree(tmp_path / "app"), "winlayer-test/app:1")
         archive = tmp_path / "app.tar"
         save(driver, store, "winlayer-test/app:1", archive)
     with tarfile.open(archive) as tar:
         index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
         digest = index["manifests"][0]["digest"]
         raw = tar.extractfile(f"blobs/sha256/{digest[7:]}").read()  # type: ignore[union-attr]
-    assert sha256(raw) == digest
+    assert sha(raw) == digest
     return image, archive, json.loads(raw), raw
 
 
@@ -61,9 +49,9 @@ def test_containerd_imports_an_appended_image(tmp_path: Path, containerd: Any) -
     ref = "winlayer-test/app:1"  # containerd 1.6 keeps the name as the index gives it
     listed = containerd.ctr("images", "ls").splitlines()
     row = next(line.split() for line in listed[1:] if line.split()[0] == ref)
-    assert row[2] == sha256(raw)  # the manifest digest containerd recorded
+    assert row[2] == sha(raw)  # the manifest digest containerd recorded
     assert "windows/amd64" in row  # the platform, read from the config
-    stored = containerd.ctr("content", "get", sha256(raw))
+    stored = containerd.ctr("content", "get", sha(raw))
     assert stored.encode() == raw
     check_manifest(json.loads(stored), image)
     config = containerd.ctr("content", "get", f"sha256:{image.id}").encode()
@@ -103,7 +91,7 @@ def test_skopeo_reads_an_appended_image(tmp_path: Path) -> None:
         blob = layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]
         check_manifest(json.loads(blob.read_bytes()), image)
     assert blob.read_bytes() != raw  # docker-archive: skopeo writes a Docker manifest
-    assert (tmp_path / "oci" / "blobs" / "sha256" / sha256(raw)[7:]).read_bytes() == raw
+    assert (tmp_path / "oci" / "blobs" / "sha256" / sha(raw)[7:]).read_bytes() == raw
     with tarfile.open(tmp_path / "layout.tar", "w") as tar:
         for path in sorted(layout.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)

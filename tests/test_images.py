@@ -34,6 +34,7 @@ from winlayer.images import (
 )
 from winlayer.imagestore import IMAGE_DB, MIGRATIONS, SCHEMA_VERSION
 
+from . import stores
 from .layerbuild import base_layer, d, f, layer_tar, link
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,9 +48,7 @@ def install_base(base: Path, folder: str, **meta: Any) -> Path:
     return path
 
 
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
+driver = stores.driver
 
 
 @pytest.fixture
@@ -64,10 +63,7 @@ def stack() -> Iterator[contextlib.ExitStack]:
         yield s
 
 
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
+store = stores.store
 
 
 def image(n: int, **kw: Any) -> Image:

@@ -16,14 +16,13 @@ import zstandard
 from winlayer import DigestMismatch, Driver, InvalidLayer
 from winlayer._pipeline import HashingReader, TarFeed, digest_of, plain_tar
 
+from . import stores
 from .layerbuild import base_layer, f
 
 COMPRESS = {"gzip": gzip.compress, "zstd": lambda data: zstandard.ZstdCompressor().compress(data)}
 
 
-@pytest.fixture
-def driver(tmp_path: Path, backend_name: str) -> Driver:
-    return Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
+driver = stores.driver
 
 
 class Watched(io.BytesIO):

@@ -25,13 +25,13 @@ from winlayer._platform import parse_platform
 from winlayer._pull import pull
 from winlayer._reference import parse
 from winlayer._registry import Manifest, RegistryClient, RegistryError
-from winlayer.archive import MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids
+from winlayer.archive import MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids
 from winlayer.images import ImageStore, load
 from winlayer.registry import push
 
+from .imagebuild import config_for, descriptor, docker_save, image_manifest, sha
 from .layerbuild import base_layer, f, layer_tar
 from .realtools import Registry
-from .test_archive import config_for, docker_save, sha
 
 PAYLOADS = [b"a" * 5000, os.urandom(3 << 20), os.urandom(2 << 20)]
 LAYERS = [
@@ -78,16 +78,9 @@ def push_gzip_image(client: RegistryClient, repository: str, tag: str) -> bytes:
     for layer in LAYERS:
         blob = gzip.compress(layer, mtime=0)
         client.upload_blob(repository, sha(blob), iter([blob]), monolithic=False)
-        layers.append({"mediaType": MT_OCI_LAYER + "+gzip", "digest": sha(blob), "size": len(blob)})
+        layers.append(descriptor(MT_OCI_LAYER + "+gzip", blob))
     client.upload_blob(repository, sha(config), iter([config]), monolithic=True)
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": sha(config), "size": len(config)},
-        "layers": layers,
-    }
-    data = json.dumps(doc).encode()
-    client.put_manifest(repository, tag, Manifest(MT_OCI_MANIFEST, sha(data), data))
+    client.put_manifest(repository, tag, image_manifest(config, layers))
     return config
 
 
@@ -178,21 +171,10 @@ def push_foreign_image(client: RegistryClient, url: str) -> bytes:
     """An image whose one layer is foreign: the registry has only its descriptor."""
     config = config_for([LAYERS[0]])
     client.upload_blob("f/app", sha(config), iter([config]), monolithic=True)
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": sha(config), "size": len(config)},
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar",
-                "digest": sha(LAYERS[0]),
-                "size": len(LAYERS[0]),
-                "urls": [url],
-            }
-        ],
-    }
-    data = json.dumps(doc).encode()
-    client.put_manifest("f/app", "1", Manifest(MT_OCI_MANIFEST, sha(data), data))
+    foreign = descriptor(
+        "application/vnd.oci.image.layer.nondistributable.v1.tar", LAYERS[0], urls=[url]
+    )
+    client.put_manifest("f/app", "1", image_manifest(config, [foreign]))
     return config
 
 
@@ -300,22 +282,9 @@ def push_index(client: RegistryClient, repository: str, tag: str) -> dict[str, b
         configs[name] = config
         for blob in (layer, config):
             client.upload_blob(repository, sha(blob), iter([blob]), monolithic=True)
-        doc = {
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "config": {"mediaType": MT_OCI_CONFIG, "digest": sha(config), "size": len(config)},
-            "layers": [{"mediaType": MT_OCI_LAYER, "digest": sha(layer), "size": len(layer)}],
-        }
-        data = json.dumps(doc).encode()
-        client.put_manifest(repository, sha(data), Manifest(MT_OCI_MANIFEST, sha(data), data))
-        entries.append(
-            {
-                "mediaType": MT_OCI_MANIFEST,
-                "digest": sha(data),
-                "size": len(data),
-                "platform": platform,
-            }
-        )
+        manifest = image_manifest(config, [descriptor(MT_OCI_LAYER, layer)])
+        client.put_manifest(repository, manifest.digest, manifest)
+        entries.append(descriptor(MT_OCI_MANIFEST, manifest.data, platform=platform))
     index = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries})
     data = index.encode()
     client.put_manifest(repository, tag, Manifest(MT_OCI_INDEX, sha(data), data))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,21 +16,14 @@ from winlayer.archive import MT_OCI_MANIFEST, layer_id_for
 from winlayer.images import ImageStore, load, save
 from winlayer.registry import push
 
+from . import stores
 from .conftest import Cli
+from .imagebuild import docker_save, sha
 from .layerbuild import base_layer, f, layer_tar
 from .realtools import Registry, skopeo
-from .test_archive import docker_save, sha
 
-
-@pytest.fixture
-def driver(tmp_path: Path) -> Driver:
-    return Driver(tmp_path / "home", backend="portable", base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
+driver = stores.portable_driver
+store = stores.store
 
 
 LAYERS = [

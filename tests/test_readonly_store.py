@@ -23,8 +23,8 @@ from winlayer import Driver, cli
 from winlayer.images import ImageStore
 
 from .conftest import Cli
+from .imagebuild import hello_archive
 from .layerbuild import base_layer, d, f, layer_tar
-from .test_cli_images import _docker_save
 
 #: Runs the winlayer command line on the store: args -> (exit code, stdout, stderr).
 Run = Callable[[list[str]], tuple[int, str, str]]
@@ -70,8 +70,8 @@ def build_store(run: Run, inputs: Path) -> dict[str, object]:
     """Layers a and b (on a) and image hello:1; returns what the reads show."""
     (inputs / "a.tar").write_bytes(base_layer())
     (inputs / "b.tar").write_bytes(layer_tar([d("Files"), f("Files/b.txt", b"b")]))
-    (inputs / "hello.tar").write_bytes(_docker_save(base_layer()))
-    (inputs / "other.tar").write_bytes(_docker_save(layer_tar([d("Files"), f("Files/o", b"o")])))
+    (inputs / "hello.tar").write_bytes(hello_archive(base_layer()))
+    (inputs / "other.tar").write_bytes(hello_archive(layer_tar([d("Files"), f("Files/o", b"o")])))
     for args in (
         ["import", "a", f"{inputs}/a.tar"],
         ["import", "b", f"{inputs}/b.tar", "--parent", "a"],
@@ -210,7 +210,7 @@ def test_a_read_only_store_that_never_held_an_image(cli: Cli, tmp_path: Path) ->
     inputs.mkdir()
     run = subprocess_cli(cli)
     (inputs / "a.tar").write_bytes(base_layer())
-    (inputs / "hello.tar").write_bytes(_docker_save(base_layer()))
+    (inputs / "hello.tar").write_bytes(hello_archive(base_layer()))
     assert run(["import", "a", f"{inputs}/a.tar"])[0] == 0
     assert not (cli.home / ".winlayer" / "images.db").exists()
     with read_only_mount(cli.home):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import socket
 import threading
@@ -14,19 +12,15 @@ from typing import Any
 import pytest
 
 from winlayer._registry import (
-    Manifest,
     RegistryClient,
     RegistryError,
     RegistryNotFound,
     is_loopback,
 )
-from winlayer.archive import MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST
+from winlayer.archive import MT_OCI_MANIFEST
 
+from .imagebuild import push_image, sha
 from .realtools import Registry
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
@@ -38,24 +32,6 @@ def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
 def client(registry: Registry) -> Iterator[RegistryClient]:
     with RegistryClient(registry.host, retries=2) as c:
         yield c
-
-
-def push_image(client: RegistryClient, repository: str, layer: bytes, tag: str) -> Manifest:
-    config = json.dumps(
-        {"architecture": "amd64", "os": "windows", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    for blob in (config, layer):
-        client.upload_blob(repository, digest_of(blob), iter([blob]), monolithic=True)
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-        "layers": [{"mediaType": MT_OCI_LAYER, "digest": digest_of(layer), "size": len(layer)}],
-    }
-    data = json.dumps(doc).encode()
-    manifest = Manifest(MT_OCI_MANIFEST, digest_of(data), data)
-    client.put_manifest(repository, tag, manifest)
-    return manifest
 
 
 @pytest.mark.parametrize(
@@ -87,31 +63,31 @@ def test_plain_http_is_used_for_loopback_only(registry: Registry, client: Regist
 
 def test_blobs_upload_monolithic_and_chunked(client: RegistryClient) -> None:
     small, large = b"config bytes", os.urandom(3 << 20)
-    client.upload_blob("app/one", digest_of(small), iter([small]), monolithic=True)
-    client.upload_blob("app/one", digest_of(large), chunks_of(large, 1 << 20), monolithic=False)
-    assert client.blob_exists("app/one", digest_of(small)) == len(small)
-    assert client.blob_exists("app/one", digest_of(large)) == len(large)
-    assert client.get_blob("app/one", digest_of(small)) == small
-    with client.open_blob("app/one", digest_of(large)) as stream:
+    client.upload_blob("app/one", sha(small), iter([small]), monolithic=True)
+    client.upload_blob("app/one", sha(large), chunks_of(large, 1 << 20), monolithic=False)
+    assert client.blob_exists("app/one", sha(small)) == len(small)
+    assert client.blob_exists("app/one", sha(large)) == len(large)
+    assert client.get_blob("app/one", sha(small)) == small
+    with client.open_blob("app/one", sha(large)) as stream:
         assert stream.read() == large
-    with client.open_blob("app/one", digest_of(large), offset=1000) as stream:
+    with client.open_blob("app/one", sha(large), offset=1000) as stream:
         assert stream.read() == large[1000:]
 
 
 def test_a_blob_another_repository_has_is_mounted(client: RegistryClient) -> None:
     data = os.urandom(1000)
-    client.upload_blob("app/one", digest_of(data), iter([data]), monolithic=True)
-    assert client.blob_exists("app/two", digest_of(data)) is None
-    assert client.mount_blob("app/two", digest_of(data), "app/one") is True
-    assert client.blob_exists("app/two", digest_of(data)) == len(data)
-    missing = digest_of(b"never uploaded")
+    client.upload_blob("app/one", sha(data), iter([data]), monolithic=True)
+    assert client.blob_exists("app/two", sha(data)) is None
+    assert client.mount_blob("app/two", sha(data), "app/one") is True
+    assert client.blob_exists("app/two", sha(data)) == len(data)
+    missing = sha(b"never uploaded")
     assert client.mount_blob("app/two", missing, "app/one") is False
 
 
 def test_missing_blob_names_registry_repository_digest_and_status(
     registry: Registry, client: RegistryClient
 ) -> None:
-    missing = digest_of(b"not there")
+    missing = sha(b"not there")
     with pytest.raises(RegistryNotFound) as caught:
         client.get_blob("app/one", missing)
     message = str(caught.value)
@@ -123,9 +99,9 @@ def test_missing_blob_names_registry_repository_digest_and_status(
 def test_upload_with_a_wrong_digest_is_refused(client: RegistryClient) -> None:
     data = b"some bytes"
     with pytest.raises(RegistryError, match="HTTP 400") as caught:
-        client.upload_blob("app/one", digest_of(b"other"), iter([data]), monolithic=True)
+        client.upload_blob("app/one", sha(b"other"), iter([data]), monolithic=True)
     assert "DIGEST_INVALID" in str(caught.value)
-    assert client.blob_exists("app/one", digest_of(b"other")) is None
+    assert client.blob_exists("app/one", sha(b"other")) is None
 
 
 def test_manifest_round_trip_by_tag_and_digest(client: RegistryClient) -> None:
@@ -188,17 +164,17 @@ class CuttingProxy:
 def test_an_interrupted_download_resumes_with_range(registry: Registry) -> None:
     data = os.urandom(4 << 20)
     with RegistryClient(registry.host) as direct:
-        direct.upload_blob("app/one", digest_of(data), chunks_of(data, 1 << 20), monolithic=False)
+        direct.upload_blob("app/one", sha(data), chunks_of(data, 1 << 20), monolithic=False)
     proxy = CuttingProxy(registry.host, cut_after=1 << 20)
     try:
         with (
             RegistryClient(proxy.host, retries=3) as client,
-            client.open_blob("app/one", digest_of(data)) as stream,
+            client.open_blob("app/one", sha(data)) as stream,
         ):
             received = stream.read()
             resumed: Any = stream
         assert proxy.cuts == 1
-        assert digest_of(received) == digest_of(data)
+        assert sha(received) == sha(data)
         assert resumed.length == len(data)
     finally:
         proxy.close()

@@ -31,10 +31,9 @@ from winlayer.archive import MT_OCI_MANIFEST
 from winlayer.images import ImageStore, load
 from winlayer.registry import push
 
+from .imagebuild import docker_save, push_image, sha
 from .layerbuild import base_layer
 from .realtools import Registry, start_registry
-from .test_archive import docker_save, sha
-from .test_registry_client import digest_of, push_image
 
 USER, PASSWORD = "alice", "correct horse"
 
@@ -219,7 +218,7 @@ def test_bearer_tokens_for_the_scopes_each_request_needs(
     with RegistryClient(token_registry.host, credentials=Credentials(USER, PASSWORD)) as client:
         manifest = push_image(client, "team/app", b"layer bytes", "1")
         assert client.get_manifest("team/app", "1", [MT_OCI_MANIFEST]) == manifest
-        assert client.get_blob("team/app", digest_of(b"layer bytes")) == b"layer bytes"
+        assert client.get_blob("team/app", sha(b"layer bytes")) == b"layer bytes"
     assert {user for user, _ in tokens.requests} == {USER}
     asked = {scope for _, scopes in tokens.requests for scope in scopes}
     assert "repository:team/app:pull,push" in asked

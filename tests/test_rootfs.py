@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,23 +27,17 @@ from winlayer.images import (
 )
 from winlayer.layertar import list_layer_tar
 
+from . import stores
 from .conftest import REPO, Cli, rss_budget_kib
+from .imagebuild import docker_save
 from .layerbuild import E, base_layer, d, f, layer_tar, link, wh
-from .test_archive import docker_save
 
 # O:SYG:SY, a security descriptor other than the default one of layerbuild.
 SD_SY = "AQAAgBQAAAAgAAAAAAAAAAAAAAABAQAAAAAABRIAAAABAQAAAAAABRIAAAA="
 
 
-@pytest.fixture
-def driver(tmp_path: Path) -> Driver:
-    return Driver(tmp_path / "home", backend="portable", base_images=tmp_path / "base")
-
-
-@pytest.fixture
-def store(driver: Driver) -> Iterator[ImageStore]:
-    with ImageStore(driver.home) as s:
-        yield s
+driver = stores.portable_driver
+store = stores.store
 
 
 def load_image(driver: Driver, store: ImageStore, layers: list[bytes], tag: str) -> str:
@@ -508,7 +501,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.layerbuild import base_layer, d, f, layer_tar
 from winlayer import Driver
 from winlayer.images import ImageStore, export_rootfs, load
-from tests.test_archive import docker_save
+from tests.imagebuild import docker_save
 
 home, size = sys.argv[2], int(sys.argv[3])
 
