@@ -20,11 +20,40 @@ from winlayer._registry import Manifest, RegistryClient
 from winlayer.archive import MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST
 from winlayer.images import Image, ImageStore, append, load
 
-from .layerbuild import base_layer, d, f, layer_tar
+from .layerbuild import base_layer, d, f, layer_tar, wh
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
 TOOLS = layer_tar([d("Files/tools"), f("Files/tools/tool.exe", b"MZ" + bytes(100))])
 BASE_EXTRA = {"os.version": "10.0.20348.2113", "os.features": ["win32k"], "variant": ""}
+
+
+L1 = base_layer()
+L2 = layer_tar(
+    [d("Files/app"), f("Files/app/run.cmd", b"@echo hi\r\n"), wh("Files/Windows/win.ini")]
+)
+L3 = layer_tar([d("Files/other"), f("Files/other/data.bin", bytes(range(256)) * 40)])
+
+
+class Pipe(io.RawIOBase):
+    """A non-seekable stream, as stdin would be."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(min(len(buffer), 7000))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def write(tmp_path: Path, data: bytes, name: str = "image.tar") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
 
 
 def sha(data: bytes) -> str:

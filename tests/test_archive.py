@@ -28,65 +28,24 @@ from winlayer.images import (
 )
 
 from . import stores
-from .imagebuild import compress, config_for, docker_save, make_tar, oci_layout, sha
-from .layerbuild import base_layer, d, f, layer_tar, link, wh
+from .imagebuild import (
+    L1,
+    L2,
+    L3,
+    Pipe,
+    compress,
+    config_for,
+    docker_save,
+    make_tar,
+    oci_layout,
+    sha,
+    write,
+)
+from .layerbuild import d, f, layer_tar, link
+from .stores import assert_pristine, check_loaded, staging_empty
 
 driver = stores.driver
 store = stores.store
-
-L1 = base_layer()
-L2 = layer_tar(
-    [d("Files/app"), f("Files/app/run.cmd", b"@echo hi\r\n"), wh("Files/Windows/win.ini")]
-)
-L3 = layer_tar([d("Files/other"), f("Files/other/data.bin", bytes(range(256)) * 40)])
-
-
-class Pipe(io.RawIOBase):
-    """A non-seekable stream, as stdin would be."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__()
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        chunk = self._data.read(min(len(buffer), 7000))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
-def write(tmp_path: Path, data: bytes, name: str = "image.tar") -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
-
-def assert_pristine(driver: Driver, store: ImageStore) -> None:
-    """Nothing of a failed load is left: no layer, image, tag or staging file."""
-    assert driver.layers() == []
-    assert store.images() == []
-    assert store.layers() == []
-    staging = driver.home / ".winlayer" / "staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
-
-
-def check_loaded(driver: Driver, store: ImageStore, layers: list[bytes], config: bytes) -> None:
-    """The image is recorded under sha256(config) with its layers stacked by chain ID."""
-    image = store.get(sha(config))
-    assert image.id == sha(config)[7:]
-    assert image.config == config
-    chains = chain_ids([sha(layer) for layer in layers])
-    assert list(image.layers) == chains
-    parent = None
-    for layer, chain in zip(layers, chains, strict=True):
-        info = driver.info(layer_id_for(chain))
-        assert info.diff_id == sha(layer)
-        assert info.parent == parent
-        parent = info.id
-        assert store.layer(chain) is not None
-    assert image.size == sum(driver.info(layer_id_for(c)).size or 0 for c in chains)
 
 
 def test_chain_ids_follow_the_oci_rule() -> None:
@@ -137,7 +96,7 @@ def test_compressed_outer_archive(
     )
     load(driver, store, write(tmp_path, compress(data, outer), "image.tar.x"))
     check_loaded(driver, store, [L1, L2, L3], config)
-    assert list((driver.home / ".winlayer" / "staging").glob("*")) == []
+    assert staging_empty(driver)
 
 
 def test_compressed_archive_with_layers_out_of_chain_order(

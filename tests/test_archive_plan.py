@@ -10,8 +10,7 @@ import pytest
 from winlayer._archive_members import InvalidArchive, SeekableArchive, StreamedArchive, stream_tar
 from winlayer._archive_plan import chain_ids, layer_id_for, plan_images
 
-from .imagebuild import config_for, docker_save, make_tar, oci_layout, sha
-from .test_archive import L1, L2, L3
+from .imagebuild import L1, L2, L3, config_for, docker_save, make_tar, oci_layout, sha
 
 
 def streamed(data: bytes) -> StreamedArchive:

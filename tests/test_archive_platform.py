@@ -21,9 +21,21 @@ from winlayer.images import ImageStore, InvalidArchive, Platform, host_architect
 
 from . import stores
 from .conftest import Cli
-from .imagebuild import compress, config_for, docker_save, make_tar, oci_layout, sha
+from .imagebuild import (
+    L1,
+    L2,
+    L3,
+    Pipe,
+    compress,
+    config_for,
+    docker_save,
+    make_tar,
+    oci_layout,
+    sha,
+    write,
+)
 from .realtools import skopeo
-from .test_archive import L1, L2, L3, Pipe, assert_pristine, check_loaded, write
+from .stores import assert_pristine, check_loaded, staging_empty
 
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -544,9 +556,7 @@ def test_load_an_oci_layout_directory(driver: Driver, store: ImageStore, tmp_pat
     (image,) = load(driver, store, extract(data, tmp_path / "layout"))
     assert image.tags == ("example.com/app:1.0",)
     check_loaded(driver, store, [L1, L2, L3], config)
-    assert not (driver.home / ".winlayer" / "staging").exists() or not list(
-        (driver.home / ".winlayer" / "staging").iterdir()
-    )
+    assert staging_empty(driver)
 
 
 def test_load_a_multi_platform_layout_directory(

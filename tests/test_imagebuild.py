@@ -37,14 +37,10 @@ from .imagebuild import (
     sha,
 )
 from .layerbuild import base_layer, d, f, layer_tar
+from .stores import staging_empty
 
 driver = stores.driver
 store = stores.store
-
-
-def staging_empty(driver: Driver) -> bool:
-    staging = driver.home / ".winlayer" / "staging"
-    return not staging.exists() or list(staging.iterdir()) == []
 
 
 # -- pack: the canonical export's times -------------------------------------------------

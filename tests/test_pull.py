@@ -32,6 +32,7 @@ from winlayer.registry import push
 from .imagebuild import config_for, descriptor, docker_save, image_manifest, sha
 from .layerbuild import base_layer, f, layer_tar
 from .realtools import Registry
+from .stores import staging_empty
 
 PAYLOADS = [b"a" * 5000, os.urandom(3 << 20), os.urandom(2 << 20)]
 LAYERS = [
@@ -121,8 +122,7 @@ def test_pull_of_gzip_layers_overlaps_downloads(
     states = [e.state for e in events]
     assert "verifying" in states  # later layers were spooled
     assert "extracting" in states
-    staging = target[0].home / ".winlayer" / "staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
+    assert staging_empty(target[0])
 
 
 def test_pull_by_digest_is_verified(
@@ -163,8 +163,7 @@ def test_a_wrong_blob_is_refused_and_earlier_layers_are_kept(
     kept = [layer.chain_id for layer in store.layers()]
     assert kept == sorted(chains[:which])  # complete, verified layers stay for a retry
     assert sorted(layer.id for layer in driver.layers()) == sorted(c[7:] for c in kept)
-    staging = driver.home / ".winlayer" / "staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
+    assert staging_empty(driver)
 
 
 def push_foreign_image(client: RegistryClient, url: str) -> bytes:
@@ -258,9 +257,8 @@ def test_sigkill_during_a_pull_leaves_no_partial_layer(
             for layer in driver.layers():
                 assert driver.verify(layer.id) == driver.info(layer.id).diff_id
             driver.cleanup()
-            staging = driver.home / ".winlayer" / "staging"
             driver.new_staging_dir()  # sweeps the staging folders of dead processes
-            assert not staging.exists() or list(staging.iterdir()) == []
+            assert staging_empty(driver)
             with RegistryClient(registry.host) as client:
                 pulled = pull(driver, store, parse(f"{registry.host}/team/app:1"), client)
             assert pulled.image.id == expected

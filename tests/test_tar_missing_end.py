@@ -19,7 +19,7 @@ from winlayer.images import ImageStore, layer_id_for, load
 from .conftest import Cli
 from .imagebuild import docker_save, sha
 from .layerbuild import base_layer, d, f, layer_tar, snapshot
-from .test_archive import check_loaded
+from .stores import check_loaded
 
 FULL = layer_tar([d("Files"), f("Files/a.txt", b"a" * 700), d("Files/sub"), f("Files/sub/b", b"b")])
 # The same entries, cut right after the last one's padding (tarfile writes 1024 zero
