@@ -1,4 +1,5 @@
-"""Build Windows layer tars for tests, with Python's tarfile (an independent writer)."""
+"""Build Windows layer tars for tests, with Python's tarfile (an independent writer), and
+read what they and mounted views hold."""
 
 from __future__ import annotations
 
@@ -104,3 +105,32 @@ def snapshot(root: Path) -> dict[str, str]:
             else:
                 result[os.path.join(rel, name)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return result
+
+
+def tar_tree(tar: bytes) -> dict[str, bytes | None]:
+    """Files/ of a layer tar: path -> the file's bytes (hard links resolved), None for a
+    folder; the tree a view of it shows (`folder_tree`)."""
+    out: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for m in t.getmembers():
+            if not m.name.startswith("Files/") or ":" in m.name:
+                continue
+            rel = m.name[len("Files/") :]
+            if m.islnk():
+                out[rel] = out[m.linkname[len("Files/") :]]
+            else:
+                data = t.extractfile(m) if m.isreg() else None
+                out[rel] = data.read() if data else None
+    return out
+
+
+def folder_tree(root: str | Path) -> dict[str, bytes | None]:
+    """Relative path -> content (None for folders) of a folder, such as a mounted view."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel, name))] = None
+        for name in filenames:
+            out[os.path.normpath(os.path.join(rel, name))] = Path(dirpath, name).read_bytes()
+    return out

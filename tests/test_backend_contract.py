@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.layerbuild import E, base_layer, d, f, layer_tar, link, wh
+from tests.layerbuild import E, base_layer, d, f, folder_tree, layer_tar, link, tar_tree, wh
 from winlayer import _hcs
 from winlayer.errors import (
     BackendUnavailable,
@@ -79,18 +79,6 @@ def _export(
 def _names(tar: bytes) -> dict[str, tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         return {m.name: m for m in t.getmembers()}
-
-
-def _tree(root: str) -> dict[str, bytes | None]:
-    """Relative path -> content (None for folders) of a mounted view."""
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for name in dirnames:
-            out[os.path.normpath(os.path.join(rel, name))] = None
-        for name in filenames:
-            out[os.path.normpath(os.path.join(rel, name))] = Path(dirpath, name).read_bytes()
-    return out
 
 
 @pytest.fixture
@@ -287,7 +275,7 @@ def test_chain_whiteouts_and_hard_links(
     _import(backend, info, "l3", l3, chain2)
     chain3 = [_path(info, "l3"), *chain2]
     backend.create_sandbox_layer(info, "box", chain3[0], chain3)
-    view = _tree(_mount(backend, info, "box", chain3, mounted))
+    view = folder_tree(_mount(backend, info, "box", chain3, mounted))
     assert view["Windows/win.ini"] == b"back again"
     assert "Windows/gone.txt" not in view
     assert view["Windows/k32.dll"] == b"MZ" + bytes(1000)
@@ -302,22 +290,6 @@ def test_chain_whiteouts_and_hard_links(
 def _merged(backend: _hcs.Backend, layers: list[tuple[_hcs.DriverInfo, str, list[str]]]) -> bytes:
     with backend.export_merged(layers) as stream:
         return stream.read()
-
-
-def _files(tar: bytes) -> dict[str, bytes | None]:
-    """Files/ of a layer tar as _tree gives a view (hard links resolved)."""
-    out: dict[str, bytes | None] = {}
-    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-        for m in t.getmembers():
-            if not m.name.startswith("Files/") or ":" in m.name:
-                continue
-            rel = m.name[len("Files/") :]
-            if m.islnk():
-                out[rel] = out[m.linkname[len("Files/") :]]
-            else:
-                data = t.extractfile(m) if m.isreg() else None
-                out[rel] = data.read() if data else None
-    return out
 
 
 def test_merged_export_is_what_the_sandbox_view_shows(
@@ -335,8 +307,8 @@ def test_merged_export_is_what_the_sandbox_view_shows(
     assert names["Files/Windows/k32.dll"].isreg()
     assert "Hives/System_Delta" in names
     backend.create_sandbox_layer(info, "box", chain2[0], chain2)
-    view = _tree(_mount(backend, info, "box", chain2, mounted))
-    assert _files(merged) == view
+    view = folder_tree(_mount(backend, info, "box", chain2, mounted))
+    assert tar_tree(merged) == view
     # It imports as a base layer.
     _import(backend, info, "flat", merged, [])
     assert _export(backend, info, "flat", []) == merged
@@ -372,7 +344,7 @@ def test_view_layer_shows_the_chain(
     chain = [_path(info, "base")]
     backend.create_view_layer(info, "ro", chain[0], chain)
     root = _mount(backend, info, "ro", chain, mounted)
-    assert _tree(root)["Windows/win.ini"] == b"[fonts]\r\n"
+    assert folder_tree(root)["Windows/win.ini"] == b"[fonts]\r\n"
     try:
         Path(root, "written.txt").write_bytes(b"x")
         refused = 0
@@ -386,7 +358,7 @@ def test_view_layer_shows_the_chain(
     backend.deactivate_layer(info, "ro")
     backend.destroy_layer(info, "ro")  # and with it whatever a writable view got
     assert not backend.layer_exists(info, "ro")
-    assert _tree(_path(info, "base"))  # the chain is untouched
+    assert folder_tree(_path(info, "base"))  # the chain is untouched
     assert "written.txt" not in os.listdir(os.path.join(_path(info, "base"), "Files"))
 
 
@@ -401,7 +373,7 @@ def test_sandbox_write_export_import_same_content(
     (root / "Windows" / "System32" / "kernel32.dll").unlink()
     (root / "Program Files").mkdir()
     (root / "Program Files" / "app.exe").write_bytes(b"MZapp")
-    expected = _tree(str(root))
+    expected = folder_tree(str(root))
     backend.unprepare_layer(info, "box")
     diff = _export(backend, info, "box", chain)
     members = _names(diff)
@@ -412,7 +384,7 @@ def test_sandbox_write_export_import_same_content(
     _import(backend, info, "committed", diff, chain)
     chain2 = [_path(info, "committed"), *chain]
     backend.create_sandbox_layer(info, "box2", chain2[0], chain2)
-    assert _tree(_mount(backend, info, "box2", chain2, mounted)) == expected
+    assert folder_tree(_mount(backend, info, "box2", chain2, mounted)) == expected
 
 
 def test_sandbox_symlinks_export_as_windows_symlinks(

@@ -30,7 +30,7 @@ from winlayer.layertar import list_layer_tar
 from . import stores
 from .conftest import REPO, Cli, rss_budget_kib
 from .imagebuild import docker_save
-from .layerbuild import E, base_layer, d, f, layer_tar, link, wh
+from .layerbuild import E, base_layer, d, f, folder_tree, layer_tar, link, tar_tree, wh
 
 # O:SYG:SY, a security descriptor other than the default one of layerbuild.
 SD_SY = "AQAAgBQAAAAgAAAAAAAAAAAAAAABAQAAAAAABRIAAAABAQAAAAAABRIAAAA="
@@ -50,36 +50,6 @@ def rootfs(driver: Driver, store: ImageStore, ref: str) -> bytes:
     out = io.BytesIO()
     export_rootfs(driver, store, ref, out)
     return out.getvalue()
-
-
-def tree(tar: bytes) -> dict[str, object]:
-    """Files/ of a layer tar: path -> "dir" or the file's bytes (links resolved)."""
-    result: dict[str, object] = {}
-    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-        for m in t.getmembers():
-            if not m.name.startswith("Files/") or ":" in m.name:
-                continue
-            rel = m.name[len("Files/") :]
-            if m.isdir():
-                result[rel] = "dir"
-            elif m.islnk():
-                result[rel] = result[m.linkname[len("Files/") :]]
-            else:
-                extracted = t.extractfile(m)
-                assert extracted is not None
-                result[rel] = extracted.read()
-    return result
-
-
-def view_tree(root: Path) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            result[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            result[os.path.relpath(path, root)] = Path(path).read_bytes()
-    return result
 
 
 # A three-layer chain with every kind of change.
@@ -124,22 +94,22 @@ TOP = layer_tar(
 
 def test_three_layer_chain(driver: Driver, store: ImageStore) -> None:
     load_image(driver, store, [BASE, MIDDLE, TOP], "app:1")
-    merged = tree(rootfs(driver, store, "app:1"))
+    merged = tar_tree(rootfs(driver, store, "app:1"))
     assert merged == {
-        "Windows": "dir",
+        "Windows": None,
         "Windows/win.ini": b"[fonts]\r\n",
-        "Windows/System32": "dir",
+        "Windows/System32": None,
         "Windows/System32/kernel32.dll": b"MZ" + bytes(1000),
         "gone": b"a file where a deleted folder was",
-        "opaque": "dir",
+        "opaque": None,
         "opaque/kept.txt": b"kept",  # an opaque marker hides nothing (layer model)
         "opaque/new.txt": b"new",
         "file.txt": b"top",
-        "becomes_dir": "dir",
+        "becomes_dir": None,
         "becomes_dir/child.txt": b"now a folder",
         "becomes_file": b"now a file",
         "case.txt": b"top case",  # the nearest spelling of one NTFS name
-        "PROGRAM FILES": "dir",
+        "PROGRAM FILES": None,
         "PROGRAM FILES/app.exe": b"MZ",
         "PROGRAM FILES/tool.exe": b"MZ2",
     }
@@ -155,8 +125,8 @@ def test_merged_tar_matches_a_sandbox_view(
     assert top is not None
     driver.create("sandbox", top.layer_id, read_write=True)
     with driver.mounted("sandbox") as view:
-        seen = view_tree(view)
-    assert tree(rootfs(driver, store, "app:1")) == seen
+        seen = folder_tree(view)
+    assert tar_tree(rootfs(driver, store, "app:1")) == seen
 
 
 def test_a_respelled_folder_reorders_the_farther_layers_entries(
@@ -178,13 +148,13 @@ def test_a_respelled_folder_reorders_the_farther_layers_entries(
             "Files/WINDOWS/y.txt",
             "Files/Wa.txt",
         ]
-    assert tree(merged)["Wa.txt"] == b"wa"
+    assert tar_tree(merged)["Wa.txt"] == b"wa"
     monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", "copy")
     top_layer = store.layer(store.get("spell:1").layers[-1])
     assert top_layer is not None
     driver.create("sandbox", top_layer.layer_id, read_write=True)
     with driver.mounted("sandbox") as view:
-        assert view_tree(view) == tree(merged)
+        assert folder_tree(view) == tar_tree(merged)
     driver.apply_diff("flat", None, io.BytesIO(merged))
     with driver.diff("flat") as again:
         assert again.read() == merged
@@ -291,7 +261,7 @@ def test_hard_links_never_point_at_another_file(driver: Driver, store: ImageStor
         "Files/keep2.txt": "Files/keep.txt",
         "Files/to_keep.txt": "Files/keep.txt",
     }
-    files = tree(merged)
+    files = tar_tree(merged)
     assert files["a.txt"] == b"replaced"
     assert files["b.txt"] == files["c.txt"] == b"group a"
     assert files["to_keep.txt"] == b"group keep"
@@ -310,7 +280,7 @@ def test_host_base_image(driver: Driver, store: ImageStore, tmp_path: Path) -> N
     merged = rootfs(driver, store, "servercore:1.0")
     with driver.diff(image_id) as canonical:
         assert merged == canonical.read()
-    assert tree(merged)["hello.txt"] == b"hi"
+    assert tar_tree(merged)["hello.txt"] == b"hi"
 
 
 def test_bad_reference_writes_nothing(driver: Driver, store: ImageStore, tmp_path: Path) -> None:
@@ -357,7 +327,7 @@ def test_cli_export_rootfs(cli: Cli, tmp_path: Path) -> None:
     piped = cli("export-rootfs", "app:1")
     assert piped.returncode == 0, piped.stderr.decode()
     assert piped.stdout == out.read_bytes()
-    assert tree(piped.stdout)["file.txt"] == b"top"
+    assert tar_tree(piped.stdout)["file.txt"] == b"top"
 
 
 def test_cli_export_rootfs_bad_ref(cli: Cli, tmp_path: Path) -> None:
@@ -381,7 +351,7 @@ def test_view_shows_the_merged_files_read_only(driver: Driver, store: ImageStore
     load_image(driver, store, [BASE, MIDDLE], "app:1")
     view = mount_image(driver, store, "app:1", holder="test")
     assert view.image.startswith("sha256:")
-    assert view_tree(view.path) == tree(rootfs(driver, store, "app:1"))
+    assert folder_tree(view.path) == tar_tree(rootfs(driver, store, "app:1"))
     if overlay_mode():
         with pytest.raises(OSError, match="Read-only file system"):
             (view.path / "new.txt").write_bytes(b"x")
