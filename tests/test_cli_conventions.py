@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import Cli
+from .imagebuild import docker_save
 from .layerbuild import base_layer, f, layer_tar
-from .test_archive import docker_save
 
 
 @pytest.mark.parametrize(
