@@ -215,7 +215,7 @@ def test_a_read_only_store_that_never_held_an_image(cli: Cli, tmp_path: Path) ->
     assert not (cli.home / ".winlayer" / "images.db").exists()
     with read_only_mount(cli.home):
         assert run(["--json", "images", "ls"]) == (0, "[]\n", "")
-        assert run(["images", "ls"]) == (0, "", "")
+        assert run(["images", "ls"]) == (0, "TAGS  IMAGE ID  CREATED  SIZE\n", "")
         code, out, err = run(["load", f"{inputs}/hello.tar"])
         assert (code, out) == (1, ""), err
         (line,) = err.splitlines()
