@@ -4,6 +4,9 @@ errors as JSON under --json (with nothing half-written on stdout)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,57 @@ def test_quiet_listings_print_only_ids(cli: Cli, tmp_path: Path) -> None:
     assert cli("load", str(archive)).returncode == 0
     (image,) = cli.json("images", "ls")  # type: ignore[misc]
     assert cli("images", "ls", "-q").stdout.decode() == str(image["id"])[-64:][:12] + "\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [(["lss"], b"unknown command 'lss'; did you mean 'ls'?"),
+     (["images", "lss"], b"unknown command 'lss'; did you mean 'ls'?"),
+     (["exprot", "x"], b"did you mean 'export'?")],
+)  # fmt: skip
+def test_a_mistyped_command_suggests_the_closest(
+    cli: Cli, argv: list[str], suggestion: bytes
+) -> None:
+    done = cli(*argv)
+    assert done.returncode == 2
+    assert suggestion in done.stderr
+
+
+def test_pack_of_a_missing_folder_says_so(cli: Cli, tmp_path: Path) -> None:
+    done = cli("pack", str(tmp_path / "nonexistent"), "-o", str(tmp_path / "x.tar"))
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        f"winlayer: error: [Errno 2] no such folder: '{tmp_path / 'nonexistent'}'\n"
+    )
+    assert not (tmp_path / "x.tar").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the hcs backend runs there")
+def test_backend_hcs_on_this_platform_names_the_option_not_the_variable(cli: Cli) -> None:
+    done = cli("--backend", "hcs", "ls")
+    assert done.returncode == 1
+    assert b"--backend portable" in done.stderr
+    assert b"WINLAYER_BACKEND" not in done.stderr
+    cli.env["WINLAYER_BACKEND"] = "hcs"
+    from_env = cli("ls")
+    assert b"unset WINLAYER_BACKEND" in from_env.stderr
+
+
+@pytest.mark.parametrize("argv", [["import", "x", "-"], ["load", "-"]])
+def test_a_tar_from_a_terminal_is_refused_at_once(cli: Cli, argv: list[str]) -> None:
+    pty = pytest.importorskip("pty", reason="needs pseudo-terminals")
+    main, secondary = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "winlayer", "--home", str(cli.home), *argv],
+            stdin=secondary,
+            capture_output=True,
+            env=cli.env,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(main)
+        os.close(secondary)
+    assert done.returncode == 2
+    assert b"refusing to read a tar from a terminal" in done.stderr

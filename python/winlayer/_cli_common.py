@@ -173,6 +173,16 @@ def short_id(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
 
 
+def input_stream(path: str) -> Any:
+    """What a command reads a tar from: the path, or stdin for ``-``. A terminal on stdin
+    is refused at once, as ``docker load`` does: it would wait for a tar nobody types."""
+    if path != "-":
+        return path
+    if sys.stdin.isatty():
+        raise UsageError("refusing to read a tar from a terminal; pipe it in or give a FILE")
+    return sys.stdin.buffer
+
+
 def source_total(path: str) -> int | None:
     if path == "-":
         return None

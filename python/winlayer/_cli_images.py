@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Any
 
 from ._cli_common import (
@@ -17,6 +16,7 @@ from ._cli_common import (
     each,
     emit,
     image_store,
+    input_stream,
     open_driver,
     output_stream,
     pair_progress,
@@ -88,7 +88,7 @@ def _images_restore(args: argparse.Namespace) -> None:
 )
 def _images_install_base(args: argparse.Namespace) -> None:
     driver = open_driver(args)
-    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    source: Any = input_stream(args.file)
     with progress_bar(f"installing {args.name}", source_total(args.file)) as progress:
         folder = install_base_image(
             driver,
@@ -115,7 +115,7 @@ def _images_install_base(args: argparse.Namespace) -> None:
     ),
 )
 def _load(args: argparse.Namespace) -> None:
-    source: Any = sys.stdin.buffer if args.archive == "-" else args.archive
+    source: Any = input_stream(args.archive)
     total = None if args.archive == "-" or os.path.isdir(source) else os.path.getsize(source)
     with image_store(args) as (driver, store), progress_bar("loading", total) as progress:
         images = load(

@@ -20,6 +20,7 @@ from ._cli_common import (
     each,
     emit,
     image_store,
+    input_stream,
     open_driver,
     output_stream,
     progress_bar,
@@ -47,7 +48,7 @@ JSON_SPOOL = 16 << 20
 )
 def _import(args: argparse.Namespace) -> None:
     driver = open_driver(args)
-    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    source: Any = input_stream(args.file)
     with progress_bar(f"importing {args.id}", source_total(args.file)) as progress:
         size = driver.apply_diff(
             args.id, args.parent, source, digest=args.digest, progress=progress
@@ -241,7 +242,7 @@ def _tar_ls(args: argparse.Namespace) -> None:
     # failure it stops where the problem is and stderr says why. The JSON document is
     # written to a spool (memory, then a temporary file) and printed only once complete,
     # so that a failure never leaves half a document on stdout.
-    source: Any = sys.stdin.buffer if args.file == "-" else args.file
+    source: Any = input_stream(args.file)
     if args.json:
         with tempfile.SpooledTemporaryFile(JSON_SPOOL, mode="w+", encoding="utf-8") as spool:
             _tar_ls_json(source, args.parent_links, spool)

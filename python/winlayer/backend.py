@@ -43,13 +43,18 @@ def selected_name(name: str | None = None) -> str:
     return chosen
 
 
-def check_available(name: str) -> None:
-    """Raise :class:`BackendUnavailable`, with how to fix it, if `name` cannot run here."""
+def check_available(name: str, *, from_env: bool = False) -> None:
+    """Raise :class:`BackendUnavailable`, with how to fix it, if `name` cannot run here;
+    `from_env`: the name came from ``$WINLAYER_BACKEND`` (the fix then names it)."""
     if name == "hcs" and sys.platform != "win32":
+        fix = (
+            f"unset {ENV_VAR} or set {ENV_VAR}=portable"
+            if from_env
+            else "ask for backend 'portable' (--backend portable)"
+        )
         raise BackendUnavailable(
             "the 'hcs' backend needs Windows with the Containers feature (vmcompute.dll); "
-            f"this is {sys.platform}. Use the 'portable' backend: unset {ENV_VAR} "
-            f"or set {ENV_VAR}=portable"
+            f"this is {sys.platform}. Use the 'portable' backend: {fix}"
         )
 
 
@@ -62,7 +67,7 @@ def default_base_images() -> str:
 def load(name: str | None = None, base_images: str | None = None) -> Backend:
     """The backend object for `name` (see :func:`selected_name`)."""
     chosen = selected_name(name)
-    check_available(chosen)
+    check_available(chosen, from_env=name is None and bool(os.environ.get(ENV_VAR)))
     if chosen == "hcs":
         return _hcs.hcs_backend()
     return _hcs.portable_backend(base_images or default_base_images())

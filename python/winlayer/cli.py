@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, _cli_rootfs, backend
 from ._cli_common import (
@@ -40,8 +42,24 @@ from ._cli_common import (
 COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build, _cli_rootfs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped command (``lss`` -> ``ls``)."""
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            close = difflib.get_close_matches(wrong.group(1), choices, n=1)
+            if close:
+                message = (
+                    f"{message.split(':', maxsplit=1)[0]}: unknown command {wrong.group(1)!r}; "
+                )
+                message += f"did you mean {close[0]!r}?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="winlayer",
         description="Windows container image layers: import, export, mount and inspect them.",
     )

@@ -26,6 +26,7 @@ hold fails naming the entry.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -55,8 +56,10 @@ def pack_directory(
     `source_date_epoch` (seconds since 1970), later file times are written as that time.
     """
     root = Path(source)
+    if not root.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(root))
     if not root.is_dir():
-        raise NotADirectoryError(20, "not a directory", str(root))
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(root))
     clamp = None if source_date_epoch is None else source_date_epoch * 1_000_000_000
     with output_path(output) as partial:
         writer = _hcs.TarWriter(partial)
