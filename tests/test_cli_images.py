@@ -162,3 +162,18 @@ def test_load_refuses_a_layer_member_named_twice(
         "(member 'l1/layer.tar')"
     ]
     assert cli.json("images", "ls") == []
+
+
+def test_a_home_keeps_its_own_base_images(cli: Cli, tmp_path: Path) -> None:
+    """Without $WINLAYER_BASE_IMAGES, --home keeps base images under itself: one user's
+    base images never appear in another home."""
+    del cli.env["WINLAYER_BASE_IMAGES"]
+    cli.env["XDG_DATA_HOME"] = str(tmp_path / "per-user")  # the default, were it used
+    installed = cli.json("images", "install-base", "Nano", "10.0.1", str(_base_tar(tmp_path)))
+    assert isinstance(installed, dict)
+    assert Path(installed["path"]).parent == cli.home / ".winlayer" / "base-images"
+    assert not (tmp_path / "per-user").exists()
+    other = Cli(tmp_path / "other-home", tmp_path / "unused")
+    del other.env["WINLAYER_BASE_IMAGES"]
+    assert other.json("images", "restore") == {"restored": []}
+    assert len(cli.json("images", "restore")["restored"]) == 1  # type: ignore[index]

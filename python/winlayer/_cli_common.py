@@ -14,11 +14,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ._common import LayerEvent
 from ._output import output_file
 from ._stream import detect
+from .backend import BASE_IMAGES_VAR
 from .driver import Driver
 from .errors import WinlayerError
 from .imagestore import ImageStore
@@ -88,7 +90,13 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def open_driver(args: argparse.Namespace) -> Any:
-    return Driver(args.home, backend=args.backend)
+    """The driver of ``--home`` (default: the per-user store). A ``--home`` isolates
+    everything: its portable base images are ``<home>/.winlayer/base-images`` unless
+    ``$WINLAYER_BASE_IMAGES`` names a folder."""
+    base_images = None
+    if args.home is not None and not os.environ.get(BASE_IMAGES_VAR):
+        base_images = Path(args.home) / ".winlayer" / "base-images"
+    return Driver(args.home, backend=args.backend, base_images=base_images)
 
 
 def _rich_progress() -> Any:

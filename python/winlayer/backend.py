@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._hcs import DriverInfo, ImportResult
 
 ENV_VAR = "WINLAYER_BACKEND"
+BASE_IMAGES_VAR = "WINLAYER_BASE_IMAGES"
 NAMES = ("hcs", "portable")
 
 
@@ -61,7 +62,7 @@ def check_available(name: str, *, from_env: bool = False) -> None:
 def default_base_images() -> str:
     """The portable backend's base-image directory: ``$WINLAYER_BASE_IMAGES`` or a
     per-user folder beside the default layer store."""
-    return os.environ.get("WINLAYER_BASE_IMAGES") or str(data_root() / "base-images")
+    return os.environ.get(BASE_IMAGES_VAR) or str(data_root() / "base-images")
 
 
 def load(name: str | None = None, base_images: str | None = None) -> Backend:
