@@ -155,3 +155,20 @@ def test_a_tar_from_a_terminal_is_refused_at_once(cli: Cli, argv: list[str]) -> 
         os.close(secondary)
     assert done.returncode == 2
     assert b"refusing to read a tar from a terminal" in done.stderr
+
+
+def test_inspect_text_has_no_python_reprs(cli: Cli, tmp_path: Path) -> None:
+    tar = tmp_path / "l.tar"
+    tar.write_bytes(base_layer())
+    assert cli("import", "base", str(tar)).returncode == 0
+    assert cli("create", "box", "--parent", "base", "--read-write").returncode == 0
+    fields = dict(
+        line.split(None, 1) for line in cli("inspect", "base").stdout.decode().splitlines()
+    )
+    assert (fields["parent"], fields["read_write"], fields["parents"]) == ("-", "no", "-")
+    box = dict(line.split(None, 1) for line in cli("inspect", "box").stdout.decode().splitlines())
+    assert (box["parent"], box["read_write"]) == ("base", "yes")
+    assert box["parents"] == str(cli.home / "base")  # the parent folders, comma-joined
+    for text in (*fields.values(), *box.values()):
+        assert text not in ("None", "True", "False")
+        assert not text.startswith("[")

@@ -166,8 +166,20 @@ def _inspect(args: argparse.Namespace) -> None:
         "mounts": driver.mount_count(args.id),
     }
     width = max(len(k) for k in result)
-    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in result.items())
+    text = "\n".join(f"{k.ljust(width)}  {_readable(v)}" for k, v in result.items())
     emit(args, result, text)
+
+
+def _readable(value: object) -> str:
+    """A value as a person reads it: ``-`` for none, ``yes``/``no``, a list comma-joined
+    (its JSON form is the one for programs)."""
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 @command("changes", "list what a layer adds (A), modifies (C) and deletes (D)", Arg("id"))
