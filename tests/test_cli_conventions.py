@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import Cli
+from winlayer.cli import ENVIRONMENT
+
+from .conftest import REPO, Cli
 from .imagebuild import docker_save
 from .layerbuild import base_layer, f, layer_tar
 
@@ -172,3 +175,24 @@ def test_inspect_text_has_no_python_reprs(cli: Cli, tmp_path: Path) -> None:
     for text in (*fields.values(), *box.values()):
         assert text not in ("None", "True", "False")
         assert not text.startswith("[")
+
+
+def test_every_environment_variable_is_documented(cli: Cli) -> None:
+    """Each variable the package or its native code reads is in `winlayer --help` and the
+    README; nothing is listed that nothing reads."""
+    package = REPO / "python" / "winlayer"
+    sources = [*package.glob("*.py"), *(REPO / "native").rglob("*.[ch]pp")]
+    read = set()
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        read |= set(re.findall(r'environ\.get\("([A-Z_]+)"', text))
+        read |= set(re.findall(r'getenv\("([A-Z_]+)"\)', text))
+        read |= set(re.findall(r'^[A-Z_]*VAR = "([A-Z_]+)"', text, re.M))
+        read |= set(re.findall(r'kEnv\w* = "([A-Z_]+)"', text))
+    read -= {"PROGRAMDATA"}  # Windows' own data folder, not a winlayer setting
+    assert read == set(ENVIRONMENT)
+    help_text = cli("--help").stdout.decode()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name in ENVIRONMENT:
+        assert name in help_text
+        assert f"| `{name}` |" in readme

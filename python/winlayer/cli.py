@@ -58,10 +58,30 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+#: Every environment variable winlayer reads, with what it does (the README lists them too;
+#: tests/test_cli_conventions.py checks both against the package's code).
+ENVIRONMENT = {
+    "WINLAYER_HOME": "the default layer store (else a per-user folder)",
+    "WINLAYER_BACKEND": "hcs or portable: the backend when --backend is not given",
+    "WINLAYER_BASE_IMAGES": "the portable backend's base-image folder",
+    "WINLAYER_MAX_LAYER_SIZE": "bytes a compressed layer may expand to (default 1 TiB)",
+    "WINLAYER_PORTABLE_MOUNT": "overlay, copy or auto: how portable sandboxes are viewed",
+    "SOURCE_DATE_EPOCH": "the created time of commit/append/pack (reproducible images)",
+    "DOCKER_CONFIG": "the folder of docker's config.json (registry credentials)",
+    "XDG_DATA_HOME": "where the per-user store lives (Linux; default ~/.local/share)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    width = max(map(len, ENVIRONMENT))
+    epilog = "environment variables:\n" + "\n".join(
+        f"  {name.ljust(width)}  {text}" for name, text in ENVIRONMENT.items()
+    )
     parser = _Parser(
         prog="winlayer",
         description="Windows container image layers: import, export, mount and inspect them.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version_text())
     _global_options(parser, top_level=True)
