@@ -57,9 +57,12 @@ def test_selected_name_explicit_argument_wins(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.skipif(sys.platform == "win32", reason="hcs may exist on Windows")
 def test_hcs_backend_unavailable_off_windows_says_how_to_fix() -> None:
     with pytest.raises(BackendUnavailable, match="WINLAYER_BACKEND=portable") as info:
-        backend.check_available("hcs")
+        backend.check_available("hcs", from_env=True)
     assert isinstance(info.value, ImportError)
     assert "Containers feature" in str(info.value)
+    with pytest.raises(BackendUnavailable, match=r"\(--backend portable\)") as asked:
+        backend.check_available("hcs")  # asked for by name: the variable is not the cause
+    assert "WINLAYER_BACKEND" not in str(asked.value)
 
 
 def test_portable_is_available_everywhere() -> None:
