@@ -33,7 +33,8 @@ auto nogil(F&& f) {
 
 ImportResult import_layer(const BackendPtr& backend, const DriverInfo& info, const std::string& id,
                           const LayerChain& parents, py::object source,
-                          const std::optional<std::string>& expected_digest, py::object progress) {
+                          const std::optional<std::string>& expected_digest, py::object progress,
+                          py::object wait_for_parents) {
     std::unique_ptr<Source> src = source_from_python(std::move(source));
     ImportOptions options;
     options.expected_digest = expected_digest.value_or("");
@@ -45,6 +46,14 @@ ImportResult import_layer(const BackendPtr& backend, const DriverInfo& info, con
             py::gil_scoped_acquire gil;
             py::handle fn(callback);
             fn(done);
+        };
+    }
+    if (!wait_for_parents.is_none()) {
+        PyObject* callback = wait_for_parents.ptr();  // borrowed, as `progress`
+        options.wait_for_parents = [callback] {
+            py::gil_scoped_acquire gil;
+            py::handle fn(callback);
+            fn();
         };
     }
     CommitInfo commit = nogil([&] {
@@ -209,7 +218,11 @@ void bind_backends(py::module_& m) {
              py::arg("vm_id"), py::arg("path"))
         .def("import_layer", &import_layer, py::arg("info"), py::arg("id"), py::arg("parents"), py::arg("source"),
              py::arg("expected_digest") = py::none(), py::arg("progress") = py::none(),
-             "Import an uncompressed layer tar (a path or a binary file object) as layer `id`.")
+             py::arg("wait_for_parents") = py::none(),
+             "Import an uncompressed layer tar (a path or a binary file object) as layer `id`. "
+             "`wait_for_parents`, for parents still being imported, is called before the first "
+             "entry that reads them and before commit; it blocks until they are committed, or "
+             "raises to abort.")
         .def("export_layer", &export_layer, py::arg("info"), py::arg("id"), py::arg("parents"),
              py::arg("original") = false,
              "The layer as a tar stream: canonical, or the imported tar byte for byte (original=True).")

@@ -148,6 +148,7 @@ struct LayerTarImporter::State {
     std::uint64_t data_size = 0;
     std::uint64_t next_progress = kProgressEvery;
     bool finished = false;  // the end of the tar was reached
+    bool parents_ready = false;  // options.wait_for_parents has returned (or is not set)
     bool closed = false;    // the writer was committed or aborted: no more calls to it
 
     [[noreturn]] void invalid(const std::string& message) const {
@@ -186,6 +187,12 @@ struct LayerTarImporter::State {
         if (!problem.empty()) invalid(what + ": " + problem);
     }
 
+    void need_parents() {
+        if (parents_ready) return;
+        if (options.wait_for_parents) options.wait_for_parents();
+        parents_ready = true;
+    }
+
     bool step();
     void handle();
     void whiteout(const std::string& dir, const std::string& base);
@@ -222,6 +229,8 @@ void LayerTarImporter::State::handle() {
     if (header.type == tar_type::kDirectory && !path.empty() && path.back() == '/') path.pop_back();
     if (path.empty()) invalid("empty name");
     check_length(path, "invalid path");
+    // The Windows writer starts a delta layer's utility VM as a clone of the parent's.
+    if (path.compare(0, 9, "UtilityVM") == 0 && (path.size() == 9 || path[9] == '/')) need_parents();
 
     std::string base = base_name(path);
     if (base.compare(0, kWhiteoutPrefix.size(), kWhiteoutPrefix) == 0) {
@@ -329,6 +338,8 @@ void LayerTarImporter::State::hard_link() {
             invalid(std::string("hard link to a ") + layer_name_kind(*kind) + " ('" + target + "')");
     } else if (!options.allow_parent_links) {
         invalid("hard link target '" + target + "' is not in this layer");
+    } else {
+        need_parents();
     }
     add_name(entry.path, LayerNames::Kind::HardLink);
     try {
@@ -481,6 +492,7 @@ CommitInfo LayerTarImporter::commit() {
         const std::string& expected = s.options.expected_digest;
         if (!expected.empty() && expected != info.diff_id) throw Error::digest_mismatch(expected, info.diff_id);
         if (s.options.record_tar_split) info.tar_split = s.split.take();
+        s.need_parents();
         s.writer.commit(info);
     } catch (...) {
         s.writer.abort();

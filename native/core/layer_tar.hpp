@@ -24,6 +24,14 @@ struct ImportOptions {
     bool allow_parent_links = true;
     // Record the tar-split (CommitInfo::tar_split); a listing that keeps nothing skips it.
     bool record_tar_split = true;
+    // Blocks until the parent layers are committed (or throws to abort the import), for
+    // a layer imported while its parent is still being written. Called at most once,
+    // before the first thing that reads the parents - a hard link whose target is not in
+    // this tar, an entry under UtilityVM/ (a delta layer's utility VM starts as the
+    // parent's) - and before commit, so that layers commit parent first. Whiteouts do not
+    // wait: they are recorded as tombstones, resolved against the parents when read.
+    // Empty: the parents are committed already.
+    std::function<void()> wait_for_parents;
 };
 
 // Reads a layer tar from `tar`, validates every entry (path rules, formats), feeds

@@ -5,6 +5,7 @@ record the images and tags in one transaction; undo on failure.
 from __future__ import annotations
 
 import filecmp
+import functools
 import io
 import os
 import secrets
@@ -29,12 +30,12 @@ from ._archive_members import (
 )
 from ._archive_plan import ImagePlan, PlannedLayer, plan_images
 from ._common import CHUNK, Progress
-from ._layerrecord import LayerRecorder
+from ._layerrecord import LayerRecorder, NewLayer
 from ._pipeline import BlobOpener, TarFeed, digest_of
 from ._platform import Platform, parse_platform
 from ._stream import Compression
-from .errors import DigestMismatch, InvalidArgument
-from .imagestore import Image, ImageStore, parse_reference
+from .errors import InvalidArgument
+from .imagestore import Image, ImageStore, StoredLayer, parse_reference
 
 if TYPE_CHECKING:
     from .driver import Driver
@@ -90,29 +91,38 @@ class Loader(LayerRecorder):
             on_bytes=on_bytes or self._advance,
         )
 
-    def run(self, todo: list[PlannedLayer], opener: Callable[[PlannedLayer], BlobOpener]) -> None:
-        """Imports `todo` in order, the next layer's feed reading ahead."""
-        feeds: list[TarFeed] = []
-        try:
-            for i, layer in enumerate(todo):
-                if not feeds:
-                    feeds.append(self.feed(layer, opener(layer)))
-                if i + 1 < len(todo):
-                    feeds.append(self.feed(todo[i + 1], opener(todo[i + 1])))
-                self.load_layer(layer, feeds.pop(0))
-        finally:
-            for f in feeds:
-                f.close()
+    def run(
+        self,
+        todo: list[PlannedLayer],
+        feed: Callable[[PlannedLayer], TarFeed],
+        *,
+        jobs: int | None = None,
+        on_commit: Callable[[StoredLayer], None] | None = None,
+    ) -> None:
+        """Imports `todo`, up to `jobs` layers at a time (see
+        :meth:`~winlayer._layerrecord.LayerRecorder.import_layers`), each from
+        ``feed(layer)``, made when the layer's turn comes."""
+        self.import_layers(
+            [
+                NewLayer(
+                    layer.chain_id,
+                    layer.diff_id,
+                    layer.parent,
+                    functools.partial(feed, layer),
+                    layer.blob.name,
+                )
+                for layer in todo
+            ],
+            jobs=jobs,
+            on_commit=on_commit,
+        )
 
     def load_layer(self, layer: PlannedLayer, feed: TarFeed) -> None:
+        """Imports one layer from `feed`, its parent committed already; closes the feed."""
         try:
-            self.import_layer(layer.chain_id, layer.diff_id, layer.parent, feed)
-        except DigestMismatch as exc:
-            if exc.expected != layer.diff_id:
-                raise  # the blob's own digest: the feed named the blob
-            raise DigestMismatch(
-                exc.expected, exc.actual, f"the layer in {layer.blob.name!r}"
-            ) from None
+            self.run([layer], lambda _layer: feed, jobs=1)
+        finally:
+            feed.close()
 
     def _advance(self, n: int) -> None:
         if self._progress is None:
@@ -148,6 +158,7 @@ def load(
     tag: str | None = None,
     platform: str | Platform | None = None,
     progress: Progress | None = None,
+    jobs: int | None = None,
 ) -> list[Image]:
     """Load a ``docker save`` archive or an OCI image layout (a tar, plain, gzip or zstd,
     as a path or a binary stream; or an image layout directory) into `driver` and
@@ -167,6 +178,10 @@ def load(
     :class:`~winlayer.errors.PlatformNotFound`, :class:`~winlayer.errors.InvalidPlatform`,
     :class:`~winlayer.InvalidLayer` or :class:`~winlayer.DigestMismatch`; on any failure
     the store is left as it was.
+
+    Up to `jobs` layers are imported at a time (default: the number of cores, at most
+    the number of layers), each while its parent is still being written (see
+    :meth:`~winlayer.driver.Driver.apply_diffs`); ``jobs=1`` imports one after another.
     """
     extra = parse_reference(tag) if tag is not None else None
     wanted = parse_platform(platform) if isinstance(platform, str) else platform
@@ -174,7 +189,9 @@ def load(
     if isinstance(archive, (str, os.PathLike)) and os.path.isdir(archive):
         folder = archive
         return _commit_or_undo(
-            loader, extra, lambda: _load_in_place(loader, DirectoryArchive(folder), extra, wanted)
+            loader,
+            extra,
+            lambda: _load_in_place(loader, DirectoryArchive(folder), extra, wanted, jobs),
         )
     staging = driver.new_staging_dir()
     f, compression, seekable = open_outer(archive)
@@ -185,12 +202,12 @@ def load(
             return _commit_or_undo(
                 loader,
                 extra,
-                lambda: _load_in_place(loader, SeekableArchive(source), extra, wanted),
+                lambda: _load_in_place(loader, SeekableArchive(source), extra, wanted, jobs),
             )
         return _commit_or_undo(
             loader,
             extra,
-            lambda: _load_streamed(loader, f, compression, seekable, staging, extra, wanted),
+            lambda: _load_streamed(loader, f, compression, seekable, staging, extra, wanted, jobs),
         )
     finally:
         if owned:
@@ -222,13 +239,18 @@ def _load_in_place(
     archive: SeekableArchive | DirectoryArchive,
     tag: tuple[str, str] | None,
     platform: Platform | None,
+    jobs: int | None,
 ) -> list[ImagePlan]:
     """Loads from an archive whose blobs are read where they are (a plain tar, a
     directory)."""
     try:
         plans = plan_images(archive, platform)
         _check_single(plans, tag)
-        loader.run(loader.pending(plans), lambda layer: archive.opener(layer.blob))
+        loader.run(
+            loader.pending(plans),
+            lambda layer: loader.feed(layer, archive.opener(layer.blob)),
+            jobs=jobs,
+        )
         return plans
     finally:
         archive.close()
@@ -242,7 +264,11 @@ def _load_streamed(
     staging: Path,
     tag: tuple[str, str] | None,
     platform: Platform | None,
+    jobs: int | None,
 ) -> list[ImagePlan]:
+    """Loads from a compressed archive or a pipe. A pipe is read once: its members are
+    held, then imported `jobs` at a time. A compressed file is read in passes, and its
+    layers are imported in archive order as the stream reaches them, one at a time."""
     archive = StreamedArchive()
     spilled: dict[str, Path] = {}
     limit = loader.driver.max_layer_size
@@ -262,7 +288,11 @@ def _load_streamed(
                     spilled[name] = path
         plans = plan_images(archive, platform)
         _check_single(plans, tag)
-        loader.run(loader.pending(plans), lambda layer: _held(archive, spilled, layer.blob.name))
+        loader.run(
+            loader.pending(plans),
+            lambda layer: loader.feed(layer, _held(archive, spilled, layer.blob.name)),
+            jobs=jobs,
+        )
         return plans
     # A first pass for the metadata, so that the second can stream layers straight in.
     start = f.tell()

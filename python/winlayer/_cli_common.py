@@ -244,6 +244,19 @@ def source_date_epoch(flag: str | None) -> int | None:
     return int(value)
 
 
+def jobs_arg(help: str, default: int | None = None) -> Arg:
+    """``--jobs N`` / ``-j N``; read it with :func:`jobs`."""
+    return Arg("--jobs", "-j", type=int, default=default, metavar="N", help=help)
+
+
+def jobs(args: argparse.Namespace) -> int | None:
+    """The ``--jobs`` given (None: the command's default); below 1 is a UsageError."""
+    n: int | None = args.jobs
+    if n is not None and n < 1:
+        raise UsageError("--jobs must be at least 1")
+    return n
+
+
 def pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
     """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
     return None if callback is None else (lambda done, _total: callback(done))

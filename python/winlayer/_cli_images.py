@@ -17,6 +17,8 @@ from ._cli_common import (
     emit,
     image_store,
     input_stream,
+    jobs,
+    jobs_arg,
     open_driver,
     output_stream,
     pair_progress,
@@ -113,6 +115,7 @@ def _images_install_base(args: argparse.Namespace) -> None:
         help="the platform to load from a multi-platform archive (default: the host's, "
         "e.g. windows/amd64:10.0.20348.2227)",
     ),
+    jobs_arg("layers imported at a time (default: the number of cores); 1: one after another"),
 )
 def _load(args: argparse.Namespace) -> None:
     source: Any = input_stream(args.archive)
@@ -125,6 +128,7 @@ def _load(args: argparse.Namespace) -> None:
             tag=args.tag,
             platform=args.platform,
             progress=pair_progress(progress),
+            jobs=jobs(args),
         )
     platforms = [config_platform(image.config) for image in images]
     emit(

@@ -14,6 +14,8 @@ from ._cli_common import (
     command,
     emit,
     image_store,
+    jobs,
+    jobs_arg,
     layer_progress,
     short_id,
 )
@@ -37,7 +39,9 @@ REGISTRY_ARGS = (
     ),
     Arg("--insecure", action="store_true", help="allow plain HTTP and unverified HTTPS"),
     Arg("--ca-file", metavar="FILE", help="CA certificates to verify the registry with"),
-    Arg("--jobs", "-j", type=int, default=4, metavar="N", help="blobs at a time (default 4)"),
+    jobs_arg(
+        "blobs at a time, and layers imported at a time up to the number of cores (default 4)", 4
+    ),
 )
 
 
@@ -54,14 +58,13 @@ def password_from_stdin(args: argparse.Namespace) -> str | None:
 
 
 def registry_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    n = jobs(args)
     return {
         "username": args.username,
         "password": password_from_stdin(args),
         "insecure": args.insecure,
         "ca_file": args.ca_file,
-        "jobs": args.jobs,
+        "jobs": n,
     }
 
 

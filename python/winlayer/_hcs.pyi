@@ -134,6 +134,7 @@ class Backend:
         source: StrPath | SupportsRead[bytes],
         expected_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
+        wait_for_parents: Callable[[], None] | None = None,
     ) -> ImportResult: ...
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False

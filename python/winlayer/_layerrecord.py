@@ -9,26 +9,41 @@ of its saved archive brings again is the same layer, imported once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sqlite3
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from ._archive_plan import layer_id_for
 from ._pipeline import TarFeed, digest_of
+from .driver import Diff, Driver
 from .errors import DigestMismatch, LayerInUse, WinlayerError
 from .imagestore import ImageStore, StoredLayer
 
-if TYPE_CHECKING:
-    from .driver import Driver
-
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewLayer:
+    """A layer to import: its chain ID, diffID and parent's chain ID, the function that
+    makes its feed (called on its import thread, when its turn comes) and the name of
+    its blob for errors."""
+
+    chain_id: str
+    diff_id: str
+    parent: str | None
+    feed: Callable[[], TarFeed]
+    name: str = ""
 
 
 class LayerRecorder:
     """Imports layers for one operation and undoes its imports on failure.
 
     :meth:`known` adopts a layer the store and driver hold already, :meth:`import_layer`
-    imports one through a :class:`~winlayer._pipeline.TarFeed`; :meth:`record_layers`
+    imports one through a :class:`~winlayer._pipeline.TarFeed` and :meth:`import_layers`
+    several, some at the same time; :meth:`record_layers`
     (inside the operation's one store transaction) records them all, and
     :meth:`rollback` removes the layers this operation created.
     """
@@ -54,21 +69,80 @@ class LayerRecorder:
     ) -> StoredLayer:
         """Import `feed` as the layer of `chain_id` on the layer of chain ID `parent` (one
         of this operation's layers); the tar must have `diff_id`. Closes the feed."""
-        layer_id = layer_id_for(chain_id)
-        parent_id = self.layers[parent].layer_id if parent else None
         try:
-            size = self.driver.apply_diff(layer_id, parent_id, feed, digest=diff_id)
+            self.import_layers([NewLayer(chain_id, diff_id, parent, lambda: feed)], jobs=1)
+        finally:
+            feed.close()  # also when the import did not start
+        return self.layers[chain_id]
+
+    def import_layers(
+        self,
+        layers: Sequence[NewLayer],
+        *,
+        jobs: int | None = None,
+        on_commit: Callable[[StoredLayer], None] | None = None,
+    ) -> None:
+        """Import `layers` (in chain order; a parent is one of this operation's layers or
+        an earlier one of `layers`), up to `jobs` at a time, as
+        :meth:`Driver.apply_diffs <winlayer.driver.Driver.apply_diffs>` does;
+        `on_commit` is called with each layer once it is committed, parents first."""
+        tar_sizes: dict[str, int] = {}
+
+        def committed(i: int, size: int) -> None:
+            layer = layers[i]
+            stored = StoredLayer(
+                layer.chain_id,
+                layer_id_for(layer.chain_id),
+                layer.diff_id,
+                layer.parent,
+                size,
+                tar_sizes[layer.chain_id],
+            )
+            self.layers[layer.chain_id] = stored
+            if on_commit is not None:
+                on_commit(stored)
+
+        diffs = [
+            Diff(
+                layer_id_for(layer.chain_id),
+                self._layer_id(layer.parent),
+                functools.partial(self._fed, layer, tar_sizes),
+                layer.diff_id,
+            )
+            for layer in layers
+        ]
+        self.driver.apply_diffs(diffs, jobs=jobs, on_commit=committed)
+
+    def _layer_id(self, chain_id: str | None) -> str | None:
+        """The driver id of a parent: a layer of this operation, or one being imported."""
+        if chain_id is None:
+            return None
+        stored = self.layers.get(chain_id)
+        return stored.layer_id if stored is not None else layer_id_for(chain_id)
+
+    @contextlib.contextmanager
+    def _fed(self, layer: NewLayer, tar_sizes: dict[str, int]) -> Iterator[TarFeed]:
+        """The feed of `layer`, on its import thread; afterwards the feed is verified to
+        its end and the tar's size noted. A diffID mismatch names the layer's blob."""
+        layer_id = layer_id_for(layer.chain_id)
+        feed = layer.feed()
+        try:
+            try:
+                yield feed
+            except DigestMismatch as exc:
+                if not layer.name or exc.expected != layer.diff_id:
+                    raise  # the blob's own digest: the feed named the blob
+                raise DigestMismatch(
+                    exc.expected, exc.actual, f"the layer in {layer.name!r}"
+                ) from None
             if feed.handed_over:
                 self.created.append(layer_id)
                 feed.finish()
-                tar_size = feed.tar_size
+                tar_sizes[layer.chain_id] = feed.tar_size
             else:  # another process imported it first (or it survived a crash)
-                tar_size = self._measure(layer_id, diff_id)
+                tar_sizes[layer.chain_id] = self._measure(layer_id, layer.diff_id)
         finally:
             feed.close()
-        stored = StoredLayer(chain_id, layer_id, diff_id, parent, size, tar_size)
-        self.layers[chain_id] = stored
-        return stored
 
     def keep(self, chain_id: str) -> None:
         """Record an imported layer in the store now, in a transaction of its own, so that

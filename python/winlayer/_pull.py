@@ -5,15 +5,18 @@ digest) and the config are read and planned as ``load`` plans an archive: the co
 must be Windows, its diffIDs must match the layers, the chain must not be too deep.
 Layers the store holds (by chain ID) are not downloaded.
 
-Then, with `jobs` downloads at a time, in chain order:
+Then, with `jobs` downloads at a time, in chain order, and as many layers imported at a
+time as there are cores (up to `jobs`; each while its parent is still being written, as
+``load`` does):
 
-- the first layer to import streams from the socket through the digest and the
-  decompressor into the importer (:class:`~winlayer._pipeline.TarFeed`);
-- the layers after it, whose parents are not committed yet, download at the same time
-  into spool files in a staging folder of the store (on its volume), hashed as they
-  arrive; when a layer's turn comes the importer reads its spool file while it is still
-  being written, and the end of the file is reached only once its digest and size are
-  checked, so nothing unverified is committed.
+- a layer whose turn comes before its download has started streams from the socket
+  through the digest and the decompressor into the importer
+  (:class:`~winlayer._pipeline.TarFeed`);
+- the layers after it download at the same time into spool files in a staging folder of
+  the store (on its volume), hashed as they arrive; when a layer's turn comes the
+  importer reads its spool file while it is still being written, and the end of the file
+  is reached only once its digest and size are checked, so nothing unverified is
+  committed.
 
 Each layer is recorded in the store as soon as it is committed, so a pull that fails (or
 is killed) keeps its complete, verified layers for the next try (``prune`` removes them if
@@ -52,11 +55,12 @@ from ._archive_plan import (
     parse_json,
 )
 from ._common import CHUNK, LayerEvent, LayerEvents
+from ._pipeline import TarFeed
 from ._platform import Platform, config_platform, host_platform
 from ._reference import Reference
 from ._registry import Manifest, RegistryClient, RegistryError
 from .errors import DigestMismatch, PlatformNotFound
-from .imagestore import Image, ImageStore
+from .imagestore import Image, ImageStore, StoredLayer
 
 if TYPE_CHECKING:
     from .driver import Driver
@@ -152,23 +156,30 @@ def pull(
         else:
             events(LayerEvent(str(layer.blob_digest), "exists", size, size))
     staging = driver.new_staging_dir()
+    position = {layer.chain_id: i for i, layer in enumerate(todo)}
     try:
         with _Downloads(client, repository, staging, jobs, foreign, events) as downloads:
-            for i, layer in enumerate(todo):
+
+            def feed(layer: PlannedLayer) -> TarFeed:
+                i = position[layer.chain_id]
                 downloads.prefetch(todo[i + 1 : i + jobs])
                 digest, size = str(layer.blob_digest), layer.blob.size
                 spooled = downloads.spooled(layer)
-                feed = loader.feed(
+                return loader.feed(
                     layer,
                     downloads.opener(layer),
                     compression=layer_compression(media_types[layer.chain_id]),
                     verify_blob=not spooled,
                     on_bytes=None if spooled else _counter(digest, size, events),
                 )
-                loader.load_layer(layer, feed)
+
+            def committed(stored: StoredLayer) -> None:
+                layer = todo[position[stored.chain_id]]
                 loader.keep(layer.chain_id)  # a later failure does not lose this layer
                 downloads.remove(layer)
-                events(LayerEvent(digest, "done", size, size))
+                events(LayerEvent(str(layer.blob_digest), "done", layer.blob.size, layer.blob.size))
+
+            loader.run(todo, feed, jobs=min(jobs, os.cpu_count() or 1), on_commit=committed)
         image = loader.commit([plan], tag)[0]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -329,6 +340,8 @@ class _Downloads:
         )
         self._spools: dict[str, tuple[_Spool, Future[None]]] = {}
         self._stop = threading.Event()
+        self._claimed: set[str] = set()  # layers whose import has started
+        self._lock = threading.Lock()  # layers are imported on several threads
 
     def __enter__(self) -> _Downloads:
         return self
@@ -338,8 +351,11 @@ class _Downloads:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def prefetch(self, layers: list[PlannedLayer]) -> None:
-        for layer in layers:
-            if layer.chain_id not in self._spools:
+        """Start the spool downloads of `layers` (those not started, nor being imported)."""
+        with self._lock:
+            for layer in layers:
+                if layer.chain_id in self._spools or layer.chain_id in self._claimed:
+                    continue
                 self._staging.mkdir(parents=True, exist_ok=True)
                 spool = _Spool(self._staging / layer.chain_id.removeprefix("sha256:"))
                 spool.path.touch()
@@ -347,18 +363,22 @@ class _Downloads:
                 self._spools[layer.chain_id] = (spool, future)
 
     def spooled(self, layer: PlannedLayer) -> bool:
-        """Whether the layer comes from a spool (verified by its download, not its feed)."""
-        entry = self._spools.get(layer.chain_id)
-        if entry is None:
-            return False
-        if entry[1].cancel():  # not started yet: stream it instead
-            del self._spools[layer.chain_id]
-            entry[0].path.unlink(missing_ok=True)
-            return False
-        return True
+        """Whether the layer, whose import starts now, comes from a spool (verified by
+        its download, not its feed)."""
+        with self._lock:
+            self._claimed.add(layer.chain_id)
+            entry = self._spools.get(layer.chain_id)
+            if entry is None:
+                return False
+            if entry[1].cancel():  # not started yet: stream it instead
+                del self._spools[layer.chain_id]
+                entry[0].path.unlink(missing_ok=True)
+                return False
+            return True
 
     def opener(self, layer: PlannedLayer) -> Callable[[], Any]:
-        entry = self._spools.get(layer.chain_id)
+        with self._lock:
+            entry = self._spools.get(layer.chain_id)
         digest = str(layer.blob_digest)
         if entry is None:
             return lambda: self._open(digest)
@@ -418,7 +438,8 @@ class _Downloads:
         spool.end(error)
 
     def remove(self, layer: PlannedLayer) -> None:
-        entry = self._spools.pop(layer.chain_id, None)
+        with self._lock:
+            entry = self._spools.pop(layer.chain_id, None)
         if entry is not None:
             with contextlib.suppress(OSError):
                 os.unlink(entry[0].path)

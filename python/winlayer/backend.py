@@ -105,6 +105,7 @@ class Backend(Protocol):
         source: Any,
         expected_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
+        wait_for_parents: Callable[[], None] | None = None,
     ) -> ImportResult: ...
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False

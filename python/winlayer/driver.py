@@ -19,13 +19,14 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from . import _baseimages, _hcs, chain
+from . import _applyjobs, _baseimages, _hcs, chain
 from ._baseimages import Recorder, Tagger
 from ._common import FLAVOURS, ProgressCallback, Source, data_root
 from ._pipeline import TarFeed, digest_of, plain_tar
@@ -447,38 +448,133 @@ class Driver:
         """
         self._check_writable()
         _check_id(id)
-        if digest is not None and not DIGEST.fullmatch(digest):
-            raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
-        limit = self.max_layer_size
+        _check_digest(digest)
         rpid = self._require(parent) if parent else ""
         with self._locked(id, rpid):
-            if rpid and not self._backend.layer_exists(*self._ref(rpid)):
-                raise LayerNotFound(parent or rpid, "parent layer not found")
-            layer_chain = self._chain_below(rpid, include_parent=True)
-            _check_depth(layer_chain, parent, read_write=False)
-            existing = self._already_imported(id, source, digest)
-            if existing is not None:
-                return existing
-            self._state.mark_pending(id)
+            layer_chain = self._existing_chain(parent, rpid)
+            return self._import(id, parent, layer_chain, source, digest, progress, None)
+
+    def apply_diffs(
+        self,
+        diffs: Sequence[Diff],
+        *,
+        jobs: int | None = None,
+        on_commit: Callable[[int, int], None] | None = None,
+    ) -> list[int]:
+        """Import several layers, up to `jobs` at a time (default: the number of cores,
+        at most the number of layers); return the bytes of file data of each, as
+        :meth:`apply_diff` does one.
+
+        A :class:`Diff`'s parent is a layer of the store or an earlier diff of the list.
+        A layer on an earlier diff is parsed and written into its own staging folder while
+        its parent is still being written; only what needs the parent waits for the
+        parent's commit (a hard link to a parent's file, the utility VM, and the commit
+        itself), so layers commit parent first. `on_commit(i, size)` is called on the
+        layer's thread once diff i is committed, before any layer on it commits.
+
+        The first failure stops the others: layers not committed leave nothing behind,
+        layers committed before it stay (each was given to `on_commit`); it is raised once
+        every started import has ended. ``jobs=1`` imports one layer after the other.
+        """
+        self._check_writable()
+        if jobs is not None and jobs < 1:
+            raise InvalidArgument(f"jobs must be at least 1, not {jobs}")
+        index: dict[str, int] = {}
+        parents: list[int | None] = []
+        chains: list[list[str]] = []
+        for i, d in enumerate(diffs):
+            _check_id(d.id)
+            _check_digest(d.digest)
+            if d.id in index:
+                raise InvalidArgument(f"layer {d.id!r} is given twice")
+            index[d.id] = i
+            j = index.get(d.parent) if d.parent else None
+            parents.append(j)
+            if j is not None:
+                chains.append([str(self._home_dir(diffs[j].id)), *chains[j]])
+            else:
+                rpid = self._require(d.parent) if d.parent else ""
+                chains.append(self._chain_below(rpid, include_parent=True))
+            _check_depth(chains[i], d.parent, read_write=False)
+        sizes = [0] * len(diffs)
+
+        def job(i: int) -> _applyjobs.Job:
+            d = diffs[i]
+
+            def run(wait_parent: Callable[[], None] | None, check: Callable[[], None]) -> None:
+                with _opened(d.source) as source:
+                    if wait_parent is not None:  # the parent is one of these: not locked
+                        with self._locked(d.id):
+                            sizes[i] = self._import(
+                                d.id,
+                                d.parent,
+                                chains[i],
+                                source,
+                                d.digest,
+                                _ticks(check),
+                                wait_parent,
+                            )
+                    else:
+                        rpid = self._require(d.parent) if d.parent else ""
+                        with self._locked(d.id, rpid):
+                            layer_chain = self._existing_chain(d.parent, rpid)
+                            sizes[i] = self._import(
+                                d.id, d.parent, layer_chain, source, d.digest, _ticks(check), None
+                            )
+                if wait_parent is not None:
+                    wait_parent()  # a layer found imported already did not wait
+                if on_commit is not None:
+                    on_commit(i, sizes[i])
+
+            return run
+
+        workers = min(jobs or os.cpu_count() or 1, len(diffs))
+        _applyjobs.run([job(i) for i in range(len(diffs))], parents, workers)
+        return sizes
+
+    def _existing_chain(self, parent: str | None, rpid: str) -> list[str]:
+        """The chain of a new layer on the committed layer `rpid` (its lock held)."""
+        if rpid and not self._backend.layer_exists(*self._ref(rpid)):
+            raise LayerNotFound(parent or rpid, "parent layer not found")
+        return self._chain_below(rpid, include_parent=True)
+
+    def _import(
+        self,
+        id: str,
+        parent: str | None,
+        layer_chain: list[str],
+        source: Source | TarFeed,
+        digest: str | None,
+        progress: ProgressCallback | None,
+        wait_for_parents: Callable[[], None] | None,
+    ) -> int:
+        """apply_diff's import, with the lock of `id` held; `wait_for_parents` for a
+        parent still being imported (see :meth:`apply_diffs`)."""
+        _check_depth(layer_chain, parent, read_write=False)
+        existing = self._already_imported(id, source, digest)
+        if existing is not None:
+            return existing
+        self._state.mark_pending(id)
+        try:
             try:
-                try:
-                    with plain_tar(source, max_uncompressed=limit) as tar:
-                        result = self._backend.import_layer(
-                            self._info, id, layer_chain, tar, digest, progress
-                        )
-                except DigestMismatch as exc:
-                    raise exc.about(f"layer {id!r}") from None
-                try:
-                    chain.write_chain(self._home_dir(id), layer_chain)
-                    self._write_record(
-                        id, {"diff_id": result.diff_id, "size": result.size, "read_write": False}
+                with plain_tar(source, max_uncompressed=self.max_layer_size) as tar:
+                    result = self._backend.import_layer(
+                        self._info, id, layer_chain, tar, digest, progress, wait_for_parents
                     )
-                except BaseException:
-                    self._destroy_quietly(id)
-                    raise
-            finally:
-                self._state.clear_pending(id)
-            return int(result.size)
+            except DigestMismatch as exc:
+                raise exc.about(f"layer {id!r}") from None
+            try:
+                chain.write_chain(self._home_dir(id), layer_chain)
+                self._write_record(
+                    id, {"diff_id": result.diff_id, "size": result.size, "read_write": False}
+                )
+            except BaseException:
+                self._destroy_quietly(id)
+                raise
+        finally:
+            self._state.clear_pending(id)
+        log.info("imported layer %s (%d bytes of file data)", id, result.size)
+        return int(result.size)
 
     def diff(self, id: str, parent: str | None = None, *, original: bool = False) -> DiffStream:
         """The layer's changes as a tar stream (a readable binary file and a context manager).
@@ -853,6 +949,38 @@ class DiffStream(io.RawIOBase):
         finally:
             super().close()
             on_close()
+
+
+@dataclass(frozen=True)
+class Diff:
+    """One layer for :meth:`Driver.apply_diffs`: its id, its parent (a layer of the store,
+    an earlier diff of the same call, or None), its tar (as for :meth:`Driver.apply_diff`:
+    a path or a binary stream; or a function returning a context manager that gives one,
+    called on the layer's thread when its turn comes, so that only the layers being
+    imported hold their sources open) and the diffID it must have."""
+
+    id: str
+    parent: str | None
+    source: Source | TarFeed | Callable[[], AbstractContextManager[Source | TarFeed]]
+    digest: str | None = None
+
+
+def _opened(
+    source: Source | TarFeed | Callable[[], AbstractContextManager[Source | TarFeed]],
+) -> AbstractContextManager[Source | TarFeed]:
+    if callable(source) and not hasattr(source, "read"):  # an opener
+        return source()
+    return contextlib.nullcontext(cast("Source | TarFeed", source))
+
+
+def _ticks(check: Callable[[], None]) -> ProgressCallback:
+    """A progress callback that only checks whether the import should stop."""
+    return lambda _done: check()
+
+
+def _check_digest(digest: str | None) -> None:
+    if digest is not None and not DIGEST.fullmatch(digest):
+        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
 
 
 def _check_id(id: str) -> None:
