@@ -17,6 +17,7 @@ from typing import IO, Any, cast
 import pytest
 
 from winlayer import DigestMismatch, Driver, InvalidLayer, WinlayerError
+from winlayer.driver import Diff
 from winlayer.images import (
     ImageNotFound,
     ImageStore,
@@ -383,13 +384,13 @@ def test_layers_are_deduplicated_by_chain_id(
     driver: Driver, store: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imported: list[str] = []
-    real = driver.apply_diff
+    real = driver.apply_diffs
 
-    def spy(id: str, *args: Any, **kwargs: Any) -> int:
-        imported.append(id)
-        return real(id, *args, **kwargs)
+    def spy(diffs: list[Diff], **kwargs: Any) -> list[int]:
+        imported.extend(d.id for d in diffs)
+        return real(diffs, **kwargs)
 
-    monkeypatch.setattr(driver, "apply_diff", spy)
+    monkeypatch.setattr(driver, "apply_diffs", spy)
     first, _ = docker_save([L1, L2], tags=["a:1"])
     load(driver, store, write(tmp_path, first, "a.tar"))
     assert imported == [layer_id_for(c) for c in chain_ids([sha(L1), sha(L2)])]
