@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 
@@ -85,7 +85,10 @@ def test_a_layer_is_written_while_its_parent_is_and_commits_after_it(driver: Dri
     releaser = threading.Thread(target=release_base)
     releaser.start()
     sizes = driver.apply_diffs(
-        [Diff(a, None, base, sha(BASE)), Diff(b, a, child, sha(CHILD))],
+        [
+            Diff(a, None, cast(IO[bytes], base), sha(BASE)),
+            Diff(b, a, cast(IO[bytes], child), sha(CHILD)),
+        ],
         jobs=2,
         on_commit=lambda i, _size: committed.append(i),
     )
@@ -109,7 +112,7 @@ def test_a_hard_link_into_the_parent_waits_for_it(driver: Driver) -> None:
     threading.Timer(0.3, base.go.set).start()
     driver.apply_diffs(
         [
-            Diff(a, None, base, sha(BASE)),
+            Diff(a, None, cast(IO[bytes], base), sha(BASE)),
             Diff(b, a, io.BytesIO(CHILD), sha(CHILD)),
             Diff(c, b, io.BytesIO(TOP), sha(TOP)),
         ],
@@ -130,8 +133,8 @@ def test_a_failed_parent_stops_the_layers_on_it(driver: Driver) -> None:
     with pytest.raises(DigestMismatch, match=a):  # the real failure, not "aborted"
         driver.apply_diffs(
             [
-                Diff(a, None, base, "sha256:" + "0" * 64),
-                Diff(b, a, child, sha(CHILD)),
+                Diff(a, None, cast(IO[bytes], base), "sha256:" + "0" * 64),
+                Diff(b, a, cast(IO[bytes], child), sha(CHILD)),
                 Diff(c, b, top, sha(TOP)),
             ],
             jobs=3,
