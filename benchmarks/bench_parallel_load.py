@@ -157,7 +157,8 @@ def main() -> None:
                     time.sleep(args.settle)
             mb = archive.stat().st_size / 1e6
             print(f"\n{kind}: {args.layers} layers x {args.size_mb} MB, archive {mb:.0f} MB")
-            print(f"{'':10} {'median s':>9} {'ratio':>6} {'CPU s':>6} {'cores':>6} {'MiB':>5}  runs")
+            header = f"{'median s':>9} {'ratio':>6} {'CPU s':>6} {'cores':>6} {'MiB':>5}"
+            print(f"{'':10} {header}  runs")
             base = statistics.median(w for w, _, _ in results[args.jobs[0]])
             for jobs, runs in results.items():
                 wall = statistics.median(w for w, _, _ in runs)

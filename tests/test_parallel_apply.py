@@ -27,6 +27,7 @@ store = stores.store
 
 BASE = base_layer(f("Files/Windows/a.txt", b"a" * 5000), f("Files/Windows/b.txt", b"b" * 300))
 CHILD = layer_tar([f("Files/app/one.bin", os.urandom(200_000)), wh("Files/Windows/b.txt")])
+CHILD_ON_NOTHING = base_layer(f("Files/app/one.bin", os.urandom(100_000)))
 TOP = layer_tar(
     [f("Files/app/two.bin", b"two"), link("Files/app/a-link.txt", "Files/Windows/a.txt")]
 )
@@ -236,3 +237,24 @@ def test_cli_load_takes_jobs(cli: Any, tmp_path: Path) -> None:
     (loaded,) = cli.json("load", "-j", "2", str(archive))
     assert loaded["id"].removeprefix("sha256:") == sha(config)[7:]
     assert len(cli.json("ls")) == 3
+
+
+def test_two_imports_in_two_threads_run_at_once(driver: Driver) -> None:
+    # The first import is held half-way through its tar (inside the native writer) until
+    # the second, in another thread, has committed: a lock or queue that serialised the
+    # imports of one process would hold the second back, and the first's hold time out.
+    a, b = ids(2)
+    first = HeldStream(BASE, hold_at=len(BASE) // 2)
+
+    def first_import() -> None:
+        driver.apply_diff(a, None, cast(IO[bytes], first), digest=sha(BASE))
+
+    thread = threading.Thread(target=first_import)
+    thread.start()
+    assert first.held.wait(30)
+    driver.apply_diff(b, None, io.BytesIO(CHILD_ON_NOTHING), digest=sha(CHILD_ON_NOTHING))
+    assert driver.exists(b)
+    assert not driver.exists(a)  # still being written
+    first.go.set()
+    thread.join(30)
+    assert driver.info(a).diff_id == sha(BASE)
