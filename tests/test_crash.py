@@ -21,18 +21,25 @@ from .layerbuild import base_layer, d, f, layer_tar
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 
-TRIALS = int(os.environ.get("WINLAYER_CRASH_TRIALS", "51"))
+TRIALS = int(os.environ.get("WINLAYER_CRASH_TRIALS", "52"))
+OPS = ("import", "remove", "sandbox", "chain")
 
 CHILD = r"""
 import io, sys
 sys.path.insert(0, {tests!r})
 from winlayer import Driver
+from winlayer.driver import Diff
 driver = Driver({home!r}, backend={backend!r}, base_images={base!r})
 op = {op!r}
 tar = open({tar!r}, "rb").read()
 print("go", flush=True)
 if op == "import":
     driver.apply_diff("victim", "base", io.BytesIO(tar))
+elif op == "chain":  # two layers at once, the second on the first
+    driver.apply_diffs(
+        [Diff("victim", "base", io.BytesIO(tar)), Diff("victim2", "victim", io.BytesIO(tar))],
+        jobs=2,
+    )
 elif op == "remove":
     driver.remove("victim")
 else:
@@ -87,9 +94,11 @@ def _check_store(driver: Driver, victim_tar: bytes) -> None:
     assert {p for p in os.listdir(home) if not p.startswith(".")} == layers
     assert "base" in layers
     assert os.listdir(home / ".winlayer" / "pending") == []
-    if "victim" in layers:
-        driver.verify("victim")
-        with driver.diff("victim", original=True) as stream:
+    if "victim2" in layers:
+        assert "victim" in layers  # parent first
+    for victim in {"victim", "victim2"} & layers:
+        driver.verify(victim)
+        with driver.diff(victim, original=True) as stream:
             assert stream.read() == victim_tar
     if "sandbox" in layers:
         assert driver.mount_count("sandbox") == 0
@@ -106,26 +115,30 @@ def test_sigkill_at_random_points(tmp_path: Path, backend_name: str) -> None:
 
     # Calibrate: how long each operation takes when left alone.
     durations = {}
-    for op in ("import", "remove", "sandbox"):
+    for op in OPS:
         durations[op] = _run_child(tmp_path, backend_name, op, None)
         if op == "sandbox":
             driver.remove("sandbox")
+        if op == "chain":
+            driver.remove("victim2")
 
     rng = random.Random(20261128)
-    outcomes: dict[str, set[bool]] = {"import": set(), "remove": set(), "sandbox": set()}
+    outcomes: dict[str, set[bool]] = {op: set() for op in OPS}
     for trial in range(TRIALS):
-        op = ("import", "remove", "sandbox")[trial % 3]
+        op = OPS[trial % len(OPS)]
         # bring the store to the operation's "before" state
+        if driver.exists("victim2"):
+            driver.remove("victim2")
         if op == "remove" and not driver.exists("victim"):
             driver.apply_diff("victim", "base", io.BytesIO(victim_tar))
-        if op == "import" and driver.exists("victim"):
+        if op in ("import", "chain") and driver.exists("victim"):
             driver.remove("victim")
         if op == "sandbox" and driver.exists("sandbox"):
             driver.remove("sandbox")
         _run_child(tmp_path, backend_name, op, rng.uniform(0, durations[op] * 1.1))
         reopened = Driver(tmp_path / "home", backend=backend_name, base_images=tmp_path / "base")
         _check_store(reopened, victim_tar)
-        finished = reopened.exists("sandbox" if op == "sandbox" else "victim")
+        finished = reopened.exists({"sandbox": "sandbox", "chain": "victim2"}.get(op, "victim"))
         outcomes[op].add(finished if op != "remove" else not finished)
     # Some kills interrupted an import before its commit point (how many depends on the
     # machine's speed; remove and the sandbox commit within milliseconds of starting).

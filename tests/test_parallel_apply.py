@@ -258,3 +258,23 @@ def test_two_imports_in_two_threads_run_at_once(driver: Driver) -> None:
     first.go.set()
     thread.join(30)
     assert driver.info(a).diff_id == sha(BASE)
+
+
+def test_a_failed_layer_does_not_stop_the_layers_before_it(driver: Driver) -> None:
+    a, b, c = ids(3)
+    base = HeldStream(BASE, hold_at=len(BASE) // 2)
+    top = io.BytesIO(b"not a tar" * 1000)
+    committed: list[int] = []
+    threading.Timer(0.3, base.go.set).start()  # the top layer has failed by then
+    with pytest.raises(InvalidLayer):
+        driver.apply_diffs(
+            [
+                Diff(a, None, cast(IO[bytes], base), sha(BASE)),
+                Diff(b, a, io.BytesIO(CHILD), sha(CHILD)),
+                Diff(c, b, top),
+            ],
+            jobs=3,
+            on_commit=lambda i, _size: committed.append(i),
+        )
+    assert committed == [0, 1]
+    assert [layer.id for layer in driver.layers()] == [a, b]

@@ -6,8 +6,9 @@ order given, so a layer's parent is always started before it). A layer whose par
 one of the same call gets a ``wait_parent`` function: the native importer calls it before
 the first thing that reads the parent and before its commit, so the layer is parsed and
 written while its parent is still being written and commits only once the parent has.
-The first failure stops the rest: a layer waiting for a parent that failed, or reporting
-progress, raises :class:`Aborted`, and its writer leaves nothing behind.
+A failure stops the layers after it (the earlier ones go on to their commits): a later
+layer waiting for a parent that failed, or reporting progress, raises :class:`Aborted`,
+and its writer leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .errors import WinlayerError
 
 #: What runs one layer: `wait_parent` (None when the parent is committed already) and
-#: `check` (raises :class:`Aborted` once another layer failed; call it now and then).
+#: `check` (raises :class:`Aborted` once an earlier layer failed; call it now and then).
 Job = Callable[[Callable[[], None] | None, Callable[[], None]], None]
 
 
@@ -54,19 +55,23 @@ def run(jobs: Sequence[Job], parents: Sequence[int | None], workers: int) -> Non
     if any(p is not None and not 0 <= p < i for i, p in enumerate(parents)):
         raise ValueError("a layer's parent must come before it")
     gates = [_Gate() for _ in jobs]
-    stopped = threading.Event()
-
-    def check() -> None:
-        if stopped.is_set():
-            raise Aborted("another layer of this operation failed")
+    lock = threading.Lock()
+    first_failed = len(jobs)  # the lowest index of a job that failed
 
     def work(i: int) -> None:
+        nonlocal first_failed
+
+        def check() -> None:
+            if first_failed < i:
+                raise Aborted("an earlier layer of this operation failed")
+
         parent = parents[i]
         try:
             check()
             jobs[i](gates[parent].wait if parent is not None else None, check)
         except BaseException:
-            stopped.set()
+            with lock:
+                first_failed = min(first_failed, i)
             gates[i].fail()
             raise
         gates[i].open()

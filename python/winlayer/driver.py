@@ -472,9 +472,10 @@ class Driver:
         itself), so layers commit parent first. `on_commit(i, size)` is called on the
         layer's thread once diff i is committed, before any layer on it commits.
 
-        The first failure stops the others: layers not committed leave nothing behind,
-        layers committed before it stay (each was given to `on_commit`); it is raised once
-        every started import has ended. ``jobs=1`` imports one layer after the other.
+        A failure stops the layers after it in the list (the ones before it go on to their
+        commits): layers not committed leave nothing behind, layers committed stay (each
+        was given to `on_commit`); the first failure in list order is raised once every
+        started import has ended. ``jobs=1`` imports one layer after the other.
         """
         self._check_writable()
         if jobs is not None and jobs < 1:
