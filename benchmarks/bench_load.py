@@ -43,6 +43,13 @@ from tests.daemons import Containerd  # noqa: E402
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
 
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a member `name` holding `data` to `tar`."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
 def build_archive(layer: Path, out: Path) -> str:
     """A docker save archive (Docker 25 layout: blobs/sha256, manifest.json, index.json)
     holding one image with `layer`; returns the image id."""
@@ -106,19 +113,14 @@ def build_archive(layer: Path, out: Path) -> str:
         ]
     ).encode()
 
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(layer, arcname=f"blobs/sha256/{diff_id[7:]}")
-        add(tar, f"blobs/sha256/{config_hex}", config)
-        add(tar, f"blobs/sha256/{manifest_hex}", manifest)
-        add(tar, "index.json", index)
-        add(tar, "manifest.json", docker_manifest)
-        add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        add(tar, "repositories", json.dumps({"bench/layer": {"1": config_hex}}).encode())
+        add_bytes(tar, f"blobs/sha256/{config_hex}", config)
+        add_bytes(tar, f"blobs/sha256/{manifest_hex}", manifest)
+        add_bytes(tar, "index.json", index)
+        add_bytes(tar, "manifest.json", docker_manifest)
+        add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_bytes(tar, "repositories", json.dumps({"bench/layer": {"1": config_hex}}).encode())
     return config_hex
 
 

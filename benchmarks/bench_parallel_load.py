@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import resource
@@ -35,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from benchmarks.bench_load import add_bytes  # noqa: E402
 from benchmarks.bench_pull import file_digest, gzip_layer  # noqa: E402
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
@@ -90,16 +90,11 @@ def oci_archive(layers: list[Path], out: Path, *, gzipped: bool) -> None:
         }
     ).encode()
 
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        add(tar, "index.json", index)
-        add(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest)
-        add(tar, f"blobs/sha256/{hashlib.sha256(config).hexdigest()}", config)
+        add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_bytes(tar, "index.json", index)
+        add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest)
+        add_bytes(tar, f"blobs/sha256/{hashlib.sha256(config).hexdigest()}", config)
         for digest, blob in zip(digests, blobs, strict=True):
             tar.add(blob, arcname=f"blobs/sha256/{digest[7:]}")
 
