@@ -26,7 +26,7 @@ from winlayer._pull import pull
 from winlayer._reference import parse
 from winlayer._registry import Manifest, RegistryClient, RegistryError
 from winlayer.archive import MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids
-from winlayer.images import ImageStore, load
+from winlayer.images import ImageStore, append, load
 from winlayer.registry import push
 
 from .imagebuild import config_for, descriptor, docker_save, image_manifest, sha
@@ -108,6 +108,31 @@ def test_push_then_pull_keeps_every_digest(
     again: list[LayerEvent] = []
     assert do_pull(target, registry.host, "team/app:1", again).downloaded == 0  # type: ignore[attr-defined]
     assert {e.state for e in again} == {"exists"}
+
+
+def test_an_appended_image_pushed_and_pulled_is_the_same_image(
+    registry: Registry,
+    source: tuple[Driver, ImageStore],
+    target: tuple[Driver, ImageStore],
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "app"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "tool.exe").write_bytes(b"MZ" + os.urandom(3000))
+    extra = tmp_path / "extra.tar.gz"
+    extra.write_bytes(gzip.compress(layer_tar([f("Files/extra.txt", b"extra")]), mtime=0))
+    built = append(*source, "app:1", [folder, extra], tag="app:2", source_date_epoch=1_700_000_000)
+    push(*source, "app:2", f"{registry.host}/team/app:2")
+    do_pull(target, registry.host, "team/app:2")
+    pulled = target[1].get(f"{registry.host}/team/app:2")
+    assert pulled.id == built.id
+    assert pulled.config == built.config
+    assert pulled.layers == built.layers  # chain IDs
+    for chain in pulled.layers:
+        theirs, ours = source[1].layer(chain), target[1].layer(chain)
+        assert theirs is not None
+        assert ours is not None
+        assert ours.diff_id == theirs.diff_id == target[0].info(ours.layer_id).diff_id
 
 
 def test_pull_of_gzip_layers_overlaps_downloads(
