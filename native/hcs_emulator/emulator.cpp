@@ -7,7 +7,8 @@
 //   HCS_EMULATOR_FAIL=<Export>:<hresult>[:<times>][,...]   e.g. PrepareLayer:0x80070015:2
 //     makes the named export return <hresult> (the first <times> calls, or every call)
 //     without doing anything; re-read at every call, counts restart when it changes.
-//   HcsEmulatorCallCount(L"PrepareLayer") -> how many times the export was called.
+//   HcsEmulatorCallCount(L"PrepareLayer") -> how many times the export was called (the
+//     Backup API emulation of backup_emulation.cpp counts its calls here too).
 //   HcsEmulatorReset() -> zeroes the counts.
 #define WINLAYER_VMCOMPUTE_EXPORTS
 #include "windows/vmcompute.h"
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "call_count.hpp"
 #include "core/error.hpp"
 #include "staging_folder.hpp"
 #include "windows/win_util.hpp"
@@ -189,6 +191,11 @@ bool same_folder(std::string a, std::string b) {
 }
 
 }  // namespace
+
+void winlayer::emulator::count_call(const char* name) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    ++g_calls[name];
+}
 
 HRESULT WINAPI ActivateLayer(WinlayerDriverInfo* info, PCWSTR id) {
     return run("ActivateLayer", [&] { backend().activate_layer(driver(info), layer_id(info, id)); });

@@ -1,5 +1,7 @@
 #include "backup_file.hpp"
 
+#include "backup_api.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -66,7 +68,7 @@ void BackupWriteSink::write(const std::uint8_t* data, std::size_t n) {
     while (n) {
         DWORD chunk = static_cast<DWORD>(std::min<std::size_t>(n, kMaxChunk));
         DWORD done = 0;
-        if (!BackupWrite(h_, const_cast<LPBYTE>(data), chunk, &done, FALSE, security_, &context_))
+        if (!backup_api().BackupWrite(h_, const_cast<LPBYTE>(data), chunk, &done, FALSE, security_, &context_))
             throw_last("BackupWrite", path_);
         if (done == 0) throw Error::win32(ERROR_WRITE_FAULT, "BackupWrite", narrow(path_));
         data += done;
@@ -79,13 +81,13 @@ void BackupWriteSink::finish() {
     DWORD done = 0;
     LPVOID ctx = context_;
     context_ = nullptr;
-    if (!BackupWrite(h_, nullptr, 0, &done, TRUE, security_, &ctx)) throw_last("BackupWrite", path_);
+    if (!backup_api().BackupWrite(h_, nullptr, 0, &done, TRUE, security_, &ctx)) throw_last("BackupWrite", path_);
 }
 
 void BackupWriteSink::end(bool abort) noexcept {
     if (!context_) return;
     DWORD done = 0;
-    BackupWrite(h_, nullptr, 0, &done, abort ? TRUE : FALSE, security_, &context_);
+    backup_api().BackupWrite(h_, nullptr, 0, &done, abort ? TRUE : FALSE, security_, &context_);
     context_ = nullptr;
 }
 
@@ -95,14 +97,14 @@ BackupReadSource::BackupReadSource(Handle h, std::wstring path, bool security)
 BackupReadSource::~BackupReadSource() {
     if (context_) {
         DWORD done = 0;
-        BackupRead(h_.get(), nullptr, 0, &done, TRUE, security_, &context_);
+        backup_api().BackupRead(h_.get(), nullptr, 0, &done, TRUE, security_, &context_);
     }
 }
 
 std::size_t BackupReadSource::read(std::uint8_t* buf, std::size_t n) {
     DWORD chunk = static_cast<DWORD>(std::min<std::size_t>(n, kMaxChunk));
     DWORD done = 0;
-    if (!BackupRead(h_.get(), buf, chunk, &done, FALSE, security_, &context_)) throw_last("BackupRead", path_);
+    if (!backup_api().BackupRead(h_.get(), buf, chunk, &done, FALSE, security_, &context_)) throw_last("BackupRead", path_);
     return done;
 }
 

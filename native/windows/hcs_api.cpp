@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "backup_api.hpp"
 #include "vmcompute.h"
 #include "win_util.hpp"
 
@@ -108,6 +109,7 @@ void ensure_available() {
         e.code = code;
         throw e;
     }
+    win::install_backup_api(h);
     g_loaded.store(true, std::memory_order_release);  // the module stays loaded for the process
 }
 

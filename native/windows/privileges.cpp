@@ -4,19 +4,20 @@
 #include <mutex>
 #include <string>
 
+#include "backup_api.hpp"
 #include "win_util.hpp"
 
 namespace winlayer::win {
 
 ThreadPrivileges::ThreadPrivileges(bool restore) {
     const DWORD access = TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY;
-    if (!OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
+    if (!backup_api().OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
         if (GetLastError() != ERROR_NO_TOKEN) throw_last("OpenThreadToken");
-        if (!ImpersonateSelf(SecurityImpersonation)) throw_last("ImpersonateSelf");
+        if (!backup_api().ImpersonateSelf(SecurityImpersonation)) throw_last("ImpersonateSelf");
         impersonating_ = true;
-        if (!OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
+        if (!backup_api().OpenThreadToken(GetCurrentThread(), access, TRUE, &token_)) {
             DWORD e = GetLastError();
-            RevertToSelf();
+            backup_api().RevertToSelf();
             SetLastError(e);
             throw_last("OpenThreadToken");
         }
@@ -43,7 +44,7 @@ LUID privilege_luid(const wchar_t* name) {
     auto it = known.find(name);
     if (it != known.end()) return it->second;
     LUID luid{};
-    if (!LookupPrivilegeValueW(nullptr, name, &luid)) throw_last("LookupPrivilegeValueW", narrow(name));
+    if (!backup_api().LookupPrivilegeValueW(nullptr, name, &luid)) throw_last("LookupPrivilegeValueW", narrow(name));
     known.emplace(name, luid);
     return luid;
 }
@@ -57,7 +58,7 @@ void ThreadPrivileges::enable(const wchar_t* name, bool required) {
     tp.Privileges[0].Luid = privilege_luid(name);
     TOKEN_PRIVILEGES prev{};
     DWORD prev_len = 0;
-    if (!AdjustTokenPrivileges(token_, FALSE, &tp, sizeof prev, &prev, &prev_len))
+    if (!backup_api().AdjustTokenPrivileges(token_, FALSE, &tp, sizeof prev, &prev, &prev_len))
         throw_last("AdjustTokenPrivileges", narrow(name));
     // AdjustTokenPrivileges "succeeds" when the token lacks the privilege.
     if (GetLastError() == ERROR_NOT_ALL_ASSIGNED) {
@@ -72,7 +73,7 @@ void ThreadPrivileges::enable(const wchar_t* name, bool required) {
 
 void ThreadPrivileges::undo() noexcept {
     if (impersonating_) {
-        RevertToSelf();
+        backup_api().RevertToSelf();
         impersonating_ = false;
     } else if (token_) {
         for (int i = 0; i < n_previous_; ++i) {
@@ -80,7 +81,7 @@ void ThreadPrivileges::undo() noexcept {
             tp.PrivilegeCount = 1;
             tp.Privileges[0].Luid = previous_[i].luid;
             tp.Privileges[0].Attributes = previous_[i].attributes;
-            AdjustTokenPrivileges(token_, FALSE, &tp, 0, nullptr, nullptr);
+            backup_api().AdjustTokenPrivileges(token_, FALSE, &tp, 0, nullptr, nullptr);
         }
     }
     n_previous_ = 0;
