@@ -3,8 +3,10 @@
 ``ci/wine/run.sh`` cross-compiles native/windows, the core, the portable backend and the
 HCS emulator (a vmcompute.dll look-alike) with mingw-w64 and runs ci/wine/wine_test.cpp
 under Wine: every vmcompute call the backend makes, the HRESULT mapping and retries,
-staging-folder import and export, Unicode and 300-character paths. BackupRead/BackupWrite
-and privileges are covered on real Windows by tests/test_hcs_integration.py.
+staging-folder import and export, Unicode and 300-character paths, and the Backup API paths
+(hives, base-layer BackupWrite, BackupRead of exports, privileges) through the emulator's
+Backup API emulation (native/hcs_emulator/backup_emulation.cpp). Real ACLs and privilege
+checks are covered on Windows only, by tests/test_hcs_integration.py.
 
 Skipped only where the toolchain is missing and ``CI`` is not ``true``: in CI a missing
 toolchain is a failure (.ci/run installs it), so the run cannot silently disappear.
@@ -27,6 +29,30 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "ci" / "wine" / "run.sh"
 TOOLS = ("x86_64-w64-mingw32-g++-posix", "x86_64-w64-mingw32-dlltool")
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+CALLS = re.compile(r"^calls (\w+) (\d+)$", re.MULTILINE)
+VMCOMPUTE_DEF = REPO / "native" / "windows" / "vmcompute.def"
+# The Backup API table of native/windows/backup_api.hpp.
+BACKUP_API_CALLS = (
+    "BackupRead",
+    "BackupWrite",
+    "OpenThreadToken",
+    "ImpersonateSelf",
+    "RevertToSelf",
+    "LookupPrivilegeValueW",
+    "AdjustTokenPrivileges",
+)
+
+
+def _vmcompute_exports() -> list[str]:
+    text = VMCOMPUTE_DEF.read_text(encoding="utf-8").split("EXPORTS", 1)[1]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def unreached_calls(output: str) -> list[str]:
+    """The vmcompute exports and Backup API calls the Wine run's counts show as never
+    reached (0, or missing from the counts)."""
+    counts = {name: int(n) for name, n in CALLS.findall(output)}
+    return [n for n in (*_vmcompute_exports(), *BACKUP_API_CALLS) if counts.get(n, 0) == 0]
 
 
 def _wine() -> str | None:
@@ -77,6 +103,16 @@ def test_windows_backend_under_wine() -> None:
     assert failed == 0, tail
     # The program runs well over 20 checks; far fewer means tests stopped being reached.
     assert passed >= 20, f"only {passed} Wine tests ran:\n{tail}"
+    assert unreached_calls(proc.stdout) == [], f"calls never reached under Wine:\n{tail}"
+
+
+def test_unreached_calls_names_each_call_not_reached() -> None:
+    every = [*_vmcompute_exports(), *BACKUP_API_CALLS]
+    assert "ImportLayer" in every and "BackupWrite" in every
+    output = "".join(f"calls {n} 3\n" for n in every if n not in ("BackupRead", "ExportLayer"))
+    output += "calls BackupRead 0\n"
+    assert unreached_calls(output) == ["ExportLayer", "BackupRead"]
+    assert unreached_calls(output + "calls BackupRead 1\ncalls ExportLayer 2\n") == []
 
 
 def _run_sh_with_stub_tools(tmp_path: Path, env: dict[str, str]) -> str:
