@@ -189,7 +189,8 @@ def test_every_environment_variable_is_documented(cli: Cli) -> None:
         read |= set(re.findall(r'getenv\("([A-Z_]+)"\)', text))
         read |= set(re.findall(r'^[A-Z_]*VAR = "([A-Z_]+)"', text, re.M))
         read |= set(re.findall(r'kEnv\w* = "([A-Z_]+)"', text))
-    read -= {"PROGRAMDATA"}  # Windows' own data folder, not a winlayer setting
+    read -= {"SYSTEMROOT"}  # Windows' own folder (where vmcompute.dll is), not a setting
+    read |= {"XDG_DATA_HOME"}  # read for _common.data_root by platformdirs
     assert read == set(ENVIRONMENT)
     help_text = cli("--help").stdout.decode()
     readme = (REPO / "README.md").read_text(encoding="utf-8")

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from platformdirs.macos import MacOS
+from platformdirs.unix import Unix
+from platformdirs.windows import Windows
+
 #: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
 FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
 
@@ -37,13 +41,16 @@ CHUNK = 1 << 20
 
 
 def data_root() -> Path:
-    """The per-user data folder (``C:\\ProgramData\\winlayer`` on Windows)."""
+    """The folder of winlayer's data when no other is named: the machine's
+    ``C:\\ProgramData\\winlayer`` on Windows (layers are the machine's, as Docker's
+    ``C:\\ProgramData\\docker``), the user's data folder elsewhere
+    (``$XDG_DATA_HOME/winlayer`` or ``~/.local/share/winlayer``; on macOS
+    ``~/Library/Application Support/winlayer``), as platformdirs finds them. The platform
+    is read when called (``sys.platform``)."""
     if sys.platform == "win32":
-        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "winlayer"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "winlayer"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "winlayer"
+        return Path(Windows("winlayer", appauthor=False).site_data_dir)
+    dirs = MacOS("winlayer") if sys.platform == "darwin" else Unix("winlayer")
+    return Path(dirs.user_data_dir)
 
 
 _PARTIAL_SUFFIX = ".tmp"

@@ -1,48 +1,53 @@
 """Locks that hold across threads and processes sharing a store.
 
-A :class:`FileLock` is an exclusive lock on a file: ``fcntl.flock`` on POSIX (released by
-the kernel when a process dies, so a crash never leaves a store locked), ``msvcrt.locking``
-on Windows. Each acquisition opens the file anew, so two threads of one process exclude
-each other as two processes do.
+A :class:`FileLock` is an exclusive lock on a file, taken through portalocker: ``flock``
+on POSIX, ``LockFileEx`` on Windows (pywin32). Both wait in the kernel until the lock is
+free (no polling) and both are released by the kernel when a process dies, so a crash
+never leaves a store locked. Each acquisition opens the file anew and both kinds of lock
+belong to an open file, so two threads of one process exclude each other as two
+processes do.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from portalocker import LockFlags
+from portalocker.exceptions import AlreadyLocked, LockException
+from portalocker.portalocker import BaseLocker
 
 if sys.platform == "win32":
-    import msvcrt
+    from portalocker.portalocker import Win32Locker
 
-    def _lock(fd: int, blocking: bool = True) -> bool:
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not blocking:
-                    return False
-                time.sleep(0.01)
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
+    # Not portalocker's default Windows locker (msvcrt.locking): its blocking mode,
+    # LK_LOCK, retries once a second and gives up after 10 tries.
+    _LOCKER: BaseLocker = Win32Locker()
 else:
-    import fcntl
+    from portalocker.portalocker import FlockLocker
 
-    def _lock(fd: int, blocking: bool = True) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+    _LOCKER = FlockLocker()
 
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+_STILL_ACTIVE = 259  # GetExitCodeProcess's code for a process that has not ended
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+
+
+def _lock(locker: BaseLocker, fd: int, blocking: bool) -> bool:
+    """Lock `fd` exclusively with `locker`; False if it is held and not `blocking`.
+    A failure that is not contention is raised as the OSError behind it."""
+    flags = LockFlags.EXCLUSIVE if blocking else LockFlags.EXCLUSIVE | LockFlags.NON_BLOCKING
+    try:
+        locker.lock(fd, flags)
+    except AlreadyLocked:  # contention: only a non-blocking lock reports it
+        return False
+    except LockException as exc:
+        cause = exc.__cause__
+        raise cause if isinstance(cause, OSError) else exc from None
+    return True
 
 
 class FileLock:
@@ -54,9 +59,12 @@ class FileLock:
     ever locked it, or it belongs to another user) is no lock at all.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, read_only: bool = False, locker: BaseLocker | None = None
+    ) -> None:
         self.path = path
         self.read_only = read_only
+        self._locker = locker or _LOCKER  # tests pass a fake one
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -70,7 +78,7 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            taken = _lock(fd, blocking)
+            taken = _lock(self._locker, fd, blocking)
         except BaseException:
             os.close(fd)
             raise
@@ -81,14 +89,16 @@ class FileLock:
         return True
 
     def release(self) -> None:
+        """Give the lock up (nothing if it is not held)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
-                _unlock(fd)
+                self._locker.unlock(fd)
             finally:
                 os.close(fd)
 
     def __enter__(self) -> FileLock:
+        """Take the lock, waiting for it."""
         self.acquire()
         return self
 
@@ -98,6 +108,7 @@ class FileLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Give the lock up."""
         self.release()
 
 
@@ -107,18 +118,7 @@ def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     if sys.platform == "win32":
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        try:
-            code = ctypes.c_ulong()
-            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-            return code.value == 259  # STILL_ACTIVE
-        finally:
-            kernel32.CloseHandle(handle)
+        return windows_pid_alive(pid, ctypes.windll.kernel32)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,3 +126,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def windows_pid_alive(pid: int, kernel32: Any) -> bool:
+    """:func:`pid_alive` on Windows, through `kernel32` (``ctypes.windll.kernel32``):
+    a process that cannot be opened is gone (OpenProcess fails for an unused id), one
+    that can is alive until it has an exit code."""
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        return code.value == _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _hcs
@@ -45,18 +46,37 @@ def selected_name(name: str | None = None) -> str:
 
 
 def check_available(name: str, *, from_env: bool = False) -> None:
-    """Raise :class:`BackendUnavailable`, with how to fix it, if `name` cannot run here;
-    `from_env`: the name came from ``$WINLAYER_BACKEND`` (the fix then names it)."""
-    if name == "hcs" and sys.platform != "win32":
-        fix = (
-            f"unset {ENV_VAR} or set {ENV_VAR}=portable"
-            if from_env
-            else "ask for backend 'portable' (--backend portable)"
-        )
-        raise BackendUnavailable(
-            "the 'hcs' backend needs Windows with the Containers feature (vmcompute.dll); "
-            f"this is {sys.platform}. Use the 'portable' backend: {fix}"
-        )
+    """Raise :class:`BackendUnavailable`, with how to fix it, if `name` cannot run here:
+    ``hcs`` off Windows, or on a Windows without ``vmcompute.dll`` in System32 (the
+    Containers feature is off). `from_env`: the name came from ``$WINLAYER_BACKEND``
+    (the fix then names it)."""
+    if name != "hcs":
+        return
+    fix = (
+        f"unset {ENV_VAR} or set {ENV_VAR}=portable"
+        if from_env
+        else "ask for backend 'portable' (--backend portable)"
+    )
+    if sys.platform == "win32":
+        dll = vmcompute_path()
+        if not dll.is_file():
+            raise BackendUnavailable(
+                f"the 'hcs' backend needs the Host Compute Service, and {dll} does not exist: "
+                "enable the Containers feature (Enable-WindowsOptionalFeature -Online "
+                "-FeatureName Containers, then restart Windows), or use the 'portable' "
+                f"backend: {fix}"
+            )
+        return
+    raise BackendUnavailable(
+        "the 'hcs' backend needs Windows with the Containers feature (vmcompute.dll); "
+        f"this is {sys.platform}. Use the 'portable' backend: {fix}"
+    )
+
+
+def vmcompute_path() -> Path:
+    """Where Windows keeps ``vmcompute.dll``: ``%SYSTEMROOT%\\System32``, the only folder
+    the native code loads it from."""
+    return Path(os.environ.get("SYSTEMROOT") or r"C:\Windows") / "System32" / "vmcompute.dll"
 
 
 def default_base_images() -> str:

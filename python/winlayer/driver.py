@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any, cast
 
 from . import _applyjobs, _baseimages, _hcs, chain
@@ -36,6 +37,7 @@ from ._units import parse_size
 from .backend import Backend, default_base_images, load
 from .errors import (
     DigestMismatch,
+    DriverClosed,
     InvalidArgument,
     LayerExists,
     LayerInUse,
@@ -88,6 +90,16 @@ class Driver:
     The driver is safe to share between threads; several processes may share a home.
     A home this process may not write (a read-only mount, no permission) can still be
     read; see :attr:`write_denied`.
+
+    A driver is a context manager: ``with Driver(home) as driver:`` closes it at the end
+    (:meth:`close`). It keeps no file, lock or connection open between calls (each
+    operation takes its layer locks and opens the image store for itself), so closing it
+    only ends its use; mounts made with :meth:`get` stay until :meth:`put`, or until the
+    process ends.
+
+    Raises :class:`~winlayer.InvalidArgument` for an unknown flavour or a bad
+    `max_layer_size`, :class:`~winlayer.BackendUnavailable` for a backend that cannot
+    run here, and ``OSError`` when the home cannot be made.
     """
 
     def __init__(
@@ -103,6 +115,7 @@ class Driver:
             raise InvalidArgument(
                 f"unknown flavour {flavour!r}: choose windowsfilter or windowsdiff"
             )
+        self._closed = False
         self.flavour = flavour
         #: Largest uncompressed layer apply_diff accepts from compressed input (bombs).
         self.max_layer_size = parse_size(
@@ -128,6 +141,37 @@ class Driver:
         if not self.write_denied:
             self._sweep(stale_mounts=False)
 
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End the use of this driver: any later call raises
+        :class:`~winlayer.errors.DriverClosed`. Closing again does nothing. Diff streams
+        it gave out stay readable until they are closed themselves."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Driver:
+        """The driver itself; :class:`~winlayer.errors.DriverClosed` if it is closed."""
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the driver."""
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DriverClosed(str(self.home))
+
     # -- identity -------------------------------------------------------------------
 
     @property
@@ -144,6 +188,8 @@ class Driver:
         )
 
     def status(self) -> list[tuple[str, str]]:
+        """Docker's driver status pairs: ``[("Windows", "")]``, as the Windows driver gives."""
+        self._check_open()
         return [("Windows", "")]
 
     def metadata(self, id: str) -> dict[str, str]:
@@ -165,6 +211,7 @@ class Driver:
 
     def layers(self) -> list[LayerInfo]:
         """Every layer in the home, sorted by id."""
+        self._check_open()
         found = []
         for entry in sorted(os.scandir(self.home), key=lambda e: e.name):
             if not entry.is_dir() or self._is_internal_name(entry.name):
@@ -302,6 +349,7 @@ class Driver:
     ) -> Path:
         """Install a base layer tar as a base image of the portable backend; return its
         folder. See :func:`winlayer.images.install_base_image`."""
+        self._check_open()
         root = Path(base_images if base_images is not None else default_base_images())
         return _baseimages.install(
             self._backend,
@@ -319,6 +367,7 @@ class Driver:
         """A new private folder (not yet created) beside the layers, on their volume, for
         files an operation holds for a while; the caller removes it. Folders left by
         processes that died are removed here."""
+        self._check_open()
         return self._state.new_staging_dir()
 
     # -- mount ----------------------------------------------------------------------
@@ -657,6 +706,7 @@ class Driver:
     # -- internals --------------------------------------------------------------------
 
     def _check_writable(self) -> None:
+        self._check_open()
         if self.write_denied:
             raise PermissionError(
                 self.write_denied, "the layer store is read-only here", str(self.home)
@@ -859,6 +909,7 @@ class Driver:
 
     def _resolve(self, id: str) -> str:
         """The folder name that holds `id`'s data (its alternate ID, if it has one)."""
+        self._check_open()
         _check_id(id)
         alt = chain.read_alt_id(self._home_dir(id))
         return alt if alt is not None else id

@@ -15,6 +15,7 @@ import os
 __all__ = [
     "BackendUnavailable",
     "DigestMismatch",
+    "DriverClosed",
     "HcsError",
     "ImageConflict",
     "InvalidArgument",
@@ -61,6 +62,15 @@ class LayerInUse(WinlayerError):
 class InvalidArgument(WinlayerError, ValueError):
     """An argument that is not valid input: a malformed digest, size, id, reference, tag,
     flavour or option value (also a ``ValueError``)."""
+
+
+class DriverClosed(WinlayerError, ValueError):
+    """A :class:`~winlayer.Driver` was used after :meth:`~winlayer.Driver.close` (also a
+    ``ValueError``, as for a closed file). ``home`` is the driver's layer store."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(f"this Driver of {home!r} is closed; open a new one")
+        self.home = home
 
 
 class InvalidLayer(WinlayerError, ValueError):

@@ -1,0 +1,275 @@
+"""The Python facade's Windows branches, run here with the platform faked: the default
+folders under ProgramData, the layer lock's use of its locker, the pid check through
+kernel32, the hcs backend's vmcompute.dll check. What cannot run off Windows is listed
+in docs/ARCHITECTURE.md ("Windows code paths")."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import pytest
+from portalocker import LockFlags
+from portalocker.exceptions import AlreadyLocked, LockException
+from portalocker.portalocker import BaseLocker
+
+from winlayer import _locks
+from winlayer._common import data_root
+from winlayer._locks import FileLock, windows_pid_alive
+from winlayer.driver import default_home
+from winlayer.errors import BackendUnavailable
+
+backend = importlib.import_module("winlayer.backend")  # the module, not winlayer.backend
+
+
+# --- default folders ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("WINLAYER_HOME", "WINLAYER_BASE_IMAGES", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path / "user"))
+    return tmp_path / "user"
+
+
+def test_windows_folders_are_the_machines_under_programdata(
+    monkeypatch: pytest.MonkeyPatch, no_overrides: Path
+) -> None:
+    # platformdirs asks the shell for FOLDERID_ProgramData; off Windows its documented
+    # override stands in for the answer.
+    monkeypatch.setenv("WIN_PD_OVERRIDE_COMMON_APPDATA", r"D:\ProgramData")
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert PureWindowsPath(str(data_root())) == PureWindowsPath(r"D:\ProgramData\winlayer")
+    assert PureWindowsPath(str(default_home())) == PureWindowsPath(
+        r"D:\ProgramData\winlayer\windowsfilter"
+    )
+    assert PureWindowsPath(str(default_home("windowsdiff"))).name == "windowsdiff"
+    assert PureWindowsPath(backend.default_base_images()) == PureWindowsPath(
+        r"D:\ProgramData\winlayer\base-images"
+    )
+
+
+def test_linux_folders_follow_xdg(monkeypatch: pytest.MonkeyPatch, no_overrides: Path) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert data_root() == no_overrides / ".local" / "share" / "winlayer"
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    assert data_root() == Path("/srv/data/winlayer")
+    assert default_home() == Path("/srv/data/winlayer/windowsfilter")
+    assert backend.default_base_images() == str(Path("/srv/data/winlayer/base-images"))
+
+
+def test_macos_folder(monkeypatch: pytest.MonkeyPatch, no_overrides: Path) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert data_root() == no_overrides / "Library" / "Application Support" / "winlayer"
+
+
+def test_the_variables_win_on_every_platform(
+    monkeypatch: pytest.MonkeyPatch, no_overrides: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WINLAYER_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("WINLAYER_BASE_IMAGES", str(tmp_path / "b"))
+    for platform in ("win32", "linux", "darwin"):
+        monkeypatch.setattr(sys, "platform", platform)
+        assert default_home() == tmp_path / "h"
+        assert backend.default_base_images() == str(tmp_path / "b")
+
+
+# --- the layer lock ------------------------------------------------------------------------
+
+
+class FakeLocker(BaseLocker):
+    """Records the calls; `refuse` makes a lock fail with that exception."""
+
+    def __init__(self, refuse: Exception | None = None) -> None:
+        self.calls: list[tuple[str, int, Any]] = []
+        self.refuse = refuse
+
+    def lock(self, file_obj: Any, flags: LockFlags) -> None:
+        self.calls.append(("lock", file_obj, flags))
+        if self.refuse is not None:
+            raise self.refuse
+
+    def unlock(self, file_obj: Any) -> None:
+        self.calls.append(("unlock", file_obj, None))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_the_lock_asks_its_locker_for_an_exclusive_lock(tmp_path: Path) -> None:
+    locker = FakeLocker()
+    lock = FileLock(tmp_path / "locks" / "a.lock", locker=locker)
+    assert lock.acquire()
+    ((_, fd, flags),) = locker.calls
+    assert flags == LockFlags.EXCLUSIVE  # blocking: the locker waits in the kernel
+    assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "locks" / "a.lock"))
+    lock.release()
+    assert locker.calls[1] == ("unlock", fd, None)
+    assert not _is_open(fd)
+    lock.release()  # released already: nothing
+    assert len(locker.calls) == 2
+
+
+def test_a_held_lock_is_refused_without_waiting(tmp_path: Path) -> None:
+    locker = FakeLocker(AlreadyLocked("held"))
+    lock = FileLock(tmp_path / "a.lock", locker=locker)
+    assert lock.acquire(blocking=False) is False
+    ((_, fd, flags),) = locker.calls
+    assert flags == LockFlags.EXCLUSIVE | LockFlags.NON_BLOCKING
+    assert not _is_open(fd)
+    lock.release()
+    assert len(locker.calls) == 1  # nothing to unlock
+
+
+def test_a_lock_failure_is_the_os_error_behind_it(tmp_path: Path) -> None:
+    cause = OSError(errno.ENOLCK, "No locks available")
+    failure = LockException(cause)
+    failure.__cause__ = cause
+    locker = FakeLocker(failure)
+    lock = FileLock(tmp_path / "a.lock", locker=locker)
+    with pytest.raises(OSError, match="No locks available") as info:
+        lock.acquire()
+    assert info.value.errno == errno.ENOLCK
+    assert not _is_open(locker.calls[0][1])
+
+
+def test_a_read_only_lock_opens_without_creating(tmp_path: Path) -> None:
+    locker = FakeLocker()
+    missing = FileLock(tmp_path / "none.lock", read_only=True, locker=locker)
+    assert missing.acquire()  # no lock file: nobody ever locked it
+    assert locker.calls == []
+    assert not (tmp_path / "none.lock").exists()
+    (tmp_path / "there.lock").touch()
+    present = FileLock(tmp_path / "there.lock", read_only=True, locker=locker)
+    with present:
+        ((_, fd, flags),) = locker.calls
+        assert flags == LockFlags.EXCLUSIVE
+        with pytest.raises(OSError, match="Bad file descriptor"):  # opened for reading only
+            os.write(fd, b"x")
+    assert locker.calls[-1][0] == "unlock"
+
+
+def test_the_platforms_locker() -> None:
+    """LockFileEx (pywin32) on Windows, where portalocker's msvcrt default gives up on a
+    blocking lock after ten one-second retries; flock elsewhere."""
+    expected = "Win32Locker" if sys.platform == "win32" else "FlockLocker"
+    assert type(_locks._LOCKER).__name__ == expected
+
+
+def test_a_waiting_thread_wakes_when_the_lock_is_released(tmp_path: Path) -> None:
+    """Two locks on one file in one process exclude each other, and the one waiting gets
+    the lock as soon as it is given up, with no polling interval."""
+    first = FileLock(tmp_path / "a.lock")
+    first.acquire()
+    assert FileLock(tmp_path / "a.lock").acquire(blocking=False) is False
+    got: list[float] = []
+
+    def wait() -> None:
+        with FileLock(tmp_path / "a.lock"):
+            got.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    assert got == []
+    released = time.monotonic()
+    first.release()
+    thread.join(10)
+    assert len(got) == 1
+    assert got[0] >= released
+
+
+# --- pid_alive on Windows ----------------------------------------------------------------
+
+
+class FakeKernel32:
+    def __init__(self, handle: int, exit_code: int) -> None:
+        self.handle = handle
+        self.exit_code = exit_code
+        self.closed: list[int] = []
+        self.opened: list[tuple[int, bool, int]] = []
+
+    def OpenProcess(self, access: int, inherit: bool, pid: int) -> int:
+        self.opened.append((access, inherit, pid))
+        return self.handle
+
+    def GetExitCodeProcess(self, handle: int, code: Any) -> int:
+        ctypes.cast(code, ctypes.POINTER(ctypes.c_ulong)).contents.value = self.exit_code
+        return 1
+
+    def CloseHandle(self, handle: int) -> int:
+        self.closed.append(handle)
+        return 1
+
+
+def test_windows_pid_alive() -> None:
+    running = FakeKernel32(handle=42, exit_code=259)  # STILL_ACTIVE
+    assert windows_pid_alive(1234, running)
+    assert running.opened == [(0x1000, False, 1234)]  # PROCESS_QUERY_LIMITED_INFORMATION
+    assert running.closed == [42]
+    ended = FakeKernel32(handle=43, exit_code=0)
+    assert not windows_pid_alive(1234, ended)
+    assert ended.closed == [43]
+    gone = FakeKernel32(handle=0, exit_code=259)  # OpenProcess failed: no such process
+    assert not windows_pid_alive(1234, gone)
+    assert gone.closed == []
+
+
+# --- the hcs backend's checks --------------------------------------------------------------
+
+
+def test_hcs_is_the_windows_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert backend.default_name() == "hcs"
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert backend.default_name() == "portable"
+
+
+def test_hcs_off_windows_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(BackendUnavailable, match="this is linux") as info:
+        backend.check_available("hcs", from_env=True)
+    assert "WINLAYER_BACKEND=portable" in str(info.value)
+
+
+def test_hcs_without_vmcompute_names_the_dll_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setenv("SYSTEMROOT", str(tmp_path / "Windows"))
+    dll = tmp_path / "Windows" / "System32" / "vmcompute.dll"
+    assert backend.vmcompute_path() == dll
+    with pytest.raises(BackendUnavailable, match="Containers feature") as info:
+        backend.check_available("hcs")
+    assert str(dll) in str(info.value)
+    assert "(--backend portable)" in str(info.value)
+    assert "WINLAYER_BACKEND" not in str(info.value)
+    with pytest.raises(BackendUnavailable, match="unset WINLAYER_BACKEND"):
+        backend.check_available("hcs", from_env=True)
+    backend.check_available("portable")  # the portable backend needs no DLL
+    dll.parent.mkdir(parents=True)
+    dll.write_bytes(b"MZ")
+    backend.check_available("hcs")
+
+
+def test_vmcompute_is_looked_for_in_the_default_windows_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SYSTEMROOT", raising=False)
+    assert PureWindowsPath(str(backend.vmcompute_path())) == PureWindowsPath(
+        r"C:\Windows\System32\vmcompute.dll"
+    )
