@@ -52,7 +52,9 @@ class Tagger(Protocol):
 class Recorder(Protocol):
     """Something that records images (Docker's ``graphdriver.Recorder``)."""
 
-    def exists(self, image_id: str) -> bool: ...
+    def exists(self, image_id: str) -> bool:
+        """Whether an image with this id is recorded."""
+        ...
 
     def register(self, image: Image) -> None:
         """Record `image`; registering an id that exists already changes nothing."""

@@ -94,6 +94,7 @@ class PruneReport:
         return sum(layer.size for layer in self.layers)
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (the CLI's ``--json`` output)."""
         return {
             "dry_run": self.dry_run,
             "images": [record.as_dict() for record in self.images],
@@ -115,6 +116,7 @@ class Usage:
     reclaimable: int  # bytes
 
     def as_dict(self) -> dict[str, int]:
+        """The row as a dict of its fields."""
         return dataclasses.asdict(self)
 
 
@@ -138,6 +140,7 @@ class DiskUsage:
     sandboxes: Usage
 
     def as_dict(self) -> dict[str, dict[str, int]]:
+        """The three rows as dicts, by name (the CLI's ``--json`` output)."""
         return {
             "images": self.images.as_dict(),
             "layers": self.layers.as_dict(),
@@ -162,6 +165,7 @@ class HistoryEntry:
     size: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The entry as a dict of its fields."""
         return dataclasses.asdict(self)
 
 

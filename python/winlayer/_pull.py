@@ -76,6 +76,10 @@ _SCHEMA1 = "application/vnd.docker.distribution.manifest.v1"
 
 @dataclass(frozen=True)
 class Pulled:
+    """What :func:`pull` brought: the `reference` pulled, the `digest` of the image's
+    manifest, the `image` recorded, how many layer blobs it `downloaded` (the others were
+    in the store) and the image's `platform`."""
+
     reference: str
     digest: str  # of the image manifest
     image: Image

@@ -36,6 +36,9 @@ DEFAULT_JOBS = 4
 
 @dataclass(frozen=True)
 class Pushed:
+    """What :func:`push` sent: the `reference` pushed to, the `digest` and `size` of the
+    manifest, and the `image_id` pushed."""
+
     reference: str
     digest: str  # of the manifest
     size: int  # of the manifest

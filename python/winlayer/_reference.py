@@ -63,6 +63,7 @@ class Reference:
         return self.digest or self.tag or DEFAULT_TAG
 
     def with_digest(self, digest: str) -> Reference:
+        """This reference naming the manifest `digest` too."""
         return Reference(self.registry, self.repository, self.tag, digest)
 
     def __str__(self) -> str:

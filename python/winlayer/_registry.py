@@ -137,6 +137,7 @@ class RegistryClient:
         self._challenge: Challenge | None = None
 
     def close(self) -> None:
+        """Close the pooled connections."""
         self._pool.clear()
 
     def __enter__(self) -> RegistryClient:

@@ -39,6 +39,8 @@ class AuthError(WinlayerError):
 
 @dataclass(frozen=True)
 class Credentials:
+    """A user name and password for a registry, or an OAuth2 refresh token."""
+
     username: str = ""
     password: str = field(default="", repr=False)
     #: An OAuth2 refresh token (docker's ``identitytoken``), exchanged at the token service.

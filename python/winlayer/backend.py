@@ -95,28 +95,73 @@ def load(name: str | None = None, base_images: str | None = None) -> Backend:
 
 
 class Backend(Protocol):
-    """HCS's layer API (``winlayer._hcs.Backend`` implements it for both backends)."""
+    """HCS's layer API (``winlayer._hcs.Backend`` implements it for both backends).
+
+    A layer is named by a :class:`~winlayer._hcs.DriverInfo` (flavour and home) and an
+    `id`, its folder's name in the home (or, with an empty home, its full path); `parents`
+    are layer folder paths, nearest first. Failures are the errors of
+    :mod:`winlayer.errors`: ``OSError`` subclasses, :class:`~winlayer.HcsError`,
+    :class:`~winlayer.LayerNotFound`, :class:`~winlayer.InvalidLayer`..."""
 
     @property
-    def name(self) -> str: ...
-    def activate_layer(self, info: DriverInfo, id: str) -> None: ...
-    def deactivate_layer(self, info: DriverInfo, id: str) -> None: ...
-    def create_layer(self, info: DriverInfo, id: str, parent_id: str) -> None: ...
+    def name(self) -> str:
+        """``"hcs"`` or ``"portable"``."""
+        ...
+
+    def activate_layer(self, info: DriverInfo, id: str) -> None:
+        """Make the layer's folder usable (HCS ActivateLayer)."""
+        ...
+
+    def deactivate_layer(self, info: DriverInfo, id: str) -> None:
+        """Undo :meth:`activate_layer` (HCS DeactivateLayer)."""
+        ...
+
+    def create_layer(self, info: DriverInfo, id: str, parent_id: str) -> None:
+        """Create an empty read-only layer on `parent_id` (HCS CreateLayer)."""
+        ...
+
     def create_sandbox_layer(
         self, info: DriverInfo, id: str, parent_id: str, parents: list[str]
-    ) -> None: ...
-    # Beyond HCS's API: a sandbox for reading `parents`, read-only where the backend can
-    # make it so (the portable overlay view); else a plain sandbox, discarded by the caller.
+    ) -> None:
+        """Create a read/write layer on the chain `parents` (HCS CreateSandboxLayer)."""
+        ...
+
     def create_view_layer(
         self, info: DriverInfo, id: str, parent_id: str, parents: list[str]
-    ) -> None: ...
-    def expand_sandbox_size(self, info: DriverInfo, id: str, size: int) -> None: ...
-    def destroy_layer(self, info: DriverInfo, id: str) -> None: ...
-    def layer_exists(self, info: DriverInfo, id: str) -> bool: ...
-    def get_layer_mount_path(self, info: DriverInfo, id: str) -> str: ...
-    def prepare_layer(self, info: DriverInfo, id: str, parents: list[str]) -> None: ...
-    def unprepare_layer(self, info: DriverInfo, id: str) -> None: ...
-    def get_base_images(self) -> str: ...
+    ) -> None:
+        """Beyond HCS's API: a sandbox for reading `parents`, read-only where the backend
+        can make it so (the portable overlay view); else a plain sandbox, which the
+        caller discards."""
+        ...
+
+    def expand_sandbox_size(self, info: DriverInfo, id: str, size: int) -> None:
+        """Let a sandbox grow to `size` bytes (HCS ExpandSandboxSize)."""
+        ...
+
+    def destroy_layer(self, info: DriverInfo, id: str) -> None:
+        """Remove the layer and its folder (HCS DestroyLayer)."""
+        ...
+
+    def layer_exists(self, info: DriverInfo, id: str) -> bool:
+        """Whether the layer exists (HCS LayerExists)."""
+        ...
+
+    def get_layer_mount_path(self, info: DriverInfo, id: str) -> str:
+        """Where a prepared layer's files are seen (HCS GetLayerMountPath)."""
+        ...
+
+    def prepare_layer(self, info: DriverInfo, id: str, parents: list[str]) -> None:
+        """Mount an activated layer on its chain `parents` (HCS PrepareLayer)."""
+        ...
+
+    def unprepare_layer(self, info: DriverInfo, id: str) -> None:
+        """Undo :meth:`prepare_layer` (HCS UnprepareLayer)."""
+        ...
+
+    def get_base_images(self) -> str:
+        """The host's base images as HCS's GetBaseImages JSON (``{"Images": [...]}``)."""
+        ...
+
     def import_layer(
         self,
         info: DriverInfo,
@@ -126,11 +171,32 @@ class Backend(Protocol):
         expected_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
         wait_for_parents: Callable[[], None] | None = None,
-    ) -> ImportResult: ...
+    ) -> ImportResult:
+        """Import a plain layer tar (path or binary stream) as layer `id` on `parents`;
+        its diffID and size. A tar whose diffID is not `expected_digest` is
+        :class:`~winlayer.DigestMismatch` and leaves nothing; `progress(n)` gets the bytes
+        imported so far; `wait_for_parents()`, when given, blocks until the parents are
+        committed (a layer imported beside its parent): called at most once, before the
+        first entry that reads the parents and before the commit."""
+        ...
+
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False
-    ) -> Any: ...
-    def export_merged(self, layers: list[tuple[DriverInfo, str, list[str]]]) -> Any: ...
+    ) -> Any:
+        """The layer as a tar stream: canonical, or with `original` the imported tar
+        byte for byte."""
+        ...
+
+    def export_merged(self, layers: list[tuple[DriverInfo, str, list[str]]]) -> Any:
+        """Beyond HCS's API: the merged file system of a chain, each layer
+        ``(info, id, its parents)``, nearest first, as one canonical layer tar stream
+        without whiteouts."""
+        ...
+
     def layer_changes(
         self, info: DriverInfo, id: str, parents: list[str]
-    ) -> list[tuple[str, str, int]]: ...
+    ) -> list[tuple[str, str, int]]:
+        """Beyond HCS's API: ``(path, kind, size)`` of each entry of the layer in export
+        order; kind is ``dir``, ``file``, ``symlink``, ``stream``, ``link`` or
+        ``whiteout``."""
+        ...

@@ -44,6 +44,9 @@ def encode_chain(chain: list[str] | None) -> bytes:
 
 
 def decode_chain(data: bytes, path: Path) -> list[str]:
+    """The parent folders in a ``layerchain.json``'s bytes read from `path` ([] for
+    ``null``); :class:`~winlayer.StoreCorrupt` naming `path` if they are not a JSON list
+    of strings."""
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -100,6 +103,8 @@ def _decode_alt_id(data: bytes, path: Path) -> str:
 
 
 def write_alt_id(layer_dir: Path, folder_name: str) -> None:
+    """Make `layer_dir` an alias of the layer folder `folder_name` (its alternate-ID
+    file, written durably)."""
     atomic_write(layer_dir / ALT_ID_FILE, folder_name.encode("utf-8"))
 
 

@@ -71,6 +71,11 @@ class Change:
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """What :meth:`Driver.info` and :meth:`Driver.layers` say of a layer: its `id`, the
+    folder name of its nearest `parent` (None for a base layer), `size` (bytes of file
+    data) and `diff_id` when winlayer imported it, and whether it is a sandbox
+    (`read_write`)."""
+
     id: str
     parent: str | None  # folder name of the nearest parent
     size: int | None  # bytes of file data, when the layer was imported by winlayer
@@ -199,6 +204,8 @@ class Driver:
     # -- queries --------------------------------------------------------------------
 
     def exists(self, id: str) -> bool:
+        """Whether layer `id` (or the layer its alternate ID names) exists; False for a
+        damaged alias. Raises :class:`~winlayer.InvalidArgument` for an invalid id."""
         try:
             rid = self._resolve(id)
         except StoreCorrupt:
@@ -224,6 +231,8 @@ class Driver:
         return found
 
     def info(self, id: str) -> LayerInfo:
+        """The :class:`LayerInfo` of layer `id`; :class:`~winlayer.LayerNotFound` if there
+        is none, :class:`~winlayer.StoreCorrupt` if its files are damaged."""
         rid = self._require(id)
         folder = self._dir(rid)
         parents = chain.read_chain(folder)
@@ -983,15 +992,20 @@ class DiffStream(io.RawIOBase):
         self.layer_id = layer_id
 
     def readable(self) -> bool:
+        """True: the stream is read."""
         return True
 
     def readinto(self, buffer: Any) -> int:
+        """Read into `buffer`; the bytes read, 0 at the end of the tar. Raises
+        :class:`~winlayer.DigestMismatch` naming the layer if its data was changed."""
         try:
             return int(self._native.readinto(buffer))
         except DigestMismatch as exc:
             raise exc.about(f"layer {self.layer_id!r}") from None
 
     def close(self) -> None:
+        """Close the stream and end its count as an export of the layer (a remove is
+        refused while it is open). Closing again does nothing."""
         with self._lock:
             on_close, self._on_close = self._on_close, None
         if on_close is None:

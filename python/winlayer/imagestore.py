@@ -95,6 +95,10 @@ class Image:
 
 @dataclass(frozen=True)
 class StoredLayer:
+    """A layer the image store recorded: its `chain_id`, the driver's `layer_id`, its
+    `diff_id`, the chain ID of its `parent` (None for a base layer), `size` (bytes of file
+    data) and `tar_size` (bytes of its uncompressed tar)."""
+
     chain_id: str
     layer_id: str  # the driver's layer id
     diff_id: str
@@ -252,6 +256,7 @@ class ImageStore:
         return uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
 
     def close(self) -> None:
+        """Close the database connection."""
         with self._lock:
             self._db.close()
 
@@ -271,6 +276,7 @@ class ImageStore:
 
     @property
     def schema_version(self) -> int:
+        """The version of the database's schema (SQLite's ``user_version``)."""
         with self._sqlite() as db:
             return int(db.execute("PRAGMA user_version").fetchone()[0])
 
@@ -336,6 +342,7 @@ class ImageStore:
     # -- Recorder -------------------------------------------------------------------
 
     def exists(self, image_id: str) -> bool:
+        """Whether an image with this id (hex or ``sha256:<hex>``) is recorded."""
         return bool(self._query("SELECT 1 FROM images WHERE id = ?", (normalize_id(image_id),)))
 
     def register(self, image: Image) -> None:
@@ -467,10 +474,12 @@ class ImageStore:
         raise ImageNotFound(ref)
 
     def layer(self, chain_id: str) -> StoredLayer | None:
+        """The recorded layer of this chain ID, or None."""
         with self._sqlite() as db:
             return self._layer_row(db, chain_id)
 
     def layers(self) -> list[StoredLayer]:
+        """Every recorded layer, sorted by chain ID."""
         rows = self._query(f"SELECT {_LAYER_COLUMNS} FROM layers ORDER BY chain_id")
         return [_stored_layer(row) for row in rows]
 

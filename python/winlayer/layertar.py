@@ -107,18 +107,22 @@ class LayerTarEntry(NamedTuple):
 
     @property
     def creation_time(self) -> datetime | None:
+        """When the file was created (UTC); None for a stream, link or whiteout."""
         return self._time(0)
 
     @property
     def last_access_time(self) -> datetime | None:
+        """When the file was last read (UTC); None for a stream, link or whiteout."""
         return self._time(1)
 
     @property
     def last_write_time(self) -> datetime | None:
+        """When the file's data was last written (UTC); None for a stream, link or whiteout."""
         return self._time(2)
 
     @property
     def change_time(self) -> datetime | None:
+        """When the file's metadata last changed (UTC); None for a stream, link or whiteout."""
         return self._time(3)
 
     @property
