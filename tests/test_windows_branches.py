@@ -9,6 +9,7 @@ import ctypes
 import errno
 import importlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,8 @@ from portalocker.portalocker import BaseLocker
 
 from winlayer import _locks
 from winlayer._common import data_root
-from winlayer._locks import FileLock, windows_pid_alive
+from winlayer._locks import FileLock, pid_alive, windows_pid_alive
+from winlayer._state import write_denied
 from winlayer.driver import default_home
 from winlayer.errors import BackendUnavailable
 
@@ -273,3 +275,31 @@ def test_vmcompute_is_looked_for_in_the_default_windows_folder(
     assert PureWindowsPath(str(backend.vmcompute_path())) == PureWindowsPath(
         r"C:\Windows\System32\vmcompute.dll"
     )
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="asks the Windows shell")
+def test_windows_data_root_is_programdata() -> None:
+    assert data_root() == Path(os.environ["PROGRAMDATA"]) / "winlayer"
+
+
+def test_pid_alive_follows_a_child() -> None:
+    """The real call of this platform (OpenProcess on Windows, kill(0) elsewhere)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
+
+
+# --- read-only homes without statvfs -------------------------------------------------------
+
+
+def test_a_home_not_writable_without_statvfs_is_eacces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Windows has no statvfs: a folder it may not write is EACCES, never EROFS."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.delattr(os, "statvfs", raising=False)
+    assert write_denied(tmp_path) == errno.EACCES
