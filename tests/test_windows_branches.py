@@ -1,6 +1,6 @@
 """The Python facade's Windows branches, run here with the platform faked: the default
 folders under ProgramData, the layer lock's use of its locker, the pid check through
-kernel32, the hcs backend's vmcompute.dll check. What cannot run off Windows is listed
+kernel32, the hcs backend's vmcompute.dll check, the host's Windows version. What cannot run off Windows is listed
 in docs/ARCHITECTURE.md ("Windows code paths")."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from portalocker.portalocker import BaseLocker
 from winlayer import _locks
 from winlayer._common import data_root
 from winlayer._locks import FileLock, pid_alive, windows_pid_alive
+from winlayer._platform import windows_os_version
 from winlayer._state import write_denied
 from winlayer.driver import default_home
 from winlayer.errors import BackendUnavailable
@@ -303,3 +304,17 @@ def test_a_home_not_writable_without_statvfs_is_eacces(
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     monkeypatch.delattr(os, "statvfs", raising=False)
     assert write_denied(tmp_path) == errno.EACCES
+
+
+# --- the host's Windows version --------------------------------------------------------------
+
+
+def test_windows_os_version_adds_the_registrys_revision() -> None:
+    assert windows_os_version((10, 0, 20348), lambda: 2227) == "10.0.20348.2227"
+
+
+def test_windows_os_version_without_a_readable_revision() -> None:
+    def unreadable() -> int:
+        raise FileNotFoundError(2, "The system cannot find the file specified")
+
+    assert windows_os_version((10, 0, 17763), unreadable) == "10.0.17763"

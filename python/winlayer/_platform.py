@@ -19,7 +19,7 @@ import json
 import platform as _host
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,20 +160,31 @@ def host_architecture() -> str:
     return normalize_arch(_host.machine())[0]
 
 
+def windows_os_version(platform_version: tuple[int, int, int], read_ubr: Callable[[], int]) -> str:
+    """``major.minor.build.revision`` of a Windows host: `platform_version` is
+    ``sys.getwindowsversion().platform_version``, `read_ubr` reads the revision (the
+    registry's UBR); when it cannot (an OSError), ``major.minor.build``."""
+    major, minor, build = platform_version
+    try:
+        revision = read_ubr()
+    except OSError:
+        return f"{major}.{minor}.{build}"
+    return f"{major}.{minor}.{build}.{revision}"
+
+
 if sys.platform == "win32":
+
+    def _read_ubr() -> int:
+        with winreg.OpenKey(
+            winreg.HKEY_LOCAL_MACHINE, r"SOFTWARE\Microsoft\Windows NT\CurrentVersion"
+        ) as key:
+            revision, _ = winreg.QueryValueEx(key, "UBR")
+        return int(revision)
 
     def host_os_version() -> str:
         """The Windows version of this host, ``major.minor.build.revision`` (the
         revision is the registry's UBR); empty on any other OS."""
-        major, minor, build = sys.getwindowsversion().platform_version
-        try:
-            with winreg.OpenKey(
-                winreg.HKEY_LOCAL_MACHINE, r"SOFTWARE\Microsoft\Windows NT\CurrentVersion"
-            ) as key:
-                revision, _ = winreg.QueryValueEx(key, "UBR")
-        except OSError:
-            return f"{major}.{minor}.{build}"
-        return f"{major}.{minor}.{build}.{revision}"
+        return windows_os_version(sys.getwindowsversion().platform_version, _read_ubr)
 
 else:
 
