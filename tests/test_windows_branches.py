@@ -1,7 +1,8 @@
 """The Python facade's Windows branches, run here with the platform faked: the default
 folders under ProgramData, the layer lock's use of its locker, the pid check through
-kernel32, the hcs backend's vmcompute.dll check, the host's Windows version. What cannot run off Windows is listed
-in docs/ARCHITECTURE.md ("Windows code paths")."""
+kernel32, the hcs backend's vmcompute.dll check, the host's Windows version. What runs
+only on Windows is listed in docs/ARCHITECTURE.md ("Windows branches of the Python
+facade")."""
 
 from __future__ import annotations
 
