@@ -243,13 +243,6 @@ def test_hcs_is_the_windows_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend.default_name() == "portable"
 
 
-def test_hcs_off_windows_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "platform", "linux")
-    with pytest.raises(BackendUnavailable, match="this is linux") as info:
-        backend.check_available("hcs", from_env=True)
-    assert "WINLAYER_BACKEND=portable" in str(info.value)
-
-
 def test_hcs_without_vmcompute_names_the_dll_and_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
