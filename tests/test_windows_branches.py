@@ -171,7 +171,7 @@ def test_the_platforms_locker() -> None:
     """LockFileEx (pywin32) on Windows, where portalocker's msvcrt default gives up on a
     blocking lock after ten one-second retries; flock elsewhere."""
     expected = "Win32Locker" if sys.platform == "win32" else "FlockLocker"
-    assert type(_locks._LOCKER).__name__ == expected
+    assert type(_locks.platform_locker()).__name__ == expected
 
 
 def test_a_waiting_thread_wakes_when_the_lock_is_released(tmp_path: Path) -> None:

@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from platformdirs.macos import MacOS
-from platformdirs.unix import Unix
-from platformdirs.windows import Windows
-
 #: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
 FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
 
@@ -47,10 +43,19 @@ def data_root() -> Path:
     (``$XDG_DATA_HOME/winlayer`` or ``~/.local/share/winlayer``; on macOS
     ``~/Library/Application Support/winlayer``), as platformdirs finds them. The platform
     is read when called (``sys.platform``)."""
+    # platformdirs is imported here, not at the top: only a store without a named home
+    # needs it.
     if sys.platform == "win32":
+        from platformdirs.windows import Windows
+
         return Path(Windows("winlayer", appauthor=False).site_data_dir)
-    dirs = MacOS("winlayer") if sys.platform == "darwin" else Unix("winlayer")
-    return Path(dirs.user_data_dir)
+    if sys.platform == "darwin":
+        from platformdirs.macos import MacOS
+
+        return Path(MacOS("winlayer").user_data_dir)
+    from platformdirs.unix import Unix
+
+    return Path(Unix("winlayer").user_data_dir)
 
 
 _PARTIAL_SUFFIX = ".tmp"

@@ -10,35 +10,43 @@ processes do.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portalocker import LockFlags
-from portalocker.exceptions import AlreadyLocked, LockException
-from portalocker.portalocker import BaseLocker
-
-if sys.platform == "win32":
-    from portalocker.portalocker import Win32Locker
-
-    # Not portalocker's default Windows locker (msvcrt.locking): its blocking mode,
-    # LK_LOCK, retries once a second and gives up after 10 tries.
-    _LOCKER: BaseLocker = Win32Locker()
-else:
-    from portalocker.portalocker import FlockLocker
-
-    _LOCKER = FlockLocker()
+if TYPE_CHECKING:
+    from portalocker.portalocker import BaseLocker
 
 _STILL_ACTIVE = 259  # GetExitCodeProcess's code for a process that has not ended
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+
+# portalocker is imported at the first lock, not at the top: its import reads package
+# metadata (about 30 ms), which commands that take no lock need not pay.
+
+
+@functools.cache
+def platform_locker() -> BaseLocker:
+    """portalocker's locker for this platform: ``LockFileEx`` through pywin32 on Windows
+    (not portalocker's default there, msvcrt.locking, whose blocking mode retries once a
+    second and gives up after 10 tries), ``flock`` elsewhere."""
+    if sys.platform == "win32":
+        from portalocker.portalocker import Win32Locker
+
+        return Win32Locker()
+    from portalocker.portalocker import FlockLocker
+
+    return FlockLocker()
 
 
 def _lock(locker: BaseLocker, fd: int, blocking: bool) -> bool:
     """Lock `fd` exclusively with `locker`; False if it is held and not `blocking`.
     A failure that is not contention is raised as the OSError behind it."""
+    from portalocker import LockFlags
+    from portalocker.exceptions import AlreadyLocked, LockException
+
     flags = LockFlags.EXCLUSIVE if blocking else LockFlags.EXCLUSIVE | LockFlags.NON_BLOCKING
     try:
         locker.lock(fd, flags)
@@ -64,7 +72,7 @@ class FileLock:
     ) -> None:
         self.path = path
         self.read_only = read_only
-        self._locker = locker or _LOCKER  # tests pass a fake one
+        self._locker = locker  # None: the platform's (tests pass a fake one)
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -78,7 +86,7 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            taken = _lock(self._locker, fd, blocking)
+            taken = _lock(self._locker or platform_locker(), fd, blocking)
         except BaseException:
             os.close(fd)
             raise
@@ -93,7 +101,7 @@ class FileLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
-                self._locker.unlock(fd)
+                (self._locker or platform_locker()).unlock(fd)
             finally:
                 os.close(fd)
 
@@ -118,6 +126,8 @@ def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     if sys.platform == "win32":
+        import ctypes  # only Windows needs it
+
         return windows_pid_alive(pid, ctypes.windll.kernel32)
     try:
         os.kill(pid, 0)
@@ -132,6 +142,8 @@ def windows_pid_alive(pid: int, kernel32: Any) -> bool:
     """:func:`pid_alive` on Windows, through `kernel32` (``ctypes.windll.kernel32``):
     a process that cannot be opened is gone (OpenProcess fails for an unused id), one
     that can is alive until it has an exit code."""
+    import ctypes  # only Windows (and its tests) need it
+
     handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
     if not handle:
         return False
