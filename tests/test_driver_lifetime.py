@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from winlayer import Driver, WinlayerError
+from winlayer.driver import Diff
 from winlayer.errors import DriverClosed
 
 from .layerbuild import base_layer
@@ -39,6 +40,7 @@ CALLS: dict[str, Callable[[Driver, Path], Any]] = {
     "mounted": lambda d, tmp: d.mounted("base").__enter__(),
     "mount_count": lambda d, tmp: d.mount_count("base"),
     "apply_diff": lambda d, tmp: d.apply_diff("other", None, io.BytesIO(base_layer())),
+    "apply_diffs": lambda d, tmp: d.apply_diffs([Diff("other", None, io.BytesIO(base_layer()))]),
     "diff": lambda d, tmp: d.diff("base"),
     "merged": lambda d, tmp: d.merged("base"),
     "verify": lambda d, tmp: d.verify("base"),
