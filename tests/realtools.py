@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .capabilities import require
 from .conftest import require_tools
 from .daemons import Containerd, Registry, run_tool
 
@@ -31,6 +32,7 @@ def need(*commands: str, package: str) -> None:
 def start_containerd(folder: Path) -> Containerd:
     """A running containerd (root only: it owns its state and mounts snapshots)."""
     need("containerd", "ctr", package="containerd")
+    require("euid")
     if os.geteuid() != 0 and os.environ.get("CI", "").lower() != "true":
         pytest.skip("containerd needs root here")
     return Containerd(folder)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.capabilities import needs
 from tests.layerbuild import E, base_layer, d, f, folder_tree, layer_tar, link, tar_tree, wh
 from winlayer import _hcs
 from winlayer.errors import (
@@ -387,6 +388,7 @@ def test_sandbox_write_export_import_same_content(
     assert folder_tree(_mount(backend, info, "box2", chain2, mounted)) == expected
 
 
+@needs("mkfifo")
 def test_sandbox_symlinks_export_as_windows_symlinks(
     backend: _hcs.Backend,
     info: _hcs.DriverInfo,

@@ -136,6 +136,7 @@ COMMANDS = {
     "ci/fuzz_tar.sh": ["clang++"],
     "tests/test_portable_backend.py, tests/conftest.py": ["bash", "unshare", "mount", "umount"],
     "tests/daemons.py, tests/realtools.py": ["containerd", "ctr", "skopeo", "docker-registry"],
+    "tests/test_workflows.py": ["shellcheck"],
 }
 COMPILER_FILES = {
     "clang++": [f"libclang_rt.{lib}-{platform.machine()}.a" for lib in ("fuzzer", "asan")],

@@ -5,7 +5,6 @@ user's path."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import stat
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .capabilities import require
 from .conftest import Cli
 from .imagebuild import hello_archive
 from .layerbuild import base_layer, d, f, layer_tar
@@ -62,6 +62,7 @@ def expected_output(store: Cli, tmp_path: Path, command: str) -> bytes:
 def device(path: Path, minor: int) -> Path:
     """A memory character device (major 1: 3 is null, 7 is full) made in the test's own
     folder: the system's /dev is never a test's target."""
+    require("euid", "mknod")
     if os.geteuid() != 0:
         pytest.skip("making a character device (mknod) needs root")
     os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
@@ -87,6 +88,7 @@ def test_a_character_device_is_written_not_replaced(
 @contextlib.contextmanager
 def fifo_reader(path: Path) -> Iterator[list[bytes]]:
     """A FIFO at `path` with a thread reading it to the end; yields what it read."""
+    require("mkfifo")
     os.mkfifo(path)
     got: list[bytes] = []
 
@@ -172,6 +174,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def killed_export(store: Cli, out: Path, how: str) -> None:
+    require("sigkill")
     args = ["--home", str(store.home), "export", "big", "-o", str(out)]
     result = subprocess.run(
         [sys.executable, "-c", KILLED_EXPORT, how, *args],
@@ -205,6 +208,7 @@ def test_partial_files_of_dead_writers_are_swept_by_the_next_output(
     assert (out / left).stat().st_size >= 1 << 20
     alive = out / ".other.tar.0123456789abcdef.winlayer-partial"
     alive.write_bytes(b"being written")
+    fcntl = pytest.importorskip("fcntl", reason="needs flock (the lock of a live writer)")
     with open(alive, "rb") as held:  # its writer is alive: it holds the lock
         fcntl.flock(held, fcntl.LOCK_EX)
         result = store("export", "base", "-o", str(out / "base.tar"))
@@ -214,6 +218,7 @@ def test_partial_files_of_dead_writers_are_swept_by_the_next_output(
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    require("mount")
     folder = tmp_path / "full"
     folder.mkdir()
     mounted = subprocess.run(

@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from winlayer import Driver
 
+from .capabilities import needs
 from .layerbuild import base_layer, d, f, layer_tar
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
+pytestmark = needs("sigkill")
 
 TRIALS = int(os.environ.get("WINLAYER_CRASH_TRIALS", "52"))
 OPS = ("import", "remove", "sandbox", "chain")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.capabilities import needs, require
 from tests.conftest import REPO
 from tests.layerbuild import SD_BA, E, base_layer, d, f, layer_tar, link
 from winlayer import _hcs
@@ -377,6 +378,7 @@ print("done", flush=True)
 """
 
 
+@needs("sigkill")
 @pytest.mark.parametrize("seed", range(6))
 def test_crash_during_import_leaves_nothing(
     backend: _hcs.Backend, info: _hcs.DriverInfo, seed: int
@@ -603,6 +605,8 @@ def test_sandbox_diff_keeps_parent_metadata(
 ) -> None:
     """A modified file keeps its parent's attributes, descriptor, EAs and streams; a new
     one gets the defaults; an untouched one is not in the diff."""
+    if mode == "overlay":
+        require("euid")
     if mode == "overlay" and os.geteuid() != 0:
         pytest.skip("overlayfs needs root here")
     monkeypatch.setenv("WINLAYER_PORTABLE_MOUNT", mode)

@@ -29,6 +29,7 @@ from winlayer.archive import MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_
 from winlayer.images import ImageStore, append, load
 from winlayer.registry import push
 
+from .capabilities import needs
 from .imagebuild import config_for, descriptor, docker_save, image_manifest, sha
 from .layerbuild import base_layer, f, layer_tar
 from .realtools import Registry
@@ -258,7 +259,7 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@needs("sigkill")
 def test_sigkill_during_a_pull_leaves_no_partial_layer(
     registry: Registry, source: tuple[Driver, ImageStore], tmp_path: Path
 ) -> None:

@@ -8,7 +8,6 @@ import errno
 import io
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ import winlayer.layertar  # noqa: F401 - imported before a test drops its privil
 from winlayer import Driver, cli
 from winlayer.images import ImageStore
 
+from .capabilities import require
 from .conftest import Cli
 from .imagebuild import hello_archive
 from .layerbuild import base_layer, d, f, layer_tar
@@ -153,6 +153,8 @@ def test_a_read_only_mount(cli: Cli, tmp_path: Path) -> None:
 def as_user(name: str, work: Callable[[], None]) -> None:
     """Run `work` in a forked child that became user `name` (os.setuid); its failure is
     this test's. A fork, not a new interpreter: the user may not be able to run it."""
+    require("fork", "euid")
+    pwd = pytest.importorskip("pwd", reason="needs the POSIX user database")
     user = pwd.getpwnam(name)
     reader, writer = os.pipe()
     pid = os.fork()
@@ -177,6 +179,8 @@ def as_user(name: str, work: Callable[[], None]) -> None:
 
 
 def test_a_user_without_write_permission() -> None:
+    require("euid")
+    pwd = pytest.importorskip("pwd", reason="needs the POSIX user database")
     if os.geteuid() != 0:
         pytest.skip("becoming another user (os.setuid) needs root")
     try:

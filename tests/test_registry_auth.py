@@ -21,6 +21,8 @@ from winlayer._registry_auth import (
     token_request,
 )
 
+from .capabilities import require
+
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
@@ -124,7 +126,9 @@ def test_broken_configs_are_named(tmp_path: Path, doc: object, message: str) -> 
 @pytest.fixture
 def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`docker-credential-test` on PATH: knows r.example.com and tok.example.com only, and
-    logs each server it is asked about."""
+    logs each server it is asked about. A #!/bin/sh script: it runs where the OS runs
+    scripts by their #! line."""
+    require("shebang")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "docker-credential-test"

@@ -28,6 +28,7 @@ from winlayer.images import (
 from winlayer.layertar import list_layer_tar
 
 from . import stores
+from .capabilities import missing
 from .conftest import REPO, Cli, rss_budget_kib
 from .imagebuild import docker_save
 from .layerbuild import E, base_layer, d, f, folder_tree, layer_tar, link, tar_tree, wh
@@ -343,6 +344,10 @@ def test_cli_export_rootfs_bad_ref(cli: Cli, tmp_path: Path) -> None:
 
 
 def overlay_mode() -> bool:
+    """Whether sandboxes mount overlays here (root, not forced to copies); never where
+    there are no POSIX user ids."""
+    if missing("euid"):
+        return False
     return os.environ.get("WINLAYER_PORTABLE_MOUNT", "auto") != "copy" and os.geteuid() == 0
 
 

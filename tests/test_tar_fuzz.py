@@ -16,6 +16,7 @@ import pytest
 from winlayer import _hcs
 from winlayer.errors import InvalidLayer
 
+from .capabilities import needs
 from .conftest import require_tools
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ def test_corpus_input_reads_or_fails_cleanly(path: Path) -> None:
         assert s.read() == raw
 
 
+@needs("shebang")  # runs ci/fuzz_tar.sh itself
 @pytest.mark.parametrize("target", ["tar", "layer_tar"])
 def test_fuzz_for_15_seconds(tmp_path: Path, target: str) -> None:
     require_tools(
