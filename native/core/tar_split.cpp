@@ -400,11 +400,11 @@ void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_reco
             break;
         case kPayload: {
             if (!buffer) buffer.reset(new std::uint8_t[kChunk]);
-            std::unique_ptr<Source> src = payloads.open(r.payload.name, r.payload.size);
+            std::unique_ptr<Source> payload = payloads.open(r.payload.name, r.payload.size);
             std::uint64_t left = r.payload.size;
             while (left > 0) {
                 const std::size_t want = left < kChunk ? static_cast<std::size_t>(left) : kChunk;
-                const std::size_t got = src->read(buffer.get(), want);
+                const std::size_t got = payload->read(buffer.get(), want);
                 if (got == 0)
                     throw Error(ErrorKind::StoreCorrupt,
                                 "stored payload of tar entry '" + r.payload.name + "' has " +
@@ -413,7 +413,7 @@ void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_reco
                 emit(buffer.get(), got);
                 left -= got;
             }
-            if (src->read(buffer.get(), 1) != 0)
+            if (payload->read(buffer.get(), 1) != 0)
                 throw Error(ErrorKind::StoreCorrupt,
                             "stored payload of tar entry '" + r.payload.name +
                                 "' is longer than the " + std::to_string(r.payload.size) +
