@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from .capabilities import require
 from .conftest import REPO, require_tools
 
 CI_RUN = REPO / ".ci" / "run"
@@ -47,7 +48,9 @@ def _write_stubs(root: Path) -> None:
 def run_ci(
     tmp_path: Path, fail: str = "", pytest_exit: int = 1, missing: str = ""
 ) -> tuple[int, list[str]]:
-    """Runs a copy of .ci/run against the stubs; returns its exit code and the stubs' log."""
+    """Runs a copy of .ci/run against the stubs; returns its exit code and the stubs' log.
+    The stubs are #!/bin/sh scripts: this runs where the OS runs scripts by their #! line."""
+    require("shebang")
     _write_stubs(tmp_path)
     (tmp_path / "tree" / ".ci").mkdir()
     shutil.copy(CI_RUN, tmp_path / "tree" / ".ci" / "run")
