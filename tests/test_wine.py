@@ -108,7 +108,8 @@ def test_windows_backend_under_wine() -> None:
 
 def test_unreached_calls_names_each_call_not_reached() -> None:
     every = [*_vmcompute_exports(), *BACKUP_API_CALLS]
-    assert "ImportLayer" in every and "BackupWrite" in every
+    assert "ImportLayer" in every
+    assert "BackupWrite" in every
     output = "".join(f"calls {n} 3\n" for n in every if n not in ("BackupRead", "ExportLayer"))
     output += "calls BackupRead 0\n"
     assert unreached_calls(output) == ["ExportLayer", "BackupRead"]
