@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import io
@@ -32,9 +33,14 @@ def test_import_ls_inspect_export_rm(cli: Cli, tmp_path: Path) -> None:
     assert piped.stdout.decode().split() == ["app", _sha(child), "2", "B"]
 
     layers = cli.json("ls")
+    assert isinstance(layers, list)
+    for layer in layers:  # the folder's time, ISO 8601 UTC
+        created = datetime.datetime.strptime(layer.pop("created"), "%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        assert abs((now - created).total_seconds()) < 600
     assert layers == [
-        {"id": "app", "parent": "base", "size": 2, "read_write": False},
-        {"id": "base", "parent": None, "size": 1075, "read_write": False},
+        {"id": "app", "parent": "base", "size": 2, "read_write": False, "diff_id": _sha(child)},
+        {"id": "base", "parent": None, "size": 1075, "read_write": False, "diff_id": _sha(tar)},
     ]
     text = cli("ls").stdout.decode().splitlines()
     assert text[0].split() == ["ID", "PARENT", "SIZE", "MODE"]
@@ -59,7 +65,10 @@ def test_import_ls_inspect_export_rm(cli: Cli, tmp_path: Path) -> None:
         {"path": "Files/app.exe", "kind": "A"},
     ]
     assert cli.json("du", "app") == {"id": "app", "size": 2}
-    assert cli.json("verify", "app", "base") == {"app": _sha(child), "base": _sha(tar)}
+    assert cli.json("verify", "app", "base") == [
+        {"id": "app", "diff_id": _sha(child), "ok": True},
+        {"id": "base", "diff_id": _sha(tar), "ok": True},
+    ]
 
     refused = cli("rm", "base")
     assert refused.returncode == 1
@@ -103,7 +112,10 @@ def test_verify_checks_each_layer_and_names_the_damaged_ones(cli: Cli, tmp_path:
     assert errors[1] == "winlayer: error: layer not found: 'nope'"
     as_json = cli("--json", "verify", "a", "b", "c")
     assert as_json.returncode == 1
-    assert json.loads(as_json.stdout) == {"a": _sha(tars["a"]), "c": _sha(tars["c"])}
+    assert json.loads(as_json.stdout) == [
+        {"id": "a", "diff_id": _sha(tars["a"]), "ok": True},
+        {"id": "c", "diff_id": _sha(tars["c"]), "ok": True},
+    ]
     out = tmp_path / "b-out.tar"
     exported = cli("export", "b", "--original", "-o", str(out))
     assert exported.returncode == 1

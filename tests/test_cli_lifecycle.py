@@ -34,7 +34,7 @@ def test_images_rm_reports_each_image(cli: Cli, tmp_path: Path) -> None:
     refused = cli("images", "rm", str(base["id"]))
     assert refused.returncode == 1
     assert refused.stderr.decode() == (
-        f"winlayer: error: conflict: unable to delete {str(base['id'])[:12]} "
+        f"winlayer: error: conflict: unable to delete {str(base['id'])[7:19]} "
         "(cannot be forced) - image has dependent child images\n"
     )
     records = cli.json("images", "rm", "app:2")
@@ -42,8 +42,8 @@ def test_images_rm_reports_each_image(cli: Cli, tmp_path: Path) -> None:
     assert isinstance(layers, list)
     assert records == [
         {"Untagged": "app:2"},
-        {"Deleted": f"sha256:{app['id']}"},
-        {"Deleted": f"sha256:{base['id']}"},
+        {"Deleted": app["id"]},
+        {"Deleted": base["id"]},
         {"Deleted": layers[1]},
         {"Deleted": layers[0]},
     ]
@@ -53,16 +53,16 @@ def test_images_rm_reports_each_image(cli: Cli, tmp_path: Path) -> None:
 
 def test_images_rm_force_and_no_prune(cli: Cli, tmp_path: Path) -> None:
     app = _load(cli, tmp_path, "app", [L1, L2], ["app:1", "app:2"])
-    refused = cli("images", "rm", str(app["id"])[:8])
+    refused = cli("images", "rm", str(app["id"])[7:15])
     assert refused.returncode == 1
     assert b"(must be forced) - image is referenced by several tags: app:1, app:2" in refused.stderr
     assert len(cli.json("images", "ls")) == 1  # type: ignore[arg-type]
-    forced = cli("images", "rm", "-f", "--no-prune", str(app["id"])[:8])
+    forced = cli("images", "rm", "-f", "--no-prune", str(app["id"])[7:15])
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.decode().splitlines()[:3] == [
         "Untagged: app:1",
         "Untagged: app:2",
-        f"Deleted: sha256:{app['id']}",
+        f"Deleted: {app['id']}",
     ]
 
 
@@ -80,7 +80,7 @@ def test_rm_of_an_image_layer_is_one_line_naming_the_image(cli: Cli, tmp_path: P
 def test_images_tag(cli: Cli, tmp_path: Path) -> None:
     a = _load(cli, tmp_path, "a", [L1], ["a:1"])
     b = _load(cli, tmp_path, "b", [L1, L2], ["b:1"])
-    assert cli.json("images", "tag", "a:1", "x") == {"id": f"sha256:{a['id']}", "tag": "x:latest"}
+    assert cli.json("images", "tag", "a:1", "x") == {"id": a["id"], "tag": "x:latest"}
     assert cli("images", "tag", "b:1", "x:latest").stdout == b""
     tags = {i["id"]: i["tags"] for i in cli.json("images", "ls")}  # type: ignore[union-attr]
     assert tags == {a["id"]: ["a:1"], b["id"]: ["b:1", "x:latest"]}
@@ -96,7 +96,7 @@ def test_images_inspect_prints_json_either_way(cli: Cli, tmp_path: Path) -> None
     shown = json.loads(text.stdout)
     assert shown == cli.json("images", "inspect", "app:1")
     (info,) = shown
-    assert info["Id"] == f"sha256:{app['id']}"
+    assert info["Id"] == app["id"]
     assert (info["RepoTags"], info["OsVersion"]) == (["app:1"], "10.0.1")
     assert info["RootFS"]["Type"] == "layers"
     assert info["Winlayer"]["ChainIDs"] == app["layers"]
@@ -111,13 +111,13 @@ def test_images_history(cli: Cli, tmp_path: Path) -> None:
     app = _load(cli, tmp_path, "app", [L1, L2], ["app:1"], history=history("base", long))
     rows = cli("images", "history", "app:1").stdout.decode().splitlines()
     assert rows[0].split() == ["IMAGE", "CREATED", "CREATED", "BY", "SIZE", "COMMENT"]
-    assert rows[1].startswith(str(app["id"])[:12] + "  2024-05-02 10:00:00  cmd /c xxx")
+    assert rows[1].startswith(str(app["id"])[7:19] + "  2024-05-02 10:00:00  cmd /c xxx")
     assert "\u2026" in rows[1]
     assert long not in rows[1]
     assert rows[2].startswith("<missing>")
     full = cli("images", "history", "--no-trunc", "app:1").stdout.decode()
     assert long in full
-    assert f"sha256:{app['id']}" in full
+    assert str(app["id"]) in full
     entries = cli.json("images", "history", "app:1")
     assert isinstance(entries, list)
     assert [e["created_by"] for e in entries] == [long, "base"]
@@ -152,12 +152,12 @@ def test_prune_and_df(cli: Cli, tmp_path: Path) -> None:
     dry = cli.json("prune", "--dry-run")
     assert dry == {
         "dry_run": True,
-        "images": [{"Deleted": f"sha256:{dangling['id']}"}],
+        "images": [{"Deleted": dangling["id"]}],
         "layers": [{"chain_id": top, "layer_id": top[7:], "size": layers[top[7:]]["size"]}],
         "size": layers[top[7:]]["size"],
     }
     text = cli("prune", "--dry-run").stdout.decode().splitlines()
-    assert text[0] == f"Would delete: sha256:{dangling['id']}"
+    assert text[0] == f"Would delete: {dangling['id']}"
     assert text[-1].startswith("Would reclaim: ")
     done = cli.json("prune")
     assert done == {**dry, "dry_run": False}  # type: ignore[dict-item]
@@ -172,7 +172,7 @@ def test_gc_removes_the_layers_an_unfinished_image_removal_left(cli: Cli, tmp_pa
     (tmp_path / "hand.tar").write_bytes(L3)
     assert cli("import", "handmade", str(tmp_path / "hand.tar")).returncode == 0
     with ImageStore(cli.home) as store, store.transaction() as db:
-        store.delete_image(db, str(app["id"]))  # as a process that died right after
+        store.delete_image(db, str(app["id"])[7:])  # as a process that died right after
     layers = app["layers"]
     assert isinstance(layers, list)
     swept = cli.json("gc")

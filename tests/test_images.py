@@ -290,7 +290,7 @@ def test_register_is_idempotent_and_tags_resolve(store: ImageStore) -> None:
     assert [i.id for i in store.images()] == [b.id, a.id]  # newest first
     assert store.get(a.id).tags == ("example.com:5000/team/app:v1",)
     assert json.loads(json.dumps(store.get(a.id).as_dict())) == {
-        "id": a.id,
+        "id": f"sha256:{a.id}",
         "tags": ["example.com:5000/team/app:v1"],
         "created": a.created,
         "architecture": "amd64",

@@ -322,7 +322,7 @@ def test_cli_export_rootfs(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "rootfs.tar"
     result = cli.json("export-rootfs", "app:1", "-o", str(out))
     assert isinstance(result, dict)
-    assert result["image"] == f"sha256:{image_id}"
+    assert result["image"] == image_id
     assert result["size"] == out.stat().st_size
     assert result["output"] == str(out)
     piped = cli("export-rootfs", "app:1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -77,6 +78,13 @@ def emit(args: argparse.Namespace, result: Any, text: str, *, ids: list[str] | N
         sys.stdout.write("\n")
     elif text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def iso_utc(timestamp: float) -> str:
+    """Seconds since 1970 as the ISO 8601 UTC time every JSON document uses
+    (``2026-12-02T11:39:42Z``)."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

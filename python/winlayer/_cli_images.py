@@ -138,7 +138,7 @@ def _load(args: argparse.Namespace) -> None:
             for image, platform in zip(images, platforms, strict=True)
         ],
         "\n".join(
-            f"Loaded image: {', '.join(i.tags) or i.id} ({platform})"
+            f"Loaded image: {', '.join(i.tags) or f'sha256:{i.id}'} ({platform})"
             for i, platform in zip(images, platforms, strict=True)
         ),
     )

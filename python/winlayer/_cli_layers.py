@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from ._cli_common import (
     UsageError,
     command,
     each,
+    iso_utc,
     emit,
     image_store,
     input_stream,
@@ -79,7 +81,7 @@ def _export(args: argparse.Namespace) -> None:
             if progress:
                 progress(written)
     if args.output not in (None, "-"):
-        emit(args, {"id": args.id, "output": args.output, "bytes": written}, "")
+        emit(args, {"id": args.id, "output": args.output, "size": written}, "")
 
 
 @command(
@@ -129,8 +131,18 @@ def _rm(args: argparse.Namespace) -> None:
 
 
 def _layer_json(driver: Any, layer_id: str) -> dict[str, Any]:
+    """A layer as JSON. Its ``created`` time is its folder's (ISO 8601 UTC): the store
+    records no other."""
     info = driver.info(layer_id)
-    return {"id": info.id, "parent": info.parent, "size": info.size, "read_write": info.read_write}
+    folder_time = os.stat(driver.metadata(layer_id)["dir"]).st_mtime
+    return {
+        "id": info.id,
+        "parent": info.parent,
+        "size": info.size,
+        "read_write": info.read_write,
+        "diff_id": info.diff_id,
+        "created": iso_utc(folder_time),
+    }
 
 
 @command("ls", "list the layers in the store")
@@ -157,10 +169,8 @@ def _ls(args: argparse.Namespace) -> None:
 @command("inspect", "show everything known about a layer", Arg("id"))
 def _inspect(args: argparse.Namespace) -> None:
     driver = open_driver(args)
-    info = driver.info(args.id)
     result = {
         **_layer_json(driver, args.id),
-        "diff_id": info.diff_id,
         "dir": driver.metadata(args.id)["dir"],
         "parents": driver.parents(args.id),
         "mounts": driver.mount_count(args.id),
@@ -206,8 +216,8 @@ def _du(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     done, failed = each(args, args.ids, driver.verify)
-    verified = dict(done)
-    emit(args, verified, "\n".join(f"{k}  {v}  ok" for k, v in verified.items()))
+    results = [{"id": layer_id, "diff_id": diff_id, "ok": True} for layer_id, diff_id in done]
+    emit(args, results, "\n".join(f"{k}  {v}  ok" for k, v in done))
     if failed:
         raise Reported
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 
 __all__ = [
     "BackendUnavailable",
@@ -59,6 +60,18 @@ class LayerInUse(WinlayerError):
         self.layer_id = layer_id
 
 
+#: A byte that was not UTF-8, as ``repr`` shows its surrogate escape (``\\udce6``),
+#: after an even number of backslashes (so not a name's own ``\\`` followed by ``udc``).
+_ESCAPED_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def quoted_name(name: str) -> str:
+    """A name as a message shows it: quoted as ``repr`` does, with the bytes that were not
+    UTF-8 (decoded with ``surrogateescape``, as tar names and paths are) as ``\\xNN``
+    rather than ``\\udcNN``: ``'PK\\x03\\x04\\xe6'``."""
+    return _ESCAPED_BYTE.sub(r"\1\\x\2", repr(name))
+
+
 class InvalidArgument(WinlayerError, ValueError):
     """An argument that is not valid input: a malformed digest, size, id, reference, tag,
     flavour or option value (also a ``ValueError``)."""
@@ -83,7 +96,7 @@ class InvalidLayer(WinlayerError, ValueError):
     def __init__(self, message: str, entry: str = "", offset: int = -1) -> None:
         where = []
         if entry:
-            where.append(f"entry {entry!r}")
+            where.append(f"entry {quoted_name(entry)}")
         if offset >= 0:
             where.append(f"offset {offset}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)

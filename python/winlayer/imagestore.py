@@ -81,9 +81,10 @@ class Image:
     tags: tuple[str, ...] = field(default=(), compare=False)  # "name:tag", sorted
 
     def as_dict(self) -> dict[str, Any]:
-        """The record without its config bytes, for JSON output (``images ls --json``)."""
+        """The record without its config bytes, for JSON output (``images ls --json``): its
+        id as a digest, ``sha256:<hex>`` (as docker's image ids)."""
         return {
-            "id": self.id,
+            "id": f"sha256:{self.id}",
             "tags": list(self.tags),
             "created": self.created,
             "architecture": self.architecture,
