@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from winlayer import _common
 from winlayer.cli import ENVIRONMENT
 
 from .conftest import REPO, Cli
@@ -197,3 +198,58 @@ def test_every_environment_variable_is_documented(cli: Cli) -> None:
     for name in ENVIRONMENT:
         assert name in help_text
         assert f"| `{name}` |" in readme
+
+
+def test_a_binary_input_names_its_entry_with_bytes_escaped_readably(
+    cli: Cli, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04\xe6\xff" + b"\0" * 1024)
+    result = cli("tar", "ls", str(junk))
+    assert result.returncode == 1
+    line = result.stderr.decode()
+    assert "entry 'PK\\x03\\x04\\xe6\\xff'" in line, line
+    assert "\\udc" not in line
+
+
+def test_export_to_a_missing_folder_names_the_file_asked_for(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "base.tar").write_bytes(base_layer())
+    assert cli("import", "base", str(tmp_path / "base.tar")).returncode == 0
+    wanted = tmp_path / "nodir" / "x.tar"
+    result = cli("export", "base", "-o", str(wanted))
+    assert result.returncode == 1
+    assert str(wanted) in result.stderr.decode()
+    assert "partial" not in result.stderr.decode()
+    assert cli.json("export", "base", "-o", str(tmp_path / "x.tar")) == {
+        "id": "base",
+        "output": str(tmp_path / "x.tar"),
+        "size": (tmp_path / "x.tar").stat().st_size,
+    }
+
+
+def test_home_help_says_where_the_default_store_is_on_each_os() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "winlayer", "--help"],
+        capture_output=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    )
+    text = " ".join(done.stdout.decode().split())
+    assert "Linux: ~/.local/share/winlayer ($XDG_DATA_HOME)" in text
+    assert "macOS: ~/Library/Application Support/winlayer" in text
+    assert "Windows: C:\\ProgramData\\winlayer" in text
+
+
+def test_the_data_folder_the_help_names_is_the_one_in_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if sys.platform == "win32":
+        monkeypatch.delenv("PROGRAMDATA", raising=False)
+        expected = _common.data_roots_by_os()["Windows"]
+    else:
+        name = "macOS" if sys.platform == "darwin" else "Linux"
+        shown = _common.data_roots_by_os()[name].removesuffix(" ($XDG_DATA_HOME)")
+        expected = shown.replace("~", str(tmp_path), 1)
+    assert str(_common.data_root()) == expected

@@ -58,6 +58,17 @@ def data_root() -> Path:
     return Path(Unix("winlayer").user_data_dir)
 
 
+def data_roots_by_os() -> dict[str, str]:
+    """Where :func:`data_root` is on each OS, as help text says it (``~`` for the user's
+    home, the environment variables it reads unset); tests/test_cli_conventions.py checks
+    the entry of the OS it runs on against :func:`data_root`."""
+    return {
+        "Linux": "~/.local/share/winlayer ($XDG_DATA_HOME)",
+        "macOS": "~/Library/Application Support/winlayer",
+        "Windows": r"C:\ProgramData\winlayer",
+    }
+
+
 _PARTIAL_SUFFIX = ".tmp"
 
 

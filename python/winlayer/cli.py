@@ -37,6 +37,7 @@ from ._cli_common import (
     report,
     table,
 )
+from ._common import data_roots_by_os
 
 #: The command modules, imported for the commands they register.
 COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build, _cli_rootfs)
@@ -114,9 +115,7 @@ def _global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
         return value if top_level else argparse.SUPPRESS
 
     group = parser.add_argument_group("global options") if not top_level else parser
-    group.add_argument(
-        "--home", metavar="DIR", default=default(None), help="the layer store (default: per-user)"
-    )
+    group.add_argument("--home", metavar="DIR", default=default(None), help=_home_help())
     group.add_argument(
         "--backend",
         choices=("portable", "hcs"),
@@ -136,6 +135,14 @@ def _global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
     )
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="errors only"
+    )
+
+
+def _home_help() -> str:
+    """Where the default store is on each OS (from the code that decides it)."""
+    where = "; ".join(f"{name}: {root}" for name, root in data_roots_by_os().items())
+    return (
+        f"the layer store (default: $WINLAYER_HOME, else windowsfilter in the data folder: {where})"
     )
 
 
