@@ -253,3 +253,31 @@ def test_the_data_folder_the_help_names_is_the_one_in_use(
         shown = _common.data_roots_by_os()[name].removesuffix(" ($XDG_DATA_HOME)")
         expected = shown.replace("~", str(tmp_path), 1)
     assert str(_common.data_root()) == expected
+
+
+def _complete(line: str, tmp_path: Path) -> list[str]:
+    """What the shell completion offers for `line` (argcomplete's protocol: the shell's
+    line in COMP_LINE, the candidates written to a file, separated by vertical tabs)."""
+    out = tmp_path / "completions"
+    env = {
+        **os.environ,
+        "_ARGCOMPLETE": "1",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "winlayer"], capture_output=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return out.read_text().split("\v")
+
+
+def test_shell_completion_offers_commands_and_options(tmp_path: Path) -> None:
+    assert _complete("winlayer im", tmp_path) == ["images", "import"]
+    assert _complete("winlayer images i", tmp_path) == ["inspect", "install-base"]
+    assert _complete("winlayer load --pl", tmp_path) == ["--platform "]  # a space: complete
+    version = subprocess.run(
+        [sys.executable, "-m", "winlayer", "--version"], capture_output=True, check=True
+    )
+    assert version.stdout.decode().startswith("winlayer ")
