@@ -14,7 +14,6 @@ from ._cli_common import (
     command,
     emit,
     image_store,
-    pair_progress,
     progress_bar,
     source_date_epoch,
 )
@@ -68,7 +67,7 @@ def _commit(args: argparse.Namespace) -> None:
 )
 def _append(args: argparse.Namespace) -> None:
     epoch = source_date_epoch(args.source_date_epoch)
-    with image_store(args) as (driver, store), progress_bar("appending", None) as progress:
+    with image_store(args) as (driver, store), progress_bar("appending", args.tag) as progress:
         image = append(
             driver,
             store,
@@ -76,6 +75,6 @@ def _append(args: argparse.Namespace) -> None:
             args.sources,
             tag=args.tag,
             source_date_epoch=epoch,
-            progress=pair_progress(progress),
+            progress=progress,
         )
     emit(args, *_result(image, args.tag))

@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -108,38 +109,73 @@ def open_driver(args: argparse.Namespace) -> Any:
 
 
 def _rich_progress() -> Any:
-    """A rich Progress on stderr with docker's columns. Imported here, not at the top:
-    rich takes a while to import, and only a terminal needs it."""
+    """A rich Progress on stderr with docker's columns, in binary units (MiB, as the
+    results say sizes) and an ETA where the total is known; the bar takes what the
+    terminal's width leaves. Imported here, not at the top: rich takes a while to import,
+    and only a terminal needs it."""
     from rich.console import Console
+    from rich.filesize import pick_unit_and_suffix
     from rich.progress import (
         BarColumn,
         DownloadColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        """Bytes per second in the units of DownloadColumn(binary_units=True)."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            units = ["B", "KiB", "MiB", "GiB", "TiB"]
+            unit, suffix = pick_unit_and_suffix(int(speed), units, 1024)
+            return Text(f"{speed / unit:.1f} {suffix}/s", style="progress.data.speed")
 
     columns = [
         TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        BarColumn(bar_width=None),
+        DownloadColumn(binary_units=True),
+        SpeedColumn(),
         TimeRemainingColumn(),
     ]
-    return Progress(*columns, console=Console(stderr=True), transient=True)
+    return Progress(*columns, console=Console(stderr=True), transient=True, expand=True)
+
+
+def bar_label(name: str) -> str:
+    """A name as a progress bar shows it: an id or digest as its 12 hex digits (as docker
+    does), anything else at most 24 characters, so that the bar fits 80 columns."""
+    if re.fullmatch(r"(sha256:)?[0-9a-f]{64}", name):
+        return short_id(name)
+    return name if len(name) <= 24 else name[:23] + "\u2026"
+
+
+#: A progress callback: bytes done, and the total when the caller knows it (None: keep).
+Update = Callable[..., None]
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; yields a callback taking the
-    bytes done so far, or None when there is nothing to draw."""
+def progress_bar(verb: str, name: str = "", total: int | None = None) -> Iterator[Update | None]:
+    """A rich progress bar on stderr when it is a terminal (``<verb> <name>``); yields a
+    callback taking the bytes done so far and, optionally, the total, or None when there
+    is nothing to draw."""
     if not sys.stderr.isatty():
         yield None
         return
     with _rich_progress() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
+        task = bar.add_task(f"{verb} {bar_label(name)}".rstrip(), total=total)
+
+        def update(done: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(task, completed=done, total=total)
+            else:
+                bar.update(task, completed=done)
+
+        yield update
 
 
 @contextlib.contextmanager
@@ -263,11 +299,6 @@ def jobs(args: argparse.Namespace) -> int | None:
     if n is not None and n < 1:
         raise UsageError("--jobs must be at least 1")
     return n
-
-
-def pair_progress(callback: Callable[[int], None] | None) -> Callable[[int, int], None] | None:
-    """Adapts a bytes-done progress callback to load/save's (done, total) callbacks."""
-    return None if callback is None else (lambda done, _total: callback(done))
 
 
 def each(

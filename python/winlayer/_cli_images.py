@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from typing import Any
 
 from ._cli_common import (
@@ -21,7 +20,6 @@ from ._cli_common import (
     jobs_arg,
     open_driver,
     output_stream,
-    pair_progress,
     progress_bar,
     source_total,
     table,
@@ -91,7 +89,7 @@ def _images_restore(args: argparse.Namespace) -> None:
 def _images_install_base(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     source: Any = input_stream(args.file)
-    with progress_bar(f"installing {args.name}", source_total(args.file)) as progress:
+    with progress_bar("installing", args.name, source_total(args.file)) as progress:
         folder = install_base_image(
             driver,
             args.name,
@@ -119,15 +117,15 @@ def _images_install_base(args: argparse.Namespace) -> None:
 )
 def _load(args: argparse.Namespace) -> None:
     source: Any = input_stream(args.archive)
-    total = None if args.archive == "-" or os.path.isdir(source) else os.path.getsize(source)
-    with image_store(args) as (driver, store), progress_bar("loading", total) as progress:
+    # The total is the library's: the bytes of the layer blobs to import, as counted.
+    with image_store(args) as (driver, store), progress_bar("loading") as progress:
         images = load(
             driver,
             store,
             source,
             tag=args.tag,
             platform=args.platform,
-            progress=pair_progress(progress),
+            progress=progress,
             jobs=jobs(args),
         )
     platforms = [config_platform(image.config) for image in images]
@@ -152,12 +150,12 @@ def _load(args: argparse.Namespace) -> None:
 )
 def _save(args: argparse.Namespace) -> None:
     to_file = args.output not in (None, "-")
-    with image_store(args) as (driver, store), progress_bar("saving", None) as progress:
+    with image_store(args) as (driver, store), progress_bar("saving") as progress:
         if to_file:  # save opens the file once the images are found
-            save(driver, store, args.images, args.output, progress=pair_progress(progress))
+            save(driver, store, args.images, args.output, progress=progress)
         else:
             with output_stream(args, args.output) as out:
-                save(driver, store, args.images, out, progress=pair_progress(progress))
+                save(driver, store, args.images, out, progress=progress)
     if to_file:
         emit(args, {"images": args.images, "output": args.output}, "")
 

@@ -51,7 +51,7 @@ JSON_SPOOL = 16 << 20
 def _import(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     source: Any = input_stream(args.file)
-    with progress_bar(f"importing {args.id}", source_total(args.file)) as progress:
+    with progress_bar("importing", args.id, source_total(args.file)) as progress:
         size = driver.apply_diff(
             args.id, args.parent, source, digest=args.digest, progress=progress
         )
@@ -72,7 +72,7 @@ def _export(args: argparse.Namespace) -> None:
     with (
         driver.diff(args.id, original=args.original) as tar,  # a missing layer: nothing written
         output_stream(args, args.output) as out,
-        progress_bar(f"exporting {args.id}", None) as progress,
+        progress_bar("exporting", args.id) as progress,
     ):
         written = 0
         while chunk := tar.read(1 << 20):
