@@ -281,3 +281,19 @@ def test_shell_completion_offers_commands_and_options(tmp_path: Path) -> None:
         [sys.executable, "-m", "winlayer", "--version"], capture_output=True, check=True
     )
     assert version.stdout.decode().startswith("winlayer ")
+
+
+def test_verbose_logs_each_layer_and_quiet_only_the_result(cli: Cli, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(docker_save([base_layer()], tags=["app:1"])[0])
+    loud = cli("-v", "load", str(archive))
+    assert loud.returncode == 0, loud.stderr
+    logged = loud.stderr.decode()
+    assert re.search(r"winlayer: INFO: imported layer [0-9a-f]{12} \(diffID sha256:", logged)
+    assert re.search(r"in \d+\.\d\d s", logged)
+    quiet = Cli(tmp_path / "quiet", tmp_path / "base")("-q", "load", str(archive))
+    assert quiet.returncode == 0
+    assert quiet.stderr == b""
+    assert quiet.stdout.decode().startswith("Loaded image: app:1")
+    plain = Cli(tmp_path / "plain", tmp_path / "base")("load", str(archive))
+    assert b"INFO" not in plain.stderr

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ class LayerRecorder:
         """The feed of `layer`, on its import thread; afterwards the feed is verified to
         its end and the tar's size noted. A diffID mismatch names the layer's blob."""
         layer_id = layer_id_for(layer.chain_id)
+        started = time.monotonic()
         feed = layer.feed()
         try:
             try:
@@ -141,6 +143,13 @@ class LayerRecorder:
                 tar_sizes[layer.chain_id] = feed.tar_size
             else:  # another process imported it first (or it survived a crash)
                 tar_sizes[layer.chain_id] = self._measure(layer_id, layer.diff_id)
+            log.info(
+                "imported layer %s (diffID %s verified, %d bytes of tar) in %.2f s",
+                layer_id[:12],
+                layer.diff_id,
+                tar_sizes[layer.chain_id],
+                time.monotonic() - started,
+            )
         finally:
             feed.close()
 

@@ -131,10 +131,10 @@ def _global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
         "--verbose",
         action="store_true",
         default=default(False),
-        help="debug logs, tracebacks",
+        help="log what the library does (each layer, timings), tracebacks",
     )
     verbosity.add_argument(
-        "-q", "--quiet", action="store_true", default=default(False), help="errors only"
+        "-q", "--quiet", action="store_true", default=default(False), help="errors and results only"
     )
 
 
