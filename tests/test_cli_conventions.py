@@ -297,3 +297,20 @@ def test_verbose_logs_each_layer_and_quiet_only_the_result(cli: Cli, tmp_path: P
     assert quiet.stdout.decode().startswith("Loaded image: app:1")
     plain = Cli(tmp_path / "plain", tmp_path / "base")("load", str(archive))
     assert b"INFO" not in plain.stderr
+
+
+def test_an_unknown_backend_variable_is_one_line_not_a_traceback(cli: Cli) -> None:
+    cli.env["WINLAYER_BACKEND"] = "bogus"
+    done = cli("ls")
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "winlayer: error: unknown winlayer backend 'bogus' (from $WINLAYER_BACKEND); "
+        "choose one of: hcs, portable\n"
+    )
+    as_json = cli("--json", "ls")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stderr)["error"]["type"] == "BackendUnavailable"
+    assert as_json.stdout == b""
+    version = cli("--version")  # says which backend, without failing
+    assert version.returncode == 0
+    assert b"backend: none: unknown winlayer backend 'bogus'" in version.stdout

@@ -99,17 +99,62 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
     assert _cycle(_graph(tmp_path)) is None
 
 
+#: The one import inside a function (docs/ARCHITECTURE.md, "Start-up"): `backend.load`
+#: imports the native module, so that resolving the backend's name (`import winlayer`)
+#: does not load it.
+LAZY_SEAM = ("backend.py", "_native")
+
+
 def test_no_package_import_inside_a_function() -> None:
     """Package modules are imported at the top: an import inside a function is how a
     cycle hides. (Third-party imports deferred for start-up time are not counted.)"""
     modules = set(_modules(PACKAGE)) | {NATIVE}
     nested = [
-        f"{path.name}:{line} imports {imported}"
+        (path.name, imported)
         for path in _modules(PACKAGE).values()
-        for imported, line, inside in _imports(path, modules)
+        for imported, _line, inside in _imports(path, modules)
         if inside
     ]
-    assert nested == []
+    assert nested == [LAZY_SEAM]
+
+
+def test_only_native_imports_the_extension_module() -> None:
+    """Native code is reached through `_native`, which checks the extension's version
+    (type-only imports of its stubs aside)."""
+    importers = []
+    for name, path in _modules(PACKAGE).items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for node in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in typing_only:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                if NATIVE in names:
+                    importers.append(name)
+    assert importers == ["_native"]
+
+
+def test_lazy_modules_are_imported_for_type_checkers_too() -> None:
+    """A `lazy_module("winlayer.X")` of a module is paired with its `TYPE_CHECKING`
+    import, so the layering above (and mypy) sees the dependency."""
+    unpaired = []
+    for name, path in _modules(PACKAGE).items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lazy = {
+            node.args[0].value.removeprefix("winlayer.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "lazy_module"
+            and isinstance(node.args[0], ast.Constant)
+        }
+        imported = {dep for dep, _line, _nested in _imports(path, set(_modules(PACKAGE)))}
+        unpaired += [f"{name} -> {module}" for module in sorted(lazy - imported)]
+    assert unpaired == []
 
 
 def test_common_names_import_nothing_of_the_package() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from pathlib import Path
@@ -39,11 +40,65 @@ def test_env_var_overrides_backend() -> None:
     assert result.stdout.strip() == "portable", result.stderr
 
 
-def test_unknown_backend_name_is_refused_at_import() -> None:
+def test_unknown_backend_name_is_refused_where_it_is_used() -> None:
     result = run_python("import winlayer", env={"WINLAYER_BACKEND": "overlay"})
-    assert result.returncode != 0
-    assert "unknown winlayer backend 'overlay'" in result.stderr
-    assert "BackendUnavailable" in result.stderr
+    assert result.returncode == 0, result.stderr  # the CLI must be able to report it
+    for use in ("winlayer.backend", "winlayer.Driver()"):
+        result = run_python(f"import winlayer; {use}", env={"WINLAYER_BACKEND": "overlay"})
+        assert result.returncode != 0
+        assert "unknown winlayer backend 'overlay'" in result.stderr
+        assert "BackendUnavailable" in result.stderr
+
+
+HEAVY = ("winlayer._hcs", "sqlite3", "urllib3", "rich", "zstandard")
+SHOW_HEAVY = f"import sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+
+
+@pytest.mark.parametrize(
+    "code", ["import winlayer", "import winlayer.cli", "import winlayer.__main__"]
+)
+def test_import_and_the_cli_parser_load_no_heavy_module(code: str) -> None:
+    """Start-up (docs/ARCHITECTURE.md): the native module, SQLite, the HTTP client, rich
+    and zstandard wait for a command that needs them. (`winlayer.__main__` with no
+    arguments builds the parser and prints usage.)"""
+    if code.endswith("__main__"):
+        code = "import sys; sys.argv = ['winlayer', '--version']\ntry:\n    " + code
+        code += "\nexcept SystemExit:\n    pass"
+    result = run_python(f"{code}\n{SHOW_HEAVY}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_public_names_resolve_lazily_to_their_modules() -> None:
+    result = run_python(
+        "import sys, winlayer\n"
+        "assert 'winlayer.driver' not in sys.modules\n"
+        "assert 'Driver' in dir(winlayer) and 'pull' in dir(winlayer)\n"
+        "from winlayer import Driver, load, save, pull, push\n"
+        "import winlayer.driver, winlayer.images, winlayer.registry\n"
+        "assert Driver is winlayer.driver.Driver\n"
+        "assert (load, save) == (winlayer.images.load, winlayer.images.save)\n"
+        "assert (pull, push) == (winlayer.registry.pull, winlayer.registry.push)\n"
+        "missing = [n for n in winlayer.__all__ if not hasattr(winlayer, n)]\n"
+        "assert missing == [], missing\n"
+        "print(winlayer.backend)"
+    )
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        winlayer.nosuch  # noqa: B018
+
+
+def test_lazy_table_matches_the_type_checking_imports() -> None:
+    """The names type checkers see (`if TYPE_CHECKING:` in __init__) are the lazy ones."""
+    tree = ast.parse(Path(winlayer.__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If))
+    typed = {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == winlayer._LAZY
 
 
 def test_selected_name_explicit_argument_wins(monkeypatch: pytest.MonkeyPatch) -> None:

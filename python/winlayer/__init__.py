@@ -1,10 +1,19 @@
 """winlayer: Windows container image layers from Python.
 
 The public API lives here; the native core is :mod:`winlayer._hcs`.
+
+``import winlayer`` is light: the errors, the version and the backend's name. Every other
+public name is imported from its module the first time it is used (``__getattr__``
+below, PEP 562), so that ``winlayer --version`` does not pay for the native module,
+SQLite or the HTTP client (docs/ARCHITECTURE.md, "Start-up").
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import backend as _backend
 from . import errors
 from ._version import __version__
 from .errors import (
@@ -24,29 +33,58 @@ from .errors import (
     WinlayerError,
 )
 
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .driver import Change, DiffStream, Driver, LayerInfo
+    from .images import Image, ImageNotFound, ImageStore, InvalidArchive, load, save
+    from .layertar import LayerTarEntry, LayerTarListing, list_layer_tar
+    from .registry import pull, push
+
+#: Public names imported on first use, and the module of each (tests/test_package.py
+#: checks this table against the TYPE_CHECKING imports above).
+_LAZY = {
+    "Change": "driver",
+    "DiffStream": "driver",
+    "Driver": "driver",
+    "LayerInfo": "driver",
+    "Image": "images",
+    "ImageNotFound": "images",
+    "ImageStore": "images",
+    "InvalidArchive": "images",
+    "load": "images",
+    "save": "images",
+    "LayerTarEntry": "layertar",
+    "LayerTarListing": "layertar",
+    "list_layer_tar": "layertar",
+    "pull": "registry",
+    "push": "registry",
+}
+
+# The `backend` attribute is the name in use, not the module that resolves it (which is
+# reached as sys.modules["winlayer.backend"]); an unknown name is refused when it is used.
+globals().pop("backend", None)
 try:
-    from . import _hcs
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        f"winlayer's native module failed to load ({exc}); reinstall winlayer: "
-        "pip install --force-reinstall winlayer (or `pip install -e .` in a checkout)"
-    ) from exc
+    #: The name of the backend in use: "hcs" or "portable" (see :mod:`winlayer.backend`).
+    backend: str = _backend.selected_name()
+except BackendUnavailable as _unknown:
+    _backend_error: BackendUnavailable | None = _unknown
+else:
+    _backend_error = None
 
-if _hcs.__version__ != __version__:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        f"winlayer {__version__} found native module winlayer._hcs {_hcs.__version__} "
-        f"({_hcs.__file__}); they must match. Rebuild it: pip install --force-reinstall . "
-        "(or `pip install -e .` in a checkout)"
-    )
 
-# The modules below import the native module: it is checked first, for a clear message.
-from .backend import selected_name as _selected_backend
-from .driver import Change, DiffStream, Driver, LayerInfo
-from .images import Image, ImageNotFound, ImageStore, InvalidArchive
-from .layertar import LayerTarEntry, LayerTarListing, list_layer_tar
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later uses find it directly
+        return value
+    if name == "backend" and _backend_error is not None:
+        raise _backend_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-#: The name of the backend in use: "hcs" or "portable" (see :mod:`winlayer.backend`).
-backend: str = _selected_backend()
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "BackendUnavailable",
@@ -77,4 +115,8 @@ __all__ = [
     "backend",
     "errors",
     "list_layer_tar",
+    "load",
+    "pull",
+    "push",
+    "save",
 ]

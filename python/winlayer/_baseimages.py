@@ -19,8 +19,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from . import _hcs, chain
+from . import chain
 from ._common import FLAVOURS, ProgressCallback, Source, atomic_write
+from ._native import _hcs
 from ._pipeline import plain_tar
 from ._platform import host_architecture
 from ._reference import check_name, check_tag

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
     EPOCH_HELP,
@@ -17,10 +17,15 @@ from ._cli_common import (
     progress_bar,
     source_date_epoch,
 )
-from .images import Image, append, commit
+from ._common import lazy_module
+
+if TYPE_CHECKING:
+    from . import images
+else:
+    images = lazy_module("winlayer.images")
 
 
-def _result(image: Image, ref: str) -> tuple[dict[str, Any], str]:
+def _result(image: images.Image, ref: str) -> tuple[dict[str, Any], str]:
     result = {
         "id": f"sha256:{image.id}",
         "tag": ref,
@@ -44,7 +49,7 @@ def _result(image: Image, ref: str) -> tuple[dict[str, Any], str]:
 def _commit(args: argparse.Namespace) -> None:
     epoch = source_date_epoch(args.source_date_epoch)
     with image_store(args) as (driver, store):
-        image = commit(
+        image = images.commit(
             driver,
             store,
             args.sandbox,
@@ -68,7 +73,7 @@ def _commit(args: argparse.Namespace) -> None:
 def _append(args: argparse.Namespace) -> None:
     epoch = source_date_epoch(args.source_date_epoch)
     with image_store(args) as (driver, store), progress_bar("appending", args.tag) as progress:
-        image = append(
+        image = images.append(
             driver,
             store,
             args.base,

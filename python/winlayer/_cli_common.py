@@ -17,15 +17,19 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from ._common import LayerEvent
+from ._common import LayerEvent, lazy_module
 from ._output import output_file
 from ._stream import detect
 from .backend import BASE_IMAGES_VAR
-from .driver import Driver
 from .errors import WinlayerError
-from .imagestore import ImageStore
+
+if TYPE_CHECKING:
+    from . import driver, imagestore
+else:
+    driver = lazy_module("winlayer.driver")
+    imagestore = lazy_module("winlayer.imagestore")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -105,7 +109,7 @@ def open_driver(args: argparse.Namespace) -> Any:
     base_images = None
     if args.home is not None and not os.environ.get(BASE_IMAGES_VAR):
         base_images = Path(args.home) / ".winlayer" / "base-images"
-    return Driver(args.home, backend=args.backend, base_images=base_images)
+    return driver.Driver(args.home, backend=args.backend, base_images=base_images)
 
 
 def _rich_progress() -> Any:
@@ -263,7 +267,7 @@ def output_stream(args: argparse.Namespace, path: str | None) -> Iterator[IO[byt
 @contextlib.contextmanager
 def image_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     driver = open_driver(args)
-    with ImageStore(driver.home) as store:
+    with imagestore.ImageStore(driver.home) as store:
         yield driver, store
 
 

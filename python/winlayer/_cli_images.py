@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
     Arg,
@@ -24,22 +24,13 @@ from ._cli_common import (
     source_total,
     table,
 )
+from ._common import lazy_module
 from ._units import format_size
-from .images import (
-    Removed,
-    Usage,
-    config_platform,
-    disk_usage,
-    image_history,
-    inspect_image,
-    install_base_image,
-    load,
-    parse_reference,
-    prune,
-    remove_image,
-    save,
-    tag_image,
-)
+
+if TYPE_CHECKING:
+    from . import images
+else:
+    images = lazy_module("winlayer.images")
 
 #: How ``prune --dry-run`` words what ``prune`` would do.
 WOULD = {"Deleted": "Would delete", "Untagged": "Would untag"}
@@ -47,7 +38,7 @@ WOULD = {"Deleted": "Would delete", "Untagged": "Would untag"}
 CREATED_BY_WIDTH = 45
 
 
-def _image_rows(images: list[Any]) -> str:
+def _image_rows(found: list[Any]) -> str:
     rows = [
         [
             ", ".join(image.tags) or "<none>",
@@ -55,7 +46,7 @@ def _image_rows(images: list[Any]) -> str:
             image.created[:19].replace("T", " "),
             format_size(image.size),
         ]
-        for image in images
+        for image in found
     ]
     return table(rows, ["TAGS", "IMAGE ID", "CREATED", "SIZE"])
 
@@ -63,12 +54,12 @@ def _image_rows(images: list[Any]) -> str:
 @command("images ls", "list the images in the store")
 def _images_ls(args: argparse.Namespace) -> None:
     with image_store(args) as (_driver, store):
-        images = store.images()
+        found = store.images()
     emit(
         args,
-        [image.as_dict() for image in images],
-        _image_rows(images),
-        ids=[image.id[:12] for image in images],
+        [image.as_dict() for image in found],
+        _image_rows(found),
+        ids=[image.id[:12] for image in found],
     )
 
 
@@ -90,7 +81,7 @@ def _images_install_base(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     source: Any = input_stream(args.file)
     with progress_bar("installing", args.name, source_total(args.file)) as progress:
-        folder = install_base_image(
+        folder = images.install_base_image(
             driver,
             args.name,
             args.version,
@@ -119,7 +110,7 @@ def _load(args: argparse.Namespace) -> None:
     source: Any = input_stream(args.archive)
     # The total is the library's: the bytes of the layer blobs to import, as counted.
     with image_store(args) as (driver, store), progress_bar("loading") as progress:
-        images = load(
+        loaded = images.load(
             driver,
             store,
             source,
@@ -128,16 +119,16 @@ def _load(args: argparse.Namespace) -> None:
             progress=progress,
             jobs=jobs(args),
         )
-    platforms = [config_platform(image.config) for image in images]
+    platforms = [images.config_platform(image.config) for image in loaded]
     emit(
         args,
         [
             {**image.as_dict(), "platform": platform.as_dict()}
-            for image, platform in zip(images, platforms, strict=True)
+            for image, platform in zip(loaded, platforms, strict=True)
         ],
         "\n".join(
             f"Loaded image: {', '.join(i.tags) or f'sha256:{i.id}'} ({platform})"
-            for i, platform in zip(images, platforms, strict=True)
+            for i, platform in zip(loaded, platforms, strict=True)
         ),
     )
 
@@ -152,10 +143,10 @@ def _save(args: argparse.Namespace) -> None:
     to_file = args.output not in (None, "-")
     with image_store(args) as (driver, store), progress_bar("saving") as progress:
         if to_file:  # save opens the file once the images are found
-            save(driver, store, args.images, args.output, progress=progress)
+            images.save(driver, store, args.images, args.output, progress=progress)
         else:
             with output_stream(args, args.output) as out:
-                save(driver, store, args.images, out, progress=progress)
+                images.save(driver, store, args.images, out, progress=progress)
     if to_file:
         emit(args, {"images": args.images, "output": args.output}, "")
 
@@ -179,7 +170,9 @@ def _images_rm(args: argparse.Namespace) -> None:
         done, failed = each(
             args,
             args.images,
-            lambda ref: remove_image(driver, store, ref, force=args.force, prune=not args.no_prune),
+            lambda ref: images.remove_image(
+                driver, store, ref, force=args.force, prune=not args.no_prune
+            ),
         )
     records = [record for _, removed in done for record in removed]
     emit(args, [r.as_dict() for r in records], "\n".join(str(r) for r in records))
@@ -195,8 +188,8 @@ def _images_rm(args: argparse.Namespace) -> None:
 )
 def _images_tag(args: argparse.Namespace) -> None:
     with image_store(args) as (_driver, store):
-        image_id = tag_image(store, args.source, args.target)
-    name, tag = parse_reference(args.target)
+        image_id = images.tag_image(store, args.source, args.target)
+    name, tag = images.parse_reference(args.target)
     emit(args, {"id": f"sha256:{image_id}", "tag": f"{name}:{tag}"}, "")
 
 
@@ -207,7 +200,7 @@ def _images_tag(args: argparse.Namespace) -> None:
 )
 def _images_inspect(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
-        done, failed = each(args, args.images, lambda ref: inspect_image(driver, store, ref))
+        done, failed = each(args, args.images, lambda ref: images.inspect_image(driver, store, ref))
     found = [doc for _, doc in done]
     emit(args, found, json.dumps(found, indent=2, sort_keys=True))
     if failed:
@@ -222,7 +215,7 @@ def _images_inspect(args: argparse.Namespace) -> None:
 )
 def _images_history(args: argparse.Namespace) -> None:
     with image_store(args) as (_driver, store):
-        entries = image_history(store, args.image)
+        entries = images.image_history(store, args.image)
     rows = []
     for entry in entries:
         image = entry.image or "<missing>"
@@ -252,8 +245,11 @@ def _images_history(args: argparse.Namespace) -> None:
 )
 def _prune(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
-        result = prune(driver, store, every=args.all, dry_run=args.dry_run)
-    records = [*result.images, *(Removed("Deleted", layer.chain_id) for layer in result.layers)]
+        result = images.prune(driver, store, every=args.all, dry_run=args.dry_run)
+    records = [
+        *result.images,
+        *(images.Removed("Deleted", layer.chain_id) for layer in result.layers),
+    ]
     if result.dry_run:
         records = [dataclasses.replace(r, action=WOULD[r.action]) for r in records]
     verb = "Would reclaim" if result.dry_run else "Total reclaimed space"
@@ -264,9 +260,9 @@ def _prune(args: argparse.Namespace) -> None:
 @command("df", "show the store's disk usage: images, layers, sandboxes (docker system df)")
 def _df(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
-        usage = disk_usage(driver, store)
+        usage = images.disk_usage(driver, store)
 
-    def row(kind: str, u: Usage) -> list[str]:
+    def row(kind: str, u: images.Usage) -> list[str]:
         share = f" ({100 * u.reclaimable // u.size}%)" if u.size else ""
         return [
             kind,

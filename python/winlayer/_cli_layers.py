@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._cli_common import (
     CLI_HOLDER,
@@ -30,11 +30,16 @@ from ._cli_common import (
     source_total,
     table,
 )
+from ._common import lazy_module
 from ._units import format_size, parse_size
-from .images import create_sandbox, remove_unused_layers
-from .imagestore import IMAGE_DB, ImageStore
-from .layertar import list_layer_tar
-from .pack import pack_directory
+
+if TYPE_CHECKING:
+    from . import images, imagestore, layertar, pack
+else:
+    images = lazy_module("winlayer.images")
+    imagestore = lazy_module("winlayer.imagestore")
+    layertar = lazy_module("winlayer.layertar")
+    pack = lazy_module("winlayer.pack")
 
 #: How much of a JSON listing is held in memory before it spills to a temporary file.
 JSON_SPOOL = 16 << 20
@@ -103,7 +108,7 @@ def _create(args: argparse.Namespace) -> None:
     if args.parent is not None:
         raise UsageError("--image and --parent exclude each other: the image names the parent")
     with image_store(args) as (driver, store):
-        image = create_sandbox(driver, store, args.id, args.image, size=size)
+        image = images.create_sandbox(driver, store, args.id, args.image, size=size)
         emit(args, {**_layer_json(driver, args.id), "image": f"sha256:{image.id}"}, "")
 
 
@@ -235,7 +240,7 @@ def _verify(args: argparse.Namespace) -> None:
 )
 def _pack(args: argparse.Namespace) -> None:
     epoch = source_date_epoch(args.source_date_epoch)
-    diff_id = pack_directory(args.dir, args.output, source_date_epoch=epoch)
+    diff_id = pack.pack_directory(args.dir, args.output, source_date_epoch=epoch)
     emit(args, {"output": args.output, "diff_id": diff_id}, f"{args.output}  {diff_id}")
 
 
@@ -243,9 +248,9 @@ def _pack(args: argparse.Namespace) -> None:
 def _gc(args: argparse.Namespace) -> None:
     driver = open_driver(args)
     swept = driver.cleanup()
-    if (driver.home / IMAGE_DB).exists():  # layers an unfinished image removal left
-        with ImageStore(driver.home) as store:
-            removed = remove_unused_layers(driver, store)
+    if (driver.home / imagestore.IMAGE_DB).exists():  # layers an unfinished image removal left
+        with imagestore.ImageStore(driver.home) as store:
+            removed = images.remove_unused_layers(driver, store)
         swept += [f"removed layer {layer.layer_id}, which no image uses" for layer in removed]
     emit(args, {"swept": swept}, "\n".join(swept))
 
@@ -272,7 +277,7 @@ def _tar_ls(args: argparse.Namespace) -> None:
             shutil.copyfileobj(spool, sys.stdout)
         return
     out = sys.stdout
-    with list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
+    with layertar.list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
         out.write(
             f"{'TYPE':<16}  {'MODE':<6}  {'SIZE':>12}  {'MODIFIED (UTC)':<19}  {'OWNER':<8}  PATH\n"
         )
@@ -299,7 +304,7 @@ def _tar_ls(args: argparse.Namespace) -> None:
 
 
 def _tar_ls_json(source: Any, parent_links: bool, out: IO[str]) -> None:
-    with list_layer_tar(source, allow_parent_links=parent_links) as listing:
+    with layertar.list_layer_tar(source, allow_parent_links=parent_links) as listing:
         out.write('{\n  "entries": [')
         for i, entry in enumerate(listing):
             out.write(("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True))

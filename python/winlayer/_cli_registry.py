@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
     Arg,
@@ -19,8 +19,12 @@ from ._cli_common import (
     layer_progress,
     short_id,
 )
-from ._common import LayerEvent
-from .registry import pull, push
+from ._common import LayerEvent, lazy_module
+
+if TYPE_CHECKING:
+    from . import registry
+else:
+    registry = lazy_module("winlayer.registry")
 
 #: What a layer's last state says in the summary, as docker's push and pull print it.
 _PUSHED = {
@@ -99,7 +103,7 @@ def _pull(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
     with image_store(args) as (driver, store), _tracked(args, last) as on_layer:
-        pulled = pull(
+        pulled = registry.pull(
             driver,
             store,
             args.ref,
@@ -138,7 +142,7 @@ def _push(args: argparse.Namespace) -> None:
     options = registry_options(args)
     last: dict[str, str] = {}
     with image_store(args) as (driver, store), _tracked(args, last) as on_layer:
-        pushed = push(driver, store, args.image, args.dest, on_layer=on_layer, **options)
+        pushed = registry.push(driver, store, args.image, args.dest, on_layer=on_layer, **options)
     layers = [{"digest": d, "state": s} for d, s in last.items()]
     lines = [f"{short_id(d)}: {_PUSHED.get(s, s)}" for d, s in last.items()]
     tag = pushed.reference.rpartition(":")[2] if "@" not in pushed.reference else pushed.digest

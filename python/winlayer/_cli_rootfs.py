@@ -4,9 +4,15 @@ and ``images mount`` / ``images unmount`` (``ctr images mount``: a read-only vie
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ._cli_common import CLI_HOLDER, Arg, command, emit, image_store, output_stream
-from .images import export_rootfs, mount_image, unmount_image
+from ._common import lazy_module
+
+if TYPE_CHECKING:
+    from . import images
+else:
+    images = lazy_module("winlayer.images")
 
 
 @command(
@@ -18,10 +24,10 @@ from .images import export_rootfs, mount_image, unmount_image
 def _export_rootfs(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
         if args.output not in (None, "-"):
-            result = export_rootfs(driver, store, args.ref, args.output)
+            result = images.export_rootfs(driver, store, args.ref, args.output)
         else:
             with output_stream(args, args.output) as out:
-                export_rootfs(driver, store, args.ref, out)
+                images.export_rootfs(driver, store, args.ref, out)
             return
     emit(
         args,
@@ -37,7 +43,7 @@ def _export_rootfs(args: argparse.Namespace) -> None:
 )
 def _images_mount(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
-        view = mount_image(driver, store, args.ref, holder=CLI_HOLDER)
+        view = images.mount_image(driver, store, args.ref, holder=CLI_HOLDER)
     emit(args, {"image": view.image, "layer": view.layer, "path": str(view.path)}, str(view.path))
 
 
@@ -48,5 +54,5 @@ def _images_mount(args: argparse.Namespace) -> None:
 )
 def _images_unmount(args: argparse.Namespace) -> None:
     with image_store(args) as (driver, store):
-        image = unmount_image(driver, store, args.ref, holder=CLI_HOLDER)
+        image = images.unmount_image(driver, store, args.ref, holder=CLI_HOLDER)
     emit(args, {"image": image}, "")

@@ -7,12 +7,14 @@ that happened to need them first.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import IO
 
 #: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
@@ -34,6 +36,26 @@ Source = str | os.PathLike[str] | IO[bytes]
 
 #: The size of one read of layer or blob data.
 CHUNK = 1 << 20
+
+
+def lazy_module(name: str) -> ModuleType:
+    """Module `name` (``"winlayer.images"``), imported on its first attribute access
+    (:class:`importlib.util.LazyLoader`). The CLI's command modules reach the facades
+    through these, so that building the parser (``--help``, ``--version``) imports none
+    of them; each also imports its module under ``TYPE_CHECKING``, which type checkers and
+    tests/test_layering.py read (docs/ARCHITECTURE.md, "Start-up")."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
 
 
 def data_root() -> Path:

@@ -36,10 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _hcs
 from ._archive_plan import chain_ids, json_field
 from ._common import CHUNK, Progress, go_json
 from ._layerrecord import LayerRecorder
+from ._native import _hcs
 from ._pipeline import HashingReader, Readable, TarFeed, plain_tar
 from .errors import BuildError, InvalidArgument, InvalidLayer, StoreCorrupt
 from .imagestore import Image, ImageStore, StoredLayer, parse_reference

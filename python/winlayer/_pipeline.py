@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from . import _hcs
 from ._common import CHUNK
+from ._native import _hcs
 from ._stream import (
     DEFAULT_MAX_UNCOMPRESSED,
     Compression,

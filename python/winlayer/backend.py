@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _hcs
 from ._common import data_root
 from .errors import BackendUnavailable
 
@@ -89,6 +88,11 @@ def load(name: str | None = None, base_images: str | None = None) -> Backend:
     """The backend object for `name` (see :func:`selected_name`)."""
     chosen = selected_name(name)
     check_available(chosen, from_env=name is None and bool(os.environ.get(ENV_VAR)))
+    # The package's one import inside a function (tests/test_layering.py allows exactly
+    # this one): `import winlayer` resolves the backend's name through this module, and
+    # must not load the native module to do it.
+    from ._native import _hcs
+
     if chosen == "hcs":
         return _hcs.hcs_backend()
     return _hcs.portable_backend(base_images or default_base_images())

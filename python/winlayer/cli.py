@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, _cli_rootfs, backend
+from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, _cli_rootfs
 from ._cli_common import (
     COMMANDS,
     EXIT_FAILURE,
@@ -38,6 +38,8 @@ from ._cli_common import (
     table,
 )
 from ._common import data_roots_by_os
+from .backend import selected_name
+from .errors import BackendUnavailable
 
 #: The command modules, imported for the commands they register.
 COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build, _cli_rootfs)
@@ -147,6 +149,10 @@ def _home_help() -> str:
 
 
 def _version_text() -> str:
+    try:
+        backend = selected_name()
+    except BackendUnavailable as exc:  # the commands that need a backend report it
+        backend = f"none: {exc}"
     return f"winlayer {__version__} (backend: {backend})"
 
 

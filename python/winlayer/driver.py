@@ -27,9 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-from . import _applyjobs, _baseimages, _hcs, chain
+from . import _applyjobs, _baseimages, chain
 from ._baseimages import Recorder, Tagger
 from ._common import FLAVOURS, ProgressCallback, Source, data_root
+from ._native import _hcs
 from ._pipeline import TarFeed, digest_of, plain_tar
 from ._reference import DIGEST
 from ._state import Mounts, StateStore, named_holder, process_holder, write_denied

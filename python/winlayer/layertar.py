@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
-from . import _hcs
+from ._native import _hcs
 from ._stream import Compression, Source, open_layer
 
 __all__ = [

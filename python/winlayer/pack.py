@@ -32,7 +32,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _hcs
+from ._native import _hcs
 from ._output import output_path
 from .layertar import list_layer_tar
 
