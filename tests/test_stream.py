@@ -12,19 +12,33 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 import zstandard
+from zlib_ng import zlib_ng
 
 from winlayer import _hcs
-from winlayer._stream import open_layer
+from winlayer._stream import gzip_inflater, open_layer
 from winlayer.errors import InvalidLayer
 
 from .test_tar_reader import build, sample_members
 
 TAR = build(sample_members(), 2) + os.urandom(3000)  # trailing bytes are part of the digest
 DIGEST = "sha256:" + hashlib.sha256(TAR).hexdigest()
+
+
+@pytest.fixture(autouse=True, params=["zlib-ng", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with zlib-ng and with the fallback, zlib (zlib-ng missing)."""
+    if request.param == "zlib":
+        monkeypatch.setitem(sys.modules, "zlib_ng", None)  # `import zlib_ng` fails
+    return str(request.param)
+
+
+def test_gzip_is_inflated_by_zlib_ng_else_by_zlib(inflater: str) -> None:
+    assert gzip_inflater() is (zlib_ng if inflater == "zlib-ng" else zlib)
 
 
 def gzip_members(data: bytes, n: int = 3) -> bytes:
