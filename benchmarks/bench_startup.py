@@ -6,7 +6,7 @@ pass``. Every command runs as its own process, the contenders alternating (so th
 from other work on the machine hits them alike); the median of ``--runs`` runs of each is
 printed with its ratio to ``python -c pass`` of the same interpreter (the baseline pays
 the same interpreter start-up and site hooks, e.g. an editable install's) and of the
-system's ``python3``.
+interpreter a virtual environment was made from.
 
     python benchmarks/bench_startup.py             # 20 runs each
     python benchmarks/bench_startup.py --runs 5
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,11 @@ def main() -> None:
             "winlayer --help": [*winlayer, "--help"],
             "winlayer ls (empty store)": [*winlayer, "ls"],
         }
-        system_python = shutil.which("python3")
-        if system_python and os.path.realpath(system_python) != os.path.realpath(sys.executable):
-            contenders["python3 -c pass (system)"] = [system_python, "-c", "pass"]
+        # The interpreter the venv was made from (not a shim such as pyenv's: a shell
+        # script that costs more than the interpreter itself).
+        base_python = getattr(sys, "_base_executable", sys.executable)
+        if os.path.realpath(base_python) != os.path.realpath(sys.executable):
+            contenders["python3 -c pass (base)"] = [base_python, "-c", "pass"]
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for argv in contenders.values():  # warm the page cache
             _time(argv, env)
@@ -55,9 +56,9 @@ def main() -> None:
                 times[name].append(_time(argv, env))
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians["python -c pass"]
-    system = medians.get("python3 -c pass (system)")
+    system = medians.get("python3 -c pass (base)")
     print(f"median of {args.runs} alternating runs each")
-    print(f"{'command':<28} {'median s':>9} {'x python -c pass':>17} {'x system python3':>17}")
+    print(f"{'command':<28} {'median s':>9} {'x python -c pass':>17} {'x base python3':>17}")
     for name, median in medians.items():
         vs_system = f"{median / system:17.2f}" if system else f"{'-':>17}"
         print(f"{name:<28} {median:9.3f} {median / base:17.2f} {vs_system}")
