@@ -4,19 +4,18 @@ an ETA where the total is known, and nothing of it without a terminal."""
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import os
 import re
 import struct
 import subprocess
 import sys
-import termios
 import threading
 from pathlib import Path
 
 import pytest
 
+from .capabilities import require
 from .conftest import Cli
 from .imagebuild import docker_save
 from .layerbuild import base_layer, f
@@ -29,6 +28,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 def on_terminal(cli: Cli, columns: int, *args: str) -> tuple[int, list[str]]:
     """Runs the command with stderr on a pseudo-terminal of `columns` columns; its exit
     code and the lines the terminal showed (escape sequences removed)."""
+    require("fcntl", "pty")
+    import fcntl  # here: Windows has neither
+    import termios
+
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {**cli.env, "COLUMNS": str(columns), "TERM": "xterm"}
