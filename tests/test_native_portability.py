@@ -108,39 +108,33 @@ HAZARDS = {
 }
 
 
-@pytest.mark.parametrize("hazard", sorted(HAZARDS))
-def test_each_hazard_fails_the_wine_build(tmp_path: Path, hazard: str) -> None:
+def _syntax_check(source: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`text` compiled (syntax only) by mingw-w64 with ci/wine/run.sh's flags."""
     compiler = shutil.which(MINGW)
     require_tools([] if compiler else [MINGW], "apt-get install g++-mingw-w64-x86-64-posix")
     assert compiler
-    source = tmp_path / f"{hazard}.cpp"
-    source.write_text(HAZARDS[hazard] + "\n")
-    result = subprocess.run(
+    source.write_text(text)
+    return subprocess.run(
         [compiler, *run_sh_flags(), "-fsyntax-only", str(source)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize("hazard", sorted(HAZARDS))
+def test_each_hazard_fails_the_wine_build(tmp_path: Path, hazard: str) -> None:
+    result = _syntax_check(tmp_path / f"{hazard}.cpp", HAZARDS[hazard] + "\n")
     assert result.returncode != 0, f"{hazard} compiled with ci/wine/run.sh's flags"
     assert "error" in result.stderr
 
 
 def test_a_clean_snippet_passes_the_wine_build(tmp_path: Path) -> None:
     """The hazards fail for what they are, not because the flags reject everything."""
-    compiler = shutil.which(MINGW)
-    require_tools([] if compiler else [MINGW], "apt-get install g++-mingw-w64-x86-64-posix")
-    assert compiler
-    source = tmp_path / "clean.cpp"
-    source.write_text(
+    result = _syntax_check(
+        tmp_path / "clean.cpp",
         "#include <windows.h>\n#include <cstddef>\n"
-        "DWORD f(std::size_t n) { return static_cast<DWORD>(n); }\n"
-    )
-    result = subprocess.run(
-        [compiler, *run_sh_flags(), "-fsyntax-only", str(source)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        "DWORD f(std::size_t n) { return static_cast<DWORD>(n); }\n",
     )
     assert result.returncode == 0, result.stderr
