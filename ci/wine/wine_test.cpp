@@ -1,8 +1,11 @@
 // The vmcompute backend (native/windows) under Wine, against the HCS emulator
 // (native/hcs_emulator). Checks every vmcompute call the backend makes, the HRESULT
 // mapping and retries (the emulator fails calls on request), the staging-folder import
-// and the export, with Unicode and 300-character paths. BackupRead/BackupWrite and
-// privileges beyond what Wine fakes are covered by the `hcs` pytest suite on Windows.
+// and the export, the base writer (BackupWrite in place, ProcessBaseImage and
+// ProcessUtilityImage) with its export and re-import, a delta layer's UtilityVM clone,
+// and sandboxes, with Unicode and 300-character paths; BackupRead/BackupWrite run on the
+// emulator's Backup API emulation. Real ACLs and privilege checks are covered by the
+// `hcs` pytest suite on Windows.
 //
 // Usage: wine_test.exe <emulator vmcompute.dll> <empty work folder>
 // Prints one line per test and "N passed, M failed" last; exit code 1 on any failure.
@@ -265,6 +268,80 @@ std::map<std::string, Exported> export_all(Backend& b, const DriverInfo& info, c
     return out;
 }
 
+// Feeds an export (its entries in export order) to a new layer: the re-import.
+void reimport(Backend& b, const DriverInfo& info, const std::string& id, const LayerChain& parents,
+              const std::map<std::string, Exported>& got, const std::vector<std::string>& order) {
+    auto w = b.import_writer(info, id, parents);
+    for (const auto& path : order) {
+        const Exported& x = got.at(path);
+        w->add(x.entry);
+        if (!x.data.empty()) w->write(reinterpret_cast<const std::uint8_t*>(x.data.data()), x.data.size());
+    }
+    w->commit(CommitInfo{"sha256:00", 0, ""});
+}
+
+// "" when both exports hold the same entries with the same metadata records and data;
+// otherwise the first difference.
+std::string difference(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b) {
+    for (const auto& [path, x] : a) {
+        auto it = b.find(path);
+        if (it == b.end()) return path + ": missing from the second export";
+        const LayerEntry &e = x.entry, &g = it->second.entry;
+        if (e.type != g.type) return path + ": type";
+        if (e.attributes != g.attributes) return path + ": attributes";
+        if (e.security_descriptor != g.security_descriptor) return path + ": security descriptor";
+        if (e.extended_attributes != g.extended_attributes) return path + ": extended attributes";
+        if (e.reparse_data != g.reparse_data || e.link_target != g.link_target || e.mount_point != g.mount_point)
+            return path + ": link";
+        if (e.size != g.size || x.data != it->second.data) return path + ": data";
+        if (e.times.last_write != g.times.last_write) return path + ": last-write time";
+    }
+    for (const auto& [path, x] : b)
+        if (!a.count(path)) return path + ": missing from the first export";
+    return {};
+}
+
+void check_same(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b) {
+    std::string d = difference(a, b);
+    if (!d.empty()) throw CheckFailed("the exports differ: " + d);
+}
+
+const char* const kBcdFiles[] = {"BCD", "BCD.LOG", "BCD.LOG1", "BCD.LOG2"};
+
+// A base layer as a tar brings it, through the base writer (BackupWrite in place, then
+// ProcessBaseImage and ProcessUtilityImage): the five config hives, a file with an EA and
+// an alternate stream, a hard link to it, Hives\*_Delta, and a UtilityVM with its BCD files
+// (one utility VM file with an EA).
+void write_base_layer(Backend& b, const Fixture& f, const std::string& id) {
+    auto w = b.import_writer(f.info, id, {});
+    for (const char* d : {"Files", "Files/Windows", "Files/Windows/System32", "Files/Windows/System32/config"})
+        w->add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
+    for (const char* h : {"DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM"})
+        put(*w, entry(std::string("Files/Windows/System32/config/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
+            std::string("hive ") + h);
+    LayerEntry rich = entry("Files/Windows/rich.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
+    rich.extended_attributes = {{"USER.WINLAYER", "ea value"}};
+    put(*w, rich, "rich data");
+    LayerEntry ads = entry("Files/Windows/rich.txt:zone", EntryType::AlternateStream, 0, kT1);
+    ads.security_descriptor.clear();
+    put(*w, ads, "[ZoneTransfer]");
+    w->add_link("Files/Windows/rich-link.txt", "Files/Windows/rich.txt");
+    w->add(entry("Hives", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
+    for (const char* h : {"DefaultUser_Delta", "Sam_Delta", "Security_Delta", "Software_Delta", "System_Delta"})
+        put(*w, entry(std::string("Hives/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1), std::string("regf ") + h);
+    for (const char* d : {"UtilityVM", "UtilityVM/Files", "UtilityVM/Files/EFI", "UtilityVM/Files/EFI/Microsoft",
+                          "UtilityVM/Files/EFI/Microsoft/Boot", "UtilityVM/Files/Windows"})
+        w->add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
+    for (const char* bcd : kBcdFiles)
+        put(*w, entry(std::string("UtilityVM/Files/EFI/Microsoft/Boot/") + bcd, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
+            std::string("bcd store ") + bcd);
+    LayerEntry kernel = entry("UtilityVM/Files/Windows/kernel.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
+    kernel.extended_attributes = {{"USER.UVM", "uvm ea"}};
+    put(*w, kernel, "utility vm kernel");
+    put(*w, entry("UtilityVM/Files/Windows/hal.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1), "utility vm hal");
+    w->commit(CommitInfo{"sha256:00", 0, ""});
+}
+
 // The emulation keys what BackupWrite kept by file identity, which a new file may reuse once
 // the old one is gone: after deleting files that have records, drop the records too.
 void forget_backup_records() {
@@ -495,6 +572,128 @@ void scenario(const char* label, const std::wstring& home_long) {
             CHECK(stream.find("ea value") != std::string::npos);
         }
         win::remove_tree(folder);
+        forget_backup_records();
+    });
+
+    // The base layer of the next three tests, written through the base writer.
+    std::string uvm_base;
+    test((prefix + "base layer through the base writer: export (BackupRead of hives and UtilityVM), re-import, same content").c_str(), [&] {
+        long processed = calls(L"ProcessBaseImage"), utility = calls(L"ProcessUtilityImage"),
+             exports = calls(L"ExportLayer"), reads = calls(L"BackupRead");
+        write_base_layer(b, f, "base-uvm");
+        uvm_base = hcs::layer_folder(f.info, "base-uvm");
+        CHECK(calls(L"ProcessBaseImage") == processed + 1);
+        CHECK(calls(L"ProcessUtilityImage") == utility + 1);
+        // The boot files ProcessUtilityImage rewrites are saved for the original tar.
+        CHECK(read_file(win::join(win::long_path(uvm_base), "bcd.bak")) == "bcd store BCD");
+        std::vector<std::string> order;
+        auto first = export_all(b, f.info, "base-uvm", {}, &order);
+        CHECK(calls(L"ExportLayer") == exports + 1);
+        CHECK(calls(L"BackupRead") > reads);
+        CHECK(no_staging_left(f.home));
+        CHECK(!thread_impersonates());
+        const auto& rich = first.at("Files/Windows/rich.txt");
+        CHECK(rich.data == "rich data");
+        CHECK(rich.entry.security_descriptor == sample_sd());
+        CHECK(rich.entry.extended_attributes.size() == 1);
+        CHECK(rich.entry.extended_attributes[0].second == "ea value");
+        CHECK(rich.entry.times.last_write == times(kT1).last_write);
+        CHECK(first.at("Files/Windows/rich.txt:zone").data == "[ZoneTransfer]");
+        // ExportLayer writes a hard link's second name as a copy of the file.
+        CHECK(first.at("Files/Windows/rich-link.txt").data == "rich data");
+        CHECK(first.at("Files/Windows/rich-link.txt").entry.security_descriptor == sample_sd());
+        CHECK(first.at("Files/Windows/System32/config/SAM").data == "hive SAM");
+        CHECK(first.at("Files/Windows").entry.type == EntryType::Directory);
+        CHECK(first.at("Files/Windows").entry.security_descriptor == sample_sd());
+        // Hives and the utility VM come back through BackupRead without security.
+        CHECK(first.at("Hives/System_Delta").data == "regf System_Delta");
+        CHECK(first.at("Hives/System_Delta").entry.security_descriptor.empty());
+        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2").data == "bcd store BCD.LOG2");
+        const auto& kernel = first.at("UtilityVM/Files/Windows/kernel.sys");
+        CHECK(kernel.data == "utility vm kernel");
+        CHECK(kernel.entry.extended_attributes.size() == 1);
+        CHECK(kernel.entry.extended_attributes[0].second == "uvm ea");
+        CHECK(kernel.entry.times.last_write == times(kT1).last_write);
+        CHECK(first.at("UtilityVM/Files/Windows").entry.type == EntryType::Directory);
+        // The export, imported again as a base layer, exports the same.
+        reimport(b, f.info, "base-uvm-again", {}, first, order);
+        auto second = export_all(b, f.info, "base-uvm-again", {});
+        check_same(first, second);
+        CHECK(!thread_impersonates());
+        b.destroy_layer(f.info, "base-uvm-again");
+    });
+
+    test((prefix + "delta layer whose UtilityVM changes: clone, ProcessUtilityImage, export, re-import, same content").c_str(), [&] {
+        CHECK(!uvm_base.empty());
+        long utility = calls(L"ProcessUtilityImage"), writes = calls(L"BackupWrite"), reads = calls(L"BackupRead");
+        std::string parent_bcd = read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/EFI/Microsoft/Boot/BCD"));
+        {
+            auto w = b.import_writer(f.info, "delta-uvm", {uvm_base});
+            w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            put(*w, entry("Files/delta.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "delta file");
+            // The utility VM: cloned from the parent (hard links; folders and BCD files
+            // copied with BackupRead/BackupWrite), then changed in place.
+            w->add(entry("UtilityVM", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            w->add(entry("UtilityVM/Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            put(*w, entry("UtilityVM/Files/EFI/Microsoft/Boot/BCD", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2),
+                "bcd store of the delta");
+            LayerEntry hal = entry("UtilityVM/Files/Windows/hal.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2);
+            hal.extended_attributes = {{"USER.UVM", "changed"}};
+            put(*w, hal, "utility vm hal, patched");
+            put(*w, entry("UtilityVM/Files/Windows/new.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "new driver");
+            w->add_link("UtilityVM/Files/Windows/kernel-link.sys", "UtilityVM/Files/Windows/kernel.sys");
+            w->commit(CommitInfo{"sha256:00", 0, ""});
+        }
+        CHECK(calls(L"ProcessUtilityImage") == utility + 1);
+        CHECK(calls(L"BackupRead") > reads);  // the clone's copies
+        CHECK(calls(L"BackupWrite") > writes);
+        CHECK(!thread_impersonates());
+        CHECK(no_staging_left(f.home));
+        std::wstring delta = win::long_path(hcs::layer_folder(f.info, "delta-uvm"));
+        CHECK(read_file(win::join(delta, "bcd.bak")) == "bcd store of the delta");
+        CHECK(read_file(win::join(delta, "bcd.log1.bak")) == "bcd store BCD.LOG1");  // the clone's copy
+        // The parent's utility VM is untouched: its BCD was copied, not linked.
+        CHECK(read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/EFI/Microsoft/Boot/BCD")) == parent_bcd);
+        CHECK(read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/Windows/hal.sys")) == "utility vm hal");
+        std::vector<std::string> order;
+        auto first = export_all(b, f.info, "delta-uvm", {uvm_base}, &order);
+        CHECK(first.at("Files/delta.txt").data == "delta file");
+        CHECK(first.at("Files/delta.txt").entry.security_descriptor == sample_sd());
+        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD").data == "bcd store of the delta");
+        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG").data == "bcd store BCD.LOG");
+        CHECK(first.at("UtilityVM/Files/Windows/hal.sys").data == "utility vm hal, patched");
+        CHECK(first.at("UtilityVM/Files/Windows/hal.sys").entry.extended_attributes[0].second == "changed");
+        CHECK(first.at("UtilityVM/Files/Windows/new.sys").data == "new driver");
+        // Cloned from the parent, with the records BackupWrite kept there.
+        CHECK(first.at("UtilityVM/Files/Windows/kernel.sys").data == "utility vm kernel");
+        CHECK(first.at("UtilityVM/Files/Windows/kernel.sys").entry.extended_attributes[0].second == "uvm ea");
+        CHECK(first.at("UtilityVM/Files/Windows/kernel-link.sys").data == "utility vm kernel");
+        reimport(b, f.info, "delta-uvm-again", {uvm_base}, first, order);
+        auto second = export_all(b, f.info, "delta-uvm-again", {uvm_base});
+        check_same(first, second);
+        CHECK(!thread_impersonates());
+        for (const char* id : {"delta-uvm-again", "delta-uvm"}) b.destroy_layer(f.info, id);
+    });
+
+    test((prefix + "sandbox on the base writer's layer: prepare, activate, mount, write, export the diff").c_str(), [&] {
+        CHECK(!uvm_base.empty());
+        LayerChain chain = {uvm_base};
+        b.create_sandbox_layer(f.info, "sbx-uvm", uvm_base, chain);
+        b.activate_layer(f.info, "sbx-uvm");
+        b.prepare_layer(f.info, "sbx-uvm", chain);
+        std::string mount = hcs::get_layer_mount_path(f.info, "sbx-uvm");
+        CHECK(!mount.empty());
+        std::wstring m = win::long_path(mount);
+        CHECK(read_file(win::join(m, "Windows/rich.txt")) == "rich data");
+        CHECK(read_file(win::join(m, "Windows/System32/config/SYSTEM")) == "hive SYSTEM");
+        write_file(win::join(m, "Windows/sandbox.txt"), "written in the sandbox");
+        auto got = export_all(b, f.info, "sbx-uvm", chain);
+        CHECK(got.at("Files/Windows/sandbox.txt").data == "written in the sandbox");
+        CHECK(got.count("Files/Windows/rich.txt") == 0);  // the diff only
+        CHECK(!hcs::get_layer_mount_path(f.info, "sbx-uvm").empty());  // prepared again
+        b.unprepare_layer(f.info, "sbx-uvm");
+        b.deactivate_layer(f.info, "sbx-uvm");
+        for (const char* id : {"sbx-uvm", "base-uvm"}) b.destroy_layer(f.info, id);
         forget_backup_records();
     });
 

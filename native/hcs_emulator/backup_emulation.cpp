@@ -33,6 +33,8 @@
 #include <cstring>
 #include <string>
 
+#include "backup_emulation.hpp"
+#include "core/error.hpp"
 #include "call_count.hpp"
 #include "windows/backup_api.hpp"
 
@@ -117,9 +119,8 @@ BOOL fail(DWORD code) {
     return FALSE;
 }
 
-BOOL WINAPI EmulatedBackupWrite(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD written, BOOL abort, BOOL security,
-                                LPVOID* context) {
-    winlayer::emulator::count_call("BackupWrite");
+// BackupWrite without the count: the emulator's own writes (ExportLayer) go here.
+BOOL backup_write(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD written, BOOL abort, BOOL security, LPVOID* context) {
     if (!context || !written) return fail(ERROR_INVALID_PARAMETER);
     auto* st = static_cast<WriteState*>(*context);
     *written = 0;
@@ -175,6 +176,12 @@ BOOL WINAPI EmulatedBackupWrite(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD wri
     return TRUE;
 }
 
+BOOL WINAPI EmulatedBackupWrite(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD written, BOOL abort, BOOL security,
+                                LPVOID* context) {
+    winlayer::emulator::count_call("BackupWrite");
+    return backup_write(h, buffer, size, written, abort, security, context);
+}
+
 struct ReadState {
     std::string pending;     // bytes ready to hand out
     std::size_t at = 0;
@@ -182,9 +189,8 @@ struct ReadState {
     std::string tail;        // the kept records, after the data
 };
 
-BOOL WINAPI EmulatedBackupRead(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD read, BOOL abort, BOOL security,
-                               LPVOID* context) {
-    winlayer::emulator::count_call("BackupRead");
+// BackupRead without the count: the emulator's own reads (ProcessBaseImage) go here.
+BOOL backup_read(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD read, BOOL abort, BOOL security, LPVOID* context) {
     if (!context || !read) return fail(ERROR_INVALID_PARAMETER);
     auto* st = static_cast<ReadState*>(*context);
     *read = 0;
@@ -244,6 +250,12 @@ BOOL WINAPI EmulatedBackupRead(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD read
     return TRUE;
 }
 
+BOOL WINAPI EmulatedBackupRead(HANDLE h, LPBYTE buffer, DWORD size, LPDWORD read, BOOL abort, BOOL security,
+                               LPVOID* context) {
+    winlayer::emulator::count_call("BackupRead");
+    return backup_read(h, buffer, size, read, abort, security, context);
+}
+
 BOOL WINAPI CountedOpenThreadToken(HANDLE thread, DWORD access, BOOL self, PHANDLE token) {
     winlayer::emulator::count_call("OpenThreadToken");
     return OpenThreadToken(thread, access, self, token);
@@ -276,5 +288,51 @@ const winlayer::win::BackupApi kEmulation = {EmulatedBackupRead,         Emulate
                                              CountedAdjustTokenPrivileges};
 
 }  // namespace
+
+namespace winlayer::emulator {
+
+std::string backup_stream(HANDLE h, bool security) {
+    std::string out;
+    LPVOID context = nullptr;
+    BYTE buf[1 << 16];
+    for (;;) {
+        DWORD got = 0;
+        if (!backup_read(h, buf, sizeof buf, &got, FALSE, security, &context)) {
+            DWORD code = GetLastError();
+            backup_read(h, nullptr, 0, &got, TRUE, security, &context);
+            throw Error::win32(code, "BackupRead");
+        }
+        if (got == 0) break;
+        out.append(reinterpret_cast<const char*>(buf), got);
+    }
+    DWORD none = 0;
+    backup_read(h, nullptr, 0, &none, TRUE, security, &context);
+    return out;
+}
+
+void restore(HANDLE h, const std::string& stream, bool security) {
+    LPVOID context = nullptr;
+    std::string copy = stream;
+    DWORD done = 0;
+    BOOL ok = backup_write(h, reinterpret_cast<LPBYTE>(copy.data()), static_cast<DWORD>(copy.size()), &done, FALSE,
+                           security, &context);
+    DWORD code = GetLastError();
+    DWORD none = 0;
+    backup_write(h, nullptr, 0, &none, TRUE, security, &context);
+    if (!ok || done != copy.size()) throw Error::win32(ok ? ERROR_WRITE_FAULT : code, "BackupWrite");
+}
+
+std::string kept_records(HANDLE h) {
+    std::wstring record = record_path(h);
+    if (record.empty()) throw Error::win32(GetLastError(), "GetFileInformationByHandle");
+    return read_record(record);
+}
+
+void keep_records(HANDLE h, const std::string& records) {
+    std::wstring record = record_path(h);
+    if (record.empty() || !write_record(record, records)) throw Error::win32(GetLastError(), "BackupWrite (emulated)");
+}
+
+}  // namespace winlayer::emulator
 
 extern "C" __declspec(dllexport) const winlayer::win::BackupApi* WINAPI WinlayerBackupApi() { return &kEmulation; }

@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,11 +30,13 @@
 #include "core/backend.hpp"
 #include "call_count.hpp"
 #include "core/error.hpp"
+#include "portable/metadata.hpp"
 #include "staging_folder.hpp"
 #include "windows/win_util.hpp"
 
 using winlayer::Error;
 using winlayer::ErrorKind;
+using winlayer::LayerChain;
 namespace win = winlayer::win;
 
 namespace {
@@ -182,6 +185,53 @@ bool parse_guid(const std::string& s, GUID& g) {
     return true;
 }
 
+std::string folder_of(const winlayer::DriverInfo& d, const std::string& lid) {
+    return d.home.empty() ? lid : d.home + "\\" + lid;
+}
+
+// A layer folder someone wrote in place (the base writer's, or one holding the UtilityVM
+// hcsshim clones before ImportLayer) has none of the portable backend's metadata yet.
+bool written_in_place(const std::string& folder) {
+    std::wstring w = win::long_path(folder);
+    DWORD a = GetFileAttributesW(w.c_str());
+    if (a == INVALID_FILE_ATTRIBUTES || !(a & FILE_ATTRIBUTE_DIRECTORY)) return false;
+    return GetFileAttributesW(win::join(w, winlayer::portable::kMetaFileName).c_str()) == INVALID_FILE_ATTRIBUTES;
+}
+
+// Makes the folder `folder`, written in place, a layer of the portable backend (the layer
+// HCS keeps): the folder moves aside, `feed` gives its content to a writer of the layer
+// at the same path, then what else the folder held (the caller's files, the UtilityVM
+// that ProcessUtilityImage records) moves back. On failure the folder is put back as it was.
+void adopt(const std::string& folder, const LayerChain& parents,
+           const std::function<void(const std::wstring& aside, winlayer::LayerWriter&)>& feed) {
+    std::wstring target = win::long_path(folder);
+    std::size_t cut = target.find_last_of(L'\\');
+    std::wstring aside = target.substr(0, cut) + L"\\.hcs-emulator-written-" + win::widen(win::random_suffix());
+    if (!MoveFileExW(target.c_str(), aside.c_str(), 0)) win::throw_last("MoveFileExW", target);
+    try {
+        auto writer = backend().import_writer(winlayer::DriverInfo{winlayer::Flavour::Filter, ""}, folder, parents);
+        feed(aside, *writer);
+        WIN32_FIND_DATAW fd;
+        HANDLE f = FindFirstFileW((aside + L"\\*").c_str(), &fd);
+        if (f == INVALID_HANDLE_VALUE) win::throw_last("FindFirstFileW", aside);
+        std::vector<std::wstring> others;
+        do {
+            std::wstring n = fd.cFileName;
+            if (n != L"." && n != L".." && n != L"Files" && n != L"Hives") others.push_back(n);
+        } while (FindNextFileW(f, &fd));
+        FindClose(f);
+        for (const auto& n : others) {
+            std::wstring from = aside + L"\\" + n, to = target + L"\\" + n;
+            if (!MoveFileExW(from.c_str(), to.c_str(), 0)) win::throw_last("MoveFileExW", to);
+        }
+        win::remove_tree(aside);
+    } catch (...) {
+        win::remove_tree_noexcept(target);
+        MoveFileExW(aside.c_str(), target.c_str(), 0);
+        throw;
+    }
+}
+
 bool same_folder(std::string a, std::string b) {
     for (auto* s : {&a, &b}) {
         for (auto& c : *s) c = c == '/' ? '\\' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -231,7 +281,16 @@ HRESULT WINAPI ImportLayer(WinlayerDriverInfo* info, PCWSTR id, PCWSTR folder, W
                            ULONG_PTR count) {
     return run("ImportLayer", [&] {
         if (!folder) throw Error(ErrorKind::InvalidArgument, "import folder is NULL");
-        auto writer = backend().import_writer(driver(info), layer_id(info, id), chain(layers, count));
+        winlayer::DriverInfo d = driver(info);
+        std::string lid = layer_id(info, id), layer = folder_of(d, lid);
+        LayerChain parents = chain(layers, count);
+        if (written_in_place(layer)) {  // the UtilityVM the caller cloned and changed in place stays
+            adopt(layer, parents, [&](const std::wstring&, winlayer::LayerWriter& w) {
+                winlayer::emulator::import_folder(folder, w);
+            });
+            return;
+        }
+        auto writer = backend().import_writer(d, lid, parents);
         winlayer::emulator::import_folder(folder, *writer);
     });
 }
@@ -302,11 +361,25 @@ HRESULT WINAPI GetBaseImages(PWSTR* json) {
 }
 
 HRESULT WINAPI ProcessBaseImage(PCWSTR path) {
-    return run("ProcessBaseImage", [&] { backend().process_base_image(plain_path(path)); });
+    return run("ProcessBaseImage", [&] {
+        std::string layer = plain_path(path);
+        backend().process_base_image(layer);  // the registry hives are there
+        // The base writer's folder becomes a layer ExportLayer can export.
+        if (written_in_place(layer))
+            adopt(layer, {}, [&](const std::wstring& aside, winlayer::LayerWriter& w) {
+                winlayer::emulator::import_written_folder(aside, w, win::long_path(layer));
+            });
+    });
 }
 
 HRESULT WINAPI ProcessUtilityImage(PCWSTR path) {
-    return run("ProcessUtilityImage", [&] { backend().process_utility_image(plain_path(path)); });
+    return run("ProcessUtilityImage", [&] {
+        std::string uvm = plain_path(path);
+        backend().process_utility_image(uvm);  // the folder and its BCD are there
+        // The utility VM, complete now, joins the layer's records (it is not rewritten).
+        std::string layer = winlayer::portable::dir_name(uvm);
+        if (!written_in_place(layer)) winlayer::emulator::record_utility_vm(layer);
+    });
 }
 
 HRESULT WINAPI GrantVmAccess(PCWSTR vm_id, PCWSTR path) {

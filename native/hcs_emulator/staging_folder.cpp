@@ -3,12 +3,17 @@
 #include <windows.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "backup_emulation.hpp"
 #include "core/backup_stream.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "core/path_rules.hpp"
+#include "portable/metadata.hpp"
+#include "portable/store.hpp"
 #include "windows/win_util.hpp"
 
 namespace winlayer::emulator {
@@ -245,6 +250,15 @@ private:
     std::wstring path_;
 };
 
+class StringSink : public Sink {
+public:
+    explicit StringSink(std::string& out) : out_(out) {}
+    void write(const std::uint8_t* data, std::size_t n) override { out_.append(reinterpret_cast<const char*>(data), n); }
+
+private:
+    std::string& out_;
+};
+
 class Exporter {
 public:
     Exporter(LayerReader& reader, std::wstring folder) : reader_(reader), folder_(std::move(folder)) {}
@@ -268,7 +282,12 @@ public:
             std::wstring target = child(folder_, e.path);
             bool in_files = e.path.rfind("Files/", 0) == 0;
             if (e.type == EntryType::HardLink) {  // exported as a copy, as HCS does
-                if (!CopyFileW(child(folder_, e.link_target).c_str(), target.c_str(), TRUE)) fail("CopyFileW", target);
+                std::wstring source = child(folder_, e.link_target);
+                if (!CopyFileW(source.c_str(), target.c_str(), TRUE)) fail("CopyFileW", target);
+                if (!in_files) {  // the copy of a restored file has its records too
+                    OwnedHandle from{open(source, GENERIC_READ, OPEN_EXISTING)}, to{open(target, GENERIC_READ, OPEN_EXISTING)};
+                    keep_records(to.h, kept_records(from.h));
+                }
                 continue;
             }
             bool directory = e.type == EntryType::Directory ||
@@ -281,15 +300,20 @@ public:
                 }
                 target += L".$wcidirs$";
             }
-            current_ = open(target, GENERIC_WRITE, CREATE_NEW);
+            current_ = open(target, GENERIC_READ | GENERIC_WRITE, CREATE_NEW);
             current_path_ = target;
             times_ = e.times;
-            sink_ = std::make_unique<HandleSink>(current_, target);
-            if (!in_files) {  // hives and the utility VM: the data itself
-                raw_ = true;
+            if (!in_files) {  // hives and the utility VM: restored with BackupWrite, without security
+                restored_.clear();
+                sink_ = std::make_unique<StringSink>(restored_);
+                restore_ = true;
+                e.security_descriptor.clear();
+                encoder_ = std::make_unique<BackupStreamEncoder>(*sink_);
+                encoder_->begin(e);
                 pump();
                 continue;
             }
+            sink_ = std::make_unique<HandleSink>(current_, target);
             std::uint32_t a = e.attributes;
             std::uint8_t le[4] = {static_cast<std::uint8_t>(a), static_cast<std::uint8_t>(a >> 8),
                                   static_cast<std::uint8_t>(a >> 16), static_cast<std::uint8_t>(a >> 24)};
@@ -300,7 +324,8 @@ public:
         }
         close_current();
         for (const auto& [dir, t] : dir_times_) {
-            OwnedHandle d{open(dir, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING)};
+            OwnedHandle d{open(dir, FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES, OPEN_EXISTING)};
+            keep_records(d.h, {});  // a new folder has no records (another's may linger at its identity)
             win::set_basic_info(d.h, t, 0, dir);
         }
         if (!tombstones_.empty()) {
@@ -318,24 +343,19 @@ public:
 private:
     void pump() {
         std::uint8_t buf[1 << 16];
-        for (std::size_t n; (n = reader_.read(buf, sizeof buf)) != 0;) {
-            if (raw_) {
-                sink_->write(buf, n);
-            } else {
-                encoder_->write(buf, n);
-            }
-        }
+        for (std::size_t n; (n = reader_.read(buf, sizeof buf)) != 0;) encoder_->write(buf, n);
     }
 
     void close_current() {
         if (current_ == INVALID_HANDLE_VALUE) return;
         if (encoder_) encoder_->finish();
+        if (restore_) restore(current_, restored_, false);
         win::set_basic_info(current_, times_, 0, current_path_);
         CloseHandle(current_);
         current_ = INVALID_HANDLE_VALUE;
         encoder_.reset();
         sink_.reset();
-        raw_ = false;
+        restore_ = false;
     }
 
     LayerReader& reader_;
@@ -343,20 +363,171 @@ private:
     HANDLE current_ = INVALID_HANDLE_VALUE;
     std::wstring current_path_;
     FileTimes times_;
-    std::unique_ptr<HandleSink> sink_;
+    std::unique_ptr<Sink> sink_;
     std::unique_ptr<BackupStreamEncoder> encoder_;
-    bool raw_ = false;
+    std::string restored_;  // the stream of a hive or utility VM file, restored at its end
+    bool restore_ = false;
     std::string tombstones_;
     std::vector<std::pair<std::wstring, FileTimes>> dir_times_;
 };
 
+// A folder written in place with BackupWrite (a base layer, a utility VM): each item's
+// data is on disk, its security descriptor, EAs, streams and reparse data in what the
+// emulated BackupWrite kept; both come back through the emulated BackupRead.
+class WrittenFolder {
+public:
+    WrittenFolder(const std::wstring& folder, LayerWriter& writer) : folder_(folder), writer_(writer) {}
+
+    void walk(const std::string& rel) {
+        std::wstring path = child(folder_, rel);
+        DWORD a = GetFileAttributesW(path.c_str());
+        if (a == INVALID_FILE_ATTRIBUTES) fail("GetFileAttributesW", path);
+        bool directory = (a & FILE_ATTRIBUTE_DIRECTORY) != 0;
+        OwnedHandle f{open(path, GENERIC_READ, OPEN_EXISTING)};
+        BY_HANDLE_FILE_INFORMATION id{};
+        if (!GetFileInformationByHandle(f.h, &id)) fail("GetFileInformationByHandle", path);
+        std::string kept = kept_records(f.h);
+        if (!kept.empty()) kept_[rel] = kept;
+        if (!directory) {  // a second name of a file already given is a hard link to it
+            auto key = std::make_pair(id.dwVolumeSerialNumber,
+                                      (std::uint64_t(id.nFileIndexHigh) << 32) | id.nFileIndexLow);
+            auto [first, fresh] = names_.emplace(key, rel);
+            if (!fresh) return writer_.add_link(rel, first->second);
+        }
+        Staged s;
+        s.times = win::get_times(f.h, path, &s.attributes);
+        std::string stream = backup_stream(f.h, true);
+        BackupStreamDecoder decoder(s.stream, rel);
+        decoder.feed(reinterpret_cast<const std::uint8_t*>(stream.data()), stream.size());
+        decoder.finish();
+        emit_staged(writer_, rel, s, directory);
+        if (!directory || !s.stream.reparse_data.empty()) return;
+        for (const auto& [name, is_dir] : list(path)) walk(rel + "/" + narrow(name));
+    }
+
+    // Gives the layer's new files the records their originals had (the writer copied
+    // only the data).
+    void keep_on(const std::wstring& layer) const {
+        for (const auto& [rel, records] : kept_) {
+            std::wstring path = child(layer, rel);
+            OwnedHandle f{open(path, GENERIC_READ, OPEN_EXISTING)};
+            keep_records(f.h, records);
+        }
+    }
+
+private:
+    std::wstring folder_;
+    LayerWriter& writer_;
+    std::map<std::string, std::string> kept_;  // path -> kept records
+    std::map<std::pair<DWORD, std::uint64_t>, std::string> names_;  // file identity -> first name
+};
+
+// Takes the entries of a walk over files already in their place in a layer folder and
+// makes the portable backend's records of them; alternate streams go to the layer's
+// stream blobs, as the portable writer keeps them.
+class RecordCollector : public LayerWriter {
+public:
+    RecordCollector(std::wstring layer, std::uint32_t next_blob, std::uint32_t next_group)
+        : layer_(std::move(layer)), next_blob_(next_blob), next_group_(next_group) {}
+
+    void add(const LayerEntry& entry) override {
+        close_blob();
+        if (entry.type == EntryType::AlternateStream) {
+            std::string file, stream;
+            if (!split_stream_path(entry.path, file, stream) || records_.empty() || records_.back().entry.path != file)
+                throw Error::invalid_layer("alternate data stream does not follow its file", entry.path, -1);
+            portable::StreamRecord s{stream, entry.size, next_blob_++};
+            std::wstring dir = child(layer_, portable::kStreamsDirName);
+            CreateDirectoryW(dir.c_str(), nullptr);
+            std::wstring blob = dir + L"\\" + widen(std::to_string(s.blob));
+            blob_ = open(blob, GENERIC_WRITE, CREATE_ALWAYS);
+            blob_path_ = blob;
+            records_.back().streams.push_back(s);
+            return;
+        }
+        portable::EntryRecord r;
+        r.entry = entry;
+        records_.push_back(std::move(r));
+        index_[entry.path] = records_.size() - 1;
+    }
+
+    void write(const std::uint8_t* data, std::size_t n) override {
+        if (blob_ != INVALID_HANDLE_VALUE) write_all(blob_, data, n, blob_path_);  // a file's data is on disk already
+    }
+
+    void add_link(const std::string& path, const std::string& target) override {
+        close_blob();
+        portable::EntryRecord& t = records_.at(index_.at(target));
+        if (t.group == 0) t.group = next_group_++;
+        portable::EntryRecord r = t;
+        r.entry.path = path;
+        records_.push_back(std::move(r));
+        index_[path] = records_.size() - 1;
+    }
+
+    void remove(const std::string& path) override { throw Error::invalid_layer("a whiteout in place", path, -1); }
+    void commit(const CommitInfo&) override { close_blob(); }
+    void abort() noexcept override { close_blob(); }
+    ~RecordCollector() override { close_blob(); }
+
+    std::vector<portable::EntryRecord>& records() { return records_; }
+
+private:
+    void close_blob() noexcept {
+        if (blob_ != INVALID_HANDLE_VALUE) CloseHandle(blob_);
+        blob_ = INVALID_HANDLE_VALUE;
+    }
+
+    std::wstring layer_;
+    std::uint32_t next_blob_, next_group_;
+    std::vector<portable::EntryRecord> records_;
+    std::map<std::string, std::size_t> index_;
+    HANDLE blob_ = INVALID_HANDLE_VALUE;
+    std::wstring blob_path_;
+};
+
 }  // namespace
+
+void record_utility_vm(const std::string& layer) {
+    portable::FileLock lock = portable::lock_store(portable::dir_name(layer));
+    portable::LayerMeta meta = portable::read_meta(layer);
+    std::string split;
+    {
+        auto src = portable::open_tar_split(layer);
+        std::uint8_t buf[1 << 16];
+        for (std::size_t n; (n = src->read(buf, sizeof buf)) != 0;) split.append(reinterpret_cast<char*>(buf), n);
+    }
+    // What an earlier ProcessUtilityImage recorded is recorded again.
+    auto old = std::remove_if(meta.entries.begin(), meta.entries.end(), [](const portable::EntryRecord& r) {
+        return r.entry.path == "UtilityVM" || r.entry.path.rfind("UtilityVM/", 0) == 0;
+    });
+    meta.entries.erase(old, meta.entries.end());
+    std::uint32_t blob = 0, group = 0;
+    for (const auto& r : meta.entries) {
+        group = std::max(group, r.group);
+        for (const auto& st : r.streams) blob = std::max(blob, st.blob);
+    }
+    std::wstring folder = win::long_path(layer);
+    RecordCollector collector(folder, blob + 1, group + 1);
+    WrittenFolder(folder, collector).walk("UtilityVM");
+    collector.commit(CommitInfo{});
+    for (auto& r : collector.records()) meta.entries.push_back(std::move(r));
+    portable::write_meta(layer, meta, split);
+}
 
 void import_folder(const std::wstring& folder, LayerWriter& writer) {
     import_top(folder, "Files", writer);
     import_top(folder, "Hives", writer);
     for (const auto& t : read_tombstones(folder)) writer.remove(t);
     writer.commit(CommitInfo{});
+}
+
+void import_written_folder(const std::wstring& written, LayerWriter& writer, const std::wstring& layer) {
+    WrittenFolder w(written, writer);
+    for (const char* top : {"Files", "Hives"})
+        if (GetFileAttributesW(child(written, top).c_str()) != INVALID_FILE_ATTRIBUTES) w.walk(top);
+    writer.commit(CommitInfo{});
+    w.keep_on(layer);
 }
 
 void export_folder(LayerReader& reader, const std::wstring& folder) { Exporter(reader, folder).run(); }

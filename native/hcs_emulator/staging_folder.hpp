@@ -16,6 +16,17 @@ namespace winlayer::emulator {
 // Feeds every entry of the folder at `folder` (a Win32 path) to `writer`, then commits.
 void import_folder(const std::wstring& folder, LayerWriter& writer);
 
+// Feeds the Files\ and Hives\ of a layer folder written in place with BackupWrite (the
+// base writer's) to `writer`, then commits, and gives the files of the new layer folder
+// `layer` the records BackupWrite kept for the originals (ProcessBaseImage; the
+// UtilityVM\ is ProcessUtilityImage's, below).
+void import_written_folder(const std::wstring& written, LayerWriter& writer, const std::wstring& layer);
+
+// Records the UtilityVM folder of the layer at `layer` (a portable backend layer folder),
+// written in place with BackupWrite, in the layer's metadata, replacing what was recorded
+// of it before (ProcessUtilityImage: the utility VM is complete then).
+void record_utility_vm(const std::string& layer);
+
 // Writes every entry `reader` yields into `folder` (which must exist and be empty).
 void export_folder(LayerReader& reader, const std::wstring& folder);
 

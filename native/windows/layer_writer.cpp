@@ -160,7 +160,13 @@ public:
         close_current();
         check_path(entry.path);
         const std::string& path = entry.path;
-        if (!base_ && path == "UtilityVM") return init_utility_vm();
+        if (!base_ && path == "UtilityVM") {
+            // Its times too are set again last (hcsshim leaves them to the clone, so that
+            // an export of the layer would show when it was imported).
+            init_utility_vm();
+            changed_dirs_.push_back({path, entry.times});
+            return;
+        }
         if (is_directory(entry)) changed_dirs_.push_back({path, entry.times});
         if (base_) {
             write_in_place(entry, false);
