@@ -22,8 +22,8 @@ from portalocker import LockFlags
 from portalocker.exceptions import AlreadyLocked, LockException
 from portalocker.portalocker import BaseLocker
 
-from winlayer import _locks
-from winlayer._common import data_root
+from winlayer import _locks, pack
+from winlayer._common import data_root, win32_path
 from winlayer._locks import FileLock, pid_alive, windows_pid_alive
 from winlayer._platform import windows_os_version
 from winlayer._state import write_denied
@@ -195,6 +195,78 @@ def test_a_waiting_thread_wakes_when_the_lock_is_released(tmp_path: Path) -> Non
     thread.join(10)
     assert len(got) == 1
     assert got[0] >= released
+
+
+# --- `\\?\` paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (r"C:\src\app", r"\\?\C:\src\app"),
+        ("C:/src/app", r"\\?\C:\src\app"),  # '/' is a name character after the prefix
+        (r"C:\src\.\lib\..\app" + "\\", r"\\?\C:\src\app"),  # so is '..': resolved first
+        (r"\\server\share\src", r"\\?\UNC\server\share\src"),
+        ("//server/share/src", r"\\?\UNC\server\share\src"),
+        (r"\\?\C:\already", r"\\?\C:\already"),
+        (r"\\?\UNC\server\share", r"\\?\UNC\server\share"),
+        ("//?/C:/already", r"\\?\C:\already"),
+        (r"\\.\pipe\name", r"\\.\pipe\name"),  # a device path stays one
+        ("C:\\" + "d" * 300 + "\\f.txt", "\\\\?\\C:\\" + "d" * 300 + "\\f.txt"),
+    ],
+    ids=[
+        "drive",
+        "slashes",
+        "dots",
+        "unc",
+        "unc-slashes",
+        "prefixed",
+        "prefixed-unc",
+        "prefixed-slashes",
+        "device",
+        "past-max-path",
+    ],
+)
+def test_windows_paths_get_the_long_path_prefix(given: str, expected: str) -> None:
+    assert win32_path(given, "win32") == expected
+
+
+def test_a_relative_windows_path_is_made_absolute_before_the_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "getcwd", lambda: r"D:\work")
+    assert win32_path(r"src\app", "win32") == r"\\?\D:\work\src\app"
+    assert win32_path(r"\top", "win32") == r"\\?\D:\top"  # rooted: the current drive's
+
+
+def test_paths_elsewhere_are_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert win32_path("rel/../x", "linux") == "rel/../x"
+    assert win32_path(Path("/a/b"), "darwin") == "/a/b"
+    monkeypatch.setattr(sys, "platform", "win32")  # read at the call by default
+    assert win32_path(r"C:\x") == r"\\?\C:\x"
+
+
+def test_pack_walks_the_folder_through_its_long_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Python opens every file below the folder (the native module is given none of
+    # them): on Windows the walk starts at the `\\?\` form, so the whole tree has it.
+    source = tmp_path / "src"
+    deep = source / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    (deep / "file.txt").write_bytes(b"deep")
+    asked: list[str] = []
+
+    def spy(path: str | os.PathLike[str], platform: str | None = None) -> str:
+        asked.append(os.fspath(path))
+        return str(source)  # what Windows would be given, here as it is
+
+    monkeypatch.setattr(pack, "win32_path", spy)
+    pack.pack_directory(source, tmp_path / "layer.tar")
+    assert asked == [str(source)]
+    with pack.list_layer_tar(tmp_path / "layer.tar") as listing:
+        names = [entry.path for entry in listing]
+    assert f"Files/{'d' * 120}/{'e' * 120}/file.txt" in names
 
 
 # --- pid_alive on Windows ----------------------------------------------------------------

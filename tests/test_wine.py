@@ -4,8 +4,10 @@
 HCS emulator (a vmcompute.dll look-alike) with mingw-w64 and runs ci/wine/wine_test.cpp
 under Wine: every vmcompute call the backend makes, the HRESULT mapping and retries,
 staging-folder import and export, Unicode and 300-character paths, and the Backup API paths
-(hives, base-layer BackupWrite, BackupRead of exports, privileges) through the emulator's
-Backup API emulation (native/hcs_emulator/backup_emulation.cpp). Real ACLs and privilege
+(hives, a base layer through the base writer exported and re-imported, a delta layer's
+UtilityVM clone exported and re-imported, a sandbox on that base, BackupRead of exports,
+privileges) through the emulator's Backup API emulation
+(native/hcs_emulator/backup_emulation.cpp). Real ACLs and privilege
 checks are covered on Windows only, by tests/test_hcs_integration.py.
 
 Skipped only where the toolchain is missing and ``CI`` is not ``true``: in CI a missing

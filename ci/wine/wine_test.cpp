@@ -657,6 +657,10 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/Windows/hal.sys")) == "utility vm hal");
         std::vector<std::string> order;
         auto first = export_all(b, f.info, "delta-uvm", {uvm_base}, &order);
+        // The utility VM's folders keep the tar's times, not the clone's.
+        CHECK(first.at("UtilityVM").entry.times.last_write == times(kT2).last_write);
+        CHECK(first.at("UtilityVM/Files").entry.times.last_write == times(kT2).last_write);
+        CHECK(first.at("UtilityVM/Files/Windows").entry.times.last_write == times(kT1).last_write);
         CHECK(first.at("Files/delta.txt").data == "delta file");
         CHECK(first.at("Files/delta.txt").entry.security_descriptor == sample_sd());
         CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD").data == "bcd store of the delta");

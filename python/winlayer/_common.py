@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import ntpath
 import os
 import sys
 from collections.abc import Callable
@@ -89,6 +90,26 @@ def data_roots_by_os() -> dict[str, str]:
         "macOS": "~/Library/Application Support/winlayer",
         "Windows": r"C:\ProgramData\winlayer",
     }
+
+
+def win32_path(path: str | os.PathLike[str], platform: str | None = None) -> str:
+    r"""`path` as the facade hands it to Python's file calls when what lies below it may
+    pass MAX_PATH (260 characters): on Windows (`platform`, default ``sys.platform``) the
+    absolute, normalized path with the ``\\?\`` prefix (``\\?\UNC\server\share\...`` for
+    a UNC path), which lifts the limit without the machine's ``LongPathsEnabled``
+    setting; a path that has the prefix already is kept. Elsewhere `path` as given."""
+    text = os.fspath(path)
+    if (platform or sys.platform) != "win32":
+        return text
+    if text.replace("/", "\\").startswith(("\\\\?\\", "\\\\.\\")):
+        return text.replace("/", "\\")
+    if not ntpath.splitdrive(text)[0]:  # relative, or rooted on the current drive
+        text = ntpath.join(os.getcwd(), text)
+    # The prefix turns off Win32's normalization: "..", "." and "/" are resolved here.
+    text = ntpath.normpath(text)
+    if text.startswith("\\\\"):
+        return "\\\\?\\UNC\\" + text[2:]
+    return "\\\\?\\" + text
 
 
 _PARTIAL_SUFFIX = ".tmp"

@@ -32,6 +32,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._common import win32_path
 from ._native import _hcs
 from ._output import output_path
 from .layertar import list_layer_tar
@@ -66,7 +67,9 @@ def pack_directory(
         root_time = _ticks_ns(root.stat().st_mtime_ns, clamp)
         _add_dir(writer, "Files", root_time)
         seen_inodes: dict[tuple[int, int], str] = {}
-        for name, path, st in _walk(root):
+        # Every file below the folder is opened by Python: on Windows through `\\?\`
+        # paths, so that a tree deeper than MAX_PATH packs without LongPathsEnabled.
+        for name, path, st in _walk(Path(win32_path(root))):
             _add(writer, "Files/" + name, path, st, _ticks_ns(st.st_mtime_ns, clamp), seen_inodes)
         _add_dir(writer, "Hives", root_time)
         writer.finish()
