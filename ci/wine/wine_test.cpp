@@ -282,8 +282,12 @@ void reimport(Backend& b, const DriverInfo& info, const std::string& id, const L
 
 // "" when both exports hold the same entries with the same metadata records and data;
 // otherwise the first difference.
-std::string difference(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b) {
+// ProcessUtilityImage rewrites the four boot files for each layer, so they differ between
+// layers of the same content: `boot_files` are left out.
+std::string difference(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b,
+                       const std::vector<std::string>& boot_files) {
     for (const auto& [path, x] : a) {
+        if (std::find(boot_files.begin(), boot_files.end(), path) != boot_files.end()) continue;
         auto it = b.find(path);
         if (it == b.end()) return path + ": missing from the second export";
         const LayerEntry &e = x.entry, &g = it->second.entry;
@@ -301,12 +305,31 @@ std::string difference(const std::map<std::string, Exported>& a, const std::map<
     return {};
 }
 
-void check_same(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b) {
-    std::string d = difference(a, b);
-    if (!d.empty()) throw CheckFailed("the exports differ: " + d);
+const char* const kBcdFiles[] = {"BCD", "BCD.LOG", "BCD.LOG1", "BCD.LOG2"};
+
+std::string boot_file(const char* name) { return std::string("UtilityVM/Files/EFI/Microsoft/Boot/") + name; }
+
+// A boot file as the emulator's ProcessUtilityImage leaves it in layer `id`.
+std::string processed_for(const std::string& id, const std::string& bytes) {
+    return "HCS emulator: processed for " + id + "\r\n" + bytes;
 }
 
-const char* const kBcdFiles[] = {"BCD", "BCD.LOG", "BCD.LOG1", "BCD.LOG2"};
+// Both exports hold the same content; each boot file is the one of `b`'s layer, `b_id`.
+void check_same(const std::map<std::string, Exported>& a, const std::map<std::string, Exported>& b,
+                const std::string& a_id, const std::string& b_id) {
+    std::vector<std::string> boot;
+    for (const char* n : kBcdFiles) boot.push_back(boot_file(n));
+    std::string d = difference(a, b, boot);
+    if (!d.empty()) throw CheckFailed("the exports differ: " + d);
+    std::string prefix = processed_for(a_id, "");
+    for (const auto& p : boot) {
+        if (!a.count(p) || !b.count(p)) throw CheckFailed(p + " is missing from an export");
+        const std::string& data = a.at(p).data;
+        if (data.rfind(prefix, 0) != 0) throw CheckFailed(p + " was not processed for " + a_id);
+        if (b.at(p).data != processed_for(b_id, data.substr(prefix.size())))
+            throw CheckFailed(p + " was not processed for " + b_id);
+    }
+}
 
 // A base layer as a tar brings it, through the base writer (BackupWrite in place, then
 // ProcessBaseImage and ProcessUtilityImage): the five config hives, a file with an EA and
@@ -333,7 +356,7 @@ void write_base_layer(Backend& b, const Fixture& f, const std::string& id) {
                           "UtilityVM/Files/EFI/Microsoft/Boot", "UtilityVM/Files/Windows"})
         w->add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
     for (const char* bcd : kBcdFiles)
-        put(*w, entry(std::string("UtilityVM/Files/EFI/Microsoft/Boot/") + bcd, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
+        put(*w, entry(boot_file(bcd), EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
             std::string("bcd store ") + bcd);
     LayerEntry kernel = entry("UtilityVM/Files/Windows/kernel.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
     kernel.extended_attributes = {{"USER.UVM", "uvm ea"}};
@@ -608,7 +631,13 @@ void scenario(const char* label, const std::wstring& home_long) {
         // Hives and the utility VM come back through BackupRead without security.
         CHECK(first.at("Hives/System_Delta").data == "regf System_Delta");
         CHECK(first.at("Hives/System_Delta").entry.security_descriptor.empty());
-        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2").data == "bcd store BCD.LOG2");
+        // ProcessUtilityImage rewrote the boot files; the original export's payloads are
+        // the bytes the tar had, from bcd*.bak.
+        CHECK(first.at(boot_file("BCD.LOG2")).data == processed_for("base-uvm", "bcd store BCD.LOG2"));
+        {
+            auto src = b.payloads(f.info, "base-uvm", {})->open(boot_file("BCD"), 13);
+            CHECK(read_all(*src) == "bcd store BCD");
+        }
         const auto& kernel = first.at("UtilityVM/Files/Windows/kernel.sys");
         CHECK(kernel.data == "utility vm kernel");
         CHECK(kernel.entry.extended_attributes.size() == 1);
@@ -618,7 +647,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         // The export, imported again as a base layer, exports the same.
         reimport(b, f.info, "base-uvm-again", {}, first, order);
         auto second = export_all(b, f.info, "base-uvm-again", {});
-        check_same(first, second);
+        check_same(first, second, "base-uvm", "base-uvm-again");
         CHECK(!thread_impersonates());
         b.destroy_layer(f.info, "base-uvm-again");
     });
@@ -626,7 +655,9 @@ void scenario(const char* label, const std::wstring& home_long) {
     test((prefix + "delta layer whose UtilityVM changes: clone, ProcessUtilityImage, export, re-import, same content").c_str(), [&] {
         CHECK(!uvm_base.empty());
         long utility = calls(L"ProcessUtilityImage"), writes = calls(L"BackupWrite"), reads = calls(L"BackupRead");
-        std::string parent_bcd = read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/EFI/Microsoft/Boot/BCD"));
+        std::wstring parent = win::long_path(uvm_base);
+        std::string parent_log = read_file(win::join(parent, boot_file("BCD.LOG")));
+        CHECK(parent_log == processed_for("base-uvm", "bcd store BCD.LOG"));
         {
             auto w = b.import_writer(f.info, "delta-uvm", {uvm_base});
             w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
@@ -635,7 +666,7 @@ void scenario(const char* label, const std::wstring& home_long) {
             // copied with BackupRead/BackupWrite), then changed in place.
             w->add(entry("UtilityVM", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
             w->add(entry("UtilityVM/Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
-            put(*w, entry("UtilityVM/Files/EFI/Microsoft/Boot/BCD", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2),
+            put(*w, entry(boot_file("BCD"), EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2),
                 "bcd store of the delta");
             LayerEntry hal = entry("UtilityVM/Files/Windows/hal.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2);
             hal.extended_attributes = {{"USER.UVM", "changed"}};
@@ -651,10 +682,13 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(no_staging_left(f.home));
         std::wstring delta = win::long_path(hcs::layer_folder(f.info, "delta-uvm"));
         CHECK(read_file(win::join(delta, "bcd.bak")) == "bcd store of the delta");
-        CHECK(read_file(win::join(delta, "bcd.log1.bak")) == "bcd store BCD.LOG1");  // the clone's copy
-        // The parent's utility VM is untouched: its BCD was copied, not linked.
-        CHECK(read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/EFI/Microsoft/Boot/BCD")) == parent_bcd);
-        CHECK(read_file(win::join(win::long_path(uvm_base), "UtilityVM/Files/Windows/hal.sys")) == "utility vm hal");
+        // The clone's copy of the parent's processed file.
+        CHECK(read_file(win::join(delta, "bcd.log1.bak")) == processed_for("base-uvm", "bcd store BCD.LOG1"));
+        // ProcessUtilityImage rewrote the delta's boot files in place, the cloned ones too;
+        // the parent's are untouched: the clone copied them, it did not link them.
+        CHECK(read_file(win::join(delta, boot_file("BCD.LOG"))) == processed_for("delta-uvm", "bcd store BCD.LOG"));
+        CHECK(read_file(win::join(parent, boot_file("BCD.LOG"))) == parent_log);
+        CHECK(read_file(win::join(parent, "UtilityVM/Files/Windows/hal.sys")) == "utility vm hal");
         std::vector<std::string> order;
         auto first = export_all(b, f.info, "delta-uvm", {uvm_base}, &order);
         // The utility VM's folders keep the tar's times, not the clone's.
@@ -663,8 +697,8 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(first.at("UtilityVM/Files/Windows").entry.times.last_write == times(kT1).last_write);
         CHECK(first.at("Files/delta.txt").data == "delta file");
         CHECK(first.at("Files/delta.txt").entry.security_descriptor == sample_sd());
-        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD").data == "bcd store of the delta");
-        CHECK(first.at("UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG").data == "bcd store BCD.LOG");
+        CHECK(first.at(boot_file("BCD")).data == processed_for("delta-uvm", "bcd store of the delta"));
+        CHECK(first.at(boot_file("BCD.LOG")).data == processed_for("delta-uvm", "bcd store BCD.LOG"));
         CHECK(first.at("UtilityVM/Files/Windows/hal.sys").data == "utility vm hal, patched");
         CHECK(first.at("UtilityVM/Files/Windows/hal.sys").entry.extended_attributes[0].second == "changed");
         CHECK(first.at("UtilityVM/Files/Windows/new.sys").data == "new driver");
@@ -674,7 +708,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         CHECK(first.at("UtilityVM/Files/Windows/kernel-link.sys").data == "utility vm kernel");
         reimport(b, f.info, "delta-uvm-again", {uvm_base}, first, order);
         auto second = export_all(b, f.info, "delta-uvm-again", {uvm_base});
-        check_same(first, second);
+        check_same(first, second, "delta-uvm", "delta-uvm-again");
         CHECK(!thread_impersonates());
         for (const char* id : {"delta-uvm-again", "delta-uvm"}) b.destroy_layer(f.info, id);
     });

@@ -376,8 +376,10 @@ HRESULT WINAPI ProcessUtilityImage(PCWSTR path) {
     return run("ProcessUtilityImage", [&] {
         std::string uvm = plain_path(path);
         backend().process_utility_image(uvm);  // the folder and its BCD are there
-        // The utility VM, complete now, joins the layer's records (it is not rewritten).
+        // The boot files are rewritten for the layer; the utility VM, complete now, joins
+        // the layer's records.
         std::string layer = winlayer::portable::dir_name(uvm);
+        winlayer::emulator::rewrite_boot_files(layer);
         if (!written_in_place(layer)) winlayer::emulator::record_utility_vm(layer);
     });
 }

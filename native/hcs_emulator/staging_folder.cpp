@@ -488,6 +488,25 @@ private:
 
 }  // namespace
 
+void rewrite_boot_files(const std::string& layer) {
+    const std::string stamp = "HCS emulator: processed for ";
+    std::string line = stamp + portable::base_name(layer) + "\r\n";
+    for (const char* name : {"BCD", "BCD.LOG", "BCD.LOG1", "BCD.LOG2"}) {
+        std::wstring path = child(win::long_path(layer), std::string("UtilityVM/Files/EFI/Microsoft/Boot/") + name);
+        if (GetFileAttributesW(path.c_str()) == INVALID_FILE_ATTRIBUTES) continue;
+        std::string bytes;
+        {
+            OwnedHandle f{open(path, GENERIC_READ, OPEN_EXISTING)};
+            bytes = read_all(f.h, path);
+        }
+        if (bytes.rfind(stamp, 0) == 0) bytes.erase(0, bytes.find("\r\n") + 2);  // processed before
+        // In place (TRUNCATE_EXISTING keeps the file): a hard link would carry the change.
+        OwnedHandle f{open(path, GENERIC_WRITE, TRUNCATE_EXISTING)};
+        std::string out = line + bytes;
+        write_all(f.h, out.data(), out.size(), path);
+    }
+}
+
 void record_utility_vm(const std::string& layer) {
     portable::FileLock lock = portable::lock_store(portable::dir_name(layer));
     portable::LayerMeta meta = portable::read_meta(layer);

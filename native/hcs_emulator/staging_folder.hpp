@@ -22,6 +22,11 @@ void import_folder(const std::wstring& folder, LayerWriter& writer);
 // UtilityVM\ is ProcessUtilityImage's, below).
 void import_written_folder(const std::wstring& written, LayerWriter& writer, const std::wstring& layer);
 
+// What ProcessUtilityImage does to the four boot files of the layer at `layer` (those
+// present), in place: a first line "HCS emulator: processed for <layer folder name>" (an
+// earlier one replaced), as the real call rewrites the BCD store for the layer.
+void rewrite_boot_files(const std::string& layer);
+
 // Records the UtilityVM folder of the layer at `layer` (a portable backend layer folder),
 // written in place with BackupWrite, in the layer's metadata, replacing what was recorded
 // of it before (ProcessUtilityImage: the utility VM is complete then).
