@@ -713,6 +713,35 @@ void scenario(const char* label, const std::wstring& home_long) {
         for (const char* id : {"delta-uvm-again", "delta-uvm"}) b.destroy_layer(f.info, id);
     });
 
+    test((prefix + "a failed ProcessBaseImage or ProcessUtilityImage leaves nothing behind").c_str(), [&] {
+        CHECK(!uvm_base.empty());
+        set_fail("ProcessBaseImage:0x80070005");
+        Error base = expect_error([&] { write_base_layer(b, f, "base-fail"); });
+        set_fail("");
+        CHECK(base.operation == "ProcessBaseImage");
+        CHECK(base.kind == ErrorKind::Win32 && base.code == 5);
+        CHECK(!win::exists(win::long_path(hcs::layer_folder(f.info, "base-fail"))));
+        std::wstring parent = win::long_path(uvm_base);
+        std::string parent_bcd = read_file(win::join(parent, boot_file("BCD")));
+        set_fail("ProcessUtilityImage:0x80370100");
+        Error uvm = expect_error([&] {
+            auto w = b.import_writer(f.info, "delta-fail", {uvm_base});
+            w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            w->add(entry("UtilityVM", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
+            put(*w, entry("UtilityVM/Files/Windows/new.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "new");
+            w->commit(CommitInfo{"sha256:00", 0, ""});
+        });
+        set_fail("");
+        CHECK(uvm.operation == "ProcessUtilityImage");
+        CHECK(uvm.kind == ErrorKind::Hresult && uvm.code == 0x80370100u);
+        // Imported, then destroyed: neither the layer nor its folder nor a work folder stays.
+        CHECK(!b.layer_exists(f.info, "delta-fail"));
+        CHECK(!win::exists(win::long_path(hcs::layer_folder(f.info, "delta-fail"))));
+        CHECK(no_staging_left(f.home));
+        CHECK(read_file(win::join(parent, boot_file("BCD"))) == parent_bcd);
+        CHECK(!thread_impersonates());
+    });
+
     test((prefix + "sandbox on the base writer's layer: prepare, activate, mount, write, export the diff").c_str(), [&] {
         CHECK(!uvm_base.empty());
         LayerChain chain = {uvm_base};
