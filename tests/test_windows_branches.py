@@ -22,7 +22,7 @@ from portalocker import LockFlags
 from portalocker.exceptions import AlreadyLocked, LockException
 from portalocker.portalocker import BaseLocker
 
-from winlayer import _locks, pack
+from winlayer import _locks, _output, pack
 from winlayer._common import data_root, win32_path
 from winlayer._locks import FileLock, pid_alive, windows_pid_alive
 from winlayer._platform import windows_os_version
@@ -267,6 +267,25 @@ def test_pack_walks_the_folder_through_its_long_path(
     with pack.list_layer_tar(tmp_path / "layer.tar") as listing:
         names = [entry.path for entry in listing]
     assert f"Files/{'d' * 120}/{'e' * 120}/file.txt" in names
+
+
+def test_an_output_file_is_written_through_its_long_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The output and its partial file beside it are opened by Python: on Windows through
+    # the `\\?\` form of the output's real path.
+    asked: list[str] = []
+
+    def spy(path: str | os.PathLike[str], platform: str | None = None) -> str:
+        asked.append(os.fspath(path))
+        return os.fspath(path)
+
+    monkeypatch.setattr(_output, "win32_path", spy)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    with _output.output_file(tmp_path / "real" / "sub" / ".." / "out.tar") as f:
+        f.write(b"tar")
+    assert asked == [str(tmp_path / "real" / "out.tar")]
+    assert (tmp_path / "real" / "out.tar").read_bytes() == b"tar"
 
 
 # --- pid_alive on Windows ----------------------------------------------------------------

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ._common import win32_path
+
 PARTIAL_SUFFIX = ".winlayer-partial"
 _BUFFER = 1 << 20
 
@@ -187,7 +189,9 @@ def _open_anonymous(folder: Path) -> int | None:
 def _target(path: str | os.PathLike[str]) -> tuple[str, Path, bool]:
     """(the path as the user gave it, the file it names, whether to write it in place)."""
     shown = os.fspath(path)
-    target = Path(os.path.realpath(shown))
+    # On Windows the `\\?\` form: the partial file's name beside the output adds about
+    # 30 characters, and neither may need LongPathsEnabled.
+    target = Path(win32_path(os.path.realpath(shown)))
     with named(shown, str(target)):
         return shown, target, _writes_in_place(target)
 
