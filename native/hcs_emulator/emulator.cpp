@@ -1,14 +1,18 @@
 // vmcompute.dll look-alike for the Wine tests: the layer exports of REFERENCE.md
 // section 1, with the declarations (and so the ABI) of native/windows/vmcompute.h,
 // implemented by the portable backend. ImportLayer/ExportLayer speak the legacy staging
-// folder format (staging_folder.cpp). Test-only; never shipped.
+// folder format (staging_folder.cpp). A layer folder the caller wrote in place (the base
+// writer's, before ProcessBaseImage; one holding a cloned UtilityVM, before ImportLayer)
+// becomes a portable layer at that call (`adopt`); ProcessUtilityImage rewrites the boot
+// files and records the UtilityVM. Test-only; never shipped.
 //
 // Test controls:
 //   HCS_EMULATOR_FAIL=<Export>:<hresult>[:<times>][,...]   e.g. PrepareLayer:0x80070015:2
 //     makes the named export return <hresult> (the first <times> calls, or every call)
 //     without doing anything; re-read at every call, counts restart when it changes.
 //   HcsEmulatorCallCount(L"PrepareLayer") -> how many times the export was called (the
-//     Backup API emulation of backup_emulation.cpp counts its calls here too).
+//     Backup API emulation of backup_emulation.cpp counts the backend's calls here too;
+//     the emulator's own reads and writes through it are not counted).
 //   HcsEmulatorReset() -> zeroes the counts.
 #define WINLAYER_VMCOMPUTE_EXPORTS
 #include "windows/vmcompute.h"
