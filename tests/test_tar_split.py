@@ -258,3 +258,26 @@ def test_any_tar_rebuilds_exactly(
                 tf.addfile(ti)
     # tarfile pads to a 10 KiB record; other writers add more zero blocks or bytes.
     assert_round_trip(buf.getvalue() + b"\0" * 512 * record_blocks + trailing)
+
+
+def test_headers_past_the_match_window_round_trip_and_stay_compressed() -> None:
+    # About 2 MiB of PAX headers, far more than the writer keeps as history: matches found
+    # after the history is trimmed must still point at the right bytes, and repeats must
+    # still be found (the record stays a fraction of the headers).
+    import random
+
+    rng = random.Random(7)
+    descriptors = [bytes(rng.randrange(256) for _ in range(300)).hex() for _ in range(5)]
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for n in range(1500):
+        ti = info(f"Files/dir{n % 37}/file-{n:05}-{rng.randrange(10**9)}.dat", size=3)
+        ti.pax_headers = {
+            "MSWINDOWS.rawsd": descriptors[n % len(descriptors)],
+            "MSWINDOWS.fileattr": "32",
+            "LIBARCHIVE.creationtime": f"{1_600_000_000 + n}.{rng.randrange(10**9)}",
+        }
+        members.append((ti, b"abc"))
+    raw = build(members, tarfile.PAX_FORMAT)
+    record = assert_round_trip(raw)
+    assert len(raw) - 1500 * 512 > 2 << 20  # header bytes, beyond the payload blocks
+    assert len(record) < len(raw) // 10

@@ -21,7 +21,7 @@ constexpr std::uint64_t kMinZeroRun = 32;
 constexpr std::size_t kSpillBytes = 64 * 1024;
 // Shorter matches cost as much as the bytes they replace.
 constexpr std::size_t kMinMatch = 8;
-constexpr int kHashBits = 15;
+constexpr int kHashBits = 12;
 
 std::uint32_t hash4(const char* p) {
     std::uint32_t v;
@@ -215,10 +215,10 @@ void TarSplitWriter::flush_literal() {
                              // probed ever more sparsely, as LZ4 does
     while (i + 4 <= end) {
         const std::uint32_t key = hash4(h + i);
-        const std::uint64_t seen = last_seen_[key];  // absolute position + 1, 0 = never
-        last_seen_[key] = history_base_ + i + 1;
-        if (seen > history_base_ && history_base_ + i + 1 - seen <= kTarSplitWindow) {
-            const std::size_t cand = static_cast<std::size_t>(seen - 1 - history_base_);
+        const std::size_t seen = last_seen_[key];
+        last_seen_[key] = static_cast<std::uint32_t>(i + 1);
+        if (seen != 0 && i + 1 - seen <= kTarSplitWindow) {
+            const std::size_t cand = seen - 1;
             std::size_t len = 0;
             while (i + len + 8 <= end && std::memcmp(h + cand + len, h + i + len, 8) == 0) len += 8;
             while (i + len < end && h[cand + len] == h[i + len]) ++len;
@@ -229,7 +229,7 @@ void TarSplitWriter::flush_literal() {
                 put_varint(out_, len);
                 // Index the match's tail: the next header repeats what follows it.
                 for (std::size_t k = len > 16 ? len - 16 : 1; k < len && i + k + 4 <= end; k += 2)
-                    last_seen_[hash4(h + i + k)] = history_base_ + i + k + 1;
+                    last_seen_[hash4(h + i + k)] = static_cast<std::uint32_t>(i + k + 1);
                 i += len;
                 lit = i;
                 misses = 0;
@@ -244,7 +244,7 @@ void TarSplitWriter::flush_literal() {
     if (history_.size() > 4 * kTarSplitWindow) {
         const std::size_t drop = history_.size() - kTarSplitWindow;
         history_.erase(0, drop);
-        history_base_ += drop;
+        for (std::uint32_t& seen : last_seen_) seen = seen > drop ? static_cast<std::uint32_t>(seen - drop) : 0;
     }
 }
 

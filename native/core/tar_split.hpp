@@ -67,11 +67,11 @@ private:
     Sink* sink_ = nullptr;
     std::string out_;
     std::string literal_;
-    // LZ77 state: the recent history of literal bytes (absolute position of history_[0]
-    // is history_base_) and, per 4-byte hash, the last absolute position it was seen at.
+    // LZ77 state: the recent history of literal bytes and, per 4-byte hash, the last
+    // position in it where those bytes were seen (+ 1; 0 = never). 32-bit positions in a
+    // small table keep the probes in the L1 cache: they are most of the writer's time.
     std::string history_;
-    std::uint64_t history_base_ = 0;
-    std::vector<std::uint64_t> last_seen_;
+    std::vector<std::uint32_t> last_seen_;
     std::uint64_t zeros_ = 0;
     std::uint64_t last_index_ = 0;
     bool any_payload_ = false;
