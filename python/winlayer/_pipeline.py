@@ -85,15 +85,20 @@ class HashingReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        if self._pushback:
-            n = min(len(view), len(self._pushback))
-            view[:n] = self._pushback[:n]
-            self._pushback = self._pushback[n:]
-            return n
-        data = checked_bytes(self._raw.read(len(view)))
-        self._account(data)
+        data = self.read(len(view))
         view[: len(data)] = data
         return len(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes: what `raw` gave, not a copy (see ``_stream``'s readers)."""
+        if size is None or size < 0:
+            return self.readall()
+        if self._pushback:
+            data, self._pushback = self._pushback[:size], self._pushback[size:]
+            return data
+        data = checked_bytes(self._raw.read(size))
+        self._account(data)
+        return data
 
     def _account(self, data: bytes) -> None:
         if not data:

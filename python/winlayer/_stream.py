@@ -178,7 +178,8 @@ class _Decompressing(io.RawIOBase):
         self._raw = raw
         self._limit = limit
         self._close_raw = close_raw
-        self._pending = memoryview(b"")
+        self._pending = b""  # produced; read up to _pending_at
+        self._pending_at = 0
         self._out_total = 0  # uncompressed bytes produced
         self._in_total = 0  # compressed bytes read from raw
         self._done = False
@@ -193,7 +194,16 @@ class _Decompressing(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")
-        while not self._pending and not self._done:
+        data = self.read(len(out))
+        out[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes; the decompressor's own chunk when it fits, not a copy (the
+        bytes go on to the hash and the importer: each copy costs as much as hashing)."""
+        if size is None or size < 0:
+            return self.readall()
+        while self._pending_at == len(self._pending) and not self._done:
             produced = self._produce()
             if produced:
                 self._out_total += len(produced)
@@ -203,11 +213,13 @@ class _Decompressing(io.RawIOBase):
                         "uncompressed bytes (max_uncompressed)",
                         offset=self._limit,
                     )
-                self._pending = memoryview(produced)
-        n = min(len(out), len(self._pending))
-        out[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+                self._pending, self._pending_at = produced, 0
+        at, pending = self._pending_at, self._pending
+        if at == 0 and len(pending) <= size:
+            self._pending = b""
+            return pending
+        self._pending_at = min(len(pending), at + size)
+        return bytes(memoryview(pending)[at : self._pending_at])
 
     def _read_raw(self) -> bytes:
         data = checked_bytes(self._raw.read(_READ_SIZE))
