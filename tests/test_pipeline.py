@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from winlayer import DigestMismatch, Driver, InvalidLayer
+from winlayer import DigestMismatch, Driver, InvalidLayer, _hcs
 from winlayer._pipeline import HashingReader, TarFeed, digest_of, plain_tar
 
 from . import stores
@@ -179,3 +179,79 @@ def test_hashing_reader_counts_hashes_and_peeks() -> None:
     unhashed = HashingReader(io.BytesIO(data), hashed=False).drain()
     assert unhashed.digest is None
     assert unhashed.count == len(data)
+
+
+def _archived(tmp_path: Path, blob: bytes) -> tuple[Path, int]:
+    """`blob` stored between other bytes of a file, as an archive member is; its offset."""
+    path = tmp_path / "archive"
+    path.write_bytes(b"h" * 1536 + blob + b"t" * 700)
+    return path, 1536
+
+
+def test_a_plain_blob_in_place_is_read_by_the_importer_itself(
+    driver: Driver, tmp_path: Path
+) -> None:
+    tar = base_layer()
+    path, offset = _archived(tmp_path, tar)
+    counted: list[int] = []
+    feed = TarFeed(
+        lambda: pytest.fail("no thread reads an in-place blob"),  # type: ignore[arg-type,return-value]
+        blob_size=len(tar),
+        trust_diff_id=True,
+        in_place=(str(path), offset, len(tar)),
+        on_bytes=counted.append,
+    )
+    assert feed_threads() == []
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    try:
+        driver.apply_diff("base", None, feed, digest=diff_id)
+        feed.finish()
+    finally:
+        feed.close()
+    assert driver.info("base").diff_id == diff_id
+    assert sum(counted) == feed.tar_size == len(tar)  # the load's progress sees every byte
+
+
+@pytest.mark.parametrize(
+    ("what", "kwargs"),
+    [
+        ("compressed", {"blob": "gzip"}),
+        ("blob digest not the diffID", {"trust_diff_id": False}),
+        ("descriptor size differs", {"blob_size": 1}),
+    ],
+)
+def test_a_blob_in_place_goes_through_the_thread_unless_plain_and_trusted(
+    tmp_path: Path, what: str, kwargs: dict[str, Any]
+) -> None:
+    tar = base_layer()
+    blob = gzip.compress(tar) if kwargs.get("blob") == "gzip" else tar
+    path, offset = _archived(tmp_path, blob)
+    feed = TarFeed(
+        lambda: io.BytesIO(blob),
+        blob_size=kwargs.get("blob_size", len(blob)),
+        trust_diff_id=kwargs.get("trust_diff_id", True),
+        in_place=(str(path), offset, len(blob)),
+    )
+    try:
+        assert not isinstance(feed.reader(), _hcs.FileSlice), what
+    finally:
+        feed.close()
+
+
+def test_a_file_slice_cut_short_is_an_invalid_layer(driver: Driver, tmp_path: Path) -> None:
+    tar = base_layer()
+    path, offset = _archived(tmp_path, tar)
+    too_long = (str(path), offset, len(tar) + 700 + 1000)  # the file shrank since it was listed
+    feed = TarFeed(lambda: pytest.fail("read in place"), trust_diff_id=True, in_place=too_long)  # type: ignore[arg-type,return-value]
+    try:
+        with pytest.raises(InvalidLayer, match="ends 1000 bytes before the end of the layer") as info:
+            driver.apply_diff("base", None, feed)
+    finally:
+        feed.close()
+    assert str(path) in str(info.value)
+    assert not driver.exists("base")
+    with pytest.raises(FileNotFoundError):
+        _hcs.tar_digest(_hcs.FileSlice(tmp_path / "missing", 0, 10))
+    assert _hcs.tar_digest(_hcs.FileSlice(path, offset, len(tar))) == (
+        "sha256:" + hashlib.sha256(tar).hexdigest()
+    )

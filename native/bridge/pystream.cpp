@@ -357,9 +357,21 @@ private:
     std::shared_ptr<ByteQueue> queue_;
 };
 
+// `size` bytes of a file from `offset`, read by native code itself: a layer stored
+// uncompressed in an archive, imported where it is (no Python thread, no pipe).
+struct FileSlice {
+    std::string path;
+    std::uint64_t offset;
+    std::uint64_t size;
+};
+
 }  // namespace
 
 std::unique_ptr<Source> source_from_python(py::object obj, std::size_t chunk_size) {
+    if (py::isinstance<FileSlice>(obj)) {
+        const FileSlice& slice = obj.cast<const FileSlice&>();
+        return std::make_unique<FileSource>(slice.path, slice.offset, slice.size);
+    }
     if (py::isinstance<BytePipe>(obj)) {
         BytePipe& pipe = obj.cast<BytePipe&>();
         if (pipe.closed()) throw py::value_error("I/O operation on closed stream");
@@ -400,6 +412,17 @@ void bind_pystream(py::module_& m) {
         .def_property_readonly("buffered", &BytePipe::buffered, "Bytes fed that no reader has taken yet.");
     QueueReader::bind(pipe);
     pipe.def("close", &BytePipe::close, "Close the reader side: a waiting or later feed() raises BrokenPipeError.");
+
+    py::class_<FileSlice>(m, "FileSlice",
+                          "`size` bytes of the file at `path` from `offset`: a source that native code reads "
+                          "itself (a file that ends sooner is an InvalidLayer).")
+        .def(py::init([](const py::object& path, std::uint64_t offset, std::uint64_t size) {
+                 return FileSlice{path_from_python(path), offset, size};
+             }),
+             py::arg("path"), py::arg("offset"), py::arg("size"))
+        .def_readonly("path", &FileSlice::path)
+        .def_readonly("offset", &FileSlice::offset)
+        .def_readonly("size", &FileSlice::size);
 }
 
 }  // namespace winlayer::bridge

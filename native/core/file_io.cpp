@@ -74,6 +74,13 @@ void sync_file(std::intptr_t handle, const std::string& path) {
         throw Error::win32(GetLastError(), "fsync", path);
 }
 
+void seek_file(std::intptr_t handle, std::uint64_t offset, const std::string& path) {
+    LARGE_INTEGER to;
+    to.QuadPart = static_cast<LONGLONG>(offset);
+    if (!SetFilePointerEx(reinterpret_cast<HANDLE>(handle), to, nullptr, FILE_BEGIN))
+        throw Error::win32(GetLastError(), "seek", path);
+}
+
 bool close_file(std::intptr_t handle) { return CloseHandle(reinterpret_cast<HANDLE>(handle)) != 0; }
 
 [[noreturn]] void throw_close_error(const std::string& path) {
@@ -122,6 +129,11 @@ void sync_file(std::intptr_t fd, const std::string& path) {
     if (::fsync(static_cast<int>(fd)) != 0) throw Error::last_os("fsync", path);
 }
 
+void seek_file(std::intptr_t fd, std::uint64_t offset, const std::string& path) {
+    if (::lseek(static_cast<int>(fd), static_cast<off_t>(offset), SEEK_SET) < 0)
+        throw Error::last_os("seek", path);
+}
+
 bool close_file(std::intptr_t fd) { return ::close(static_cast<int>(fd)) == 0 || errno == EINTR; }
 
 [[noreturn]] void throw_close_error(const std::string& path) { throw Error::last_os("close", path); }
@@ -136,10 +148,30 @@ FileSource::FileSource(std::string path, std::size_t buffer_size)
       buffer_(new std::uint8_t[buffer_size > 0 ? buffer_size : 1]),
       capacity_(buffer_size > 0 ? buffer_size : 1) {}
 
+FileSource::FileSource(std::string path, std::uint64_t offset, std::uint64_t length, std::size_t buffer_size)
+    : FileSource(std::move(path), buffer_size) {
+    try {
+        seek_file(handle_, offset, path_);
+    } catch (...) {
+        close_file(handle_);
+        throw;
+    }
+    left_ = length_ = length;
+}
+
 FileSource::~FileSource() { close_file(handle_); }
 
 std::size_t FileSource::read_raw(std::uint8_t* buf, std::size_t n) {
-    return read_some(handle_, buf, n, path_);
+    if (left_ < n) n = static_cast<std::size_t>(left_);
+    if (n == 0) return 0;
+    const std::size_t got = read_some(handle_, buf, n, path_);
+    if (left_ == kToTheEnd) return got;
+    if (got == 0)  // the archive was cut short (or shrunk) since its members were listed
+        throw Error::invalid_layer(
+            "the file " + path_ + " ends " + std::to_string(left_) + " bytes before the end of the layer", "",
+            static_cast<std::int64_t>(length_ - left_));
+    left_ -= got;
+    return got;
 }
 
 std::size_t FileSource::read(std::uint8_t* buf, std::size_t n) {

@@ -18,6 +18,10 @@ constexpr std::size_t kFileBufferSize = std::size_t(1) << 20;
 class FileSource : public Source {
 public:
     explicit FileSource(std::string path, std::size_t buffer_size = kFileBufferSize);
+    // `length` bytes from `offset` (a member of an archive, read in place); a file that
+    // ends sooner is an error.
+    FileSource(std::string path, std::uint64_t offset, std::uint64_t length,
+               std::size_t buffer_size = kFileBufferSize);
     ~FileSource() override;
     FileSource(const FileSource&) = delete;
     FileSource& operator=(const FileSource&) = delete;
@@ -34,6 +38,9 @@ private:
     std::size_t capacity_;
     std::size_t pos_ = 0;
     std::size_t end_ = 0;
+    static constexpr std::uint64_t kToTheEnd = ~std::uint64_t(0);
+    std::uint64_t left_ = kToTheEnd;  // bytes the section still has
+    std::uint64_t length_ = kToTheEnd;
 };
 
 enum class FileMode {

@@ -76,10 +76,12 @@ class Loader(LayerRecorder):
         compression: Compression | None = None,
         verify_blob: bool = True,
         on_bytes: Callable[[int], None] | None = None,
+        in_place: tuple[str, int, int] | None = None,
     ) -> TarFeed:
         """The feed of one layer's blob. `compression` None sniffs it; `verify_blob` False
         is for a blob its source has verified already (a pull's spool file); `on_bytes`
-        replaces the load's progress count."""
+        replaces the load's progress count; `in_place` is where the blob is in a file (see
+        :class:`~winlayer._pipeline.TarFeed`)."""
         return TarFeed(
             opener,
             name=layer.blob.name,
@@ -89,6 +91,7 @@ class Loader(LayerRecorder):
             trust_diff_id=layer.blob_digest == layer.diff_id,
             max_uncompressed=self.driver.max_layer_size,
             on_bytes=on_bytes or self._advance,
+            in_place=in_place,
         )
 
     def run(
@@ -248,7 +251,11 @@ def _load_in_place(
         _check_single(plans, tag)
         loader.run(
             loader.pending(plans),
-            lambda layer: loader.feed(layer, archive.opener(layer.blob)),
+            lambda layer: loader.feed(
+                layer,
+                archive.opener(layer.blob),
+                in_place=archive.in_place(layer.blob),
+            ),
             jobs=jobs,
         )
         return plans

@@ -137,6 +137,11 @@ class Archive(abc.ABC):
     def _read_small(self, member: Member) -> bytes:
         """The bytes of a small member (metadata: JSON, manifests)."""
 
+    def in_place(self, member: Member) -> tuple[str, int, int] | None:
+        """(path, offset, size) of the member in a file, for native code to read it there;
+        None where it must be read through Python (a stream, a file checked as it opens)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - most archives hold nothing to release
         pass
 
@@ -177,6 +182,9 @@ class SeekableArchive(Archive):
 
     def opener(self, member: Member) -> BlobOpener:
         return lambda: self._section(member)
+
+    def in_place(self, member: Member) -> tuple[str, int, int] | None:
+        return None if self._path is None else (os.fsdecode(self._path), member.offset, member.size)
 
     def _section(self, member: Member) -> IO[bytes]:
         if self._path is not None:

@@ -131,7 +131,7 @@ class Backend:
         info: DriverInfo,
         id: str,
         parents: list[str],
-        source: StrPath | SupportsRead[bytes],
+        source: StrPath | SupportsRead[bytes] | FileSlice,
         expected_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
         wait_for_parents: Callable[[], None] | None = None,
@@ -194,10 +194,20 @@ class BytePipe:
     def __enter__(self) -> BytePipe: ...
     def __exit__(self, *args: object) -> bool: ...
 
+# `size` bytes of a file from `offset`, read by native code itself (any source argument).
+class FileSlice:
+    def __init__(self, path: StrPath, offset: int, size: int) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
 # --- native/bridge/tar.cpp ---
 
 _Time = tuple[int, int]
-_Source = StrPath | SupportsRead[bytes]
+_Source = StrPath | SupportsRead[bytes] | FileSlice
 
 class TarEntry:
     def __init__(self) -> None: ...  # made by native code only (raises TypeError)

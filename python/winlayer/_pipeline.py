@@ -149,9 +149,14 @@ class TarFeed:
     to `max_uncompressed` bytes. `on_bytes` is called, on the thread, with the size of
     each chunk of blob bytes read. `name` (an archive member) is named in errors.
 
+    `in_place` is where the blob is stored as it is: ``(path, offset, size)`` in a file (a
+    plain archive's member). When it is an uncompressed tar whose digest is its diffID, no
+    thread is started: the importer reads that part of the file itself, and verifies the
+    diffID, which is then the blob's digest; its progress comes through :meth:`imported`.
+
     The importer reads :meth:`reader` (a ``_hcs.BytePipe``: native code reads it without
-    the GIL); :meth:`finish` then raises what went wrong, if the importer did not; the
-    owner calls :meth:`close` in any case.
+    the GIL; or a ``_hcs.FileSlice``); :meth:`finish` then raises what went wrong, if the
+    importer did not; the owner calls :meth:`close` in any case.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class TarFeed:
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
         on_bytes: Callable[[int], None] | None = None,
         capacity: int = READ_AHEAD,
+        in_place: tuple[str, int, int] | None = None,
     ) -> None:
         self.name = name
         self._open_blob = open_blob
@@ -175,20 +181,46 @@ class TarFeed:
         self._trust_diff_id = trust_diff_id
         self._max_uncompressed = max_uncompressed
         self._on_bytes = on_bytes
-        self._pipe = _hcs.BytePipe(capacity)
         self._error: BaseException | None = None
         self.handed_over = False  # an importer was given the tar
         self.tar_size = 0  # uncompressed bytes produced
+        self._reported = 0  # bytes of a slice the importer said it read
+        self._slice = self._in_place(in_place) if trust_diff_id else None
+        if self._slice is not None:
+            return
+        self._pipe = _hcs.BytePipe(capacity)
         self._thread = threading.Thread(target=self._run, name=f"winlayer-feed-{name}", daemon=True)
         self._thread.start()
 
-    def reader(self) -> _hcs.BytePipe:
+    def _in_place(self, in_place: tuple[str, int, int] | None) -> _hcs.FileSlice | None:
+        if in_place is None or self._compression not in (None, "none"):
+            return None
+        path, offset, size = in_place
+        if self._blob_size is not None and size != self._blob_size:
+            return None  # the thread reports it
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if detect(f.read(4)) != "none":
+                return None
+        return _hcs.FileSlice(path, offset, size)
+
+    def reader(self) -> _hcs.BytePipe | _hcs.FileSlice:
         self.handed_over = True
-        return self._pipe
+        return self._slice if self._slice is not None else self._pipe
+
+    def imported(self, done: int) -> None:
+        """The importer has read `done` bytes (counted here for a slice it reads itself)."""
+        if self._slice is not None and self._on_bytes is not None and done > self._reported:
+            self._on_bytes(done - self._reported)
+            self._reported = done
 
     def finish(self) -> None:
         """Read what the importer left unread, wait for the thread and raise its error,
         if any: the blob is fully verified when this returns."""
+        if self._slice is not None:  # read to its end, and the digest checked, natively
+            self.imported(self._slice.size)
+            self.tar_size = self._slice.size
+            return
         while self._pipe.read(CHUNK):
             pass
         self._thread.join()
@@ -197,6 +229,8 @@ class TarFeed:
 
     def close(self) -> None:
         """Stop the thread (closing the pipe makes its next write fail) and wait for it."""
+        if self._slice is not None:
+            return
         self._pipe.close()
         if self._thread is not threading.current_thread():
             self._thread.join()

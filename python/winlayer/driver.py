@@ -571,7 +571,7 @@ class Driver:
                                 chains[i],
                                 source,
                                 d.digest,
-                                _ticks(check),
+                                _ticks(check, source),
                                 wait_parent,
                             )
                     else:
@@ -579,7 +579,13 @@ class Driver:
                         with self._locked(d.id, rpid):
                             layer_chain = self._existing_chain(d.parent, rpid)
                             sizes[i] = self._import(
-                                d.id, d.parent, layer_chain, source, d.digest, _ticks(check), None
+                                d.id,
+                                d.parent,
+                                layer_chain,
+                                source,
+                                d.digest,
+                                _ticks(check, source),
+                                None,
                             )
                 if wait_parent is not None:
                     wait_parent()  # a layer found imported already did not wait
@@ -1040,9 +1046,17 @@ def _opened(
     return contextlib.nullcontext(cast("Source | TarFeed", source))
 
 
-def _ticks(check: Callable[[], None]) -> ProgressCallback:
-    """A progress callback that only checks whether the import should stop."""
-    return lambda _done: check()
+def _ticks(check: Callable[[], None], source: Source | TarFeed) -> ProgressCallback:
+    """A progress callback that checks whether the import should stop, and tells a feed
+    how far the importer read (for a slice of a file it reads itself)."""
+    if not isinstance(source, TarFeed):
+        return lambda _done: check()
+
+    def tick(done: int) -> None:
+        check()
+        source.imported(done)
+
+    return tick
 
 
 def _check_digest(digest: str | None) -> None:
