@@ -242,9 +242,10 @@ def test_a_file_slice_cut_short_is_an_invalid_layer(driver: Driver, tmp_path: Pa
     tar = base_layer()
     path, offset = _archived(tmp_path, tar)
     too_long = (str(path), offset, len(tar) + 700 + 1000)  # the file shrank since it was listed
-    feed = TarFeed(lambda: pytest.fail("read in place"), trust_diff_id=True, in_place=too_long)  # type: ignore[arg-type,return-value]
+    never = lambda: pytest.fail("read in place")  # noqa: E731
+    feed = TarFeed(never, trust_diff_id=True, in_place=too_long)  # type: ignore[arg-type]
     try:
-        with pytest.raises(InvalidLayer, match="ends 1000 bytes before the end of the layer") as info:
+        with pytest.raises(InvalidLayer, match="ends 1000 bytes before the end of the") as info:
             driver.apply_diff("base", None, feed)
     finally:
         feed.close()

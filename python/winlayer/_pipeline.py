@@ -297,7 +297,7 @@ class TarFeed:
 @contextlib.contextmanager
 def plain_tar(
     source: Any, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
-) -> Iterator[str | _hcs.BytePipe]:
+) -> Iterator[str | _hcs.BytePipe | _hcs.FileSlice]:
     """What the native importer should read for `source`: a layer tar given by path or
     binary stream (plain, gzip or zstd), or a :class:`TarFeed` (passed through: its owner
     closes it). A plain tar file by path is read by the importer itself; anything else
