@@ -24,7 +24,7 @@ from winlayer import (
     WinlayerError,
 )
 from winlayer.backend import load
-from winlayer.chain import MAX_DEPTH
+from winlayer.chain import MAX_DEPTH, read_chain
 
 from . import stores
 from .layerbuild import base_layer, d, f, layer_tar, link, snapshot, wh
@@ -493,10 +493,67 @@ def test_leftovers_swept_on_open(driver: Driver, tmp_path: Path) -> None:
     driver.apply_diff("gone", None, io.BytesIO(base_layer()))
     os.replace(driver.home / "gone", driver.home / "gone-1234abcd-removing")
     driver.apply_diff("half", None, io.BytesIO(base_layer()))
-    driver._state.mark_pending("half")  # as if the import had crashed before completing
+    # As if the import had crashed between the backend's commit and the record (HCS's
+    # import writes the layer folder, the driver its files after it).
+    driver._state.mark_pending("half")
+    (driver.home / "half" / "winlayer.json").unlink()
     again = Driver(driver.home, backend=driver.backend, base_images=tmp_path / "base")
     names = [p for p in os.listdir(again.home) if not p.startswith(".")]
     assert names == ["base"]
+    assert os.listdir(again.home / ".winlayer" / "pending") == []
+
+
+def test_a_marker_of_a_completed_import_is_dropped(driver: Driver, tmp_path: Path) -> None:
+    """The marker's removal is not synced: after a power loss it may be back beside a
+    layer whose record says it was imported; the sweep keeps the layer."""
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver._state.mark_pending("base")
+    again = Driver(driver.home, backend=driver.backend, base_images=tmp_path / "base")
+    assert again.cleanup() == []
+    assert os.listdir(again.home / ".winlayer" / "pending") == []
+    assert [layer.id for layer in again.layers()] == ["base"]
+    again.verify("base")
+
+
+def test_an_import_publishing_its_files_writes_no_marker(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a backend that publishes the chain and record with the layer (the portable
+    one), an import has no half-created state to mark."""
+    if not getattr(driver._backend, "publishes_layer_files", False):
+        pytest.skip("the backend does not publish the driver's files")
+
+    def no_marker(layer_id: str) -> None:
+        raise AssertionError(f"marked {layer_id}")
+
+    monkeypatch.setattr(driver._state, "mark_pending", no_marker)
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.apply_diff("top", "base", io.BytesIO(layer_tar([d("Files"), f("Files/a.txt", b"a")])))
+    assert read_chain(driver.home / "top") == [str(driver.home / "base")]
+    assert driver.info("top").diff_id.startswith("sha256:")
+
+
+def test_an_import_on_a_backend_that_does_not_publish_files_marks_it(
+    tmp_path: Path, backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HCS creates the layer folder itself: the driver marks the import, writes the chain
+    and the record after it and clears the marker."""
+    inner = load(backend_name, str(tmp_path / "base"))
+    driver = Driver(tmp_path / "home", backend=_Proxy(inner, publishes_layer_files=False))
+    marks: list[str] = []
+    real_mark = driver._state.mark_pending
+
+    def mark(layer_id: str) -> None:
+        marks.append(layer_id)
+        real_mark(layer_id)
+
+    monkeypatch.setattr(driver._state, "mark_pending", mark)
+    driver.apply_diff("base", None, io.BytesIO(base_layer()))
+    driver.apply_diff("top", "base", io.BytesIO(layer_tar([d("Files"), f("Files/a.txt", b"a")])))
+    assert marks == ["base", "top"]
+    assert read_chain(driver.home / "top") == [str(driver.home / "base")]
+    assert driver.info("top").diff_id.startswith("sha256:")
+    assert os.listdir(driver.home / ".winlayer" / "pending") == []
 
 
 def test_an_intent_marker_being_written_is_not_a_crashed_operation(

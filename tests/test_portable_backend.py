@@ -303,6 +303,66 @@ def test_original_export_of_created_layer_is_refused(
         backend.export_layer(info, "empty", [], True)
 
 
+def test_layer_files_are_published_with_the_layer(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """A caller's files (a driver's chain and record) go into the staging folder before
+    the commit's one sync and appear with the layer, never before it."""
+    home = Path(info.home)
+    seen: list[tuple[str, int]] = []
+
+    def files(diff_id: str, size: int) -> dict[str, bytes]:
+        seen.append((diff_id, size))
+        assert not (home / "l").exists()
+        return {"record.json": b'{"a": 1}', "empty": b""}
+
+    assert backend.publishes_layer_files
+    result = backend.import_layer(info, "l", [], io.BytesIO(base_layer()), None, None, None, files)
+    assert seen == [(result.diff_id, result.size)]
+    assert (home / "l" / "record.json").read_bytes() == b'{"a": 1}'
+    assert (home / "l" / "empty").read_bytes() == b""
+    assert [p for p in os.listdir(home) if p.startswith(".staging")] == []
+
+
+def test_layer_files_replace_a_created_layers_own(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """Into an empty created layer: the caller's other files are carried over, a name the
+    import publishes again is the new file."""
+    home = Path(info.home)
+    backend.create_layer(info, "l", "")
+    (home / "l" / "record.json").write_bytes(b"old")
+    (home / "l" / "other.txt").write_bytes(b"kept")
+    files = {"record.json": b"new"}
+    backend.import_layer(info, "l", [], io.BytesIO(base_layer()), None, None, None, lambda *_: files)
+    assert (home / "l" / "record.json").read_bytes() == b"new"
+    assert (home / "l" / "other.txt").read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "a:b", "Files", "winlayer.meta", ".."])
+def test_layer_files_with_a_bad_name_leave_no_layer(
+    backend: _hcs.Backend, info: _hcs.DriverInfo, name: str
+) -> None:
+    def files(diff_id: str, size: int) -> dict[str, bytes]:
+        return {name: b"x"}
+
+    with pytest.raises(ValueError, match="not a name for a caller's file in a layer folder") as exc:
+        backend.import_layer(info, "l", [], io.BytesIO(base_layer()), None, None, None, files)
+    assert str(exc.value).endswith(f": {name!r}" if name else "folder")
+    assert os.listdir(info.home) == [".winlayer-store.lock"]
+
+
+def test_layer_files_callback_failure_leaves_no_layer(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    def files(diff_id: str, size: int) -> dict[str, bytes]:
+        raise KeyError("no record")
+
+    with pytest.raises(KeyError, match="no record"):
+        backend.import_layer(info, "l", [], io.BytesIO(base_layer()), None, None, None, files)
+    assert os.listdir(info.home) == [".winlayer-store.lock"]
+
+
 def test_base_images_and_checks(backend: _hcs.Backend, tmp_path: Path) -> None:
     import json
 

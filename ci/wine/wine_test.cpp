@@ -245,7 +245,7 @@ void write_layer(Backend& b, const Fixture& f, const std::string& id) {
     w->remove("Files/Windows/win.ini");
     w->add_link("Files/notepad-link.exe", "Files/Windows/notepad.exe");
     split->write(reinterpret_cast<const std::uint8_t*>("record"), 6);
-    w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, ""});
+    w->commit(CommitInfo{"sha256:00", kBigData.size() + 5, "", {}});
 }
 
 struct Exported {
@@ -277,7 +277,7 @@ void reimport(Backend& b, const DriverInfo& info, const std::string& id, const L
         w->add(x.entry);
         if (!x.data.empty()) w->write(reinterpret_cast<const std::uint8_t*>(x.data.data()), x.data.size());
     }
-    w->commit(CommitInfo{"sha256:00", 0, ""});
+    w->commit(CommitInfo{"sha256:00", 0, "", {}});
 }
 
 // "" when both exports hold the same entries with the same metadata records and data;
@@ -362,7 +362,7 @@ void write_base_layer(Backend& b, const Fixture& f, const std::string& id) {
     kernel.extended_attributes = {{"USER.UVM", "uvm ea"}};
     put(*w, kernel, "utility vm kernel");
     put(*w, entry("UtilityVM/Files/Windows/hal.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1), "utility vm hal");
-    w->commit(CommitInfo{"sha256:00", 0, ""});
+    w->commit(CommitInfo{"sha256:00", 0, "", {}});
 }
 
 // The emulation keys what BackupWrite kept by file identity, which a new file may reuse once
@@ -539,7 +539,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         hive.security_descriptor.clear();
         put(*w, hive, "regf system delta");
         put(*w, entry("Files/after-hive.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "after");
-        w->commit(CommitInfo{"sha256:00", 22, ""});
+        w->commit(CommitInfo{"sha256:00", 22, "", {}});
         CHECK(calls(L"BackupWrite") > writes);
         LayerChain chain = {f.base_folder};
         auto got = export_all(b, f.info, "layer-hive", chain);
@@ -566,7 +566,7 @@ void scenario(const char* label, const std::wstring& home_long) {
         ads.security_descriptor.clear();
         put(*w, ads, "[ZoneTransfer]");
         w->add_link("Files/Windows/rich-link.txt", "Files/Windows/rich.txt");
-        w->commit(CommitInfo{"sha256:00", 0, ""});
+        w->commit(CommitInfo{"sha256:00", 0, "", {}});
         CHECK(calls(L"ProcessBaseImage") == processed + 1);
         CHECK(calls(L"AdjustTokenPrivileges") > adjusts);
         CHECK(!thread_impersonates());
@@ -673,7 +673,7 @@ void scenario(const char* label, const std::wstring& home_long) {
             put(*w, hal, "utility vm hal, patched");
             put(*w, entry("UtilityVM/Files/Windows/new.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "new driver");
             w->add_link("UtilityVM/Files/Windows/kernel-link.sys", "UtilityVM/Files/Windows/kernel.sys");
-            w->commit(CommitInfo{"sha256:00", 0, ""});
+            w->commit(CommitInfo{"sha256:00", 0, "", {}});
         }
         CHECK(calls(L"ProcessUtilityImage") == utility + 1);
         CHECK(calls(L"BackupRead") > reads);  // the clone's copies
@@ -729,7 +729,7 @@ void scenario(const char* label, const std::wstring& home_long) {
             w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
             w->add(entry("UtilityVM", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
             put(*w, entry("UtilityVM/Files/Windows/new.sys", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT2), "new");
-            w->commit(CommitInfo{"sha256:00", 0, ""});
+            w->commit(CommitInfo{"sha256:00", 0, "", {}});
         });
         set_fail("");
         CHECK(uvm.operation == "ProcessUtilityImage");
@@ -789,7 +789,7 @@ void scenario(const char* label, const std::wstring& home_long) {
             auto w = b.import_writer(f.info, "base-bad", {});
             CHECK(win::exists(win::long_path(hcs::layer_folder(f.info, "base-bad"))));
             w->add(entry("Files", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT2));
-            Error h = expect_error([&] { w->commit(CommitInfo{"sha256:00", 0, ""}); });
+            Error h = expect_error([&] { w->commit(CommitInfo{"sha256:00", 0, "", {}}); });
             CHECK(h.kind == ErrorKind::InvalidLayer);
         }
         CHECK(!win::exists(win::long_path(hcs::layer_folder(f.info, "base-bad"))));

@@ -34,7 +34,7 @@ auto nogil(F&& f) {
 ImportResult import_layer(const BackendPtr& backend, const DriverInfo& info, const std::string& id,
                           const LayerChain& parents, py::object source,
                           const std::optional<std::string>& expected_digest, py::object progress,
-                          py::object wait_for_parents) {
+                          py::object wait_for_parents, py::object layer_files) {
     std::unique_ptr<Source> src = source_from_python(std::move(source));
     ImportOptions options;
     options.expected_digest = expected_digest.value_or("");
@@ -54,6 +54,17 @@ ImportResult import_layer(const BackendPtr& backend, const DriverInfo& info, con
             py::gil_scoped_acquire gil;
             py::handle fn(callback);
             fn();
+        };
+    }
+    if (!layer_files.is_none()) {
+        PyObject* callback = layer_files.ptr();  // borrowed, as `progress`
+        options.layer_files = [callback](const CommitInfo& c) {
+            py::gil_scoped_acquire gil;
+            py::handle fn(callback);
+            py::dict files = fn(c.diff_id, c.size);
+            std::vector<std::pair<std::string, std::string>> out;
+            for (auto [name, data] : files) out.emplace_back(name.cast<std::string>(), data.cast<py::bytes>());
+            return out;
         };
     }
     CommitInfo commit = nogil([&] {
@@ -218,11 +229,15 @@ void bind_backends(py::module_& m) {
              py::arg("vm_id"), py::arg("path"))
         .def("import_layer", &import_layer, py::arg("info"), py::arg("id"), py::arg("parents"), py::arg("source"),
              py::arg("expected_digest") = py::none(), py::arg("progress") = py::none(),
-             py::arg("wait_for_parents") = py::none(),
+             py::arg("wait_for_parents") = py::none(), py::arg("layer_files") = py::none(),
              "Import an uncompressed layer tar (a path or a binary file object) as layer `id`. "
              "`wait_for_parents`, for parents still being imported, is called before the first "
              "entry that reads them and before commit; it blocks until they are committed, or "
-             "raises to abort.")
+             "raises to abort. `layer_files(diff_id, size)`, called before the commit, gives "
+             "the caller's files ({name: bytes}) that a backend with `publishes_layer_files` "
+             "publishes in the layer's folder with the layer (others ignore them).")
+        .def_property_readonly("publishes_layer_files", &Backend::publishes_layer_files,
+                               "Whether import_layer's `layer_files` are published with the layer.")
         .def("export_layer", &export_layer, py::arg("info"), py::arg("id"), py::arg("parents"),
              py::arg("original") = false,
              "The layer as a tar stream: canonical, or the imported tar byte for byte (original=True).")

@@ -27,6 +27,10 @@ class Backend {
 public:
     virtual ~Backend() = default;
     virtual std::string name() const = 0;  // "portable" or "hcs"
+    // Whether an import's writer publishes CommitInfo::layer_files with the layer (the
+    // portable backend: in its staging folder, before the one sync and the rename). HCS
+    // creates the layer folder itself: the caller writes its files after the import.
+    virtual bool publishes_layer_files() const { return false; }
 
     virtual void activate_layer(const DriverInfo& info, const std::string& id) = 0;
     virtual void deactivate_layer(const DriverInfo& info, const std::string& id) = 0;

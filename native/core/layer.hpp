@@ -54,6 +54,10 @@ struct CommitInfo {
     std::uint64_t size = 0; // bytes of file data (main and alternate streams)
     std::string tar_split;  // record of every non-payload byte, for byte-exact rebuild
                             // (empty when the writer took it as a stream: tar_split_sink)
+    // The caller's files for the layer's folder (name, bytes), e.g. a graph driver's
+    // records: a backend whose publishes_layer_files() is true writes them with the layer,
+    // so that they are as durable as it and appear with it; others ignore them.
+    std::vector<std::pair<std::string, std::string>> layer_files;
 };
 
 // Receives one layer's entries in tar order. write() carries the data of the last

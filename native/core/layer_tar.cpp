@@ -493,6 +493,7 @@ CommitInfo LayerTarImporter::commit() {
         if (!expected.empty() && expected != info.diff_id) throw Error::digest_mismatch(expected, info.diff_id);
         if (s.options.record_tar_split) info.tar_split = s.split.take();
         s.need_parents();
+        if (s.options.layer_files) info.layer_files = s.options.layer_files(info);
         s.writer.commit(info);
     } catch (...) {
         s.writer.abort();

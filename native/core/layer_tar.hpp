@@ -32,6 +32,10 @@ struct ImportOptions {
     // wait: they are recorded as tombstones, resolved against the parents when read.
     // Empty: the parents are committed already.
     std::function<void()> wait_for_parents;
+    // Called once the tar is read and checked, right before the writer's commit: the
+    // files to publish with the layer (CommitInfo::layer_files), which may depend on the
+    // diffID and size it is given. Empty: none.
+    std::function<std::vector<std::pair<std::string, std::string>>(const CommitInfo&)> layer_files;
 };
 
 // Reads a layer tar from `tar`, validates every entry (path rules, formats), feeds

@@ -7,6 +7,7 @@
 #include "../core/path_rules.hpp"
 #include "chain.hpp"
 #include "metadata.hpp"
+#include "store.hpp"
 #include "write_queue.hpp"
 
 namespace winlayer::portable {
@@ -140,6 +141,9 @@ public:
         meta_file_.reset();
         records_.close_spill();
         staging_.tree().remove(kRecordsFile);
+        // The caller's files go in before the one sync: the rename publishes them with the
+        // layer, and the sync that makes the layer durable makes them durable too.
+        for (const auto& [name, data] : info.layer_files) write_layer_file(name, data);
         staging_.tree().sync();
         staging_.publish(&is_empty_created_layer);
         committed_ = true;
@@ -171,6 +175,16 @@ private:
         NameKey key;
         std::string disk;
     };
+
+    void write_layer_file(const std::string& name, const std::string& data) {
+        if (name.empty() || name == "." || name == ".." || name[0] == '.' || is_backend_file(name) ||
+            name.find_first_of("/\\:") != std::string::npos)
+            throw Error(ErrorKind::InvalidArgument, "not a name for a caller's file in a layer folder")
+                .with_path(name);
+        File f = staging_.tree().create(name, /*owner_only=*/true);  // as the driver's own writes
+        f.write(reinterpret_cast<const std::uint8_t*>(data.data()), data.size());
+        f.close();
+    }
 
     static std::string name_of(const std::string& path) {
         std::size_t slash = path.rfind('/');

@@ -76,7 +76,9 @@ public:
     const std::string& root() const { return root_; }
     std::string full(const std::string& rel) const;
 
-    File create(const std::string& rel);  // a new file, read-write; fails if anything is there
+    // A new file, read-write; fails if anything is there. owner_only: mode 0600 (POSIX;
+    // else 0644), for a caller's records.
+    File create(const std::string& rel, bool owner_only = false);
     File open_read(const std::string& rel);
     bool make_dir(const std::string& rel);  // false if a directory is already there
     // Makes every folder of `rel` past its first `from` bytes (rel[0, from) is a folder of

@@ -404,9 +404,10 @@ Tree::~Tree() {
 
 std::string Tree::full(const std::string& rel) const { return rel.empty() ? root_ : root_ + "/" + rel; }
 
-File Tree::create(const std::string& rel) {
-    int fd = with_short_path(fd_of(handle_), rel, true, [](int d, const char* p) {
-        return open_beneath(d, p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+File Tree::create(const std::string& rel, bool owner_only) {
+    const mode_t mode = owner_only ? 0600 : 0644;
+    int fd = with_short_path(fd_of(handle_), rel, true, [mode](int d, const char* p) {
+        return open_beneath(d, p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     });
     if (fd < 0) throw Error::last_os("create", full(rel));
     return File(fd, full(rel));

@@ -178,7 +178,7 @@ Tree::~Tree() = default;
 
 std::string Tree::full(const std::string& rel) const { return rel.empty() ? root_ : root_ + "/" + rel; }
 
-File Tree::create(const std::string& rel) {
+File Tree::create(const std::string& rel, bool /*owner_only: no POSIX modes*/) {
     std::string p = full(rel);
     HANDLE h = open_handle(p, GENERIC_READ | GENERIC_WRITE | FILE_WRITE_ATTRIBUTES, CREATE_NEW);
     if (h == INVALID_HANDLE_VALUE) fail("CreateFileW", p);

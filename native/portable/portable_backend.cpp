@@ -144,6 +144,8 @@ public:
         write_file_atomic(record, text + line);
     }
 
+    bool publishes_layer_files() const override { return true; }
+
     std::unique_ptr<LayerWriter> import_writer(const DriverInfo& info, const std::string& id,
                                                const LayerChain& parents) override {
         LayerRef ref = resolve_layer(info, id);

@@ -191,8 +191,9 @@ void Staging::discard() noexcept {
 void copy_foreign_files(const std::string& from, const std::string& to) {
     Tree dst(to);
     std::vector<std::pair<std::string, std::string>> stack;  // (absolute source, relative target)
-    for (const auto& e : list_dir(from))
-        if (!is_backend_file(e.name)) stack.emplace_back(join(from, e.name), e.name);
+    for (const auto& e : list_dir(from))  // the new layer's own files win (layer_files)
+        if (!is_backend_file(e.name) && dst.stat(e.name).kind == NodeKind::Missing)
+            stack.emplace_back(join(from, e.name), e.name);
     while (!stack.empty()) {
         auto [src, rel] = stack.back();
         stack.pop_back();

@@ -82,7 +82,8 @@ private:
     bool done_ = false;
 };
 
-// Copies the caller-owned files of `from` (a layer folder) into `to`, recursively.
+// Copies the caller-owned files of `from` (a layer folder) into `to`, recursively; a
+// name `to` holds already (the new layer's own layer_files) is kept.
 void copy_foreign_files(const std::string& from, const std::string& to);
 
 }  // namespace winlayer::portable

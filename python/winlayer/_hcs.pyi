@@ -104,6 +104,8 @@ class Backend:
     def __init__(self) -> None: ...  # made by portable_backend() / hcs_backend() only
     @property
     def name(self) -> str: ...  # "portable" or "hcs"
+    @property
+    def publishes_layer_files(self) -> bool: ...  # import_layer's layer_files: published with the layer
     def activate_layer(self, info: DriverInfo, id: str) -> None: ...
     def deactivate_layer(self, info: DriverInfo, id: str) -> None: ...
     def create_layer(self, info: DriverInfo, id: str, parent_id: str) -> None: ...
@@ -135,6 +137,7 @@ class Backend:
         expected_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
         wait_for_parents: Callable[[], None] | None = None,
+        layer_files: Callable[[str, int], dict[str, bytes]] | None = None,
     ) -> ImportResult: ...
     def export_layer(
         self, info: DriverInfo, id: str, parents: list[str], original: bool = False

@@ -122,7 +122,21 @@ def read_record(layer_dir: Path) -> dict[str, Any]:
     return value
 
 
+def record_bytes(layer_dir: Path, fields: dict[str, Any]) -> bytes:
+    """The layer's record with `fields` set and the others kept, as the file holds it."""
+    merged = {**read_record(layer_dir), **fields}
+    return json.dumps(merged, sort_keys=True).encode()
+
+
 def update_record(layer_dir: Path, fields: dict[str, Any]) -> None:
     """Set `fields` in the layer's record, keeping the others (durably, see atomic_write)."""
-    merged = {**read_record(layer_dir), **fields}
-    atomic_write(layer_dir / RECORD_FILE, json.dumps(merged, sort_keys=True).encode())
+    atomic_write(layer_dir / RECORD_FILE, record_bytes(layer_dir, fields))
+
+
+def is_imported(layer_dir: Path) -> bool:
+    """Whether the layer's record says an import completed (it holds a diffID: the record
+    is the last thing an import writes, or is published with the layer)."""
+    try:
+        return "diff_id" in read_record(layer_dir)
+    except StoreCorrupt:
+        return False

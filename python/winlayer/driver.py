@@ -133,6 +133,9 @@ class Driver:
             self._backend: Backend = load(backend, str(self.base_images))
         else:
             self._backend = backend
+        # The backend's import publishes the layer with one rename, the driver's chain and
+        # record in it (the portable backend; not HCS, whose import makes the folder).
+        self._publishes_files = bool(getattr(self._backend, "publishes_layer_files", False))
         self.home = Path(home if home is not None else default_home(flavour)).absolute()
         self.home.mkdir(parents=True, exist_ok=True)
         #: Why this process may not change the store (an errno: EROFS for a read-only
@@ -620,25 +623,44 @@ class Driver:
         existing = self._already_imported(id, source, digest)
         if existing is not None:
             return existing
-        self._state.mark_pending(id)
-        try:
+
+        def record(diff_id: str, size: int) -> dict[str, Any]:
+            return {"diff_id": diff_id, "size": size, "read_write": False}
+
+        def import_native(files: Callable[[str, int], dict[str, bytes]] | None) -> Any:
+            extra = {} if files is None else {"layer_files": files}
             try:
                 with plain_tar(source, max_uncompressed=self.max_layer_size) as tar:
-                    result = self._backend.import_layer(
-                        self._info, id, layer_chain, tar, digest, progress, wait_for_parents
+                    return self._backend.import_layer(
+                        self._info, id, layer_chain, tar, digest, progress, wait_for_parents, **extra
                     )
             except DigestMismatch as exc:
                 raise exc.about(f"layer {id!r}") from None
+
+        if self._publishes_files:
+            # The chain and the record are published with the layer (one sync, one rename):
+            # no half-created layer to mark (see "Crash safety" in docs/ARCHITECTURE.md).
+            def files(diff_id: str, size: int) -> dict[str, bytes]:
+                return {
+                    chain.CHAIN_FILE: chain.encode_chain(layer_chain),
+                    chain.RECORD_FILE: chain.record_bytes(
+                        self._home_dir(id), record(diff_id, size)
+                    ),
+                }
+
+            result = import_native(files)
+        else:
+            self._state.mark_pending(id)
             try:
-                chain.write_chain(self._home_dir(id), layer_chain)
-                self._write_record(
-                    id, {"diff_id": result.diff_id, "size": result.size, "read_write": False}
-                )
-            except BaseException:
-                self._destroy_quietly(id)
-                raise
-        finally:
-            self._state.clear_pending(id)
+                result = import_native(None)
+                try:
+                    chain.write_chain(self._home_dir(id), layer_chain)
+                    self._write_record(id, record(result.diff_id, result.size))
+                except BaseException:
+                    self._destroy_quietly(id)
+                    raise
+            finally:
+                self._state.clear_pending(id)
         log.info("imported layer %s (%d bytes of file data)", id, result.size)
         return int(result.size)
 
@@ -788,7 +810,8 @@ class Driver:
         if not record or record.get("read_write"):
             # Not made by create() here (or a sandbox): it is someone's data.
             raise LayerExists(id, "layer already exists and holds data")
-        self._backend.destroy_layer(self._info, id)
+        if not self._publishes_files:  # else the import's rename replaces it, crash-safely
+            self._backend.destroy_layer(self._info, id)
         return None
 
     def _diff_id_of(self, source: Source | TarFeed) -> str:
@@ -834,10 +857,13 @@ class Driver:
                 continue  # the operation is still running in some process
             try:
                 if layer_id in self._state.pending_ids():
-                    log.warning("destroying layer %s left half-created by a crash", layer_id)
-                    self._destroy_quietly(layer_id)
+                    # An import whose record is written completed: only the marker's
+                    # removal was lost (it is not synced).
+                    if not chain.is_imported(self._home_dir(layer_id)):
+                        log.warning("destroying layer %s left half-created by a crash", layer_id)
+                        self._destroy_quietly(layer_id)
+                        swept.append(f"destroyed half-created layer {layer_id}")
                     self._state.clear_pending(layer_id)
-                    swept.append(f"destroyed half-created layer {layer_id}")
             finally:
                 lock.release()
         sweep = getattr(self._backend, "sweep", None)
