@@ -171,6 +171,22 @@ def test_original_export_checks_what_it_rebuilt(
         _export(backend, info, "l", original=True)
 
 
+def test_original_export_of_payloads_across_hash_blocks(
+    backend: _hcs.Backend, info: _hcs.DriverInfo
+) -> None:
+    """Payloads are read straight into the check's 1 MiB hash blocks: sizes that end just
+    before, at and after a block's end, between headers that repeat (MATCH records), come
+    back byte for byte."""
+    rng = random.Random(18)
+    sizes = [(1 << 20) - 1, 1, (1 << 20) + 1, 3 << 20, 0, 511, 2_500_000, 513]
+    entries = [d("Files")]
+    for i, size in enumerate(sizes * 3):
+        entries.append(f(f"Files/d{i % 4}/f{i:03}.bin", rng.randbytes(size)))
+    tar = layer_tar(entries)
+    backend.import_layer(info, "l", [], io.BytesIO(tar))
+    assert _export(backend, info, "l", original=True) == tar
+
+
 def test_entry_under_a_symlink_is_refused(backend: _hcs.Backend, info: _hcs.DriverInfo) -> None:
     tar = layer_tar(
         [

@@ -1,12 +1,13 @@
 #include "sha256_worker.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace winlayer {
 
 Sha256Worker::Sha256Worker() : thread_([this] { run(); }) {
-    current_.reserve(kBlockBytes);
-    for (std::size_t i = 1; i < kBlocks; ++i) free_.emplace_back().reserve(kBlockBytes);
+    current_.resize(kBlockBytes);
+    for (std::size_t i = 1; i < kBlocks; ++i) free_.emplace_back(kBlockBytes);
 }
 
 Sha256Worker::~Sha256Worker() {
@@ -21,12 +22,23 @@ Sha256Worker::~Sha256Worker() {
 void Sha256Worker::update(const void* data, std::size_t n) {
     const auto* p = static_cast<const std::uint8_t*>(data);
     while (n > 0) {
-        const std::size_t k = std::min(n, kBlockBytes - current_.size());
-        current_.insert(current_.end(), p, p + k);
+        std::size_t k = n;
+        std::uint8_t* to = room(k);  // cuts k: apart from the copy that uses it
+        std::memcpy(to, p, k);
         p += k;
         n -= k;
-        if (current_.size() == kBlockBytes) hand_over();
+        wrote(k);
     }
+}
+
+std::uint8_t* Sha256Worker::room(std::size_t& n) {
+    n = std::min(n, kBlockBytes - used_);
+    return current_.data() + used_;
+}
+
+void Sha256Worker::wrote(std::size_t k) {
+    used_ += k;
+    if (used_ == kBlockBytes) hand_over();
 }
 
 void Sha256Worker::hand_over() {
@@ -36,14 +48,14 @@ void Sha256Worker::hand_over() {
     changed_.wait(lock, [&] { return !free_.empty(); });
     current_ = std::move(free_.back());
     free_.pop_back();
-    current_.clear();
+    used_ = 0;
 }
 
 std::string Sha256Worker::oci_digest() {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [&] { return full_.empty() && !busy_; });
-    hash_.update(current_.data(), current_.size());
-    current_.clear();
+    hash_.update(current_.data(), used_);
+    used_ = 0;
     return hash_.oci_digest();
 }
 

@@ -24,6 +24,11 @@ public:
     Sha256Worker& operator=(const Sha256Worker&) = delete;
 
     void update(const void* data, std::size_t n);
+    // Room in the block being filled, for a caller that reads its data straight into it
+    // (no copy): `n` is cut to what fits (at least 1). wrote(k) then adds its first k bytes
+    // to the message; the bytes stay readable until the next room() or update().
+    std::uint8_t* room(std::size_t& n);
+    void wrote(std::size_t k);
     // Waits for the blocks handed over so far and returns "sha256:<hex>" of everything
     // passed to update(); more update() calls continue the same message.
     std::string oci_digest();
@@ -36,7 +41,8 @@ private:
     void run();
 
     Sha256 hash_;  // touched by the worker only, until oci_digest() has waited for it
-    std::vector<std::uint8_t> current_;
+    std::vector<std::uint8_t> current_;  // kBlockBytes; its first used_ are the message's
+    std::size_t used_ = 0;
     std::mutex mutex_;
     std::condition_variable changed_;
     std::deque<std::vector<std::uint8_t>> full_;

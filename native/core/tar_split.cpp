@@ -362,7 +362,6 @@ void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_reco
         total += n;
     };
     constexpr std::size_t kChunk = std::size_t(1) << 20;
-    std::unique_ptr<std::uint8_t[]> buffer;
     // The bytes LITERAL and MATCH records produced, for MATCH to copy from.
     std::string history;
     auto trim = [&] {
@@ -378,13 +377,20 @@ void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_reco
             trim();
             break;
         case kMatch: {
-            // Byte by byte (a match may overlap what it produces), written out in pieces.
+            // A match may overlap what it produces: copied in pieces of at most `distance`
+            // bytes, each from bytes already there; written out in pieces.
             const auto distance = static_cast<std::size_t>(r.distance);
             std::uint64_t left = r.count;
             while (left > 0) {
                 const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, kTarSplitWindow));
                 const std::size_t from = history.size();
-                for (std::size_t k = 0; k < n; ++k) history += history[from + k - distance];
+                history.resize(from + n);
+                char* h = &history[0];
+                for (std::size_t k = 0; k < n;) {
+                    const std::size_t m = std::min(n - k, distance);
+                    std::memcpy(h + from + k, h + from + k - distance, m);
+                    k += m;
+                }
                 emit(reinterpret_cast<const std::uint8_t*>(history.data() + from), n);
                 left -= n;
                 trim();
@@ -399,21 +405,25 @@ void rebuild_layer_tar(const std::function<std::unique_ptr<Source>()>& open_reco
             }
             break;
         case kPayload: {
-            if (!buffer) buffer.reset(new std::uint8_t[kChunk]);
             std::unique_ptr<Source> payload = payloads.open(r.payload.name, r.payload.size);
             std::uint64_t left = r.payload.size;
             while (left > 0) {
-                const std::size_t want = left < kChunk ? static_cast<std::size_t>(left) : kChunk;
-                const std::size_t got = payload->read(buffer.get(), want);
+                // Read straight into the hash's block: the payload is copied once, out.
+                std::size_t want = left < kChunk ? static_cast<std::size_t>(left) : kChunk;
+                std::uint8_t* room = hash.room(want);
+                const std::size_t got = payload->read(room, want);
                 if (got == 0)
                     throw Error(ErrorKind::StoreCorrupt,
                                 "stored payload of tar entry '" + r.payload.name + "' has " +
                                     std::to_string(r.payload.size - left) + " bytes, the tar had " +
                                     std::to_string(r.payload.size));
-                emit(buffer.get(), got);
+                out.write(room, got);
+                hash.wrote(got);
+                total += got;
                 left -= got;
             }
-            if (payload->read(buffer.get(), 1) != 0)
+            std::uint8_t extra = 0;
+            if (payload->read(&extra, 1) != 0)
                 throw Error(ErrorKind::StoreCorrupt,
                             "stored payload of tar entry '" + r.payload.name +
                                 "' is longer than the " + std::to_string(r.payload.size) +
