@@ -14,7 +14,8 @@ from typing import IO, Any, cast
 
 import pytest
 
-from winlayer import DigestMismatch, Driver, InvalidArgument, InvalidLayer
+from winlayer import DigestMismatch, Driver, InvalidArgument, InvalidLayer, _archive_load
+from winlayer._pipeline import PARALLEL_READ_AHEAD, READ_AHEAD, TarFeed, read_ahead
 from winlayer.driver import Diff
 from winlayer.images import ImageStore, load
 
@@ -212,6 +213,32 @@ def test_load_with_jobs(
     stores.check_loaded(driver, store, layers, config)
     assert image.id == sha(config)[7:]
     assert stores.staging_empty(driver)
+
+
+@pytest.mark.parametrize(("jobs", "capacity"), [(1, READ_AHEAD), (2, PARALLEL_READ_AHEAD)])
+def test_layers_loaded_at_once_read_ahead_less_each(
+    driver: Driver,
+    store: ImageStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: int,
+    capacity: int,
+) -> None:
+    """A load's memory does not grow with its jobs: each feed's read-ahead pipe is
+    smaller when several layers are imported at once."""
+    made: list[int] = []
+
+    def recording_feed(*args: Any, **kwargs: Any) -> TarFeed:
+        made.append(kwargs["capacity"])
+        return TarFeed(*args, **kwargs)
+
+    monkeypatch.setattr(_archive_load, "TarFeed", recording_feed)
+    data, _ = docker_save([BASE, CHILD, TOP], layout="blobs")
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(data)
+    load(driver, store, archive, jobs=jobs)
+    assert made == [capacity] * 3
+    assert read_ahead(1) == READ_AHEAD > read_ahead(2) == read_ahead(8) == PARALLEL_READ_AHEAD
 
 
 def test_a_load_that_fails_in_a_middle_layer_leaves_nothing(

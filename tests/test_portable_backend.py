@@ -350,7 +350,9 @@ def test_layer_files_replace_a_created_layers_own(
     (home / "l" / "record.json").write_bytes(b"old")
     (home / "l" / "other.txt").write_bytes(b"kept")
     files = {"record.json": b"new"}
-    backend.import_layer(info, "l", [], io.BytesIO(base_layer()), None, None, None, lambda *_: files)
+    backend.import_layer(
+        info, "l", [], io.BytesIO(base_layer()), None, None, None, lambda *_: files
+    )
     assert (home / "l" / "record.json").read_bytes() == b"new"
     assert (home / "l" / "other.txt").read_bytes() == b"kept"
 

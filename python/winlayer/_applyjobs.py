@@ -13,6 +13,7 @@ and its writer leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,11 @@ class _Gate:
         self._done.wait()
         if self._failed:
             raise Aborted("the parent layer's import failed")
+
+
+def worker_count(jobs: int | None, layers: int) -> int:
+    """How many layers run at once: `jobs` (default: the cores), at most `layers`."""
+    return min(jobs or os.cpu_count() or 1, layers)
 
 
 def run(jobs: Sequence[Job], parents: Sequence[int | None], workers: int) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ._applyjobs import worker_count
 from ._archive_members import (
     ArchiveSource,
     DirectoryArchive,
@@ -31,7 +32,7 @@ from ._archive_members import (
 from ._archive_plan import ImagePlan, PlannedLayer, plan_images
 from ._common import CHUNK, Progress
 from ._layerrecord import LayerRecorder, NewLayer
-from ._pipeline import BlobOpener, TarFeed, digest_of
+from ._pipeline import BlobOpener, TarFeed, digest_of, read_ahead
 from ._platform import Platform, parse_platform
 from ._stream import Compression
 from .errors import InvalidArgument
@@ -52,6 +53,7 @@ class Loader(LayerRecorder):
         self._done = 0
         self.total = 0
         self._progress_lock = threading.Lock()
+        self._read_ahead = read_ahead(1)  # per feed, set by run() for its jobs
 
     def pending(self, plans: list[ImagePlan]) -> list[PlannedLayer]:
         """The layers to import, in chain order, each chain ID once; records the ones
@@ -92,6 +94,7 @@ class Loader(LayerRecorder):
             max_uncompressed=self.driver.max_layer_size,
             on_bytes=on_bytes or self._advance,
             in_place=in_place,
+            capacity=self._read_ahead,
         )
 
     def run(
@@ -104,7 +107,9 @@ class Loader(LayerRecorder):
     ) -> None:
         """Imports `todo`, up to `jobs` layers at a time (see
         :meth:`~winlayer._layerrecord.LayerRecorder.import_layers`), each from
-        ``feed(layer)``, made when the layer's turn comes."""
+        ``feed(layer)``, made when the layer's turn comes; the feeds of layers imported
+        at once read ahead less each (:func:`~winlayer._pipeline.read_ahead`)."""
+        self._read_ahead = read_ahead(worker_count(jobs, len(todo)))
         self.import_layers(
             [
                 NewLayer(

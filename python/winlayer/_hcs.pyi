@@ -105,7 +105,9 @@ class Backend:
     @property
     def name(self) -> str: ...  # "portable" or "hcs"
     @property
-    def publishes_layer_files(self) -> bool: ...  # import_layer's layer_files: published with the layer
+    def publishes_layer_files(
+        self,
+    ) -> bool: ...  # import_layer's layer_files: published with the layer
     def activate_layer(self, info: DriverInfo, id: str) -> None: ...
     def deactivate_layer(self, info: DriverInfo, id: str) -> None: ...
     def create_layer(self, info: DriverInfo, id: str, parent_id: str) -> None: ...

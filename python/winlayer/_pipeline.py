@@ -43,6 +43,16 @@ from .errors import DigestMismatch, InvalidLayer
 
 #: Uncompressed bytes the read-ahead thread may produce ahead of the importer.
 READ_AHEAD = 16 << 20
+#: The read-ahead of each import when several run at once (a parallel load or pull): they
+#: overlap each other, so each needs less to keep its importer busy, and the load's peak
+#: memory stays that of one import (measured: a 4-layer load --jobs 2 peaked at 137 MiB
+#: with 16 MiB each, 79 MiB with 4 MiB; a single import is as fast with either).
+PARALLEL_READ_AHEAD = 4 << 20
+
+
+def read_ahead(workers: int) -> int:
+    """The read-ahead of each of `workers` imports running at once."""
+    return READ_AHEAD if workers <= 1 else PARALLEL_READ_AHEAD
 
 
 class Readable(Protocol):

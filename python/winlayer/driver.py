@@ -597,7 +597,7 @@ class Driver:
 
             return run
 
-        workers = min(jobs or os.cpu_count() or 1, len(diffs))
+        workers = _applyjobs.worker_count(jobs, len(diffs))
         _applyjobs.run([job(i) for i in range(len(diffs))], parents, workers)
         return sizes
 
@@ -632,7 +632,14 @@ class Driver:
             try:
                 with plain_tar(source, max_uncompressed=self.max_layer_size) as tar:
                     return self._backend.import_layer(
-                        self._info, id, layer_chain, tar, digest, progress, wait_for_parents, **extra
+                        self._info,
+                        id,
+                        layer_chain,
+                        tar,
+                        digest,
+                        progress,
+                        wait_for_parents,
+                        **extra,
                     )
             except DigestMismatch as exc:
                 raise exc.about(f"layer {id!r}") from None
