@@ -37,6 +37,7 @@ PYBIND11_MODULE(_hcs, m) {
     m.attr("__version__") = WINLAYER_VERSION;
     winlayer::bridge::register_error_translator();
     winlayer::bridge::bind_codec(m);
+    winlayer::bridge::bind_listing_json(m);
     winlayer::bridge::bind_backends(m);
     winlayer::bridge::bind_pystream(m);
     winlayer::bridge::bind_tar(m);

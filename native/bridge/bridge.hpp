@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "../core/layer.hpp"
+
 namespace winlayer::bridge {
 
 namespace py = pybind11;
@@ -37,8 +39,13 @@ std::exception_ptr rethrowable_current_exception();
 // conversion and encodes back to the same bytes.
 py::str decode_utf8(const std::string& s);
 
+// "directory", "file", "symlink", "alternate_stream", "hard_link" or "whiteout": the
+// names Python sees (LayerTarEntry.type).
+const char* entry_type_name(EntryType t);
+
 // Per-area bindings, each in its own file of native/bridge/.
 void bind_codec(py::module_& m);     // codec.cpp: layer tar inspection
+void bind_listing_json(py::module_& m);  // listing_json.cpp: the JSON listing of a layer tar
 void bind_backends(py::module_& m);  // backends.cpp: the Backend contract, both backends
 void bind_tar(py::module_& m);       // tar.cpp: raw tar codec, digests, tar-split rebuild
 void bind_pystream(py::module_& m);  // pystream.cpp: NativeStream (see pystream.hpp)

@@ -25,9 +25,7 @@
 
 namespace winlayer::bridge {
 
-namespace {
-
-const char* type_name(EntryType t) {
+const char* entry_type_name(EntryType t) {
     switch (t) {
     case EntryType::Directory: return "directory";
     case EntryType::File: return "file";
@@ -39,13 +37,15 @@ const char* type_name(EntryType t) {
     return "file";
 }
 
+namespace {
+
 // Every EntryType, in enum order.
 constexpr EntryType kEntryTypes[] = {EntryType::Directory,       EntryType::File,     EntryType::Symlink,
                                      EntryType::AlternateStream, EntryType::HardLink, EntryType::Whiteout};
 
 EntryType type_from_name(const std::string& s) {
     for (EntryType t : kEntryTypes)
-        if (s == type_name(t)) return t;
+        if (s == entry_type_name(t)) return t;
     throw py::value_error("unknown entry type '" + s + "'");
 }
 
@@ -148,7 +148,7 @@ public:
         options_.expected_digest = std::move(expected_digest);
         options_.record_tar_split = false;
         importer_ = std::make_unique<LayerTarImporter>(*source_, writer_, options_);
-        for (EntryType t : kEntryTypes) type_names_.push_back(py::str(type_name(t)));
+        for (EntryType t : kEntryTypes) type_names_.push_back(py::str(entry_type_name(t)));
         producer_ = std::thread([this] { produce(); });
     }
 
@@ -314,7 +314,7 @@ class TracingWriter : public LayerWriter {
 public:
     void add(const LayerEntry& e) override {
         if (e.type == EntryType::File) seen_.insert(ntfs_fold(e.path));
-        calls.push_back({"add", e.path, type_name(e.type), {}});
+        calls.push_back({"add", e.path, entry_type_name(e.type), {}});
     }
     void write(const std::uint8_t* data, std::size_t n) override {
         if (!calls.empty() && calls.back().op == "write") {

@@ -17,6 +17,8 @@ namespace winlayer::bridge {
 
 namespace {
 
+unsigned long g_main_thread = 0;  // ident of Python's main thread, set by bind_pystream
+
 std::string type_name(const py::handle& obj) {
     return py::str(py::type::handle_of(obj).attr("__name__"));
 }
@@ -97,11 +99,8 @@ private:
     bool eof_ = false;
 };
 
-unsigned long g_main_thread = 0;  // ident of Python's main thread, set by bind_pystream
+}  // namespace
 
-// What a wait on a queue runs every BoundedQueue::kPollInterval: on the main thread, where
-// Python handles signals, a check that lets Ctrl-C interrupt a wait for a slow peer.
-// Elsewhere nothing: the GIL is not taken while waiting.
 const Interrupt& signal_check() {
     static const Interrupt none;
     static const Interrupt check = [] {
@@ -110,6 +109,8 @@ const Interrupt& signal_check() {
     };
     return PyThread_get_thread_ident() == g_main_thread ? check : none;
 }
+
+namespace {
 
 // Producer side of a NativeStream. Small writes (a tar header, a piece of padding) are
 // gathered into batches first: one lock and one wake-up of the reader per batch, not per

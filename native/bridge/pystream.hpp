@@ -44,6 +44,7 @@
 #include <functional>
 #include <memory>
 
+#include "../core/bounded_queue.hpp"
 #include "../core/io.hpp"
 #include "bridge.hpp"
 
@@ -60,6 +61,12 @@ std::string path_from_python(const py::handle& path);
 
 py::object make_native_stream(std::function<void(Sink&)> producer,
                               std::size_t buffer_size = kNativeStreamBuffer);
+
+// What a wait for a native peer runs every BoundedQueue::kPollInterval (and a long native
+// call now and then): on Python's main thread, where signals are handled, a check that
+// takes the GIL and raises KeyboardInterrupt (py::error_already_set) on Ctrl-C; elsewhere
+// nothing (empty). Call it without the GIL.
+const Interrupt& signal_check();
 
 // Registers _hcs.NativeStream (called once from the module init).
 void bind_pystream(py::module_& m);

@@ -145,7 +145,7 @@ bool close_file(std::intptr_t fd) { return ::close(static_cast<int>(fd)) == 0 ||
 FileSource::FileSource(std::string path, std::size_t buffer_size)
     : path_(std::move(path)),
       handle_(open_file(path_, false, FileMode::Truncate)),
-      buffer_(new std::uint8_t[buffer_size > 0 ? buffer_size : 1]),
+      buffer_(make_io_buffer(buffer_size)),
       capacity_(buffer_size > 0 ? buffer_size : 1) {}
 
 FileSource::FileSource(std::string path, std::uint64_t offset, std::uint64_t length, std::size_t buffer_size)

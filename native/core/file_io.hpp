@@ -34,7 +34,7 @@ private:
 
     std::string path_;
     std::intptr_t handle_;  // fd, or HANDLE on Windows
-    std::unique_ptr<std::uint8_t[]> buffer_;
+    IoBuffer buffer_;
     std::size_t capacity_;
     std::size_t pos_ = 0;
     std::size_t end_ = 0;

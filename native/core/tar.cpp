@@ -211,7 +211,7 @@ struct TarReader::Pending {
 TarReader::TarReader(Source& source, TarSplitWriter* split, std::size_t buffer_size)
     : source_(source),
       split_(split),
-      buffer_(new std::uint8_t[std::max(buffer_size, kTarBlockSize)]),
+      buffer_(make_io_buffer(std::max(buffer_size, kTarBlockSize))),
       capacity_(std::max(buffer_size, kTarBlockSize)) {}
 
 TarReader::~TarReader() = default;

@@ -202,7 +202,7 @@ private:
     Source& source_;
     TarSplitWriter* split_;
     Sha256 hash_;
-    std::unique_ptr<std::uint8_t[]> buffer_;
+    IoBuffer buffer_;
     std::size_t capacity_;
     std::size_t pos_ = 0;
     std::size_t end_ = 0;

@@ -5,12 +5,11 @@ du, verify, pack, gc, and ``tar ls``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
     CLI_HOLDER,
@@ -271,10 +270,11 @@ def _tar_ls(args: argparse.Namespace) -> None:
     # so that a failure never leaves half a document on stdout.
     source: Any = input_stream(args.file)
     if args.json:
-        with tempfile.SpooledTemporaryFile(JSON_SPOOL, mode="w+", encoding="utf-8") as spool:
-            _tar_ls_json(source, args.parent_links, spool)
+        with tempfile.SpooledTemporaryFile(JSON_SPOOL) as spool:
+            layertar.write_listing_json(source, spool, allow_parent_links=args.parent_links)
             spool.seek(0)
-            shutil.copyfileobj(spool, sys.stdout)
+            sys.stdout.flush()
+            shutil.copyfileobj(spool, sys.stdout.buffer)
         return
     out = sys.stdout
     with layertar.list_layer_tar(source, allow_parent_links=args.parent_links) as listing:
@@ -301,17 +301,3 @@ def _tar_ls(args: argparse.Namespace) -> None:
             f"\n{count} entries, {listing.data_size} bytes of data, "
             f"compression {listing.compression}\ndiffID {listing.diff_id}\n"
         )
-
-
-def _tar_ls_json(source: Any, parent_links: bool, out: IO[str]) -> None:
-    with layertar.list_layer_tar(source, allow_parent_links=parent_links) as listing:
-        out.write('{\n  "entries": [')
-        for i, entry in enumerate(listing):
-            out.write(("," if i else "") + "\n    " + json.dumps(entry.to_json(), sort_keys=True))
-        summary = {
-            "compression": listing.compression,
-            "data_size": listing.data_size,
-            "diff_id": listing.diff_id,
-        }
-        tail = json.dumps(summary, indent=2, sort_keys=True)[1:]  # the rest of the object
-        out.write("\n  ],\n" + tail.lstrip("\n") + "\n")

@@ -4,7 +4,7 @@
 from collections.abc import Callable
 from typing import Any
 
-from _typeshed import ReadableBuffer, StrPath, SupportsRead, WriteableBuffer
+from _typeshed import ReadableBuffer, StrPath, SupportsRead, SupportsWrite, WriteableBuffer
 
 __version__: str
 
@@ -58,6 +58,14 @@ class LayerTarLister:
     @property
     def data_size(self) -> int | None: ...
 
+def write_layer_tar_json(
+    source: StrPath | SupportsRead[bytes],
+    out: SupportsWrite[bytes],
+    *,
+    compression: str,
+    allow_parent_links: bool = False,
+    expected_digest: str = "",
+) -> None: ...
 def trace_layer_import(
     source: StrPath | SupportsRead[bytes],
     *,

@@ -18,6 +18,9 @@ Example::
         for entry in layer:
             print(entry.type, entry.path, entry.owner)
         print(layer.diff_id)
+
+:func:`write_listing_json` writes the same listing as one JSON document (what ``winlayer
+--json tar ls`` prints) without making a Python object per entry.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import functools
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 from ._native import _hcs
 from ._stream import Compression, Source, open_layer
@@ -38,6 +41,7 @@ __all__ = [
     "LayerTarListing",
     "filetime_to_datetime",
     "list_layer_tar",
+    "write_listing_json",
 ]
 
 EntryType = Literal["directory", "file", "symlink", "alternate_stream", "hard_link", "whiteout"]
@@ -186,7 +190,7 @@ class LayerTarListing:
         tar, compression = open_layer(source)
         #: "none", "gzip" or "zstd", detected from the first bytes.
         self.compression: Compression = compression
-        self._owned = tar if tar is not source and not isinstance(tar, str) else None
+        self._owned = _opened(tar, source)
         self._started = False
         try:
             self._lister: _hcs.LayerTarLister | None = _hcs.LayerTarLister(
@@ -240,10 +244,7 @@ class LayerTarListing:
         if lister is not None:
             lister.close()  # the reading thread stops before the input is closed
         owned, self._owned = self._owned, None
-        if owned is not None:
-            close = getattr(owned, "close", None)
-            if callable(close):
-                close()
+        _close(owned)
 
     def __enter__(self) -> LayerTarListing:
         return self
@@ -274,3 +275,43 @@ def list_layer_tar(
     return LayerTarListing(
         source, allow_parent_links=allow_parent_links, expected_digest=expected_digest
     )
+
+
+def write_listing_json(
+    source: Source,
+    out: IO[bytes],
+    *,
+    allow_parent_links: bool = False,
+    expected_digest: str | None = None,
+) -> None:
+    """Write the listing of a layer tar to the binary stream ``out`` as one JSON document:
+    ``{"entries": [...], "compression": ..., "data_size": ..., "diff_id": ...}``, each
+    entry the :meth:`LayerTarEntry.to_json` of :func:`list_layer_tar` with sorted keys,
+    ASCII only (what ``json.dumps(..., sort_keys=True)`` writes), one entry a line.
+
+    The entries are formatted natively and reach ``out`` in chunks of about 1 MiB. Errors
+    are those of :func:`list_layer_tar`, raised after the chunks before them were written:
+    write to a spool to keep a failure from leaving part of a document behind.
+    """
+    tar, compression = open_layer(source)
+    try:
+        _hcs.write_layer_tar_json(
+            tar,
+            out,
+            compression=compression,
+            allow_parent_links=allow_parent_links,
+            expected_digest=expected_digest or "",
+        )
+    finally:
+        _close(_opened(tar, source))
+
+
+def _opened(tar: object, source: Source) -> object:
+    """What open_layer opened for ``source`` (to close when done), or None."""
+    return tar if tar is not source and not isinstance(tar, str) else None
+
+
+def _close(stream: object) -> None:
+    close = getattr(stream, "close", None)
+    if callable(close):
+        close()
