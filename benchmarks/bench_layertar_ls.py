@@ -7,6 +7,11 @@ diffID takes at most 1.5x the time of ``openssl dgst -sha256`` of the same file 
 the floor), is at least 5x faster than Python ``tarfile`` listing + ``hashlib``, and peaks
 under 64 MiB whatever the layer's size.
 
+Issue 18's target, through the CLI: ``winlayer --json tar ls FILE`` (start-up, the JSON
+document and its spool included, stdout to /dev/null) at most 1.5x ``openssl dgst -sha256
+FILE``: the two run alternately, ``--cli-runs`` times each, and their medians are compared
+(with ``PYTHONDONTWRITEBYTECODE`` unset, as an installed package has its .pyc files).
+
 Side by side in one run, with the harness of bench_tar_read.py (each contender in its own
 process, warm page cache, best of ``--runs``, peak RSS from GNU time). The Python
 contenders are timed around the work itself; their process wall time (interpreter
@@ -20,8 +25,12 @@ start-up and ``import winlayer`` included) is printed too, as `winlayer tar ls` 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,11 +58,30 @@ print(layer.diff_id, time.perf_counter() - start)
 """
 
 
+def cli_medians(path: Path, runs: int) -> tuple[float, float, str]:
+    """Medians of `openssl dgst -sha256` and `winlayer --json tar ls`, run alternately,
+    and the CLI's diffID."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    openssl = ["openssl", "dgst", "-sha256", str(path)]
+    cli = [sys.executable, "-m", "winlayer", "--json", "tar", "ls", str(path)]
+    subprocess.run(cli, env=env, stdout=subprocess.DEVNULL, check=True)  # writes the .pyc files
+    times: dict[str, list[float]] = {"openssl": [], "cli": []}
+    for _ in range(runs):
+        for name, argv in (("openssl", openssl), ("cli", cli)):
+            start = time.perf_counter()
+            subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+            times[name].append(time.perf_counter() - start)
+    out = subprocess.run(cli, env=env, capture_output=True, check=True).stdout
+    digest = out[out.rindex(b'"diff_id": "') + 12 :].split(b'"')[0].decode()
+    return statistics.median(times["openssl"]), statistics.median(times["cli"]), digest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=300)
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cli-runs", type=int, default=9)
     parser.add_argument(
         "--file", type=Path, help="an existing layer tar instead of the generated one"
     )
@@ -87,6 +115,14 @@ def main() -> None:
             f"{tarfile.seconds / r.seconds:10.1f}x {r.peak_mib:8.1f} MiB"
         )
     print("targets: <= 1.5x openssl, tarfile >= 5x slower, peak RSS < 64 MiB")
+
+    ssl_median, cli_median, cli_digest = cli_medians(path, args.cli_runs)
+    if cli_digest != openssl.digest:
+        raise SystemExit(f"digests differ: {openssl.digest} {cli_digest}")
+    print(f"\nthrough the CLI, medians of {args.cli_runs} alternating runs")
+    print(f"{'openssl dgst -sha256':26} {ssl_median:8.3f}")
+    print(f"{'winlayer --json tar ls':26} {cli_median:8.3f} {cli_median / ssl_median:10.2f}x")
+    print("target: winlayer --json tar ls <= 1.5x openssl dgst -sha256")
 
 
 if __name__ == "__main__":

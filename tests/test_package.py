@@ -69,6 +69,45 @@ def test_import_and_the_cli_parser_load_no_heavy_module(code: str) -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+#: Whether module `m` was executed: a `lazy_module` stands in sys.modules, unexecuted, until
+#: its first attribute access.
+LOADED = "m in sys.modules and type(sys.modules[m]).__name__ != '_LazyModule'"
+
+#: What the commands that only start up (--version, --help) must not import: standard
+#: library modules some commands need (docs/ARCHITECTURE.md, "Start-up"), beyond HEAVY.
+DEFERRED = (
+    "json", "dataclasses", "inspect", "pathlib", "urllib.parse", "logging", "datetime",
+    "secrets", "tempfile", "difflib", "sqlite3", "tarfile", "platformdirs", "winlayer.driver",
+    "winlayer.layertar", "winlayer.images",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_version_and_help_import_no_deferred_module(args: list[str]) -> None:
+    code = (
+        f"import sys; sys.argv = ['winlayer', *{args!r}]\n"
+        "try:\n    import winlayer.__main__\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY + DEFERRED!r} if {LOADED}))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ls_on_an_empty_store_imports_no_network_or_terminal_module(tmp_path: Path) -> None:
+    """`ls` opens the store (the driver, SQLite) but nothing of pulls, pushes, terminals,
+    zstd, docs or suggestions."""
+    code = (
+        "import sys; sys.argv = ['winlayer', 'ls']\n"
+        "try:\n    import winlayer.__main__\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('urllib3', 'rich', 'zstandard', 'difflib', 'winlayer.registry',"
+        f" 'winlayer.images', 'winlayer.layertar', 'winlayer.pack') if {LOADED}))"
+    )
+    result = run_python(code, env={"WINLAYER_HOME": str(tmp_path / "store")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_public_names_resolve_lazily_to_their_modules() -> None:
     result = run_python(
         "import sys, winlayer\n"

@@ -401,6 +401,7 @@ void write_layer_tar_json(py::object source, py::object out, std::string compres
     options.allow_parent_links = allow_parent_links;
     options.expected_digest = std::move(expected_digest);
     options.record_tar_split = false;
+    options.hash_in_background = true;  // this thread parses and formats meanwhile
     std::exception_ptr error;
     {
         py::gil_scoped_release nogil;

@@ -128,6 +128,7 @@ struct LayerTarImporter::State {
         if (o.record_tar_split) split.stream_to(w.tar_split_sink());
         // commit() checks the digest: a stream that ends after an entry is then the layer.
         if (!o.expected_digest.empty()) reader.accept_missing_end();
+        if (o.hash_in_background) reader.hash_in_background();
     }
 
     TarSplitWriter split;

@@ -24,6 +24,9 @@ struct ImportOptions {
     bool allow_parent_links = true;
     // Record the tar-split (CommitInfo::tar_split); a listing that keeps nothing skips it.
     bool record_tar_split = true;
+    // Hash on a thread of its own (TarReader::hash_in_background), for a caller that does
+    // little per byte itself (a listing).
+    bool hash_in_background = false;
     // Blocks until the parent layers are committed (or throws to abort the import), for
     // a layer imported while its parent is still being written. Called at most once,
     // before the first thing that reads the parents - a hard link whose target is not in

@@ -51,13 +51,17 @@ void Sha256Worker::hand_over() {
     used_ = 0;
 }
 
-std::string Sha256Worker::oci_digest() {
+Sha256& Sha256Worker::drained() {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [&] { return full_.empty() && !busy_; });
     hash_.update(current_.data(), used_);
     used_ = 0;
-    return hash_.oci_digest();
+    return hash_;
 }
+
+std::string Sha256Worker::oci_digest() { return drained().oci_digest(); }
+
+Sha256::Digest Sha256Worker::digest() { return drained().digest(); }
 
 void Sha256Worker::run() {
     std::unique_lock<std::mutex> lock(mutex_);

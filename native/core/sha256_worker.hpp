@@ -32,12 +32,15 @@ public:
     // Waits for the blocks handed over so far and returns "sha256:<hex>" of everything
     // passed to update(); more update() calls continue the same message.
     std::string oci_digest();
+    // The same digest as bytes.
+    Sha256::Digest digest();
 
 private:
     static constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
     static constexpr std::size_t kBlocks = 3;
 
     void hand_over();  // the current block to the worker; waits for a free one
+    Sha256& drained();  // waits for the worker and hashes the current block
     void run();
 
     Sha256 hash_;  // touched by the worker only, until oci_digest() has waited for it

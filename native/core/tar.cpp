@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <stdexcept>
 #include <string_view>
 #include <utility>
 
@@ -216,11 +218,19 @@ TarReader::TarReader(Source& source, TarSplitWriter* split, std::size_t buffer_s
 
 TarReader::~TarReader() = default;
 
-std::string TarReader::diff_id() const { return hash_.oci_digest(); }
+void TarReader::hash_in_background() {
+    if (offset_ != 0 || end_ != 0) throw std::logic_error("hash_in_background() after the first read");
+    worker_ = std::make_unique<Sha256Worker>();
+}
+
+std::string TarReader::diff_id() const { return worker_ ? worker_->oci_digest() : hash_.oci_digest(); }
 
 std::size_t TarReader::pull(std::uint8_t* buf, std::size_t n) {
     std::size_t got = source_.read(buf, n);
-    hash_.update(buf, got);
+    if (worker_)
+        worker_->update(buf, got);
+    else
+        hash_.update(buf, got);
     return got;
 }
 
@@ -489,7 +499,7 @@ void TarReader::finish_stream() {
                  "", trailer_at);
     }
     done_ = true;
-    if (split_) split_->finish(offset_, hash_.digest());
+    if (split_) split_->finish(offset_, worker_ ? worker_->digest() : hash_.digest());
 }
 
 void TarReader::skip() {

@@ -70,6 +70,7 @@
 
 #include "io.hpp"
 #include "sha256.hpp"
+#include "sha256_worker.hpp"
 
 namespace winlayer {
 
@@ -156,6 +157,11 @@ public:
     // diff_id() against a digest it trusts before using what it read.
     void accept_missing_end() { missing_end_ok_ = true; }
 
+    // Hashes on a thread of its own (Sha256Worker) rather than on the reading thread, for
+    // a caller with a core to spare and little else to do per byte (a listing). Call it
+    // before the first next().
+    void hash_in_background();
+
     // Skips what is left of the current payload and reads the next entry into `header`.
     // Returns false at the end of the archive, after consuming the rest of the stream
     // (diff_id() is then final and the tar-split record complete).
@@ -202,6 +208,7 @@ private:
     Source& source_;
     TarSplitWriter* split_;
     Sha256 hash_;
+    std::unique_ptr<Sha256Worker> worker_;  // hashes instead of hash_ when set
     IoBuffer buffer_;
     std::size_t capacity_;
     std::size_t pos_ = 0;

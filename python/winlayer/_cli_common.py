@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
-import logging
 import os
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._common import LayerEvent, lazy_module
@@ -26,10 +22,19 @@ from .backend import BASE_IMAGES_VAR
 from .errors import WinlayerError
 
 if TYPE_CHECKING:
+    import datetime
+    import json
+    import logging
+    import pathlib
+
     from . import driver, imagestore
 else:
     driver = lazy_module("winlayer.driver")
     imagestore = lazy_module("winlayer.imagestore")
+    datetime = lazy_module("datetime")
+    json = lazy_module("json")
+    logging = lazy_module("logging")
+    pathlib = lazy_module("pathlib")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -108,7 +113,7 @@ def open_driver(args: argparse.Namespace) -> Any:
     ``$WINLAYER_BASE_IMAGES`` names a folder."""
     base_images = None
     if args.home is not None and not os.environ.get(BASE_IMAGES_VAR):
-        base_images = Path(args.home) / ".winlayer" / "base-images"
+        base_images = pathlib.Path(args.home) / ".winlayer" / "base-images"
     return driver.Driver(args.home, backend=args.backend, base_images=base_images)
 
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
@@ -28,8 +26,13 @@ from ._common import lazy_module
 from ._units import format_size
 
 if TYPE_CHECKING:
+    import dataclasses
+    import json
+
     from . import images
 else:
+    dataclasses = lazy_module("dataclasses")
+    json = lazy_module("json")
     images = lazy_module("winlayer.images")
 
 #: How ``prune --dry-run`` words what ``prune`` would do.

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
@@ -33,8 +31,13 @@ from ._common import lazy_module
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
+    import shutil
+    import tempfile
+
     from . import images, imagestore, layertar, pack
 else:
+    shutil = lazy_module("shutil")
+    tempfile = lazy_module("tempfile")
     images = lazy_module("winlayer.images")
     imagestore = lazy_module("winlayer.imagestore")
     layertar = lazy_module("winlayer.layertar")

@@ -8,15 +8,12 @@ that happened to need them first.
 from __future__ import annotations
 
 import importlib.util
-import json
 import ntpath
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 #: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
 FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
@@ -40,11 +37,13 @@ CHUNK = 1 << 20
 
 
 def lazy_module(name: str) -> ModuleType:
-    """Module `name` (``"winlayer.images"``), imported on its first attribute access
-    (:class:`importlib.util.LazyLoader`). The CLI's command modules reach the facades
-    through these, so that building the parser (``--help``, ``--version``) imports none
-    of them; each also imports its module under ``TYPE_CHECKING``, which type checkers and
-    tests/test_layering.py read (docs/ARCHITECTURE.md, "Start-up")."""
+    """Module `name` (``"winlayer.images"``, ``"json"``), imported on its first attribute
+    access (:class:`importlib.util.LazyLoader`). The CLI's command modules reach the
+    facades through these, and the modules start-up imports reach the standard library
+    modules only some commands need, so that building the parser (``--help``,
+    ``--version``) imports none of them; each also imports its module under
+    ``TYPE_CHECKING``, which type checkers and tests/test_layering.py read
+    (docs/ARCHITECTURE.md, "Start-up")."""
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
@@ -59,6 +58,15 @@ def lazy_module(name: str) -> ModuleType:
     return module
 
 
+if TYPE_CHECKING:
+    import json
+    import pathlib
+    from pathlib import Path
+else:  # for the commands that need them
+    json = lazy_module("json")
+    pathlib = lazy_module("pathlib")
+
+
 def data_root() -> Path:
     """The folder of winlayer's data when no other is named: the machine's
     ``C:\\ProgramData\\winlayer`` on Windows (layers are the machine's, as Docker's
@@ -71,14 +79,14 @@ def data_root() -> Path:
     if sys.platform == "win32":
         from platformdirs.windows import Windows
 
-        return Path(Windows("winlayer", appauthor=False).site_data_dir)
+        return pathlib.Path(Windows("winlayer", appauthor=False).site_data_dir)
     if sys.platform == "darwin":
         from platformdirs.macos import MacOS
 
-        return Path(MacOS("winlayer").user_data_dir)
+        return pathlib.Path(MacOS("winlayer").user_data_dir)
     from platformdirs.unix import Unix
 
-    return Path(Unix("winlayer").user_data_dir)
+    return pathlib.Path(Unix("winlayer").user_data_dir)
 
 
 def data_roots_by_os() -> dict[str, str]:
@@ -157,8 +165,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
             os.close(folder)
 
 
-@dataclass(frozen=True)
-class LayerEvent:
+class LayerEvent(NamedTuple):
     """One step of a layer blob in a pull or push, as docker's progress lines show them.
 
     `state` is one of ``waiting``, ``downloading``, ``verifying``, ``extracting``,

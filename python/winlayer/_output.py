@@ -19,16 +19,24 @@ import contextlib
 import errno
 import io
 import os
-import secrets
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ._common import win32_path
+from ._common import lazy_module, win32_path
+
+if TYPE_CHECKING:
+    import pathlib
+    import secrets
+    import shutil
+    import tempfile
+    from pathlib import Path
+else:  # only when an output is written
+    pathlib = lazy_module("pathlib")
+    secrets = lazy_module("secrets")
+    shutil = lazy_module("shutil")
+    tempfile = lazy_module("tempfile")
 
 PARTIAL_SUFFIX = ".winlayer-partial"
 _BUFFER = 1 << 20
@@ -191,7 +199,7 @@ def _target(path: str | os.PathLike[str]) -> tuple[str, Path, bool]:
     shown = os.fspath(path)
     # On Windows the `\\?\` form: the partial file's name beside the output adds about
     # 30 characters, and neither may need LongPathsEnabled.
-    target = Path(win32_path(os.path.realpath(shown)))
+    target = pathlib.Path(win32_path(os.path.realpath(shown)))
     with named(shown, str(target)):
         return shown, target, _writes_in_place(target)
 
@@ -223,7 +231,7 @@ def output_path(path: str | os.PathLike[str]) -> Iterator[str]:
     A file written in place (a device, a FIFO) gets it only then, copied from a scratch
     file in the system's temp folder."""
     shown, target, in_place = _target(path)
-    folder = Path(tempfile.gettempdir()) if in_place else target.parent
+    folder = pathlib.Path(tempfile.gettempdir()) if in_place else target.parent
     partial = _Partial(folder, target.name, shown)
     try:
         with named(shown, partial.path):

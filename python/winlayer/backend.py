@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._common import data_root
+from ._common import data_root, lazy_module
 from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
+    import pathlib
+    from pathlib import Path
+
     from ._hcs import DriverInfo, ImportResult
+else:
+    pathlib = lazy_module("pathlib")
 
 ENV_VAR = "WINLAYER_BACKEND"
 BASE_IMAGES_VAR = "WINLAYER_BASE_IMAGES"
@@ -75,7 +79,9 @@ def check_available(name: str, *, from_env: bool = False) -> None:
 def vmcompute_path() -> Path:
     """Where Windows keeps ``vmcompute.dll``: ``%SYSTEMROOT%\\System32``, the only folder
     the native code loads it from."""
-    return Path(os.environ.get("SYSTEMROOT") or r"C:\Windows") / "System32" / "vmcompute.dll"
+    return (
+        pathlib.Path(os.environ.get("SYSTEMROOT") or r"C:\Windows") / "System32" / "vmcompute.dll"
+    )
 
 
 def default_base_images() -> str:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
-import logging
 import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, _cli_build, _cli_images, _cli_layers, _cli_registry, _cli_rootfs
 from ._cli_common import (
@@ -37,9 +35,16 @@ from ._cli_common import (
     report,
     table,
 )
-from ._common import data_roots_by_os
+from ._common import data_roots_by_os, lazy_module
 from .backend import selected_name
 from .errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    import difflib
+    import logging
+else:
+    difflib = lazy_module("difflib")
+    logging = lazy_module("logging")
 
 #: The command modules, imported for the commands they register.
 COMMAND_MODULES = (_cli_layers, _cli_images, _cli_registry, _cli_build, _cli_rootfs)
