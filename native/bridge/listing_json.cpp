@@ -1,9 +1,10 @@
 // The JSON listing of a layer tar (`winlayer --json tar ls`), written natively: the import
 // validation of the lister (codec.cpp) into a writer that formats each entry as the JSON
-// text LayerTarEntry.to_json() gives through json.dumps(sort_keys=True) (ASCII only; a name
-// that is not UTF-8 shows its bytes as the surrogates of Python's surrogateescape, as the
-// lister's str does), so no Python object is made per entry. The document goes to a Python
-// binary stream in large chunks; everything else runs with the GIL released.
+// text LayerTarEntry.to_json() gives through json.dumps(sort_keys=True) (ASCII only, \uXXXX
+// escapes), so no Python object is made per entry. The import refuses paths, link targets
+// and EA names that are not UTF-8; the escaper still decodes any bytes as the lister's str
+// does (decode_utf8: surrogateescape), so the two can never disagree. The document goes to
+// a Python binary stream in large chunks; everything else runs with the GIL released.
 #include <algorithm>
 #include <cstdint>
 #include <exception>
