@@ -7,13 +7,14 @@ that happened to need them first.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import ntpath
 import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 #: Layer folder flavours and HCS's DriverInfo.Flavour code for each.
 FLAVOURS = {"windowsdiff": 0, "windowsfilter": 1}
@@ -36,26 +37,29 @@ Source = str | os.PathLike[str] | IO[bytes]
 CHUNK = 1 << 20
 
 
+class _LazyModule(ModuleType):
+    """Stands for a module not imported yet: the first attribute asked of it imports the
+    module (importlib's locks make that safe from any thread) and every access is
+    answered by the module itself."""
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
 def lazy_module(name: str) -> ModuleType:
     """Module `name` (``"winlayer.images"``, ``"json"``), imported on its first attribute
-    access (:class:`importlib.util.LazyLoader`). The CLI's command modules reach the
-    facades through these, and the modules start-up imports reach the standard library
-    modules only some commands need, so that building the parser (``--help``,
-    ``--version``) imports none of them; each also imports its module under
-    ``TYPE_CHECKING``, which type checkers and tests/test_layering.py read
-    (docs/ARCHITECTURE.md, "Start-up")."""
+    access. The CLI's command modules reach the facades through these, and the modules
+    start-up imports reach the standard library modules only some commands need, so that
+    building the parser (``--help``, ``--version``) imports none of them; each also imports
+    its module under ``TYPE_CHECKING``, which type checkers and tests/test_layering.py read
+    (docs/ARCHITECTURE.md, "Start-up"). The stand-in is not put in ``sys.modules``: an
+    ``import`` elsewhere gets the real module."""
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
+    if importlib.util.find_spec(name) is None:
         raise ModuleNotFoundError(f"no module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    return _LazyModule(name)
 
 
 if TYPE_CHECKING:
