@@ -8,7 +8,6 @@ that happened to need them first.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import ntpath
 import os
 import sys
@@ -53,12 +52,11 @@ def lazy_module(name: str) -> ModuleType:
     building the parser (``--help``, ``--version``) imports none of them; each also imports
     its module under ``TYPE_CHECKING``, which type checkers and tests/test_layering.py read
     (docs/ARCHITECTURE.md, "Start-up"). The stand-in is not put in ``sys.modules``: an
-    ``import`` elsewhere gets the real module."""
+    ``import`` elsewhere gets the real module. Nothing is looked up before that first
+    access (a missing module raises ModuleNotFoundError there)."""
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
-    if importlib.util.find_spec(name) is None:
-        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
     return _LazyModule(name)
 
 
