@@ -10,7 +10,7 @@ under 64 MiB whatever the layer's size.
 Issue 18's target, through the CLI: ``winlayer --json tar ls FILE`` (start-up, the JSON
 document and its spool included, stdout to /dev/null) at most 1.5x ``openssl dgst -sha256
 FILE``: the two run alternately, ``--cli-runs`` times each, and their medians are compared
-(with ``PYTHONDONTWRITEBYTECODE`` unset, as an installed package has its .pyc files).
+(from .pyc files, as an installed package runs: ``benchmarks/installed.py``).
 
 Side by side in one run, with the harness of bench_tar_read.py (each contender in its own
 process, warm page cache, best of ``--runs``, peak RSS from GNU time). The Python
@@ -25,7 +25,6 @@ start-up and ``import winlayer`` included) is printed too, as `winlayer tar ls` 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from benchmarks.bench_tar_read import (  # noqa: E402
     openssl_digest,
     run_child,
 )
+from benchmarks.installed import cli_env  # noqa: E402
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
 # Prints "<diffID> <seconds of work>", like the contenders of bench_tar_read.py.
@@ -61,10 +61,10 @@ print(layer.diff_id, time.perf_counter() - start)
 def cli_medians(path: Path, runs: int) -> tuple[float, float, str]:
     """Medians of `openssl dgst -sha256` and `winlayer --json tar ls`, run alternately,
     and the CLI's diffID."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = cli_env()
     openssl = ["openssl", "dgst", "-sha256", str(path)]
     cli = [sys.executable, "-m", "winlayer", "--json", "tar", "ls", str(path)]
-    subprocess.run(cli, env=env, stdout=subprocess.DEVNULL, check=True)  # writes the .pyc files
+    subprocess.run(cli, env=env, stdout=subprocess.DEVNULL, check=True)  # warms the page cache
     times: dict[str, list[float]] = {"openssl": [], "cli": []}
     for _ in range(runs):
         for name, argv in (("openssl", openssl), ("cli", cli)):

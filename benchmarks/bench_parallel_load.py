@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.bench_load import add_bytes  # noqa: E402
 from benchmarks.bench_pull import file_digest, gzip_layer  # noqa: E402
+from benchmarks.installed import cli_env  # noqa: E402
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
 GNU_TIME = "/usr/bin/time"
@@ -105,7 +106,7 @@ def load(archive: Path, home: Path, jobs: int) -> tuple[float, float, float]:
     with tempfile.NamedTemporaryFile(prefix="winlayer-bench-time-", delete=False) as f:
         timing = Path(f.name)
     prefix = [GNU_TIME, "-f", "%M", "-o", str(timing)] if os.path.exists(GNU_TIME) else []
-    env = {**os.environ, "WINLAYER_BACKEND": "portable"}
+    env = cli_env(WINLAYER_BACKEND="portable")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([*prefix, *argv, str(archive)], check=True, env=env, stdout=subprocess.DEVNULL)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from tests.daemons import Containerd, Registry, tool_env  # noqa: E402
 
+from benchmarks.installed import cli_env  # noqa: E402
 from benchmarks.make_layer import cached_layer  # noqa: E402
 from winlayer._registry import Manifest, RegistryClient  # noqa: E402
 
@@ -147,7 +148,7 @@ def main() -> None:
         image_id = push_image(registry.host, layers)
         ref = f"{registry.host}/bench/app:1"
         print(f"image {image_id[:19]}: 3 gzip layers, {args.size_mb} MB of layer data", flush=True)
-        env = {**tool_env(), "WINLAYER_BACKEND": "portable"}
+        env = cli_env(tool_env(), WINLAYER_BACKEND="portable")
         have_skopeo = shutil.which("skopeo") is not None
         have_ctr = shutil.which("containerd") and shutil.which("ctr") and os.geteuid() == 0
         results: dict[str, list[tuple[float, float]]] = {

@@ -6,8 +6,8 @@ pass``. Every command runs as its own process, the contenders alternating (so th
 from other work on the machine hits them alike); the median of ``--runs`` runs of each is
 printed with its ratio to ``python -c pass`` of the same interpreter (the baseline pays
 the same interpreter start-up and site hooks, e.g. an editable install's) and of the
-interpreter a virtual environment was made from. ``PYTHONDONTWRITEBYTECODE`` is unset for
-every contender, so that the commands run from .pyc files as an installed package does.
+interpreter a virtual environment was made from. The commands run from .pyc files, as an
+installed package does (``benchmarks/installed.py``).
 
     python benchmarks/bench_startup.py             # 20 runs each
     python benchmarks/bench_startup.py --runs 5
@@ -22,6 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.installed import cli_env
 
 
 def _time(argv: list[str], env: dict[str, str]) -> float:
@@ -35,11 +40,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "WINLAYER_HOME": os.path.join(home, "store")}
+        env = cli_env(WINLAYER_HOME=os.path.join(home, "store"))
         env.pop("WINLAYER_BACKEND", None)
-        # An installed package has its .pyc files: without this, every run would compile
-        # the package's modules again (the warm-up run below writes them).
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
         winlayer = [sys.executable, "-m", "winlayer"]
         contenders = {
             "python -c pass": [sys.executable, "-c", "pass"],
