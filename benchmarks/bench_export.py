@@ -34,21 +34,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from benchmarks.bench_import import EXPORT  # noqa: E402  (the same child as bench_import's)
 from benchmarks.make_layer import cached_layer  # noqa: E402
 
 GNU_TIME = "/usr/bin/time"
-
-EXPORT = """
-import sys, time
-from winlayer import _hcs
-home, original = sys.argv[1], sys.argv[2] == "original"
-b = _hcs.portable_backend("")
-start = time.perf_counter()
-with b.export_layer(_hcs.DriverInfo(1, home), "layer", [], original) as s:
-    while s.read(1 << 20):
-        pass
-print(time.perf_counter() - start)
-"""
 
 IMPORT = """
 import sys

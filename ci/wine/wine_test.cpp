@@ -331,24 +331,30 @@ void check_same(const std::map<std::string, Exported>& a, const std::map<std::st
     }
 }
 
+// The Files part of a base layer for the base writer: the five config hives, a file with an
+// EA and an alternate stream, and a hard link to it.
+void write_base_files(LayerWriter& w) {
+    for (const char* d : {"Files", "Files/Windows", "Files/Windows/System32", "Files/Windows/System32/config"})
+        w.add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
+    for (const char* h : {"DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM"})
+        put(w, entry(std::string("Files/Windows/System32/config/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
+            std::string("hive ") + h);
+    LayerEntry rich = entry("Files/Windows/rich.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
+    rich.extended_attributes = {{"USER.WINLAYER", "ea value"}};
+    put(w, rich, "rich data");
+    LayerEntry ads = entry("Files/Windows/rich.txt:zone", EntryType::AlternateStream, 0, kT1);
+    ads.security_descriptor.clear();
+    put(w, ads, "[ZoneTransfer]");
+    w.add_link("Files/Windows/rich-link.txt", "Files/Windows/rich.txt");
+}
+
 // A base layer as a tar brings it, through the base writer (BackupWrite in place, then
 // ProcessBaseImage and ProcessUtilityImage): the five config hives, a file with an EA and
 // an alternate stream, a hard link to it, Hives\*_Delta, and a UtilityVM with its BCD files
 // (one utility VM file with an EA).
 void write_base_layer(Backend& b, const Fixture& f, const std::string& id) {
     auto w = b.import_writer(f.info, id, {});
-    for (const char* d : {"Files", "Files/Windows", "Files/Windows/System32", "Files/Windows/System32/config"})
-        w->add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
-    for (const char* h : {"DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM"})
-        put(*w, entry(std::string("Files/Windows/System32/config/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
-            std::string("hive ") + h);
-    LayerEntry rich = entry("Files/Windows/rich.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
-    rich.extended_attributes = {{"USER.WINLAYER", "ea value"}};
-    put(*w, rich, "rich data");
-    LayerEntry ads = entry("Files/Windows/rich.txt:zone", EntryType::AlternateStream, 0, kT1);
-    ads.security_descriptor.clear();
-    put(*w, ads, "[ZoneTransfer]");
-    w->add_link("Files/Windows/rich-link.txt", "Files/Windows/rich.txt");
+    write_base_files(*w);
     w->add(entry("Hives", EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
     for (const char* h : {"DefaultUser_Delta", "Sam_Delta", "Security_Delta", "Software_Delta", "System_Delta"})
         put(*w, entry(std::string("Hives/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1), std::string("regf ") + h);
@@ -554,18 +560,7 @@ void scenario(const char* label, const std::wstring& home_long) {
     test((prefix + "base layer through BackupWrite, then ProcessBaseImage; BackupRead gives it back").c_str(), [&] {
         long processed = calls(L"ProcessBaseImage"), adjusts = calls(L"AdjustTokenPrivileges");
         auto w = b.import_writer(f.info, "base-bw", {});
-        for (const char* d : {"Files", "Files/Windows", "Files/Windows/System32", "Files/Windows/System32/config"})
-            w->add(entry(d, EntryType::Directory, FILE_ATTRIBUTE_DIRECTORY, kT1));
-        for (const char* h : {"DEFAULT", "SAM", "SECURITY", "SOFTWARE", "SYSTEM"})
-            put(*w, entry(std::string("Files/Windows/System32/config/") + h, EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1),
-                std::string("hive ") + h);
-        LayerEntry rich = entry("Files/Windows/rich.txt", EntryType::File, FILE_ATTRIBUTE_ARCHIVE, kT1);
-        rich.extended_attributes = {{"USER.WINLAYER", "ea value"}};
-        put(*w, rich, "rich data");
-        LayerEntry ads = entry("Files/Windows/rich.txt:zone", EntryType::AlternateStream, 0, kT1);
-        ads.security_descriptor.clear();
-        put(*w, ads, "[ZoneTransfer]");
-        w->add_link("Files/Windows/rich-link.txt", "Files/Windows/rich.txt");
+        write_base_files(*w);
         w->commit(CommitInfo{"sha256:00", 0, "", {}});
         CHECK(calls(L"ProcessBaseImage") == processed + 1);
         CHECK(calls(L"AdjustTokenPrivileges") > adjusts);
