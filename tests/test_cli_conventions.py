@@ -3,6 +3,7 @@ errors as JSON under --json (with nothing half-written on stdout)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from winlayer import _common
-from winlayer.cli import ENVIRONMENT
+from winlayer.cli import COMMANDS, ENVIRONMENT, build_parser
 
 from .conftest import REPO, Cli
 from .imagebuild import docker_save
@@ -314,3 +315,23 @@ def test_an_unknown_backend_variable_is_one_line_not_a_traceback(cli: Cli) -> No
     version = cli("--version")  # says which backend, without failing
     assert version.returncode == 0
     assert b"backend: none: unknown winlayer backend 'bogus'" in version.stdout
+
+
+def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
+    for word in words:
+        (choices,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = choices.choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_parser_for_a_command_line_is_complete_for_the_command_it_names(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    words = name.split()
+    full = _subparser(build_parser(), words).format_help()
+    for argv in ([*words, "--help"], ["--json", *words, "--help"]):
+        assert _subparser(build_parser(argv), words).format_help() == full
+    others = [other for other in COMMANDS if other.split()[0] != words[0]]
+    assert not _subparser(build_parser(words), others[0].split())._get_optional_actions()[1:]

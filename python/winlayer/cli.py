@@ -80,7 +80,12 @@ ENVIRONMENT = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv``, only the commands it names get their
+    arguments (adding all of them takes longer than ``--version`` or ``--help`` itself).
+    A command is chosen only by its exact name, so every command ``argv`` can select is
+    complete; the others still show in the list of commands."""
+    named = None if argv is None else set(argv)
     width = max(map(len, ENVIRONMENT))
     epilog = "environment variables:\n" + "\n".join(
         f"  {name.ljust(width)}  {text}" for name, text in ENVIRONMENT.items()
@@ -107,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             target = top.add_parser(name, help=help_text, description=help_text)
         target.set_defaults(command_name=name)
-        _global_options(target, top_level=False)
-        for argument in arguments:
-            target.add_argument(*argument.flags, **argument.options)
+        if named is None or (group in named and (not sub or sub in named)):
+            _global_options(target, top_level=False)
+            for argument in arguments:
+                target.add_argument(*argument.flags, **argument.options)
     return parser
 
 
@@ -165,8 +171,9 @@ def _version_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    if "_ARGCOMPLETE" in os.environ:  # a shell asks for completions (see the README)
+    completing = "_ARGCOMPLETE" in os.environ  # a shell asks for completions (see the README)
+    parser = build_parser(None if completing else sys.argv[1:] if argv is None else argv)
+    if completing:
         import argcomplete  # only then: it is not needed to run a command
 
         argcomplete.autocomplete(parser)
